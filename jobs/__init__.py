@@ -1,0 +1,1 @@
+"""Flink jobs: each module wires sources, operators and sinks, and nothing else."""

@@ -1,0 +1,86 @@
+"""Build the Flink execution environment from flink-conf/ and rtrec's configuration."""
+
+from __future__ import annotations
+
+import glob
+import os
+import sys
+import sysconfig
+from pathlib import Path
+
+import yaml
+from pyflink.common import Configuration
+from pyflink.datastream import StreamExecutionEnvironment
+from pyflink.table import EnvironmentSettings, StreamTableEnvironment
+
+from rtrec.config import PROJECT_ROOT, RtrecConfig
+
+CONNECTOR_DIR = PROJECT_ROOT / "deploy" / "flink" / "lib"
+CONNECTOR_HINT = "fetch it with `make flink-jars` (mvn -f deploy/flink/pom.xml dependency:copy-dependencies)"
+
+
+class SetupError(RuntimeError):
+    """Something the job needs before it can start is missing."""
+
+
+def connector_jars() -> list[Path]:
+    jars = sorted(Path(p) for p in glob.glob(str(CONNECTOR_DIR / "flink-sql-connector-kafka-*.jar")))
+    if not jars:
+        raise SetupError(f"the Flink Kafka connector jar is not in {CONNECTOR_DIR}; {CONNECTOR_HINT}")
+    return jars
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, str]:
+    """Nested Flink 2.x YAML -> dotted keys, as Configuration wants them."""
+    flat: dict[str, str] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, name + "."))
+        elif isinstance(value, bool):
+            flat[name] = "true" if value else "false"
+        elif isinstance(value, list):
+            flat[name] = ";".join(str(v) for v in value)
+        else:
+            flat[name] = str(value)
+    return flat
+
+
+def flink_settings(cfg: RtrecConfig) -> dict[str, str]:
+    """flink-conf/config.yaml with the job's own settings laid over it."""
+    settings: dict[str, str] = {}
+    conf_file = cfg.resolve_path(cfg.flink.conf_dir) / "config.yaml"
+    if conf_file.exists():
+        settings.update(flatten(yaml.safe_load(conf_file.read_text()) or {}))
+    checkpoints = cfg.resolve_path(cfg.flink.checkpoint_dir)
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    # The Python operators run inside the JVM (thread mode). That embedded
+    # interpreter starts from the base Python, so it is told where this virtual
+    # environment's packages and the project's code are.
+    pythonpath = [sysconfig.get_paths()["purelib"], str(PROJECT_ROOT)]
+    settings.update(
+        {
+            "pipeline.name": cfg.flink.job_name,
+            "pipeline.jars": ";".join(p.as_uri() for p in connector_jars()),
+            "parallelism.default": str(cfg.flink.parallelism),
+            "execution.checkpointing.interval": f"{cfg.flink.checkpoint_interval_ms} ms",
+            "execution.checkpointing.dir": checkpoints.as_uri(),
+            "state.checkpoints.dir": checkpoints.as_uri(),
+            "state.savepoints.dir": (checkpoints.parent / "savepoints").as_uri(),
+            "python.executable": sys.executable,
+            "python.client.executable": sys.executable,
+            "python.pythonpath": os.pathsep.join(pythonpath),
+        }
+    )
+    settings.update(cfg.flink.options)
+    return settings
+
+
+def create_environments(cfg: RtrecConfig) -> tuple[StreamExecutionEnvironment, StreamTableEnvironment]:
+    conf = Configuration()
+    for key, value in flink_settings(cfg).items():
+        conf.set_string(key, value)
+    env = StreamExecutionEnvironment.get_execution_environment(conf)
+    env.set_parallelism(cfg.flink.parallelism)
+    t_env = StreamTableEnvironment.create(env, EnvironmentSettings.in_streaming_mode())
+    return env, t_env

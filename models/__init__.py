@@ -1,0 +1,1 @@
+"""PyTorch models that learn online. Every model answers the same interface (models.base.Model)."""

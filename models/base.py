@@ -1,0 +1,79 @@
+"""The one interface every model answers, in batch form (after River's learn_one/predict_one).
+
+A :class:`Batch` is a set of examples gathered from many users. Parameters that
+belong to a user (an MF user vector) travel *in* the batch, gathered from the
+user's keyed state; models update them in place and the Flink operator writes
+them back. Parameters shared by all users (item vectors, dense weights) live in
+the model, on its device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import torch
+
+
+@dataclass
+class Batch:
+    """``B`` examples. ``items`` are catalogue rows (see :class:`ItemIndex`)."""
+
+    items: torch.Tensor
+    #: per model name: a (B, width) tensor of that model's user parameters
+    user_params: dict[str, torch.Tensor] = field(default_factory=dict)
+    #: (B, F) engineered features, when a model needs them
+    features: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.items.shape[0])
+
+
+@runtime_checkable
+class Model(Protocol):
+    """Predict a batch, learn from a batch; predictions are in the label's units."""
+
+    name: str
+
+    def predict_many(self, batch: Batch) -> torch.Tensor: ...
+
+    def learn_many(self, batch: Batch, y: torch.Tensor) -> None: ...
+
+
+class ItemIndex:
+    """Item id <-> catalogue row, grown as new items appear.
+
+    >>> idx = ItemIndex()
+    >>> idx.rows(["a", "b", "a"]), idx.ids
+    ([0, 1, 0], ['a', 'b'])
+    """
+
+    def __init__(self, ids: list[str] | None = None):
+        self.ids: list[str] = []
+        self._rows: dict[str, int] = {}
+        for i in ids or []:
+            self.row(i)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def row(self, item_id: str) -> int:
+        r = self._rows.get(item_id)
+        if r is None:
+            r = self._rows[item_id] = len(self.ids)
+            self.ids.append(item_id)
+        return r
+
+    def rows(self, item_ids) -> list[int]:
+        return [self.row(i) for i in item_ids]
+
+    def get(self, item_id: str) -> int | None:
+        return self._rows.get(item_id)
+
+
+def item_seed(item_id: str, seed: int) -> int:
+    """A seed for an item's initial parameters that every subtask computes alike."""
+    h = 1469598103934665603
+    for b in item_id.encode():
+        h = ((h ^ b) * 1099511628211) & 0xFFFFFFFFFFFFFFFF
+    return (h ^ seed) & 0x7FFFFFFFFFFFFFFF

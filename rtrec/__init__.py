@@ -1,0 +1,1 @@
+"""rtrec: real-time recommender features and online learning on Apache Flink."""

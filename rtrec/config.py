@@ -1,0 +1,255 @@
+"""One typed configuration for every rtrec command and job.
+
+Defaults run as they are against the local broker started by `make kafka-up`.
+A YAML file overrides them section by section, and ``--set section.key=value``
+on the command line overrides the file::
+
+    >>> cfg = load_config(overrides=["kafka.bootstrap_servers=broker:9092", "flink.parallelism=2"])
+    >>> cfg.kafka.bootstrap_servers, cfg.flink.parallelism
+    ('broker:9092', 2)
+
+Unknown keys are errors, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that cannot be applied."""
+
+
+@dataclass
+class KafkaConfig:
+    """Broker address and topic names."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    events_topic: str = "events"
+    recommendations_topic: str = "recommendations"
+    features_topic: str = "features"
+    predictions_topic: str = "predictions"
+    dead_letter_topic: str = "dead-letter"
+    model_updates_topic: str = "model-updates"
+    # Partitions for topics that rtrec creates; existing topics are left alone.
+    partitions: int = 4
+    consumer_group: str = "rtrec"
+    # Exactly-once sinks keep a transaction open from one checkpoint to the next;
+    # it must stay below the broker's transaction.max.timeout.ms (15 min by default).
+    transaction_timeout_ms: int = 600_000
+
+    def with_prefix(self, prefix: str) -> KafkaConfig:
+        """A copy whose topic names all start with ``prefix`` (demos and tests use their own)."""
+        names = {f.name: prefix + getattr(self, f.name) for f in dataclasses.fields(self) if f.name.endswith("_topic")}
+        return dataclasses.replace(self, **names)
+
+    def output_topics(self) -> list[str]:
+        return [
+            self.recommendations_topic,
+            self.features_topic,
+            self.predictions_topic,
+            self.dead_letter_topic,
+            self.model_updates_topic,
+        ]
+
+
+@dataclass
+class FlinkConfig:
+    """How the job runs on Flink."""
+
+    job_name: str = "rtrec"
+    parallelism: int = 1
+    # Users are hashed onto this many key shards. Each shard's events reach the
+    # Python operators as one micro-batch per batch interval, so Python pays its
+    # per-record cost once per batch; user state stays one entry per user. It is
+    # also the most subtasks a keyed operator can use: changing it later needs
+    # a fresh start (like Flink's max parallelism).
+    shards: int = 16
+    batch_interval_ms: int = 200
+    checkpoint_interval_ms: int = 2_000
+    checkpoint_dir: str = "var/checkpoints"
+    # exactly-once: outputs become visible when the checkpoint that covers them
+    # completes (read them with isolation.level=read_committed).
+    # at-least-once: outputs are visible at once; after a failure some are
+    # written again with the same key (idempotent for compacted consumers).
+    delivery_guarantee: str = "exactly-once"
+    # earliest | latest | group-offsets (falls back to earliest).
+    startup_mode: str = "earliest"
+    # Stop at the end offsets the events topic had when the job started
+    # (replays, demos, tests) instead of running forever.
+    bounded: bool = False
+    # Flink configuration directory (config.yaml) merged under these settings.
+    conf_dir: str = "flink-conf"
+    # Extra Flink options, e.g. {"taskmanager.memory.process.size": "2g"}.
+    options: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class EventConfig:
+    """Validation, deduplication and event time."""
+
+    max_payload_bytes: int = 65_536
+    max_candidates: int = 1_000
+    max_query_chars: int = 1_000
+    max_id_chars: int = 128
+    # Events stamped more than this far past the wall clock are rejected as absurd.
+    max_future_ms: int = 86_400_000
+    dedup_window_ms: int = 3_600_000
+    watermark_out_of_orderness_ms: int = 5_000
+    allowed_lateness_ms: int = 60_000
+
+
+@dataclass
+class ModelConfig:
+    """The scoring model and where it runs."""
+
+    # auto picks CUDA when torch sees a GPU, else CPU; or name one ("cpu", "cuda:0").
+    device: str = "auto"
+    dim: int = 32
+    top_k: int = 10
+    seed: int = 7
+    learning_rate: float = 0.01
+    l2: float = 0.05
+    # Ratings live on this scale; scores are clamped into it.
+    rating_min: float = 1.0
+    rating_max: float = 5.0
+
+
+@dataclass
+class ReplayConfig:
+    """Defaults for `rtrec replay`."""
+
+    dataset: str = "movielens-100k"
+    # Events per second; 0 replays as fast as the broker takes them.
+    rate: float = 0.0
+    limit: int = 0
+
+
+@dataclass
+class RtrecConfig:
+    """Everything the commands and the job read."""
+
+    kafka: KafkaConfig = field(default_factory=KafkaConfig)
+    flink: FlinkConfig = field(default_factory=FlinkConfig)
+    events: EventConfig = field(default_factory=EventConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def resolve_path(self, path: str) -> Path:
+        """Relative paths in the configuration are relative to the project root."""
+        p = Path(path)
+        return p if p.is_absolute() else PROJECT_ROOT / p
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Convert a YAML or command-line value to the annotated field type."""
+    origin = typing.get_origin(annotation)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return {str(k): str(v) for k, v in value.items()}
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return None if value is None else _coerce(value, args[0], where)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if annotation in (int, float, str):
+        try:
+            if annotation is int and isinstance(value, str):
+                return int(value.replace("_", ""))
+            return annotation(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected {annotation.__name__}, got {value!r}") from None
+    return value
+
+
+def _apply(section: Any, values: dict[str, Any], where: str) -> None:
+    hints = typing.get_type_hints(type(section))
+    names = {f.name for f in dataclasses.fields(section)}
+    for key, value in values.items():
+        key = str(key).replace("-", "_")
+        if key not in names:
+            raise ConfigError(f"{where}.{key}: unknown setting; known: {', '.join(sorted(names))}")
+        current = getattr(section, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}.{key}: expected a mapping")
+            _apply(current, value, f"{where}.{key}")
+        else:
+            setattr(section, key, _coerce(value, hints[key], f"{where}.{key}"))
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """``a.b=c`` -> ``{"a": {"b": "c"}}`` (the value is parsed as YAML, so 2 is an int)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected section.key=value")
+    dotted, raw = text.split("=", 1)
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    tree: dict[str, Any] = {}
+    node = tree
+    parts = dotted.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return tree
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> RtrecConfig:
+    """Defaults, then the YAML file at ``path`` (or $RTREC_CONFIG), then ``overrides``."""
+    cfg = RtrecConfig()
+    path = path or os.environ.get("RTREC_CONFIG")
+    if path:
+        p = Path(path)
+        if not p.exists():
+            raise ConfigError(f"config file {p} does not exist")
+        data = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {p}: expected a mapping at the top level")
+        _apply(cfg, data, "config")
+    bootstrap = os.environ.get("RTREC_BOOTSTRAP_SERVERS")
+    if bootstrap:
+        cfg.kafka.bootstrap_servers = bootstrap
+    for text in overrides or []:
+        _apply(cfg, parse_override(text), "override")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: RtrecConfig) -> None:
+    """Reject settings that would only fail later, deep inside a Flink task."""
+    f = cfg.flink
+    if f.delivery_guarantee not in ("exactly-once", "at-least-once"):
+        raise ConfigError("flink.delivery_guarantee: expected exactly-once or at-least-once")
+    if f.startup_mode not in ("earliest", "latest", "group-offsets"):
+        raise ConfigError("flink.startup_mode: expected earliest, latest or group-offsets")
+    if f.parallelism < 1 or f.shards < 1:
+        raise ConfigError("flink.parallelism and flink.shards must be at least 1")
+    if f.parallelism > f.shards:
+        raise ConfigError(
+            f"flink.parallelism={f.parallelism} exceeds flink.shards={f.shards}: "
+            "extra subtasks would get no keys; raise flink.shards (needs a fresh start)"
+        )
+    if f.batch_interval_ms < 10:
+        raise ConfigError("flink.batch_interval_ms must be at least 10")
+    if cfg.model.top_k < 1 or cfg.model.dim < 1:
+        raise ConfigError("model.top_k and model.dim must be at least 1")

@@ -1,0 +1,257 @@
+"""Behaviour events, schema version 1.
+
+The schema is written once, in ``rtrec/schema/event-v1.json``; :func:`parse_event`
+implements the same rules by hand (a JSON Schema validator per event would cost
+more than the rest of the pipeline) plus the ones JSON Schema cannot state:
+payload size, UTF-8, the wall-clock bound on ``ts`` and the configured rating
+scale. It returns an :class:`Event` or a :class:`Rejection` naming the reason;
+it never raises on input::
+
+    >>> parse_event(b'{"event_id":"e1","user_id":42,"item_id":"7","type":"click","ts":1000}', now_ms=2000)
+    Event(event_id='e1', user_id='42', item_id='7', type='click', ts=1000, value=None, category=None, dwell_ms=None, query=None, candidates=None, session_id=None)
+    >>> parse_event(b'{"event_id":"e1"', now_ms=0).reason
+    'malformed JSON: unexpected end of data'
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from rtrec.config import EventConfig, ModelConfig
+
+SCHEMA_VERSION = 1
+SCHEMA_PATH = Path(__file__).parent / "schema" / "event-v1.json"
+
+EVENT_TYPES = ("impression", "view", "click", "add_to_cart", "purchase", "rating", "search")
+_EVENT_TYPES = frozenset(EVENT_TYPES)
+#: Types that express interest in an item (feedback for learning, and a reason to refresh top-k).
+POSITIVE_TYPES = frozenset({"click", "add_to_cart", "purchase"})
+MAX_VALUE = 1e9
+
+
+@dataclass(slots=True)
+class Event:
+    """A validated event. Ids are strings whatever their JSON type."""
+
+    event_id: str
+    user_id: str
+    item_id: str | None
+    type: str
+    ts: int
+    value: float | None = None
+    category: str | None = None
+    dwell_ms: int | None = None
+    query: str | None = None
+    candidates: list[str] | None = None
+    session_id: str | None = None
+
+    def to_json(self) -> bytes:
+        """Canonical JSON (optional fields left out when absent)."""
+        d = {
+            "schema_version": SCHEMA_VERSION,
+            "event_id": self.event_id,
+            "user_id": self.user_id,
+            "type": self.type,
+            "ts": self.ts,
+        }
+        for name in ("item_id", "value", "category", "dwell_ms", "query", "candidates", "session_id"):
+            v = getattr(self, name)
+            if v is not None:
+                d[name] = v
+        return orjson.dumps(d)
+
+
+@dataclass(slots=True)
+class Rejection:
+    """Why a record could not be processed, and at which stage."""
+
+    reason: str
+    stage: str = "validate"
+    user_id: str | None = None
+
+
+class EventParser:
+    """Parses raw record values into events under one configuration.
+
+    ``now_ms`` is the wall clock used for the future-timestamp bound; tests pin it.
+    """
+
+    __slots__ = ("max_bytes", "max_id", "max_candidates", "max_query", "max_future_ms", "rating_min", "rating_max")
+
+    def __init__(self, events: EventConfig | None = None, model: ModelConfig | None = None):
+        events = events or EventConfig()
+        model = model or ModelConfig()
+        self.max_bytes = events.max_payload_bytes
+        self.max_id = events.max_id_chars
+        self.max_candidates = events.max_candidates
+        self.max_query = events.max_query_chars
+        self.max_future_ms = events.max_future_ms
+        self.rating_min = model.rating_min
+        self.rating_max = model.rating_max
+
+    def _id(self, v, name: str) -> str | Rejection:
+        if type(v) is str:
+            if not v or len(v) > self.max_id:
+                return Rejection(f"{name} must be 1..{self.max_id} characters")
+            return v
+        if type(v) is int:
+            if v < 0:
+                return Rejection(f"{name} must not be negative")
+            return str(v)
+        return Rejection(f"{name} must be a string or a non-negative integer, got {_jtype(v)}")
+
+    def _opt_str(self, d: dict, name: str, limit: int) -> str | None | Rejection:
+        v = d.get(name)
+        if v is None:
+            return None
+        if type(v) is not str:
+            return Rejection(f"{name} must be a string, got {_jtype(v)}")
+        if not v or len(v) > limit:
+            return Rejection(f"{name} must be 1..{limit} characters")
+        return v
+
+    def parse(self, raw: bytes | None, now_ms: int | None = None) -> Event | Rejection:
+        if raw is None or len(raw) == 0:
+            return Rejection("empty payload")
+        if len(raw) > self.max_bytes:
+            return Rejection(f"payload of {len(raw)} bytes exceeds events.max_payload_bytes={self.max_bytes}")
+        try:
+            d = orjson.loads(raw)
+        except orjson.JSONDecodeError as e:
+            msg = str(e)
+            if "utf-8" in msg.lower() or "surrogate" in msg.lower():
+                return Rejection("payload is not valid UTF-8")
+            return Rejection(f"malformed JSON: {msg.split(':', 1)[0].strip().lower() or 'parse error'}")
+        if type(d) is not dict:
+            return Rejection(f"payload must be a JSON object, got {_jtype(d)}")
+
+        version = d.get("schema_version", SCHEMA_VERSION)
+        if version != SCHEMA_VERSION or type(version) is not int:
+            return Rejection(f"unsupported schema_version {version!r} (this job reads {SCHEMA_VERSION})")
+
+        raw_user = d.get("user_id")
+        if raw_user is None:
+            return Rejection("missing field user_id")
+        user = self._id(raw_user, "user_id")
+        if type(user) is Rejection:
+            return user
+
+        event_id = d.get("event_id")
+        if event_id is None:
+            return Rejection("missing field event_id", user_id=user)
+        if type(event_id) is not str or not event_id or len(event_id) > self.max_id:
+            return Rejection(f"event_id must be a string of 1..{self.max_id} characters", user_id=user)
+
+        etype = d.get("type")
+        if etype is None:
+            return Rejection("missing field type", user_id=user)
+        if type(etype) is not str or etype not in _EVENT_TYPES:
+            return Rejection(f"unknown event type {str(etype)[:40]!r}", user_id=user)
+
+        ts = d.get("ts")
+        if ts is None:
+            return Rejection("missing field ts", user_id=user)
+        if type(ts) is float and math.isfinite(ts) and ts == int(ts):
+            ts = int(ts)
+        if type(ts) is not int:
+            return Rejection(f"ts must be an integer (epoch ms), got {_jtype(ts)}", user_id=user)
+        if ts < 0:
+            return Rejection("ts must not be negative", user_id=user)
+        now = int(time.time() * 1000) if now_ms is None else now_ms
+        if ts > now + self.max_future_ms:
+            return Rejection(f"ts {ts} is more than events.max_future_ms ahead of the clock", user_id=user)
+
+        item = d.get("item_id")
+        if item is not None:
+            item = self._id(item, "item_id")
+            if type(item) is Rejection:
+                item.user_id = user
+                return item
+        elif etype != "search":
+            return Rejection(f"missing field item_id (required for {etype} events)", user_id=user)
+
+        value = d.get("value")
+        if value is not None:
+            if type(value) not in (int, float):
+                return Rejection(f"value must be a number, got {_jtype(value)}", user_id=user)
+            value = float(value)
+            if not math.isfinite(value) or value < 0 or value > MAX_VALUE:
+                return Rejection(f"value {value!r} is outside 0..{MAX_VALUE:g}", user_id=user)
+        if etype == "rating":
+            if value is None:
+                return Rejection("missing field value (the rating of a rating event)", user_id=user)
+            if not self.rating_min <= value <= self.rating_max:
+                return Rejection(
+                    f"rating {value:g} is outside model.rating_min..rating_max "
+                    f"({self.rating_min:g}..{self.rating_max:g})",
+                    user_id=user,
+                )
+
+        category = self._opt_str(d, "category", self.max_id)
+        if type(category) is Rejection:
+            category.user_id = user
+            return category
+        session_id = self._opt_str(d, "session_id", self.max_id)
+        if type(session_id) is Rejection:
+            session_id.user_id = user
+            return session_id
+        query = self._opt_str(d, "query", self.max_query)
+        if type(query) is Rejection:
+            query.user_id = user
+            return query
+        if etype == "search" and query is None:
+            return Rejection("missing field query (required for search events)", user_id=user)
+
+        dwell = d.get("dwell_ms")
+        if dwell is not None:
+            if type(dwell) is float and math.isfinite(dwell) and dwell == int(dwell):
+                dwell = int(dwell)
+            if type(dwell) is not int or not 0 <= dwell <= 86_400_000:
+                return Rejection("dwell_ms must be an integer in 0..86400000", user_id=user)
+
+        candidates = d.get("candidates")
+        if candidates is not None:
+            if type(candidates) is not list:
+                return Rejection(f"candidates must be a list, got {_jtype(candidates)}", user_id=user)
+            if len(candidates) > self.max_candidates:
+                return Rejection(
+                    f"{len(candidates)} candidates exceed events.max_candidates={self.max_candidates}",
+                    user_id=user,
+                )
+            ids = []
+            for c in candidates:
+                cid = self._id(c, "candidate id")
+                if type(cid) is Rejection:
+                    cid.user_id = user
+                    return cid
+                ids.append(cid)
+            candidates = ids
+
+        return Event(event_id, user, item, etype, ts, value, category, dwell, query, candidates, session_id)
+
+
+def parse_event(raw: bytes | None, now_ms: int | None = None, parser: EventParser | None = None) -> Event | Rejection:
+    """Parse one record value with the default configuration (see :class:`EventParser`)."""
+    return (parser or _DEFAULT).parse(raw, now_ms)
+
+
+def _jtype(v) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "boolean"
+    if isinstance(v, (int, float)):
+        return "number"
+    if isinstance(v, str):
+        return "string"
+    if isinstance(v, list):
+        return "array"
+    return "object"
+
+
+_DEFAULT = EventParser()

@@ -1,0 +1,141 @@
+"""Kafka topics: check the broker, create what is missing, count and read outputs."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from rtrec.config import KafkaConfig
+
+# Model versions carry whole parameter sets; compaction keeps the newest per model.
+MODEL_TOPIC_CONFIG = {"cleanup.policy": "compact", "max.message.bytes": str(64 * 1024 * 1024)}
+
+
+class BrokerUnavailable(RuntimeError):
+    """No Kafka broker answered at the configured address."""
+
+
+def admin(kafka: KafkaConfig) -> AdminClient:
+    return AdminClient({"bootstrap.servers": kafka.bootstrap_servers})
+
+
+def check_broker(kafka: KafkaConfig, timeout_s: float = 5.0) -> None:
+    """Raise :class:`BrokerUnavailable` naming the fix when nothing answers."""
+    try:
+        admin(kafka).list_topics(timeout=timeout_s)
+    except KafkaException:
+        raise BrokerUnavailable(
+            f"no Kafka broker at {kafka.bootstrap_servers}: run `make kafka-up` to start the local one, "
+            "or point kafka.bootstrap_servers (or $RTREC_BOOTSTRAP_SERVERS) at yours"
+        ) from None
+
+
+def ensure_topics(kafka: KafkaConfig, names: list[str] | None = None, timeout_s: float = 30.0) -> list[str]:
+    """Create the rtrec topics that do not exist yet; returns the ones created."""
+    check_broker(kafka)
+    client = admin(kafka)
+    names = names or [kafka.events_topic, *kafka.output_topics()]
+    existing = set(client.list_topics(timeout=timeout_s).topics)
+    wanted = []
+    for name in dict.fromkeys(names):
+        if name in existing:
+            continue
+        config = MODEL_TOPIC_CONFIG if name == kafka.model_updates_topic else {}
+        wanted.append(NewTopic(name, num_partitions=kafka.partitions, replication_factor=1, config=config))
+    if not wanted:
+        return []
+    created = []
+    for name, future in client.create_topics(wanted, operation_timeout=timeout_s).items():
+        try:
+            future.result()
+            created.append(name)
+        except KafkaException as e:
+            if "TOPIC_ALREADY_EXISTS" not in str(e):
+                raise
+    _wait_for_metadata(client, created, timeout_s)
+    return created
+
+
+def delete_topics(kafka: KafkaConfig, names: list[str], timeout_s: float = 30.0) -> None:
+    client = admin(kafka)
+    existing = set(client.list_topics(timeout=timeout_s).topics)
+    doomed = [n for n in names if n in existing]
+    if not doomed:
+        return
+    for future in client.delete_topics(doomed, operation_timeout=timeout_s).values():
+        future.result()
+    deadline = time.time() + timeout_s
+    while time.time() < deadline and set(doomed) & set(client.list_topics(timeout=timeout_s).topics):
+        time.sleep(0.2)
+
+
+def _wait_for_metadata(client: AdminClient, names: list[str], timeout_s: float) -> None:
+    deadline = time.time() + timeout_s
+    while names and time.time() < deadline:
+        topics = client.list_topics(timeout=timeout_s).topics
+        if all(n in topics and not topics[n].error and topics[n].partitions for n in names):
+            return
+        time.sleep(0.1)
+
+
+def _consumer(kafka: KafkaConfig, group: str | None = None) -> Consumer:
+    return Consumer(
+        {
+            "bootstrap.servers": kafka.bootstrap_servers,
+            "group.id": group or f"rtrec-reader-{time.time_ns()}",
+            "isolation.level": "read_committed",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "enable.partition.eof": True,
+        }
+    )
+
+
+def end_offsets(kafka: KafkaConfig, topic: str) -> dict[int, int]:
+    """Partition -> end offset as a read_committed consumer sees it (the last stable offset)."""
+    c = _consumer(kafka)
+    try:
+        md = c.list_topics(topic, timeout=10).topics[topic]
+        if md.error:
+            raise KafkaException(md.error)
+        return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in md.partitions}
+    finally:
+        c.close()
+
+
+def read_topic(kafka: KafkaConfig, topic: str, idle_s: float = 2.0, max_s: float = 120.0) -> Iterator:
+    """Yield every committed record of ``topic`` from the beginning (read_committed).
+
+    Stops when every partition reached its end and nothing new came for ``idle_s``.
+    """
+    c = _consumer(kafka)
+    try:
+        md = c.list_topics(topic, timeout=10).topics[topic]
+        parts = [TopicPartition(topic, p, 0) for p in md.partitions]
+        c.assign(parts)
+        at_end: set[int] = set()
+        deadline = time.time() + max_s
+        last = time.time()
+        while time.time() < deadline:
+            msgs = c.consume(10_000, timeout=0.2)
+            for m in msgs:
+                if m.error():
+                    if m.error().code() == -191:  # _PARTITION_EOF
+                        at_end.add(m.partition())
+                        continue
+                    raise KafkaException(m.error())
+                at_end.discard(m.partition())
+                last = time.time()
+                yield m
+            if len(at_end) == len(parts) and time.time() - last >= idle_s:
+                return
+    finally:
+        c.close()
+
+
+def count_committed(kafka: KafkaConfig, topic: str) -> int:
+    """Number of committed records in ``topic`` (reads them; transaction markers are not counted)."""
+    return sum(1 for _ in read_topic(kafka, topic, idle_s=0.5))
