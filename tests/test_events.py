@@ -1,0 +1,82 @@
+"""The event parser and the JSON Schema file say the same thing."""
+
+import json
+
+import jsonschema
+import orjson
+import pytest
+
+from rtrec.events import SCHEMA_PATH, Event, EventParser, Rejection, parse_event
+
+NOW = 1_700_000_000_000
+SCHEMA = json.loads(SCHEMA_PATH.read_text())
+
+
+def good(**kw):
+    d = {"event_id": "e1", "user_id": "u1", "item_id": "i1", "type": "click", "ts": 1_000}
+    d.update(kw)
+    return {k: v for k, v in d.items() if v is not None}
+
+
+def parse(d):
+    return parse_event(orjson.dumps(d), now_ms=NOW)
+
+
+def test_schema_file_is_a_valid_json_schema():
+    jsonschema.Draft202012Validator.check_schema(SCHEMA)
+
+
+@pytest.mark.parametrize(
+    "d",
+    [
+        good(),
+        good(user_id=42, item_id=7),
+        good(type="rating", value=4),
+        good(type="search", item_id=None, query="star wars", candidates=["1", 2]),
+        good(type="purchase", value=19.99, category="Drama", dwell_ms=1200, session_id="s1"),
+        good(schema_version=1),
+        good(extra_field="kept for forward compatibility"),
+    ],
+)
+def test_valid_events_parse_and_satisfy_the_schema(d):
+    jsonschema.validate(d, SCHEMA)
+    e = parse(d)
+    assert isinstance(e, Event), e
+    assert e.user_id == str(d["user_id"]) and e.event_id == d["event_id"]
+
+
+@pytest.mark.parametrize(
+    "d, reason",
+    [
+        (good(user_id=None), "missing field user_id"),
+        (good(type="teleport"), "unknown event type"),
+        (good(ts="yesterday"), "ts must be an integer"),
+        (good(ts=-5), "must not be negative"),
+        (good(item_id=None), "missing field item_id"),
+        (good(type="rating"), "missing field value"),
+        (good(user_id=True), "user_id must be a string or a non-negative integer"),
+        (good(user_id=""), "user_id must be 1..128"),
+        (good(candidates="1,2"), "candidates must be a list"),
+        (good(schema_version=2), "unsupported schema_version"),
+        (good(value=-1), "outside"),
+        (good(type="search", item_id=None), "missing field query"),
+    ],
+)
+def test_invalid_events_are_rejected_by_parser_and_schema(d, reason):
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(d, SCHEMA)
+    r = parse(d)
+    assert isinstance(r, Rejection) and reason in r.reason, r
+
+
+def test_rules_beyond_json_schema():
+    assert "max_future_ms" in parse(good(ts=NOW + 2 * 86_400_000)).reason
+    assert "outside model.rating_min" in parse(good(type="rating", value=9)).reason
+    assert "exceeds events.max_payload_bytes" in parse_event(b"{" + b" " * 70_000 + b"}", now_ms=NOW).reason
+    assert parse_event(b'{"user_id": "\xff"}', now_ms=NOW).reason == "payload is not valid UTF-8"
+    assert parse_event(b"[1, 2]", now_ms=NOW).reason == "payload must be a JSON object, got array"
+
+
+def test_canonical_json_round_trips():
+    e = parse(good(type="rating", value=3.5, category="Drama", candidates=["a"]))
+    assert EventParser().parse(e.to_json(), now_ms=NOW) == e
