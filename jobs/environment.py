@@ -70,6 +70,8 @@ def flink_settings(cfg: RtrecConfig) -> dict[str, str]:
             "python.executable": sys.executable,
             "python.client.executable": sys.executable,
             "python.pythonpath": os.pathsep.join(pythonpath),
+            # Record timestamps become epoch milliseconds in SQL; pin the zone.
+            "table.local-time-zone": "UTC",
         }
     )
     settings.update(cfg.flink.options)

@@ -40,9 +40,16 @@ def shard_expression(column: str, shards: int) -> str:
 def register_event_source(t_env: StreamTableEnvironment, cfg: RtrecConfig) -> None:
     """``rtrec_events``: raw record values of the events topic, with their Kafka coordinates.
 
-    ``batch_time`` is the wall clock at ingestion; the micro-batch windows run on
-    it, so no record is ever late for them, and a bounded run flushes its last
-    batch when the input ends.
+    ``batch_time`` is the clock the micro-batch windows run on:
+
+    - unbounded (the normal case): processing time. A processing-time window
+      has no late records, so nothing is ever dropped, whatever the skew
+      between partitions or subtasks.
+    - bounded (``flink.bounded``, replays and tests): ingestion time with a
+      watermark and no idleness, because processing-time windows do not fire
+      when the input ends. Each source split's watermark is its own ingestion
+      clock, so no record can be behind it, and a split that reaches its end
+      offset stops holding the others back; at the end every window fires.
     """
     k, f = cfg.kafka, cfg.flink
     options = {
@@ -53,12 +60,13 @@ def register_event_source(t_env: StreamTableEnvironment, cfg: RtrecConfig) -> No
         "properties.isolation.level": "read_committed",
         "properties.auto.offset.reset": "earliest",
         "scan.startup.mode": _STARTUP[f.startup_mode],
-        # A partition with no traffic must not hold back the batch windows.
-        "scan.watermark.idle-timeout": f"{max(2 * f.batch_interval_ms, 200)} ms",
         "value.format": "raw",
     }
     if f.bounded:
         options["scan.bounded.mode"] = "latest-offset"
+        clock = "batch_time AS CAST(CURRENT_TIMESTAMP AS TIMESTAMP_LTZ(3)),\n  WATERMARK FOR batch_time AS batch_time"
+    else:
+        clock = "batch_time AS PROCTIME()"
     t_env.execute_sql(
         f"""
 CREATE TEMPORARY TABLE rtrec_events (
@@ -66,8 +74,7 @@ CREATE TEMPORARY TABLE rtrec_events (
   `partition` INT METADATA VIRTUAL,
   `offset` BIGINT METADATA VIRTUAL,
   `record_ts` TIMESTAMP_LTZ(3) METADATA FROM 'timestamp' VIRTUAL,
-  batch_time AS CAST(CURRENT_TIMESTAMP AS TIMESTAMP_LTZ(3)),
-  WATERMARK FOR batch_time AS batch_time
+  {clock}
 ) WITH (
   {_with(options)}
 )"""
@@ -75,13 +82,12 @@ CREATE TEMPORARY TABLE rtrec_events (
 
 
 def event_batches(t_env: StreamTableEnvironment, cfg: RtrecConfig) -> Table:
-    """One row per (user shard, batch interval): ``shard``, ``values``, ``partitions``, ``offsets``, ``max_ts``.
+    """One row per (user shard, batch interval): ``shard``, ``values``, ``partitions``, ``offsets``, ``times``.
 
-    The three arrays are parallel, in arrival order. (One array of ROW(...)
-    would be neater, but ARRAY_AGG keeps references to rows that the upstream
-    projection reuses, and ends up holding one row many times.) ``max_ts`` is
-    the newest Kafka record timestamp in the batch, the event-time clock for
-    watermarks.
+    The arrays are parallel, in arrival order (parallel arrays of scalars
+    rather than one array of rows: see udfs/records.py); ``times`` are the
+    Kafka record timestamps (epoch ms), from which udfs/event_time.py derives
+    event-time watermarks per source partition.
     """
     register_event_source(t_env, cfg)
     # The user id is read from the payload, so a user's state has one home
@@ -94,7 +100,7 @@ def event_batches(t_env: StreamTableEnvironment, cfg: RtrecConfig) -> Table:
             f"""
 SELECT CAST({shard_expression(user, cfg.flink.shards)} AS INT) AS shard,
        COALESCE(`value`, X'') AS `value`, `partition`, `offset`,
-       record_ts,
+       EXTRACT(EPOCH FROM record_ts) * 1000 + EXTRACT(MILLISECOND FROM record_ts) AS record_ms,
        batch_time
 FROM rtrec_events"""
         ),
@@ -105,7 +111,7 @@ SELECT shard,
        ARRAY_AGG(`value`) AS `values`,
        ARRAY_AGG(`partition`) AS partitions,
        ARRAY_AGG(`offset`) AS offsets,
-       MAX(record_ts) AS max_ts
+       ARRAY_AGG(record_ms) AS times
 FROM TABLE(TUMBLE(TABLE rtrec_keyed_events, DESCRIPTOR(batch_time), {_interval(cfg.flink.batch_interval_ms)}))
 GROUP BY window_start, window_end, shard"""
     )
@@ -145,7 +151,7 @@ def register_sinks(t_env: StreamTableEnvironment, cfg: RtrecConfig) -> dict[str,
     ):
         table = f"rtrec_sink_{field}"
         t_env.execute_sql(
-            f"CREATE TEMPORARY TABLE {table} (k STRING, v BYTES) WITH (\n  {_with(_sink_options(cfg, topic, field))}\n)"
+            f"CREATE TEMPORARY TABLE {table} (k STRING, v STRING) WITH (\n  {_with(_sink_options(cfg, topic, field))}\n)"
         )
         tables[field] = table
     # Dead letters keep the original bytes as the value; the reason, stage and
@@ -164,8 +170,8 @@ def register_sinks(t_env: StreamTableEnvironment, cfg: RtrecConfig) -> dict[str,
 def insert_outputs(statements, view: str, tables: dict[str, str]) -> None:
     """Unnest each output of ``view`` into its sink (adds the INSERTs to ``statements``).
 
-    Keys and values arrive as parallel arrays (see udfs/records.py); the
-    ordinality of the key pairs it with its value.
+    Records arrive as ``key NUL value`` strings (see udfs/records.py); dead
+    letters as parallel arrays, paired by the ordinality of the key.
     """
     for field, table in tables.items():
         if field == "dead_letters":
@@ -179,5 +185,7 @@ FROM {view} AS v CROSS JOIN UNNEST(v.dead_keys) WITH ORDINALITY AS d(k, i)"""
         else:
             statements.add_insert_sql(
                 f"""INSERT INTO {table}
-SELECT r.k, v.{field}_values[r.i] FROM {view} AS v CROSS JOIN UNNEST(v.{field}_keys) WITH ORDINALITY AS r(k, i)"""
+SELECT NULLIF(SUBSTRING(r.s FROM 1 FOR POSITION(CHR(0) IN r.s) - 1), ''),
+       SUBSTRING(r.s FROM POSITION(CHR(0) IN r.s) + 1)
+FROM {view} AS v CROSS JOIN UNNEST(v.{field}) AS r(s)"""
             )

@@ -1,9 +1,12 @@
-"""The rtrec job: Kafka events in, features, recommendations and predictions out.
+"""The rtrec job: Kafka events in; features, recommendations, predictions and dead letters out.
 
-    events ──(SQL: shard users, micro-batch)──► UserStage ──(SQL: unnest)──► Kafka topics
-             kafka_tables.event_batches         udfs.user_stage             kafka_tables.insert_outputs
+    events ─(SQL: shard users, micro-batch)─► UserStage ──────────────────────────┐
+            kafka_tables.event_batches        admit, user features, learn, top-k  ├─(SQL: unnest)─► Kafka
+                                                 │ accepted events by item shard  │  kafka_tables.insert_outputs
+                                                 └─► ItemStage ───────────────────┘
+                                                     item features, event-time order
 
-Run it with ``rtrec run`` (a local MiniCluster) or submit this module with
+Run it with ``rtrec run`` (a local MiniCluster) or submit this file with
 ``flink run --python jobs/rtrec_job.py``.
 """
 
@@ -17,9 +20,12 @@ from pyflink.table import StreamTableEnvironment
 
 from jobs import kafka_tables
 from jobs.environment import create_environments
+from rtrec import topics
 from rtrec.config import RtrecConfig, load_config
+from udfs.event_time import batch_watermarks
+from udfs.item_stage import ItemStage
 from udfs.records import STAGE_OUTPUT
-from udfs.user_stage import UserStage
+from udfs.user_stage import TO_ITEMS, UserStage
 
 
 def shard_key(batch: Row) -> int:
@@ -28,19 +34,35 @@ def shard_key(batch: Row) -> int:
 
 def build(env: StreamExecutionEnvironment, t_env: StreamTableEnvironment, cfg: RtrecConfig) -> None:
     """Add the whole pipeline to ``env``."""
-    batches = t_env.to_data_stream(kafka_tables.event_batches(t_env, cfg))
+    batches = (
+        t_env.to_data_stream(kafka_tables.event_batches(t_env, cfg))
+        .assign_timestamps_and_watermarks(batch_watermarks(cfg, len(topics.end_offsets(cfg.kafka, cfg.kafka.events_topic))))
+        .name("BatchEventTime")
+    )
 
-    outputs = (
+    users = (
         batches.key_by(shard_key, key_type=Types.INT())
         .process(UserStage(cfg), output_type=STAGE_OUTPUT)
         .uid("user-stage")
         .name("UserStage")
+        # PyTorch must be the only Python operator on its task thread: pemja
+        # gives each Python operator its own thread state, and when torch
+        # re-acquires the GIL (pybind11) under the thread's first-made state
+        # while another one holds it, the thread deadlocks on itself.
+        .disable_chaining()
+    )
+    items = (
+        users.get_side_output(TO_ITEMS)
+        .key_by(shard_key, key_type=Types.INT())
+        .process(ItemStage(cfg), output_type=STAGE_OUTPUT)
+        .uid("item-stage")
+        .name("ItemStage")
     )
 
     sinks = kafka_tables.register_sinks(t_env, cfg)
-    t_env.create_temporary_view("rtrec_user_outputs", t_env.from_data_stream(outputs))
+    t_env.create_temporary_view("rtrec_outputs", t_env.from_data_stream(users.union(items)))
     statements = t_env.create_statement_set()
-    kafka_tables.insert_outputs(statements, "rtrec_user_outputs", sinks)
+    kafka_tables.insert_outputs(statements, "rtrec_outputs", sinks)
     statements.attach_as_datastream()
 
 

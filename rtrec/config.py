@@ -104,15 +104,41 @@ class EventConfig:
     max_id_chars: int = 128
     # Events stamped more than this far past the wall clock are rejected as absurd.
     max_future_ms: int = 86_400_000
+    # Duplicates (same event_id, same user) are recognised for this long after
+    # the first copy (processing time), remembering at most
+    # dedup_max_ids_per_user ids per user (the oldest are forgotten first).
     dedup_window_ms: int = 3_600_000
+    dedup_max_ids_per_user: int = 1_000
     watermark_out_of_orderness_ms: int = 5_000
     allowed_lateness_ms: int = 60_000
+    # The watermark follows the slowest partition of the events topic; one that
+    # has sent nothing for this long (processing time) stops holding it back.
+    # Keep it well above the pauses backpressure can cause while catching up.
+    partition_idle_ms: int = 60_000
+
+
+@dataclass
+class FeatureConfig:
+    """Feature state and outputs (the definitions live in rtrec/features/definitions.py)."""
+
+    # Keyed state of a user or item with no event for this long (processing
+    # time) expires; RocksDB drops it during compaction.
+    user_ttl_ms: int = 30 * 86_400_000
+    item_ttl_ms: int = 90 * 86_400_000
+    # Write a snapshot to the features topic after every event of the entity.
+    emit_user_features: bool = True
+    emit_item_features: bool = True
+    # Duplicates go to the dead-letter topic (stage "dedup") so that every
+    # input is accounted for; turn off to drop them, counted in a metric only.
+    dead_letter_duplicates: bool = True
 
 
 @dataclass
 class ModelConfig:
     """The scoring model and where it runs."""
 
+    # Off: the job computes and emits features only (the "feature job").
+    enabled: bool = True
     # auto picks CUDA when torch sees a GPU, else CPU; or name one ("cpu", "cuda:0").
     device: str = "auto"
     dim: int = 32
@@ -120,6 +146,8 @@ class ModelConfig:
     seed: int = 7
     learning_rate: float = 0.01
     l2: float = 0.05
+    # Items a user interacted with recently are not recommended back.
+    exclude_recent: int = 100
     # Ratings live on this scale; scores are clamped into it.
     rating_min: float = 1.0
     rating_max: float = 5.0
@@ -142,6 +170,7 @@ class RtrecConfig:
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     flink: FlinkConfig = field(default_factory=FlinkConfig)
     events: EventConfig = field(default_factory=EventConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     replay: ReplayConfig = field(default_factory=ReplayConfig)
 

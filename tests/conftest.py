@@ -36,6 +36,10 @@ def fresh_config(kafka: KafkaConfig, name: str, overrides: list[str] | None = No
     cfg.kafka = kafka.with_prefix(f"t.{tag}.")
     cfg.flink.job_name = f"rtrec-test-{tag}"
     cfg.flink.checkpoint_dir = str(ROOT / "var" / "test-checkpoints" / tag)
+    # A broken job should fail the test quickly rather than restart until it times out.
+    cfg.flink.options.setdefault("restart-strategy.type", "fixed-delay")
+    cfg.flink.options.setdefault("restart-strategy.fixed-delay.attempts", "2")
+    cfg.flink.options.setdefault("restart-strategy.fixed-delay.delay", "1 s")
     topics.ensure_topics(cfg.kafka)
     return cfg
 

@@ -2,13 +2,17 @@
 
 Python operators see one record per micro-batch: a key shard and the raw
 Kafka records of that shard in arrival order. They answer with one record per
-batch that holds, for each output topic, parallel arrays of keys and values;
-the SQL sinks unnest them (jobs/kafka_tables.py), so per-record work after
-Python stays in Java.
+batch that holds, for each output topic, an array of Kafka records; the SQL
+sinks unnest them (jobs/kafka_tables.py), so per-record work after Python
+stays in Java.
 
-Parallel arrays of scalars rather than one array of rows: PyFlink (2.2, thread
-mode) converts an array of rows with a single reused row object, so every
-element came out equal to the last one.
+Each output record is one string, ``key + NUL + value``: ids cannot contain
+control characters (rtrec.events) and JSON never holds a raw NUL. Two simpler
+shapes fail: PyFlink (2.2, thread mode) converts an array of rows or tuples
+with one reused object, so every element came out equal to the last, and
+parallel key and value arrays make the SQL unnest copy the whole batch once
+per element. Dead letters keep their original bytes, which need not be
+UTF-8, in parallel arrays; there are few of them.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pyflink.common import Row, Types
 BYTES = Types.PRIMITIVE_ARRAY(Types.BYTE())
 STRINGS = Types.OBJECT_ARRAY(Types.STRING())
 BYTES_ARRAY = Types.OBJECT_ARRAY(BYTES)
+SEPARATOR = "\x00"
 
 #: Output topics with (key, value) records, in the order of STAGE_OUTPUT's fields.
 OUTPUT_TOPICS = ("features", "recommendations", "predictions")
@@ -25,26 +30,18 @@ OUTPUT_TOPICS = ("features", "recommendations", "predictions")
 DEAD_LETTER_FIELDS = ("dead_keys", "dead_values", "dead_reasons", "dead_stages", "dead_sources")
 
 STAGE_OUTPUT = Types.ROW_NAMED(
-    [*(f"{t}_{part}" for t in OUTPUT_TOPICS for part in ("keys", "values")), *DEAD_LETTER_FIELDS],
-    [*(t for _ in OUTPUT_TOPICS for t in (STRINGS, BYTES_ARRAY)), STRINGS, BYTES_ARRAY, STRINGS, STRINGS, STRINGS],
+    [*OUTPUT_TOPICS, *DEAD_LETTER_FIELDS],
+    [*(STRINGS for _ in OUTPUT_TOPICS), STRINGS, BYTES_ARRAY, STRINGS, STRINGS, STRINGS],
 )
 
 
-class TopicRecords:
-    """Keys and values bound for one topic."""
+class TopicRecords(list):
+    """Records bound for one topic, each ``key NUL value``."""
 
-    __slots__ = ("keys", "values")
+    __slots__ = ()
 
-    def __init__(self):
-        self.keys: list[str | None] = []
-        self.values: list[bytes] = []
-
-    def append(self, key: str | None, value: bytes) -> None:
-        self.keys.append(key)
-        self.values.append(value)
-
-    def __len__(self) -> int:
-        return len(self.keys)
+    def append(self, key: str | None, value: bytes) -> None:  # type: ignore[override]
+        super().append(f"{key or ''}{SEPARATOR}{value.decode()}")
 
 
 class Outputs:
@@ -74,6 +71,5 @@ class Outputs:
         return bool(self.features or self.recommendations or self.predictions or self.dead_keys)
 
     def row(self) -> Row:
-        f, r, p = self.features, self.recommendations, self.predictions
-        return Row(f.keys, f.values, r.keys, r.values, p.keys, p.values, self.dead_keys, self.dead_values,
-                   self.dead_reasons, self.dead_stages, self.dead_sources)
+        return Row(list(self.features), list(self.recommendations), list(self.predictions), self.dead_keys,
+                   self.dead_values, self.dead_reasons, self.dead_stages, self.dead_sources)

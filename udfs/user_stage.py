@@ -1,158 +1,190 @@
-"""UserStage: the keyed operator that holds each user's state, scores and learns.
+"""UserStage: the keyed operator that admits events, keeps user state, and scores and learns.
 
-Keyed by user shard (see jobs/kafka_tables.py); each user's state is one entry
-of a MapState, so it has its own lifetime and moves with its shard on rescale.
-Per micro-batch it
+Keyed by user shard (jobs/kafka_tables.py). Each user's state is one entry of
+a MapState, so it has its own TTL and moves with its shard on rescale. Per
+micro-batch it
 
-1. parses and validates every record (bad ones become dead letters),
-2. loads the state of the batch's users,
-3. learns from rating feedback and refreshes each user's top-k after every
-   interaction, in *waves* (the n-th event of every user in the batch forms
-   wave n), so each user's events apply in order while the torch work is batched,
-4. writes the users' state back and emits one output row for the batch.
+1. admits records: parse and validate, drop events behind the watermark by
+   more than the allowed lateness, drop duplicate event ids seen within the
+   dedup window (the ids live in the user's own state entry, so checking
+   them costs no extra state access); each refused record goes to the dead
+   letters with its reason and stage, so records in = processed + duplicates
+   + dead letters,
+2. folds each accepted event into its user's features, in arrival order, and
+   emits a feature snapshot per event,
+3. hands the accepted events on to the ItemStage, grouped by item shard,
+4. (model.enabled) learns from feedback and refreshes top-k (udfs/recommender.py),
+5. writes the users' state back.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 
-import numpy as np
-import orjson
-import torch
-from pyflink.common import Row, Types
-from pyflink.datastream import KeyedProcessFunction, RuntimeContext
-from pyflink.datastream.state import MapStateDescriptor
+from pyflink.common import Row
+from pyflink.datastream import KeyedProcessFunction, OutputTag, RuntimeContext
 
-from models.base import Batch
-from models.device import resolve_device
-from models.mf import BiasedMF
 from rtrec.config import RtrecConfig
 from rtrec.events import Event, EventParser, Rejection
+from rtrec.features.definitions import USER_FEATURES
+from rtrec.features.engine import FeatureEngine
+from rtrec.sharding import shard_of
+from udfs.item_stage import ITEM_EVENTS
+from udfs.profiling import OperatorProfile
+from udfs.recommender import OnlineRecommender
 from udfs.records import Outputs
+from udfs.runtime import subtask_info
+from udfs.state import CachedMapState, entity_map
 
-#: Event types after which a user's top-k is refreshed.
-REFRESH_TYPES = frozenset({"view", "click", "add_to_cart", "purchase", "rating"})
+#: Side output: accepted events on their way to the ItemStage.
+TO_ITEMS = OutputTag("to-items", ITEM_EVENTS)
 
-
-@dataclass
-class UserRecord:
-    """Everything rtrec keeps about one user (pickled into MapState)."""
-
-    mf: np.ndarray
-    recent_items: list[str] = field(default_factory=list)
-    events: int = 0
-    last_ts: int = 0
+# A user's entry in the "users" MapState:
+#   {"features": engine state, "model": recommender state, "seen": {event_id: first seen at (ms)}}
 
 
 class UserStage(KeyedProcessFunction):
-    """Validate, keep user state, learn, and recommend, one micro-batch at a time."""
+    """Admit, featurise, learn and recommend, one micro-batch at a time."""
 
     def __init__(self, cfg: RtrecConfig):
         self.cfg = cfg
 
-    # -- lifecycle -----------------------------------------------------------
     def open(self, ctx: RuntimeContext):
-        m = self.cfg.model
-        torch.set_num_threads(1)
-        self.device = resolve_device(m.device)
-        self.parser = EventParser(self.cfg.events, m)
-        self.model = BiasedMF(dim=m.dim, seed=m.seed, device=self.device, rating_min=m.rating_min, rating_max=m.rating_max)
-        self.users = ctx.get_map_state(MapStateDescriptor("users", Types.STRING(), Types.PICKLED_BYTE_ARRAY()))
-        self.topic = self.cfg.kafka.events_topic
-        self.top_k = m.top_k
-        self.recent_n = 50
+        cfg = self.cfg
+        self.parser = EventParser(cfg.events, cfg.model)
+        self.engine = FeatureEngine(USER_FEATURES)
+        ttl = cfg.features.user_ttl_ms
+        self.users = CachedMapState(ctx.get_map_state(entity_map("users", ttl)), ttl)
+        self.dedup_window = cfg.events.dedup_window_ms
+        self.dedup_max = cfg.events.dedup_max_ids_per_user
+        self.recommender = OnlineRecommender(cfg) if cfg.model.enabled else None
+        self.topic = cfg.kafka.events_topic
+        self.allowed_lateness = cfg.events.allowed_lateness_ms
+        self.shards = cfg.flink.shards
+        self.item_shards: dict[str, int] = {}
+        self.emit_features = cfg.features.emit_user_features
+        self.dead_letter_duplicates = cfg.features.dead_letter_duplicates
+
+        metrics = ctx.get_metrics_group().add_group("rtrec")
+        self.m_events = metrics.counter("events_in")
+        self.m_accepted = metrics.counter("events_accepted")
+        self.m_dead = metrics.counter("dead_letters")
+        self.m_duplicates = metrics.counter("duplicates")
+        self.m_late = metrics.counter("late_events")
+        self._freshness_ms = 0
+        # Processing time minus event time of the newest event of the last batch.
+        metrics.gauge("freshness_ms", lambda: self._freshness_ms)
+        self.profile = OperatorProfile("UserStage", subtask_info(ctx).index)
+
+    def close(self):
+        self.profile.dump()
 
     # -- per batch -------------------------------------------------------------
     def process_element(self, batch: Row, ctx: KeyedProcessFunction.Context):
+        with self.profile:
+            results = self.process_batch(batch, ctx.timer_service().current_watermark())
+        yield from results
+
+    def process_batch(self, batch: Row, watermark: int) -> list:
+        """Everything one batch produces: side outputs for the ItemStage, then this stage's output row."""
+        results: list = []
         out = Outputs()
+        users: dict[str, dict] = {}
+        events = self.admit(batch, watermark, users, out)
+        if events:
+            by_item_shard: dict[int, list[Event]] = {}
+            self.featurise(events, users, out, by_item_shard)
+            for shard, item_events in by_item_shard.items():
+                results.append((TO_ITEMS, Row(shard, item_events)))
+            if self.recommender is not None:
+                models = {u: s["model"] or self.recommender.new_user(u) for u, s in users.items()}
+                self.recommender.process(events, models, out)
+                for u, s in users.items():
+                    s["model"] = models[u]
+            now = int(time.time() * 1000)
+            self._freshness_ms = now - max(e.ts for e in events)
+        self.users.put_all(users)
+        if out:
+            results.append(out.row())
+        return results
+
+    def admit(self, batch: Row, watermark: int, users: dict[str, dict], out: Outputs) -> list[Event]:
+        """Parse, then refuse late and duplicate events; everything refused becomes a dead letter.
+
+        Loads the state of every user with a valid event into ``users``.
+        """
         now = int(time.time() * 1000)
-        events: list[Event] = []
         parse = self.parser.parse
-        for value, partition, offset in zip(batch[1], batch[2], batch[3], strict=True):
+        late_before = watermark - self.allowed_lateness
+        forget_before = now - self.dedup_window
+        accepted: list[Event] = []
+        values, partitions, offsets = batch[1], batch[2], batch[3]
+        self.m_events.inc(len(values))
+        for value, partition, offset in zip(values, partitions, offsets, strict=True):
             r = parse(value, now)
             if type(r) is Rejection:
                 out.dead(r.user_id, value, r.reason, r.stage, f"{self.topic}/{partition}@{offset}")
-            else:
-                events.append(r)
-        if events:
-            self.process_events(events, out)
-        if out:
-            yield out.row()
+                continue
+            if r.ts < late_before:
+                self.m_late.inc()
+                out.dead(
+                    r.user_id, value,
+                    f"event time {r.ts} is more than events.allowed_lateness_ms={self.allowed_lateness} "
+                    f"behind the watermark {watermark}",
+                    "lateness", f"{self.topic}/{partition}@{offset}",
+                )
+                continue
+            user = users.get(r.user_id)
+            if user is None:
+                user = users[r.user_id] = self.load_user(r.user_id, forget_before)
+            seen = user["seen"]
+            if r.event_id in seen:
+                self.m_duplicates.inc()
+                if self.dead_letter_duplicates:
+                    out.dead(r.user_id, value, f"duplicate event_id {r.event_id!r}", "dedup",
+                             f"{self.topic}/{partition}@{offset}")
+                continue
+            seen[r.event_id] = now
+            if len(seen) > self.dedup_max:
+                del seen[next(iter(seen))]
+            accepted.append(r)
+        self.m_dead.inc(len(out.dead_keys))
+        self.m_accepted.inc(len(accepted))
+        return accepted
 
-    def process_events(self, events: list[Event], out: Outputs) -> None:
-        # Load each user once; the n-th event of every user goes into wave n.
-        records: dict[str, UserRecord] = {}
-        waves: list[list[Event]] = []
-        depth: dict[str, int] = {}
+    def featurise(self, events: list[Event], users: dict[str, dict], out: Outputs,
+                  by_item_shard: dict[int, list[Event]]) -> None:
+        """Fold events into user features in arrival order; group them by item shard for the ItemStage."""
+        engine, shards, emit, item_shards = self.engine, self.shards, self.emit_features, self.item_shards
         for e in events:
             u = e.user_id
-            if u not in records:
-                records[u] = self.users.get(u) or UserRecord(self.model.new_user(u).numpy())
-            n = depth.get(u, 0)
-            depth[u] = n + 1
-            if n == len(waves):
-                waves.append([])
-            waves[n].append(e)
+            user = users[u]
+            engine.update(user["features"], e)
+            if emit:
+                out.features.append(u, engine.record(u, user["features"], e))
+            item = e.item_id
+            if item is not None:
+                shard = item_shards.get(item)
+                if shard is None:
+                    shard = item_shards[item] = shard_of(item, shards)
+                    if len(item_shards) > 1_000_000:
+                        item_shards.clear()
+                by_item_shard.setdefault(shard, []).append(e)
 
-        refresh_events: list[Event] = []
-        refresh_params: list[np.ndarray] = []
-        refresh_recent: list[list[str]] = []
-        for wave in waves:
-            ratings = [e for e in wave if e.type == "rating"]
-            if ratings:
-                params = torch.from_numpy(np.stack([records[e.user_id].mf for e in ratings])).to(self.device)
-                batch = Batch(items=self.model.rows([e.item_id for e in ratings]), user_params={"mf": params})
-                y = torch.tensor([e.value for e in ratings], device=self.device)
-                self.model.learn_many(batch, y)
-                learned = params.cpu().numpy()
-                for i, e in enumerate(ratings):
-                    records[e.user_id].mf = learned[i]
-            for e in wave:
-                rec = records[e.user_id]
-                rec.events += 1
-                rec.last_ts = max(rec.last_ts, e.ts)
-                if e.item_id is not None:
-                    self.model.rows([e.item_id])
-                    rec.recent_items = ([e.item_id] + [i for i in rec.recent_items if i != e.item_id])[: self.recent_n]
-                if e.type in REFRESH_TYPES:
-                    refresh_events.append(e)
-                    refresh_params.append(rec.mf)
-                    refresh_recent.append(rec.recent_items)
-
-        if refresh_events:
-            self.recommend(refresh_events, refresh_params, refresh_recent, out)
-        self.users.put_all(records)
-
-    def recommend(self, events: list[Event], params: list[np.ndarray], recent: list[list[str]], out: Outputs) -> None:
-        """Top-k of the catalogue for each event's user, leaving out items they saw recently."""
-        user_params = torch.from_numpy(np.stack(params)).to(self.device)
-        scores = self.model.score_catalogue(user_params)
-        rows, cols = [], []
-        index = self.model.index
-        for r, items in enumerate(recent):
-            for item in items:
-                c = index.get(item)
-                if c is not None:
-                    rows.append(r)
-                    cols.append(c)
-        if rows:
-            scores[torch.tensor(rows), torch.tensor(cols)] = float("-inf")
-        k = min(self.top_k, scores.shape[1])
-        top_scores, top_rows = torch.topk(scores, k, dim=1)
-        top_scores, top_rows = top_scores.cpu().tolist(), top_rows.cpu().tolist()
-        ids = index.ids
-        for e, s, r in zip(events, top_scores, top_rows, strict=True):
-            keep = [j for j, v in enumerate(s) if v != float("-inf")]
-            value = orjson.dumps(
-                {
-                    "user_id": e.user_id,
-                    "event_id": e.event_id,
-                    "ts": e.ts,
-                    "items": [ids[r[j]] for j in keep],
-                    "scores": [round(s[j], 5) for j in keep],
-                    "model_version": 0,
-                    "feature_ts": e.ts,
-                }
-            )
-            out.recommendations.append(e.user_id, value)
+    def load_user(self, user_id: str, forget_before: int) -> dict:
+        """The user's state entry (a new one if none), with ids older than the dedup window forgotten."""
+        user = self.users.get(user_id)
+        if user is None:
+            return {
+                "features": self.engine.new_state(),
+                "model": self.recommender.new_user(user_id) if self.recommender is not None else None,
+                "seen": {},
+            }
+        seen = user["seen"]
+        # Ids were added in time order, so the oldest come first.
+        while seen:
+            first = next(iter(seen))
+            if seen[first] >= forget_before:
+                break
+            del seen[first]
+        return user

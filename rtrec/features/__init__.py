@@ -1,0 +1,1 @@
+"""Declarative features (definitions.py) and the engine that runs them online and offline."""

@@ -1,0 +1,112 @@
+"""ItemStage: per-item features, computed in event-time order.
+
+Keyed by item shard (rtrec.sharding). It receives the events the UserStage
+accepted, grouped by item shard, and holds each event back until the
+watermark passes its timestamp; then it folds the due events in
+``(ts, event_id)`` order. Items are touched by many users whose events arrive
+through different partitions and subtasks, so arrival order is not event
+order; sorting by event time makes an item's features as of an event the same
+as the offline backfill computes (the price: item features lag by the
+watermark delay). An event that arrives behind the watermark (late but within
+the allowed lateness) is folded in at once.
+
+Held-back events wait in state as they came, one MapState entry per batch,
+so the state calls follow the batches, not the events (each costs a trip
+into the JVM). One timer waits for the oldest held event; whenever the stage
+runs (a batch arrives or that timer fires) it folds everything the watermark
+has passed.
+"""
+
+from __future__ import annotations
+
+from pyflink.common import Row, Types
+from pyflink.datastream import KeyedProcessFunction, RuntimeContext
+from pyflink.datastream.state import MapStateDescriptor
+
+from rtrec.config import RtrecConfig
+from rtrec.events import Event
+from rtrec.features.definitions import ITEM_FEATURES
+from rtrec.features.engine import FeatureEngine
+from udfs.profiling import OperatorProfile
+from udfs.records import Outputs
+from udfs.runtime import subtask_info
+from udfs.state import CachedMapState, entity_map
+
+#: What the UserStage sends here: (item shard, accepted events of that shard).
+ITEM_EVENTS = Types.ROW_NAMED(["shard", "events"], [Types.INT(), Types.PICKLED_BYTE_ARRAY()])
+
+
+def event_order(e: Event) -> tuple[int, str]:
+    return (e.ts, e.event_id)
+
+
+class ItemStage(KeyedProcessFunction):
+    """Fold events into item feature state once the watermark passes them."""
+
+    def __init__(self, cfg: RtrecConfig):
+        self.cfg = cfg
+
+    def open(self, ctx: RuntimeContext):
+        self.engine = FeatureEngine(ITEM_FEATURES)
+        self.items = CachedMapState(
+            ctx.get_map_state(entity_map("items", self.cfg.features.item_ttl_ms)), self.cfg.features.item_ttl_ms
+        )
+        # sequence number -> events of one batch held back until the watermark passes them
+        self.pending = ctx.get_map_state(MapStateDescriptor("pending", Types.LONG(), Types.PICKLED_BYTE_ARRAY()))
+        # shard -> {sequence number: oldest event time} of what `pending` holds (rebuilt after a restore)
+        self.held: dict[int, dict[int, int]] = {}
+        self.emit = self.cfg.features.emit_item_features
+        self.profile = OperatorProfile("ItemStage", subtask_info(ctx).index)
+
+    def close(self):
+        self.profile.dump()
+
+    def process_element(self, value: Row, ctx: KeyedProcessFunction.Context):
+        with self.profile:
+            results = self.advance(value[0], value[1], ctx.timer_service())
+        yield from results
+
+    def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext):
+        with self.profile:
+            results = self.advance(ctx.get_current_key(), [], ctx.timer_service())
+        yield from results
+
+    def advance(self, shard: int, events: list[Event], timers) -> list:
+        """Hold back ``events`` the watermark has not passed; fold everything it has, oldest first."""
+        watermark = timers.current_watermark()
+        held = self.held.get(shard)
+        if held is None:  # first call for this shard since (re)start
+            held = self.held[shard] = {seq: min(e.ts for e in evs) for seq, evs in self.pending.items()}
+        due = [e for e in events if e.ts <= watermark]
+        for seq in [s for s, oldest in held.items() if oldest <= watermark]:
+            waiting = self.pending.get(seq) or []
+            rest = [e for e in waiting if e.ts > watermark]
+            due.extend(e for e in waiting if e.ts <= watermark)
+            if rest:
+                self.pending.put(seq, rest)
+                held[seq] = min(e.ts for e in rest)
+            else:
+                self.pending.remove(seq)
+                del held[seq]
+        later = [e for e in events if e.ts > watermark]
+        if later:
+            seq = max(held, default=0) + 1
+            self.pending.put(seq, later)
+            held[seq] = min(e.ts for e in later)
+        if held:
+            timers.register_event_time_timer(min(held.values()))
+        return self.fold(sorted(due, key=event_order)) if due else []
+
+    def fold(self, events: list[Event]) -> list:
+        engine, out = self.engine, Outputs()
+        states: dict[str, list] = {}
+        for e in events:
+            item = e.item_id
+            state = states.get(item)
+            if state is None:
+                state = states[item] = self.items.get(item) or engine.new_state()
+            engine.update(state, e)
+            if self.emit:
+                out.features.append(item, engine.record(item, state, e))
+        self.items.put_all(states)
+        return [out.row()] if out else []
