@@ -30,16 +30,26 @@ def _load(args) -> RtrecConfig:
 
 def cmd_replay(args) -> int:
     from rtrec import topics
-    from rtrec.datasets import movielens_events
     from rtrec.replay import replay
+    from rtrec.sources import load_events
 
     cfg = _load(args)
     topics.ensure_topics(cfg.kafka)
-    if args.dataset != "movielens-100k":
-        raise ConfigError(f"unknown data set {args.dataset!r}; built in: movielens-100k")
-    events = movielens_events(limit=args.limit or cfg.replay.limit)
+    events = load_events(args.input or cfg.replay.dataset, limit=args.limit or cfg.replay.limit)
     summary = replay(events, cfg.kafka, topic=args.topic, rate=args.rate or cfg.replay.rate, total=len(events))
     print(summary)
+    return 0
+
+
+def cmd_backfill(args) -> int:
+    from rtrec.features.backfill import training_rows, write_parquet
+    from rtrec.sources import load_events
+
+    start = time.perf_counter()
+    events = load_events(args.input, limit=args.limit)
+    n = write_parquet(training_rows(events), args.output)
+    print(f"backfill: {n:,} point-in-time feature rows from {len(events):,} events -> {args.output} "
+          f"({time.perf_counter() - start:.1f} s)")
     return 0
 
 
@@ -88,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("replay", help="produce a data set into the events topic", description="Produce a data set into the events topic: key = user id, value = event JSON, record timestamp = event time.")
     _common(p)
-    p.add_argument("--dataset", default="movielens-100k", help="data set to replay (default: movielens-100k)")
+    p.add_argument("input", nargs="?", help="movielens-100k (default) or a .jsonl, .csv or .parquet file of events")
     p.add_argument("--topic", help="target topic (default: kafka.events_topic)")
     p.add_argument("--rate", type=float, default=0.0, help="events per second (default: as fast as possible)")
     p.add_argument("--limit", type=int, default=0, help="replay only the first N events")
@@ -98,6 +108,17 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--bounded", action="store_true", help="stop at the end the events topic has now (replays, demos)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "backfill",
+        help="write point-in-time feature rows to Parquet (offline engine)",
+        description="Run the feature definitions offline over a replay and write one row per event: "
+        "its label fields plus the user's and the item's features as of just before it.",
+    )
+    p.add_argument("input", nargs="?", default="movielens-100k", help="movielens-100k (default) or an events file")
+    p.add_argument("--output", "-o", default="features.parquet", help="Parquet file to write (default: features.parquet)")
+    p.add_argument("--limit", type=int, default=0, help="only the first N events")
+    p.set_defaults(func=cmd_backfill)
 
     p = sub.add_parser("demo", help="replay MovieLens-100K through the job and summarise (make demo)", description="Reset the demo.* topics, replay MovieLens-100K, run the job until it has consumed the replay, and print what came out.")
     _common(p)
@@ -116,7 +137,9 @@ def main(argv: list[str] | None = None) -> int:
         from rtrec.datasets import DatasetError
         from rtrec.topics import BrokerUnavailable
 
-        if isinstance(e, ConfigError | BrokerUnavailable | DatasetError) or type(e).__name__ == "SetupError":
+        from rtrec.sources import SourceError
+
+        if isinstance(e, ConfigError | BrokerUnavailable | DatasetError | SourceError) or type(e).__name__ == "SetupError":
             print(f"rtrec: error: {e}", file=sys.stderr)
             return 2
         raise

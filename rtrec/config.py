@@ -157,6 +157,7 @@ class ModelConfig:
 class ReplayConfig:
     """Defaults for `rtrec replay`."""
 
+    # movielens-100k or a .jsonl, .csv or .parquet file of events
     dataset: str = "movielens-100k"
     # Events per second; 0 replays as fast as the broker takes them.
     rate: float = 0.0

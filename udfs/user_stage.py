@@ -4,10 +4,10 @@ Keyed by user shard (jobs/kafka_tables.py). Each user's state is one entry of
 a MapState, so it has its own TTL and moves with its shard on rescale. Per
 micro-batch it
 
-1. admits records: parse and validate, drop events behind the watermark by
-   more than the allowed lateness, drop duplicate event ids seen within the
-   dedup window (the ids live in the user's own state entry, so checking
-   them costs no extra state access); each refused record goes to the dead
+1. admits records: parse and validate, drop duplicate event ids seen within
+   the dedup window (the ids live in the user's own state entry, so checking
+   them costs no extra state access), drop events behind the watermark by
+   more than the allowed lateness; each refused record goes to the dead
    letters with its reason and stage, so records in = processed + duplicates
    + dead letters,
 2. folds each accepted event into its user's features, in arrival order, and
@@ -109,7 +109,7 @@ class UserStage(KeyedProcessFunction):
         return results
 
     def admit(self, batch: Row, watermark: int, users: dict[str, dict], out: Outputs) -> list[Event]:
-        """Parse, then refuse late and duplicate events; everything refused becomes a dead letter.
+        """Parse, then refuse duplicate and late events (in that order); everything refused becomes a dead letter.
 
         Loads the state of every user with a valid event into ``users``.
         """
@@ -125,15 +125,6 @@ class UserStage(KeyedProcessFunction):
             if type(r) is Rejection:
                 out.dead(r.user_id, value, r.reason, r.stage, f"{self.topic}/{partition}@{offset}")
                 continue
-            if r.ts < late_before:
-                self.m_late.inc()
-                out.dead(
-                    r.user_id, value,
-                    f"event time {r.ts} is more than events.allowed_lateness_ms={self.allowed_lateness} "
-                    f"behind the watermark {watermark}",
-                    "lateness", f"{self.topic}/{partition}@{offset}",
-                )
-                continue
             user = users.get(r.user_id)
             if user is None:
                 user = users[r.user_id] = self.load_user(r.user_id, forget_before)
@@ -143,6 +134,15 @@ class UserStage(KeyedProcessFunction):
                 if self.dead_letter_duplicates:
                     out.dead(r.user_id, value, f"duplicate event_id {r.event_id!r}", "dedup",
                              f"{self.topic}/{partition}@{offset}")
+                continue
+            if r.ts < late_before:
+                self.m_late.inc()
+                out.dead(
+                    r.user_id, value,
+                    f"event time {r.ts} is more than events.allowed_lateness_ms={self.allowed_lateness} "
+                    f"behind the watermark {watermark}",
+                    "lateness", f"{self.topic}/{partition}@{offset}",
+                )
                 continue
             seen[r.event_id] = now
             if len(seen) > self.dedup_max:
