@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+import socket
 import sys
 import sysconfig
 from pathlib import Path
@@ -72,13 +73,36 @@ def flink_settings(cfg: RtrecConfig) -> dict[str, str]:
             "python.pythonpath": os.pathsep.join(pythonpath),
             # Record timestamps become epoch milliseconds in SQL; pin the zone.
             "table.local-time-zone": "UTC",
+            "rest.port": str(cfg.flink.rest_port),
         }
     )
     settings.update(cfg.flink.options)
     return settings
 
 
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def choose_rest_port(cfg: RtrecConfig) -> int:
+    """The configured REST port, or a free one if it is 0 or taken (another job's web UI, say)."""
+    port = cfg.flink.rest_port
+    if port and _port_free(port):
+        return port
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        free = s.getsockname()[1]
+    cfg.flink.rest_port = free
+    return free
+
+
 def create_environments(cfg: RtrecConfig) -> tuple[StreamExecutionEnvironment, StreamTableEnvironment]:
+    choose_rest_port(cfg)
     conf = Configuration()
     for key, value in flink_settings(cfg).items():
         conf.set_string(key, value)

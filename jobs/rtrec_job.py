@@ -66,10 +66,15 @@ def build(env: StreamExecutionEnvironment, t_env: StreamTableEnvironment, cfg: R
     statements.attach_as_datastream()
 
 
-def run(cfg: RtrecConfig, wait: bool = True):
-    """Build and start the job; returns the JobExecutionResult (or the JobClient when not waiting)."""
+def run(cfg: RtrecConfig, wait: bool = True, on_start=None):
+    """Build and start the job; returns the JobExecutionResult (or the JobClient when not waiting).
+
+    ``on_start`` is called once the job is built, just before it is submitted.
+    """
     env, t_env = create_environments(cfg)
     build(env, t_env, cfg)
+    if on_start is not None:
+        on_start()
     if wait:
         return env.execute(cfg.flink.job_name)
     return env.execute_async(cfg.flink.job_name)

@@ -69,7 +69,8 @@ def cmd_run(args) -> int:
         flush=True,
     )
     start = time.perf_counter()
-    result = rtrec_job.run(cfg)
+    result = rtrec_job.run(cfg, on_start=lambda: print(
+        f"rtrec: Flink web UI and REST API at http://localhost:{cfg.flink.rest_port}", flush=True))
     wall = time.perf_counter() - start
     if cfg.flink.bounded:
         n = sum(before.values())
@@ -135,9 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as e:  # errors at the edge: one line that names the fix
         from rtrec.datasets import DatasetError
-        from rtrec.topics import BrokerUnavailable
-
         from rtrec.sources import SourceError
+        from rtrec.topics import BrokerUnavailable
 
         if isinstance(e, ConfigError | BrokerUnavailable | DatasetError | SourceError) or type(e).__name__ == "SetupError":
             print(f"rtrec: error: {e}", file=sys.stderr)

@@ -88,6 +88,8 @@ class FlinkConfig:
     # Stop at the end offsets the events topic had when the job started
     # (replays, demos, tests) instead of running forever.
     bounded: bool = False
+    # REST API and web UI of the local MiniCluster (rtrec run); 0 picks a free port.
+    rest_port: int = 8081
     # Flink configuration directory (config.yaml) merged under these settings.
     conf_dir: str = "flink-conf"
     # Extra Flink options, e.g. {"taskmanager.memory.process.size": "2g"}.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -14,6 +15,7 @@ import yaml
 
 from rtrec import topics
 from rtrec.config import KafkaConfig, RtrecConfig, load_config
+from rtrec.flink_rest import FlinkRest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,6 +38,7 @@ def fresh_config(kafka: KafkaConfig, name: str, overrides: list[str] | None = No
     cfg.kafka = kafka.with_prefix(f"t.{tag}.")
     cfg.flink.job_name = f"rtrec-test-{tag}"
     cfg.flink.checkpoint_dir = str(ROOT / "var" / "test-checkpoints" / tag)
+    cfg.flink.rest_port = free_port()
     # A broken job should fail the test quickly rather than restart until it times out.
     cfg.flink.options.setdefault("restart-strategy.type", "fixed-delay")
     cfg.flink.options.setdefault("restart-strategy.fixed-delay.attempts", "2")
@@ -61,6 +64,49 @@ def run_job(cfg: RtrecConfig, timeout_s: float = 300, extra: list[str] | None = 
         tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-60:])
         pytest.fail(f"rtrec run failed ({proc.returncode}) after {time.time() - start:.0f} s:\n{tail}", pytrace=False)
     return proc
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LiveJob:
+    """``rtrec run`` (unbounded) in a subprocess, with its REST API; stop() ends it."""
+
+    def __init__(self, cfg: RtrecConfig, timeout_s: float = 120):
+        self.cfg = cfg
+        self.log = cfg.resolve_path(cfg.flink.checkpoint_dir).parent / f"{cfg.flink.job_name}.log"
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "rtrec.cli", "run", "--config", str(write_config(cfg))]
+        with open(self.log, "w") as log:
+            self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        self.rest = FlinkRest(f"http://127.0.0.1:{cfg.flink.rest_port}")
+        try:
+            self.job_id = self.rest.job_id(cfg.flink.job_name, timeout_s)
+        except TimeoutError:
+            self.stop()
+            pytest.fail(f"job did not start; log:\n{self.log.read_text()[-3000:]}", pytrace=False)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def wait_for(predicate, timeout_s: float = 60, interval_s: float = 0.5, what: str = "condition"):
+    """Poll ``predicate`` until it returns something truthy; fail with ``what`` after the timeout."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval_s)
+    pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}", pytrace=False)
 
 
 def pytest_collection_modifyitems(config, items):

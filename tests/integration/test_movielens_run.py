@@ -72,7 +72,7 @@ def test_every_record_is_accounted_for(run):
 
 def test_each_bad_record_is_dead_lettered_with_its_reason_and_original_bytes(run):
     got = Counter((v, h["rtrec.reason"].decode()) for _, v, h in run["dead"] if h["rtrec.stage"] == b"validate")
-    for key, value, reason in CATALOGUE:
+    for _key, value, reason in CATALOGUE:
         matches = [r for (v, r) in got if v == (value or b"") and r.startswith(reason)]
         assert matches, f"no dead letter for {value[:60] if value else value!r} with reason {reason!r}"
     sources = {h["rtrec.source"].decode().split("/")[0] for _, _, h in run["dead"]}
