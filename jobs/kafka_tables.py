@@ -82,12 +82,13 @@ CREATE TEMPORARY TABLE rtrec_events (
 
 
 def event_batches(t_env: StreamTableEnvironment, cfg: RtrecConfig) -> Table:
-    """One row per (user shard, batch interval): ``shard``, ``values``, ``partitions``, ``offsets``, ``times``.
+    """One row per (user shard, batch interval): ``shard, values, partitions, offsets, times``.
 
     The arrays are parallel, in arrival order (parallel arrays of scalars
     rather than one array of rows: see udfs/records.py); ``times`` are the
     Kafka record timestamps (epoch ms), from which udfs/event_time.py derives
-    event-time watermarks per source partition.
+    event-time watermarks per source partition. The row type is
+    udfs.event_time.BATCH.
     """
     register_event_source(t_env, cfg)
     # The user id is read from the payload, so a user's state has one home

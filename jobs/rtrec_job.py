@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 
-from pyflink.common import Row, Types
+from pyflink.common import Types
 from pyflink.datastream import StreamExecutionEnvironment
 from pyflink.table import StreamTableEnvironment
 
@@ -22,26 +22,20 @@ from jobs import kafka_tables
 from jobs.environment import create_environments
 from rtrec import topics
 from rtrec.config import RtrecConfig, load_config
-from udfs.event_time import batch_watermarks
-from udfs.item_stage import ItemStage
+from udfs.event_time import BATCH, with_batch_event_time
+from udfs.item_stage import ITEM_EVENTS, ItemStage
+from udfs.keying import keyed_on_first_field
 from udfs.records import STAGE_OUTPUT
 from udfs.user_stage import TO_ITEMS, UserStage
 
 
-def shard_key(batch: Row) -> int:
-    return batch[0]
-
-
 def build(env: StreamExecutionEnvironment, t_env: StreamTableEnvironment, cfg: RtrecConfig) -> None:
     """Add the whole pipeline to ``env``."""
-    batches = (
-        t_env.to_data_stream(kafka_tables.event_batches(t_env, cfg))
-        .assign_timestamps_and_watermarks(batch_watermarks(cfg, len(topics.end_offsets(cfg.kafka, cfg.kafka.events_topic))))
-        .name("BatchEventTime")
-    )
+    partitions = len(topics.end_offsets(cfg.kafka, cfg.kafka.events_topic))
+    batches = with_batch_event_time(t_env.to_data_stream(kafka_tables.event_batches(t_env, cfg)), cfg, partitions)
 
     users = (
-        batches.key_by(shard_key, key_type=Types.INT())
+        keyed_on_first_field(batches, Types.INT(), BATCH)
         .process(UserStage(cfg), output_type=STAGE_OUTPUT)
         .uid("user-stage")
         .name("UserStage")
@@ -52,8 +46,7 @@ def build(env: StreamExecutionEnvironment, t_env: StreamTableEnvironment, cfg: R
         .disable_chaining()
     )
     items = (
-        users.get_side_output(TO_ITEMS)
-        .key_by(shard_key, key_type=Types.INT())
+        keyed_on_first_field(users.get_side_output(TO_ITEMS), Types.INT(), ITEM_EVENTS)
         .process(ItemStage(cfg), output_type=STAGE_OUTPUT)
         .uid("item-stage")
         .name("ItemStage")

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import time
 
-from pyflink.common import Duration, WatermarkStrategy
-from pyflink.common.watermark_strategy import TimestampAssigner
+from pyflink.common import Duration, Row, Types, WatermarkStrategy
+from pyflink.datastream import DataStream, ProcessFunction
+from pyflink.java_gateway import get_gateway
 
 from rtrec.config import RtrecConfig
 
@@ -58,8 +59,19 @@ class PartitionProgress:
         return max(0, min(active) if active else max(newest.values(), default=0))
 
 
-class BatchTimestamp(TimestampAssigner):
-    """Stamps each batch with :meth:`PartitionProgress.observe` over its records."""
+BYTES = Types.PRIMITIVE_ARRAY(Types.BYTE())
+#: A micro-batch from jobs/kafka_tables.event_batches.
+BATCH = Types.ROW_NAMED(
+    ["shard", "values", "partitions", "offsets", "times"],
+    [Types.INT(), Types.OBJECT_ARRAY(BYTES), Types.OBJECT_ARRAY(Types.INT()), Types.OBJECT_ARRAY(Types.LONG()),
+     Types.OBJECT_ARRAY(Types.LONG())],
+)
+#: The same, as Row(shard, batch): ready to be keyed in Java (udfs/keying.py).
+KEYED_BATCH = Types.ROW_NAMED(["key", "value"], [Types.INT(), BATCH])
+
+
+class StampBatch(ProcessFunction):
+    """Stamps each batch with :meth:`PartitionProgress.observe` over its records and shapes it for keying."""
 
     def __init__(self, idle_ms: int, max_future_ms: int, partitions: int):
         self.idle_ms = idle_ms
@@ -67,23 +79,36 @@ class BatchTimestamp(TimestampAssigner):
         self.partitions = partitions
         self.progress: PartitionProgress | None = None
 
-    def extract_timestamp(self, value, record_timestamp: int) -> int:
-        if self.progress is None:  # built lazily: the assigner is pickled to the workers
-            self.progress = PartitionProgress(self.idle_ms, self.max_future_ms, self.partitions)
-        return self.progress.observe(value[2], value[4])
+    def open(self, ctx):
+        self.progress = PartitionProgress(self.idle_ms, self.max_future_ms, self.partitions)
+
+    def process_element(self, batch, ctx):
+        yield Row(batch[0], batch), self.progress.observe(batch[2], batch[4])
 
 
-def batch_watermarks(cfg: RtrecConfig, partitions: int) -> WatermarkStrategy:
-    """Bounded out-of-orderness over the batch stamps; an idle upstream subtask does not hold the others back.
+def with_batch_event_time(batches: DataStream, cfg: RtrecConfig, partitions: int) -> DataStream:
+    """Timestamps and watermarks for the micro-batches; the result holds :data:`KEYED_BATCH` records.
 
+    PyFlink's own ``assign_timestamps_and_watermarks`` does the same three
+    steps, but keeps the Table's row type, which a Java-keyed stream cannot
+    take, and its ``with_idleness`` drops a Python timestamp assigner.
     ``partitions``: how many partitions the events topic has (they all hold
     the watermark until heard from).
     """
     e = cfg.events
-    # Idleness first: PyFlink's with_idleness builds a new strategy and would
-    # drop a Python timestamp assigner set before it.
-    return (
+    stamped = batches.process(
+        StampBatch(e.partition_idle_ms, e.max_future_ms, partitions), output_type=Types.TUPLE([KEYED_BATCH, Types.LONG()])
+    ).name("BatchEventTime")
+    jvm = get_gateway().jvm
+    strategy = (
         WatermarkStrategy.for_bounded_out_of_orderness(Duration.of_millis(e.watermark_out_of_orderness_ms))
         .with_idleness(Duration.of_millis(e.partition_idle_ms))
-        .with_timestamp_assigner(BatchTimestamp(e.partition_idle_ms, e.max_future_ms, partitions))
+        ._j_watermark_strategy.withTimestampAssigner(
+            jvm.org.apache.flink.streaming.api.functions.python.eventtime.CustomTimestampAssigner()
+        )
     )
+    j_stream = stamped._j_data_stream.assignTimestampsAndWatermarks(strategy).map(
+        jvm.org.apache.flink.streaming.api.functions.python.eventtime.RemoveTimestampMapFunction(),
+        KEYED_BATCH.get_java_type_info(),
+    )
+    return DataStream(j_stream)

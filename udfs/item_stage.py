@@ -32,8 +32,10 @@ from udfs.records import Outputs
 from udfs.runtime import subtask_info
 from udfs.state import CachedMapState, entity_map
 
-#: What the UserStage sends here: (item shard, accepted events of that shard).
+#: What the UserStage sends here: (item shard, accepted events of that shard) ...
 ITEM_EVENTS = Types.ROW_NAMED(["shard", "events"], [Types.INT(), Types.PICKLED_BYTE_ARRAY()])
+#: ... keyed by the shard in Java (udfs/keying.py).
+KEYED_ITEM_EVENTS = Types.ROW_NAMED(["key", "value"], [Types.INT(), ITEM_EVENTS])
 
 
 def event_order(e: Event) -> tuple[int, str]:

@@ -29,7 +29,7 @@ from rtrec.events import Event, EventParser, Rejection
 from rtrec.features.definitions import USER_FEATURES
 from rtrec.features.engine import FeatureEngine
 from rtrec.sharding import shard_of
-from udfs.item_stage import ITEM_EVENTS
+from udfs.item_stage import KEYED_ITEM_EVENTS
 from udfs.profiling import OperatorProfile
 from udfs.recommender import OnlineRecommender
 from udfs.records import Outputs
@@ -37,7 +37,7 @@ from udfs.runtime import subtask_info
 from udfs.state import CachedMapState, entity_map
 
 #: Side output: accepted events on their way to the ItemStage.
-TO_ITEMS = OutputTag("to-items", ITEM_EVENTS)
+TO_ITEMS = OutputTag("to-items", KEYED_ITEM_EVENTS)
 
 # A user's entry in the "users" MapState:
 #   {"features": engine state, "model": recommender state, "seen": {event_id: first seen at (ms)}}
@@ -95,7 +95,7 @@ class UserStage(KeyedProcessFunction):
             by_item_shard: dict[int, list[Event]] = {}
             self.featurise(events, users, out, by_item_shard)
             for shard, item_events in by_item_shard.items():
-                results.append((TO_ITEMS, Row(shard, item_events)))
+                results.append((TO_ITEMS, Row(shard, Row(shard, item_events))))
             if self.recommender is not None:
                 models = {u: s["model"] or self.recommender.new_user(u) for u, s in users.items()}
                 self.recommender.process(events, models, out)

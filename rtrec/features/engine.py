@@ -50,6 +50,9 @@ class FeatureEngine:
         self.features = group.features
         self.version = group.version
         self._key = group.key
+        # Bound methods, looked up once: update() and snapshot() run per event.
+        self._updates = [f.update for f in self.features]
+        self._reads = [f.read for f in self.features]
 
     def new_state(self) -> list:
         return [None, 0, *(f.init() for f in self.features)]
@@ -62,14 +65,14 @@ class FeatureEngine:
         if state[NEWEST] is None or e.ts > state[NEWEST]:
             state[NEWEST] = e.ts
         state[COUNT] += 1
-        for i, f in enumerate(self.features, SLOTS):
-            f.update(state[i], e)
+        for update, slot in zip(self._updates, state[SLOTS:], strict=True):
+            update(slot, e)
 
     def snapshot(self, state: list, at_ts: int) -> dict:
         """Feature values as of ``at_ts`` over the events folded in so far."""
         out: dict = {}
-        for i, f in enumerate(self.features, SLOTS):
-            f.read(state[i], at_ts, out)
+        for read, slot in zip(self._reads, state[SLOTS:], strict=True):
+            read(slot, at_ts, out)
         return out
 
     def record(self, entity_id: str, state: list, e: Event) -> bytes:

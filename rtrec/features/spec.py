@@ -76,20 +76,34 @@ class WindowedCount:
         cols = len(self.event_types) if self.per_type else 1
         return [[-1, [0] * cols, {}] for _ in self.windows]
 
+    @property
+    def _columns(self) -> dict[str, int]:
+        """Event type -> counter column (cached: update() runs per event)."""
+        cols = self.__dict__.get("_columns_cache")
+        if cols is None:
+            cols = {t: (i if self.per_type else 0) for i, t in enumerate(self.event_types)}
+            object.__setattr__(self, "_columns_cache", cols)
+        return cols
+
     def update(self, slot: list, e: Event) -> None:
-        if e.type not in self.event_types:
+        col = self._columns.get(e.type)
+        if col is None:
             return
-        col = self.event_types.index(e.type) if self.per_type else 0
+        ts = e.ts
         for w, win in zip(self.windows, slot, strict=True):
-            b = e.ts // w.width
+            b = ts // w.width
             newest, totals, buckets = win
+            if b == newest:  # the common case: same bucket as the newest event
+                buckets[b][col] += 1
+                totals[col] += 1
+                continue
             if b > newest:
                 oldest_kept = b - w.buckets + 1
                 for old in [k for k in buckets if k < oldest_kept]:
                     for c, n in enumerate(buckets.pop(old)):
                         totals[c] -= n
                 win[0] = newest = b
-            if b <= newest - w.buckets:
+            elif b <= newest - w.buckets:
                 continue  # older than the whole window: it can never be counted again
             counts = buckets.get(b)
             if counts is None:
