@@ -168,6 +168,40 @@ def register_sinks(t_env: StreamTableEnvironment, cfg: RtrecConfig) -> dict[str,
     return tables
 
 
+def model_updates_source(t_env: StreamTableEnvironment, cfg: RtrecConfig, start_ms: int) -> Table:
+    """The model-updates topic from ``start_ms`` on: one row per merged version (``v`` BYTES).
+
+    Always unbounded: scorers follow new versions for as long as the job runs.
+    After a restore the source resumes from its checkpointed offsets.
+    """
+    k = cfg.kafka
+    options = {
+        "connector": "kafka",
+        "topic": k.model_updates_topic,
+        "properties.bootstrap.servers": k.bootstrap_servers,
+        "properties.group.id": f"{k.consumer_group}-model-updates",
+        "properties.max.partition.fetch.bytes": str(64 * 1024 * 1024),
+        "scan.startup.mode": "timestamp",
+        "scan.startup.timestamp-millis": str(start_ms),
+        "value.format": "raw",
+    }
+    t_env.execute_sql(f"CREATE TEMPORARY TABLE rtrec_model_updates_in (`v` BYTES) WITH (\n  {_with(options)}\n)")
+    return t_env.sql_query("SELECT `v` FROM rtrec_model_updates_in")
+
+
+def register_model_updates_sink(t_env: StreamTableEnvironment, cfg: RtrecConfig) -> str:
+    """Versions go out at once (at-least-once): scorers must not wait for a checkpoint to see them,
+    and a version written twice is harmless (same number, same parameters; the topic is compacted)."""
+    options = _sink_options(cfg, cfg.kafka.model_updates_topic, "model-updates")
+    options["sink.delivery-guarantee"] = "at-least-once"
+    options.pop("sink.transactional-id-prefix", None)
+    options.pop("properties.transaction.timeout.ms", None)
+    options["properties.linger.ms"] = "0"
+    t_env.execute_sql(
+        f"CREATE TEMPORARY TABLE rtrec_sink_model_updates (k STRING, v BYTES) WITH (\n  {_with(options)}\n)")
+    return "rtrec_sink_model_updates"
+
+
 def insert_outputs(statements, view: str, tables: dict[str, str]) -> None:
     """Unnest each output of ``view`` into its sink (adds the INSERTs to ``statements``).
 

@@ -1,10 +1,16 @@
 """The rtrec job: Kafka events in; features, recommendations, predictions and dead letters out.
 
     events ─(SQL: shard users, micro-batch)─► UserStage ──────────────────────────┐
-            kafka_tables.event_batches        admit, user features, learn, top-k  ├─(SQL: unnest)─► Kafka
-                                                 │ accepted events by item shard  │  kafka_tables.insert_outputs
-                                                 └─► ItemStage ───────────────────┘
-                                                     item features, event-time order
+            kafka_tables.event_batches        admit, user features,               ├─(SQL: unnest)─► Kafka
+                                              predict, learn, top-k               │  kafka_tables.insert_outputs
+                                                 │ accepted events by item shard  │
+                                                 ├─► ItemStage ───────────────────┘
+                                                 │   item features, event-time order
+                                                 │       │ item features for the models
+                                                 ▼       ▼
+                                                ModelMerger (parallelism 1) ─► model-updates (Kafka)
+                                                 parameter deltas -> versions         │
+    UserStage ◄── broadcast state ◄─────────────────────────────────────────────────────┘
 
 Run it with ``rtrec run`` (a local MiniCluster) or submit this file with
 ``flink run --python jobs/rtrec_job.py``.
@@ -13,6 +19,8 @@ Run it with ``rtrec run`` (a local MiniCluster) or submit this file with
 from __future__ import annotations
 
 import sys
+import time
+from dataclasses import dataclass
 
 from pyflink.common import Types
 from pyflink.datastream import StreamExecutionEnvironment
@@ -22,11 +30,13 @@ from jobs import kafka_tables
 from jobs.environment import create_environments
 from rtrec import topics
 from rtrec.config import RtrecConfig, load_config
-from udfs.event_time import BATCH, with_batch_event_time
-from udfs.item_stage import ITEM_EVENTS, ItemStage
+from rtrec.flink_rest import FlinkRest
+from udfs.event_time import BATCH, never_holding_back, with_batch_event_time
+from udfs.item_stage import ITEM_EVENTS, ITEMS_TO_MERGER, ItemStage
 from udfs.keying import keyed_on_first_field
+from udfs.merger import BYTES, MODEL_UPDATE, ModelMerger
 from udfs.records import STAGE_OUTPUT
-from udfs.user_stage import TO_ITEMS, UserStage
+from udfs.user_stage import MODEL_STATE, TO_ITEMS, TO_MERGER, UserStage
 
 
 def build(env: StreamExecutionEnvironment, t_env: StreamTableEnvironment, cfg: RtrecConfig) -> None:
@@ -34,9 +44,13 @@ def build(env: StreamExecutionEnvironment, t_env: StreamTableEnvironment, cfg: R
     partitions = len(topics.end_offsets(cfg.kafka, cfg.kafka.events_topic))
     batches = with_batch_event_time(t_env.to_data_stream(kafka_tables.event_batches(t_env, cfg)), cfg, partitions)
 
+    keyed = keyed_on_first_field(batches, Types.INT(), BATCH)
+    if cfg.model.enabled:
+        versions = t_env.to_data_stream(kafka_tables.model_updates_source(t_env, cfg, int(time.time() * 1000) - 1000))
+        versions = never_holding_back(versions.map(lambda r: r[0], output_type=BYTES).name("ModelVersionBytes"), BYTES)
+        keyed = keyed.connect(versions.broadcast(MODEL_STATE))
     users = (
-        keyed_on_first_field(batches, Types.INT(), BATCH)
-        .process(UserStage(cfg), output_type=STAGE_OUTPUT)
+        keyed.process(UserStage(cfg), output_type=STAGE_OUTPUT)
         .uid("user-stage")
         .name("UserStage")
         # PyTorch must be the only Python operator on its task thread: pemja
@@ -56,7 +70,95 @@ def build(env: StreamExecutionEnvironment, t_env: StreamTableEnvironment, cfg: R
     t_env.create_temporary_view("rtrec_outputs", t_env.from_data_stream(users.union(items)))
     statements = t_env.create_statement_set()
     kafka_tables.insert_outputs(statements, "rtrec_outputs", sinks)
+    if cfg.model.enabled:
+        updates = users.get_side_output(TO_MERGER).union(items.get_side_output(ITEMS_TO_MERGER))
+        merged = (
+            keyed_on_first_field(updates, Types.INT(), Types.PICKLED_BYTE_ARRAY())
+            .process(ModelMerger(cfg), output_type=MODEL_UPDATE)
+            .uid("model-merger")
+            .name("ModelMerger")
+            .set_parallelism(1)
+            .set_max_parallelism(1)
+            .disable_chaining()  # PyTorch: alone on its task thread (see above)
+        )
+        sink = kafka_tables.register_model_updates_sink(t_env, cfg)
+        t_env.create_temporary_view("rtrec_model_versions", t_env.from_data_stream(merged))
+        statements.add_insert_sql(f"INSERT INTO {sink} SELECT k, v FROM rtrec_model_versions")
     statements.attach_as_datastream()
+
+
+@dataclass
+class BoundedResult:
+    """How a bounded run went: its job id and the job time until every output was committed."""
+
+    job_id: str
+    net_runtime_ms: int
+
+    def get_net_runtime(self) -> int:
+        return self.net_runtime_ms
+
+
+def _vertices_upstream_of_user_stage(rest: FlinkRest, job_id: str) -> list[str]:
+    plan = rest.get(f"/jobs/{job_id}/plan")["plan"]["nodes"]
+    by_id = {n["id"]: n for n in plan}
+    user = next(n for n in plan if "UserStage" in n["description"])
+    seen, todo = set(), [i["id"] for i in user.get("inputs", [])]
+    while todo:
+        v = todo.pop()
+        if v in seen:
+            continue
+        seen.add(v)
+        todo.extend(i["id"] for i in by_id[v].get("inputs", []))
+    # The model-updates reader never finishes; only the event path does.
+    return [v for v in seen if "model_updates" not in by_id[v]["description"] and "ModelVersionBytes"
+            not in by_id[v]["description"] and "SideInputTime" not in by_id[v]["description"]]
+
+
+def finish_bounded(cfg: RtrecConfig, client, timeout_s: float = 3600) -> BoundedResult:
+    """Wait until a bounded run has committed every output, then cancel it.
+
+    With models on, the job also reads the model-updates topic, which never
+    ends, so the job does not finish by itself. Its events path does: once
+    every vertex before the UserStage has finished, the UserStage has taken
+    all events in, and the next checkpoint that completes covers all their
+    outputs (its barrier follows them); one more completed checkpoint makes
+    sure the sinks' transactions of the first one are committed.
+    """
+    rest = FlinkRest(f"http://127.0.0.1:{cfg.flink.rest_port}")
+    job_id = str(client.get_job_id())
+    deadline = time.time() + timeout_s
+    upstream = None
+    while time.time() < deadline:
+        try:
+            job = rest.get(f"/jobs/{job_id}")
+        except OSError:
+            time.sleep(0.5)
+            continue
+        if job["state"] in ("FAILED", "CANCELED", "FINISHED"):
+            raise RuntimeError(f"job {job_id} ended as {job['state']} before its input was consumed")
+        upstream = upstream or _vertices_upstream_of_user_stage(rest, job_id)
+        status = {v["id"]: v["status"] for v in job["vertices"]}
+        if all(status.get(v) == "FINISHED" for v in upstream):
+            break
+        time.sleep(0.5)
+    else:
+        raise TimeoutError(f"the events of job {job_id} were not consumed within {timeout_s:.0f} s")
+    finished_ms = int(time.time() * 1000)
+    start_ms = job["start-time"]
+    done_at = None
+    completed = 0
+    last_id = None
+    while time.time() < deadline and completed < 2:
+        latest = rest.checkpoints(job_id).get("latest", {}).get("completed") or {}
+        if latest and latest["id"] != last_id and latest["trigger_timestamp"] > finished_ms:
+            last_id = latest["id"]
+            completed += 1
+            if completed == 1:
+                done_at = latest["latest_ack_timestamp"]
+        time.sleep(0.2)
+    time.sleep(1.0)
+    client.cancel().result()
+    return BoundedResult(job_id, (done_at or int(time.time() * 1000)) - start_ms)
 
 
 def run(cfg: RtrecConfig, wait: bool = True, on_start=None):
@@ -68,9 +170,11 @@ def run(cfg: RtrecConfig, wait: bool = True, on_start=None):
     build(env, t_env, cfg)
     if on_start is not None:
         on_start()
-    if wait:
-        return env.execute(cfg.flink.job_name)
-    return env.execute_async(cfg.flink.job_name)
+    if not wait:
+        return env.execute_async(cfg.flink.job_name)
+    if cfg.flink.bounded and cfg.model.enabled:
+        return finish_bounded(cfg, env.execute_async(cfg.flink.job_name))
+    return env.execute(cfg.flink.job_name)
 
 
 def main(argv: list[str] | None = None) -> None:

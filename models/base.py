@@ -4,7 +4,10 @@ A :class:`Batch` is a set of examples gathered from many users. Parameters that
 belong to a user (an MF user vector) travel *in* the batch, gathered from the
 user's keyed state; models update them in place and the Flink operator writes
 them back. Parameters shared by all users (item vectors, dense weights) live in
-the model, on its device.
+a :class:`models.params.ParameterSet` on the model's device.
+
+Every model predicts in rating units; binary feedback is learned as the ends
+of the rating scale (see models.ensemble), so one score serves both.
 """
 
 from __future__ import annotations
@@ -17,13 +20,15 @@ import torch
 
 @dataclass
 class Batch:
-    """``B`` examples. ``items`` are catalogue rows (see :class:`ItemIndex`)."""
+    """``B`` examples. ``items`` are catalogue rows of the shared item index."""
 
     items: torch.Tensor
     #: per model name: a (B, width) tensor of that model's user parameters
     user_params: dict[str, torch.Tensor] = field(default_factory=dict)
-    #: (B, F) engineered features, when a model needs them
-    features: torch.Tensor | None = None
+    #: (B, F) engineered numeric features
+    dense: torch.Tensor | None = None
+    #: (B, K) hashed sparse feature indices
+    sparse: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.items.shape[0])
@@ -31,7 +36,7 @@ class Batch:
 
 @runtime_checkable
 class Model(Protocol):
-    """Predict a batch, learn from a batch; predictions are in the label's units."""
+    """Predict a batch, learn from a batch; predictions are in rating units."""
 
     name: str
 
@@ -72,8 +77,17 @@ class ItemIndex:
 
 
 def item_seed(item_id: str, seed: int) -> int:
-    """A seed for an item's initial parameters that every subtask computes alike."""
+    """A seed for an item's initial parameters that every subtask computes alike (FNV-1a)."""
     h = 1469598103934665603
     for b in item_id.encode():
         h = ((h ^ b) * 1099511628211) & 0xFFFFFFFFFFFFFFFF
     return (h ^ seed) & 0x7FFFFFFFFFFFFFFF
+
+
+def seeded_normal(shape: tuple[int, ...], std: float):
+    """An init function for item tables: N(0, std) from the item's seed."""
+
+    def init(seed: int) -> torch.Tensor:
+        return torch.randn(shape, generator=torch.Generator().manual_seed(seed)) * std
+
+    return init

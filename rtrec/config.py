@@ -137,22 +137,65 @@ class FeatureConfig:
 
 @dataclass
 class ModelConfig:
-    """The scoring model and where it runs."""
+    """The models, how they learn, and how trainers' updates are merged and broadcast."""
 
     # Off: the job computes and emits features only (the "feature job").
     enabled: bool = True
     # auto picks CUDA when torch sees a GPU, else CPU; or name one ("cpu", "cuda:0").
     device: str = "auto"
-    dim: int = 32
-    top_k: int = 10
     seed: int = 7
-    learning_rate: float = 0.01
-    l2: float = 0.05
-    # Items a user interacted with recently are not recommended back.
-    exclude_recent: int = 100
-    # Ratings live on this scale; scores are clamped into it.
+    # Ratings live on this scale; binary feedback is learned as its ends.
     rating_min: float = 1.0
     rating_max: float = 5.0
+
+    # Matrix factorisation (River's BiasedMF example settings; its SGD(0.025)
+    # and SGD(0.05) on a squared loss with a factor 2 in the gradient).
+    dim: int = 10
+    mf_lr_bias: float = 0.035
+    mf_lr_latent: float = 0.07
+    mf_l2: float = 0.0
+    # FTRL-Proximal over hashed features: 2**ftrl_bits weights.
+    ftrl_bits: int = 16
+    ftrl_alpha: float = 0.05
+    ranker_lr: float = 0.02
+    # The fusion's weights fit the recent past: each example's weight fades by this factor per later example.
+    fusion_forget: float = 0.9999
+    # Per-example error is clipped to this many rating points before any gradient.
+    grad_clip: float = 4.0
+
+    # Recommendations: k items, re-ranked by the fused model from the MF's top
+    # `retrieve` items of the catalogue; items a user interacted with recently
+    # (the last `exclude_recent`) are left out.
+    top_k: int = 10
+    retrieve: int = 100
+    exclude_recent: int = 100
+
+    # An impression with no click, cart or purchase of the same item by the
+    # same user within this much event time becomes a negative example.
+    attribution_window_ms: int = 1_800_000
+
+    # Trainers hand their updates to the merger after every batch; the merger
+    # folds them into a new version every merge_examples examples or every
+    # merge_interval_ms, whichever comes first.
+    merge_examples: int = 5_000
+    merge_interval_ms: int = 1_000
+    # A share of examples is held out from training and used by the merger to
+    # score each new version; a version whose held-out loss is worse than the
+    # previous one's by more than rollback_margin (relative) is rolled back.
+    heldout_fraction: float = 0.02
+    heldout_size: int = 2_000
+    heldout_min: int = 200
+    rollback_margin: float = 0.25
+    # Every merged version is also written here (the newest few are kept).
+    # (empty: a "models" folder beside flink.checkpoint_dir), one subfolder per job name.
+    versions_dir: str = ""
+    keep_versions: int = 5
+    # Append "version,subtask,created_ms,applied_ms" here whenever a scorer
+    # adopts a version (benchmarks/model_quality.py measures broadcast latency with it).
+    broadcast_log: str = ""
+    # Start from the newest version on the model-updates topic (or in
+    # versions_dir) when the job starts without state.
+    warm_start: bool = True
 
 
 @dataclass

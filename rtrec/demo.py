@@ -32,7 +32,8 @@ def run_demo(cfg: RtrecConfig, limit: int = 0, show: int = 5) -> dict[str, int]:
 
     print(f"demo: running the job on a local MiniCluster (parallelism {cfg.flink.parallelism}) until the replay is consumed")
     start = time.perf_counter()
-    result = rtrec_job.run(cfg)
+    result = rtrec_job.run(cfg, on_start=lambda: print(
+        f"demo: Flink web UI and REST API at http://localhost:{cfg.flink.rest_port}", flush=True))
     wall = time.perf_counter() - start
     job_s = result.get_net_runtime() / 1000
     print(

@@ -43,8 +43,12 @@ def ensure_topics(kafka: KafkaConfig, names: list[str] | None = None, timeout_s:
     for name in dict.fromkeys(names):
         if name in existing:
             continue
-        config = MODEL_TOPIC_CONFIG if name == kafka.model_updates_topic else {}
-        wanted.append(NewTopic(name, num_partitions=kafka.partitions, replication_factor=1, config=config))
+        if name == kafka.model_updates_topic:
+            # One partition: versions stay in order, and the job's reader of
+            # this topic has no empty splits to hold its watermark back.
+            wanted.append(NewTopic(name, num_partitions=1, replication_factor=1, config=MODEL_TOPIC_CONFIG))
+        else:
+            wanted.append(NewTopic(name, num_partitions=kafka.partitions, replication_factor=1))
     if not wanted:
         return []
     created = []
@@ -139,3 +143,33 @@ def read_topic(kafka: KafkaConfig, topic: str, idle_s: float = 2.0, max_s: float
 def count_committed(kafka: KafkaConfig, topic: str) -> int:
     """Number of committed records in ``topic`` (reads them; transaction markers are not counted)."""
     return sum(1 for _ in read_topic(kafka, topic, idle_s=0.5))
+
+
+def read_last(kafka: KafkaConfig, topic: str, timeout_s: float = 10.0) -> bytes | None:
+    """The value of the newest record of ``topic`` (over all partitions, by timestamp), or None if it is empty."""
+    c = _consumer(kafka)
+    try:
+        md = c.list_topics(topic, timeout=timeout_s).topics.get(topic)
+        if md is None or md.error:
+            return None
+        newest = None
+        for p in md.partitions:
+            low, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
+            if high <= low:
+                continue
+            c.assign([TopicPartition(topic, p, high - 1)])
+            deadline = time.time() + timeout_s
+            while time.time() < deadline:
+                m = c.poll(0.2)
+                if m is None:
+                    continue
+                if m.error():
+                    if m.error().code() == -191:
+                        break
+                    raise KafkaException(m.error())
+                if newest is None or m.timestamp()[1] >= newest.timestamp()[1]:
+                    newest = m
+                break
+        return newest.value() if newest is not None else None
+    finally:
+        c.close()

@@ -112,3 +112,37 @@ def with_batch_event_time(batches: DataStream, cfg: RtrecConfig, partitions: int
         KEYED_BATCH.get_java_type_info(),
     )
     return DataStream(j_stream)
+
+
+class StampFarFuture(ProcessFunction):
+    """Stamps every record with a timestamp far in the future (see :func:`never_holding_back`)."""
+
+    FAR = 1 << 62
+
+    def process_element(self, value, ctx):
+        yield value, self.FAR
+
+
+def never_holding_back(stream: DataStream, type_info, idle_ms: int = 1_000) -> DataStream:
+    """Give a side input (model versions) watermarks that never hold back the operator it joins.
+
+    A two-input operator's watermark is the minimum of its inputs'. A stream
+    without watermarks would pin it at the start of time and stall every
+    event-time timer behind it; this one is idle until its first record and
+    far in the future after it.
+    """
+    stamped = stream.process(StampFarFuture(), output_type=Types.TUPLE([type_info, Types.LONG()])).name(
+        "SideInputTime")
+    jvm = get_gateway().jvm
+    strategy = (
+        WatermarkStrategy.for_monotonous_timestamps()
+        .with_idleness(Duration.of_millis(idle_ms))
+        ._j_watermark_strategy.withTimestampAssigner(
+            jvm.org.apache.flink.streaming.api.functions.python.eventtime.CustomTimestampAssigner()
+        )
+    )
+    j_stream = stamped._j_data_stream.assignTimestampsAndWatermarks(strategy).map(
+        jvm.org.apache.flink.streaming.api.functions.python.eventtime.RemoveTimestampMapFunction(),
+        type_info.get_java_type_info(),
+    )
+    return DataStream(j_stream)

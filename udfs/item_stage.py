@@ -20,13 +20,14 @@ has passed.
 from __future__ import annotations
 
 from pyflink.common import Row, Types
-from pyflink.datastream import KeyedProcessFunction, RuntimeContext
+from pyflink.datastream import KeyedProcessFunction, OutputTag, RuntimeContext
 from pyflink.datastream.state import MapStateDescriptor
 
 from rtrec.config import RtrecConfig
 from rtrec.events import Event
 from rtrec.features.definitions import ITEM_FEATURES
 from rtrec.features.engine import FeatureEngine
+from rtrec.features.model_inputs import ItemInputs
 from udfs.profiling import OperatorProfile
 from udfs.records import Outputs
 from udfs.runtime import subtask_info
@@ -36,6 +37,9 @@ from udfs.state import CachedMapState, entity_map
 ITEM_EVENTS = Types.ROW_NAMED(["shard", "events"], [Types.INT(), Types.PICKLED_BYTE_ARRAY()])
 #: ... keyed by the shard in Java (udfs/keying.py).
 KEYED_ITEM_EVENTS = Types.ROW_NAMED(["key", "value"], [Types.INT(), ITEM_EVENTS])
+#: Side output (model.enabled): the models' view of the items just updated, for the ModelMerger,
+#: which ships it to every scorer with the next version. Row(0, ("items", {item id: dense features})).
+ITEMS_TO_MERGER = OutputTag("items-to-merger", Types.ROW_NAMED(["key", "value"], [Types.INT(), Types.PICKLED_BYTE_ARRAY()]))
 
 
 def event_order(e: Event) -> tuple[int, str]:
@@ -58,6 +62,7 @@ class ItemStage(KeyedProcessFunction):
         # shard -> {sequence number: oldest event time} of what `pending` holds (rebuilt after a restore)
         self.held: dict[int, dict[int, int]] = {}
         self.emit = self.cfg.features.emit_item_features
+        self.model_inputs = ItemInputs() if self.cfg.model.enabled else None
         self.profile = OperatorProfile("ItemStage", subtask_info(ctx).index)
 
     def close(self):
@@ -111,4 +116,9 @@ class ItemStage(KeyedProcessFunction):
             if self.emit:
                 out.features.append(item, engine.record(item, state, e))
         self.items.put_all(states)
-        return [out.row()] if out else []
+        results: list = [out.row()] if out else []
+        if self.model_inputs is not None and states:
+            at = events[-1].ts
+            dense = {item: self.model_inputs.dense(state, at) for item, state in states.items()}
+            results.append((ITEMS_TO_MERGER, Row(0, ("items", dense))))
+        return results

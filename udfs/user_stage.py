@@ -13,37 +13,57 @@ micro-batch it
 2. folds each accepted event into its user's features, in arrival order, and
    emits a feature snapshot per event,
 3. hands the accepted events on to the ItemStage, grouped by item shard,
-4. (model.enabled) learns from feedback and refreshes top-k (udfs/recommender.py),
+4. (model.enabled) predicts, then learns from, every feedback event
+   (models.online.OnlineLearner), refreshes the top-k of users who
+   interacted and ranks the candidates of requests, emits predictions and
+   recommendations tagged with the model version, and hands the change to the
+   global parameters over to the ModelMerger (udfs/merger.py),
 5. writes the users' state back.
+
+Merged model versions arrive as broadcast state (from the model-updates
+topic) and replace this subtask's global parameters between two batches, so
+every output of a batch carries one version. An impression becomes a negative
+example when ``model.attribution_window_ms`` of event time passes without a
+click, cart or purchase of its item (an event-time timer per shard).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 
-from pyflink.common import Row
-from pyflink.datastream import KeyedProcessFunction, OutputTag, RuntimeContext
+import orjson
+from pyflink.common import Row, Types
+from pyflink.datastream import KeyedBroadcastProcessFunction, OutputTag, RuntimeContext
+from pyflink.datastream.state import MapStateDescriptor
 
 from rtrec.config import RtrecConfig
 from rtrec.events import Event, EventParser, Rejection
 from rtrec.features.definitions import USER_FEATURES
 from rtrec.features.engine import FeatureEngine
+from rtrec.features.model_inputs import UserInputs, id_code
 from rtrec.sharding import shard_of
 from udfs.item_stage import KEYED_ITEM_EVENTS
+from udfs.merger import MERGER_INPUT
 from udfs.profiling import OperatorProfile
-from udfs.recommender import OnlineRecommender
 from udfs.records import Outputs
 from udfs.runtime import subtask_info
 from udfs.state import CachedMapState, entity_map
 
+log = logging.getLogger(__name__)
+
 #: Side output: accepted events on their way to the ItemStage.
 TO_ITEMS = OutputTag("to-items", KEYED_ITEM_EVENTS)
+#: Side output: this trainer's parameter deltas on their way to the ModelMerger.
+TO_MERGER = OutputTag("to-merger", MERGER_INPUT)
+#: Broadcast state: "latest" -> the newest model version's bytes.
+MODEL_STATE = MapStateDescriptor("model-version", Types.STRING(), Types.PICKLED_BYTE_ARRAY())
 
 # A user's entry in the "users" MapState:
-#   {"features": engine state, "model": recommender state, "seen": {event_id: first seen at (ms)}}
+#   {"features": engine state, "model": the learner's user state (models.online), "seen": {event_id: first seen at (ms)}}
 
 
-class UserStage(KeyedProcessFunction):
+class UserStage(KeyedBroadcastProcessFunction):
     """Admit, featurise, learn and recommend, one micro-batch at a time."""
 
     def __init__(self, cfg: RtrecConfig):
@@ -57,7 +77,26 @@ class UserStage(KeyedProcessFunction):
         self.users = CachedMapState(ctx.get_map_state(entity_map("users", ttl)), ttl)
         self.dedup_window = cfg.events.dedup_window_ms
         self.dedup_max = cfg.events.dedup_max_ids_per_user
-        self.recommender = OnlineRecommender(cfg) if cfg.model.enabled else None
+        self.info = subtask_info(ctx)
+        self.learner = None
+        if cfg.model.enabled:
+            import torch
+
+            from models.device import resolve_device
+            from models.online import OnlineLearner
+            from models.worker import torch_call
+
+            self.torch = torch_call
+            torch_call(torch.set_num_threads, 1)
+            # Sequence numbers of deltas must grow across restarts (the merger remembers them).
+            self.learner = torch_call(OnlineLearner, cfg.model, self.info.index, resolve_device(cfg.model.device))
+            self.learner.seq = int(time.time() * 1000) * 1000
+            self.inputs = UserInputs()
+            self.impressions = ctx.get_map_state(
+                MapStateDescriptor("impressions-due", Types.LONG(), Types.PICKLED_BYTE_ARRAY()))
+            self.attribution_ms = cfg.model.attribution_window_ms
+        self._checked_broadcast = False
+        self.broadcast_log = cfg.model.broadcast_log
         self.topic = cfg.kafka.events_topic
         self.allowed_lateness = cfg.events.allowed_lateness_ms
         self.shards = cfg.flink.shards
@@ -74,39 +113,160 @@ class UserStage(KeyedProcessFunction):
         self._freshness_ms = 0
         # Processing time minus event time of the newest event of the last batch.
         metrics.gauge("freshness_ms", lambda: self._freshness_ms)
-        self.profile = OperatorProfile("UserStage", subtask_info(ctx).index)
+        self.m_examples = metrics.counter("examples")
+        self.m_versions = metrics.counter("model_versions_applied")
+        self._broadcast_latency_ms = 0
+        metrics.gauge("model_version", lambda: self.learner.version if self.learner is not None else 0)
+        # From a version's creation by the merger to this scorer using it.
+        metrics.gauge("broadcast_latency_ms", lambda: self._broadcast_latency_ms)
+        self.profile = OperatorProfile("UserStage", self.info.index)
 
     def close(self):
         self.profile.dump()
 
+    # -- model versions (broadcast) ------------------------------------------------
+    def process_broadcast_element(self, value, ctx: KeyedBroadcastProcessFunction.Context):
+        """A new merged version: keep it in broadcast state and swap to it now."""
+        data = bytes(value)
+        if self.learner is None:
+            return
+        from models.params import Version
+
+        try:
+            version = self.torch(Version.from_bytes, data)
+        except Exception as e:  # not ours; never fail the task on it
+            log.warning("ignoring a record on the model-updates topic that is no rtrec version: %s", e)
+            return
+        state = ctx.get_broadcast_state(MODEL_STATE)
+        # (get() of a missing key fails in PyFlink 2.2 for byte-array values: ask contains() first)
+        if not state.contains("number") or int(bytes(state.get("number"))) < version.number:
+            state.put("latest", data)
+            state.put("number", str(version.number).encode())
+        self._apply(version)
+
+    def _apply(self, version) -> None:
+        if self.torch(self.learner.apply_version, version):
+            now = int(time.time() * 1000)
+            self._broadcast_latency_ms = now - version.created_ms
+            self.m_versions.inc()
+            if self.broadcast_log:
+                with open(self.broadcast_log, "a") as f:
+                    f.write(f"{version.number},{self.info.index},{version.created_ms},{now}\n")
+
+    def _restore_version(self, ctx) -> None:
+        """After a restart, take the version the broadcast state holds (it was checkpointed)."""
+        self._checked_broadcast = True
+        state = ctx.get_broadcast_state(MODEL_STATE)
+        if state.contains("latest"):
+            data = state.get("latest")
+            from models.params import Version
+
+            self._apply(self.torch(Version.from_bytes, bytes(data)))
+
     # -- per batch -------------------------------------------------------------
-    def process_element(self, batch: Row, ctx: KeyedProcessFunction.Context):
+    def process_element(self, batch: Row, ctx: KeyedBroadcastProcessFunction.ReadOnlyContext):
         with self.profile:
-            results = self.process_batch(batch, ctx.timer_service().current_watermark())
+            if self.learner is not None and not self._checked_broadcast:
+                self._restore_version(ctx)
+            results = self.process_batch(batch, ctx.timer_service().current_watermark(), ctx.timer_service())
         yield from results
 
-    def process_batch(self, batch: Row, watermark: int) -> list:
-        """Everything one batch produces: side outputs for the ItemStage, then this stage's output row."""
+    def on_timer(self, timestamp: int, ctx: KeyedBroadcastProcessFunction.OnTimerContext):
+        """Impressions whose attribution window closed become negative examples."""
+        with self.profile:
+            due = self.impressions.get(timestamp)
+            results = []
+            if due:
+                self.impressions.remove(timestamp)
+                users = {}
+                for user_id, _, _ in due:
+                    if user_id not in users:
+                        entry = self.users.get(user_id)
+                        if entry is not None:
+                            users[user_id] = entry
+                models = {u: s["model"] for u, s in users.items()}
+                examples = self.torch(self.learner.expire_impressions, due, models)
+                if examples:
+                    out = Outputs()
+                    self._emit_examples(examples, out)
+                    results.append(out.row())
+                    results.extend(self._hand_over())
+                self.users.put_all(users)
+        yield from results
+
+    def process_batch(self, batch: Row, watermark: int, timers=None) -> list:
+        """Everything one batch produces: side outputs for the ItemStage and merger, then this stage's row."""
         results: list = []
         out = Outputs()
         users: dict[str, dict] = {}
         events = self.admit(batch, watermark, users, out)
         if events:
             by_item_shard: dict[int, list[Event]] = {}
-            self.featurise(events, users, out, by_item_shard)
+            inputs = self.featurise(events, users, out, by_item_shard)
             for shard, item_events in by_item_shard.items():
                 results.append((TO_ITEMS, Row(shard, Row(shard, item_events))))
-            if self.recommender is not None:
-                models = {u: s["model"] or self.recommender.new_user(u) for u, s in users.items()}
-                self.recommender.process(events, models, out)
-                for u, s in users.items():
-                    s["model"] = models[u]
+            if self.learner is not None:
+                self.learn_and_score(inputs, users, out, timers)
+                results.extend(self._hand_over())
             now = int(time.time() * 1000)
             self._freshness_ms = now - max(e.ts for e in events)
         self.users.put_all(users)
         if out:
             results.append(out.row())
         return results
+
+    def learn_and_score(self, inputs: list, users: dict[str, dict], out: Outputs, timers) -> None:
+        learner = self.learner
+        models = {}
+        for u, s in users.items():
+            if s["model"] is None:
+                s["model"] = self.torch(learner.new_user, u)
+            models[u] = s["model"]
+        result = self.torch(learner.process, inputs, models)
+        self._emit_examples(result.examples, out)
+        version = learner.version
+        for r in result.recommendations:
+            e = r.event
+            out.recommendations.append(e.user_id, orjson.dumps({
+                "user_id": e.user_id, "event_id": e.event_id, "ts": e.ts, "items": r.items, "scores": r.scores,
+                "model_version": version, "feature_ts": e.ts,
+                "request": "candidates" if e.candidates else "refresh",
+            }))
+        if timers is not None:
+            due: dict[int, list] = {}
+            for x in inputs:
+                e = x.event
+                if e.type == "impression" and e.item_id is not None:
+                    due.setdefault(e.ts + self.attribution_ms, []).append((e.user_id, e.item_id, e.event_id))
+            for at, entries in due.items():
+                self.impressions.put(at, (self.impressions.get(at) or []) + entries)
+                timers.register_event_time_timer(at)
+
+    def _emit_examples(self, examples: list, out: Outputs) -> None:
+        version = self.learner.version
+        self.m_examples.inc(len(examples))
+        for x in examples:
+            out.predictions.append(x.user_id, orjson.dumps({
+                "event_id": x.event_id, "user_id": x.user_id, "item_id": x.item_id, "ts": x.ts, "type": x.type,
+                "label": x.label, "model_version": version, "scores": x.scores, "fused": x.fused,
+                "heldout": x.heldout, "trainer": self.info.index,
+            }, option=orjson.OPT_SERIALIZE_NUMPY))
+
+    def _hand_over(self) -> list:
+        """This trainer's change since the last hand-over, for the merger (every batch: nothing
+        learned is left outside a checkpoint)."""
+        message = self.torch(self._delta_message)
+        return [] if message is None else [(TO_MERGER, Row(0, message))]
+
+    def _delta_message(self):
+        handed = self.learner.take_delta()
+        if handed is None:
+            return None
+        from models.params import delta_to_plain, to_bytes
+
+        seq, delta, heldout = handed
+        # Everything as bytes made here: pickling a tensor on a task thread would hang (models/worker.py).
+        return ("delta", self.learner.trainer_id, seq, to_bytes(delta_to_plain(delta)), to_bytes(heldout))
 
     def admit(self, batch: Row, watermark: int, users: dict[str, dict], out: Outputs) -> list[Event]:
         """Parse, then refuse duplicate and late events (in that order); everything refused becomes a dead letter.
@@ -153,13 +313,31 @@ class UserStage(KeyedProcessFunction):
         return accepted
 
     def featurise(self, events: list[Event], users: dict[str, dict], out: Outputs,
-                  by_item_shard: dict[int, list[Event]]) -> None:
-        """Fold events into user features in arrival order; group them by item shard for the ItemStage."""
+                  by_item_shard: dict[int, list[Event]]) -> list:
+        """Fold events into user features in arrival order; group them by item shard for the ItemStage.
+
+        With models on, returns per event what the models need of its user's
+        features before (and, where the top-k is refreshed, after) it.
+        """
         engine, shards, emit, item_shards = self.engine, self.shards, self.emit_features, self.item_shards
+        learning = self.learner is not None
+        inputs = []
+        if learning:
+            from models.online import REFRESH_TYPES, Inputs
+
+            ui = self.inputs
         for e in events:
             u = e.user_id
             user = users[u]
-            engine.update(user["features"], e)
+            if learning:
+                state = user["features"]
+                x = Inputs(e, ui.dense(state, e.ts), ui.buckets(state), id_code(u))
+                engine.update(state, e)
+                if e.candidates or e.type in REFRESH_TYPES:
+                    x.dense_after, x.buckets_after = ui.dense(state, e.ts), ui.buckets(state)
+                inputs.append(x)
+            else:
+                engine.update(user["features"], e)
             if emit:
                 out.features.append(u, engine.record(u, user["features"], e))
             item = e.item_id
@@ -170,6 +348,7 @@ class UserStage(KeyedProcessFunction):
                     if len(item_shards) > 1_000_000:
                         item_shards.clear()
                 by_item_shard.setdefault(shard, []).append(e)
+        return inputs
 
     def load_user(self, user_id: str, forget_before: int) -> dict:
         """The user's state entry (a new one if none), with ids older than the dedup window forgotten."""
@@ -177,7 +356,7 @@ class UserStage(KeyedProcessFunction):
         if user is None:
             return {
                 "features": self.engine.new_state(),
-                "model": self.recommender.new_user(user_id) if self.recommender is not None else None,
+                "model": self.torch(self.learner.new_user, user_id) if self.learner is not None else None,
                 "seen": {},
             }
         seen = user["seen"]

@@ -1,0 +1,141 @@
+"""The model set every scorer and trainer holds: MF, FTRL, the neural ranker and their fusion.
+
+One :class:`ModelSet` owns one :class:`models.params.ParameterSet` (all global
+tables, one item index) and turns examples into each model's inputs. It
+predicts every model and the fusion, and learns all of them from the same
+examples, so the operators never special-case a model.
+
+Binary feedback (click, cart, purchase; an impression left unclicked) is
+learned as the top or bottom of the rating scale; a prediction for such an
+example, in the label's units, is the fused rating rescaled to 0..1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from models.base import Batch
+from models.ftrl import FTRLProximal
+from models.fusion import OnlineFusion
+from models.mf import BiasedMF
+from models.params import ParameterSet
+from models.ranker import NeuralRanker
+from rtrec.config import ModelConfig
+from rtrec.features.model_inputs import ITEM_DENSE, N_DENSE, USER_DENSE, id_code
+
+_MIX = 1_000_003
+_MOD = 1 << 31
+
+
+def _mix(a: torch.Tensor | int, b: torch.Tensor | int):
+    return (a * _MIX + b) % _MOD
+
+
+@dataclass
+class Examples:
+    """What the operators gather per example, before the model set turns it into a :class:`Batch`."""
+
+    rows: torch.Tensor  # (B,) item rows
+    user_params: torch.Tensor  # (B, mf width)
+    user_dense: torch.Tensor  # (B, len(USER_DENSE))
+    user_codes: torch.Tensor  # (B,) id codes
+    user_buckets: torch.Tensor  # (B, 2) rating-mean and count buckets
+
+
+class ModelSet:
+    """MF + FTRL + neural ranker + fusion over one parameter set."""
+
+    def __init__(self, cfg: ModelConfig, device: torch.device | str = "cpu"):
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.params = ParameterSet(self.device, cfg.seed)
+        mid = (cfg.rating_min + cfg.rating_max) / 2
+        # Item features from the ItemStage: set by the merger, read by everyone.
+        self.item_features = self.params.add("items.features", "item", (len(ITEM_DENSE),))
+        self.mf = BiasedMF(self.params, dim=cfg.dim, lr_bias=cfg.mf_lr_bias, lr_latent=cfg.mf_lr_latent,
+                           l2_bias=cfg.mf_l2, l2_latent=cfg.mf_l2, mu=mid)
+        self.ftrl = FTRLProximal(self.params, bits=cfg.ftrl_bits, alpha=cfg.ftrl_alpha, offset=mid)
+        self.ranker = NeuralRanker(self.params, n_dense=N_DENSE, user_dim=cfg.dim, lr=cfg.ranker_lr, offset=mid,
+                                   seed=cfg.seed)
+        self.models = [self.mf, self.ftrl, self.ranker]
+        self.fusion = OnlineFusion(self.params, [m.name for m in self.models], forget=cfg.fusion_forget)
+        self._item_codes = torch.zeros(0, dtype=torch.long, device=self.device)
+
+    # -- inputs ------------------------------------------------------------------
+    def rows(self, item_ids: list[str]) -> torch.Tensor:
+        rows = self.params.item_rows(item_ids)
+        n = self.params.n_items
+        if self._item_codes.shape[0] < n:
+            new = [id_code(i) for i in self.params.index.ids[self._item_codes.shape[0] : n]]
+            self._item_codes = torch.cat([self._item_codes, torch.tensor(new, dtype=torch.long, device=self.device)])
+        return rows
+
+    def _item_buckets(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f = self.item_features.data[rows]
+        known, n = f[:, 0] > 0, torch.expm1(f[:, 1] * 5.0)
+        mean_bucket = torch.where(known & (n > 0.5), torch.round((f[:, 2] + 3.0) * 4).long(), -1)
+        count_bucket = torch.floor(torch.log2(n.clamp_min(0) + 1)).long()
+        return mean_bucket, count_bucket
+
+    def sparse_codes(self, rows: torch.Tensor, user_codes: torch.Tensor, user_buckets: torch.Tensor) -> torch.Tensor:
+        """(B, 9) hashed feature ids (fields as in rtrec.features.model_inputs.SPARSE_FIELDS)."""
+        item_codes = self._item_codes[rows]
+        u_mean, u_count = user_buckets[:, 0] + 10, user_buckets[:, 1]
+        i_mean, i_count = self._item_buckets(rows)
+        i_mean = i_mean + 10
+        fields = [
+            torch.zeros_like(item_codes),
+            _mix(1, item_codes),
+            _mix(2, user_codes),
+            _mix(3, u_mean),
+            _mix(4, u_count),
+            _mix(5, i_mean),
+            _mix(6, i_count),
+            _mix(_mix(7, u_mean), i_mean),
+            _mix(_mix(8, user_codes), i_mean),
+        ]
+        return torch.stack(fields, dim=1) % self.ftrl.size
+
+    def batch(self, ex: Examples) -> Batch:
+        dense = torch.cat([ex.user_dense, self.item_features.data[ex.rows]], dim=1)
+        return Batch(
+            items=ex.rows,
+            user_params={"mf": ex.user_params},
+            dense=dense,
+            sparse=self.sparse_codes(ex.rows, ex.user_codes, ex.user_buckets),
+        )
+
+    # -- predict and learn -------------------------------------------------------
+    def predict(self, batch: Batch) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Each model's prediction and the fused one, in rating units (clamped to the scale)."""
+        lo, hi = self.cfg.rating_min, self.cfg.rating_max
+        raw = {m.name: m.predict_many(batch) for m in self.models}
+        fused = self.fusion.predict(raw)
+        return {k: v.clamp(lo, hi) for k, v in raw.items()}, fused.clamp(lo, hi)
+
+    def learn(self, batch: Batch, y: torch.Tensor, predictions: dict[str, torch.Tensor], models=None) -> None:
+        """One step of ``models`` (default: all) and of the fusion, from predictions made before the step."""
+        clip = self.cfg.grad_clip
+        self.fusion.learn(predictions, y)
+        for m in models if models is not None else self.models:
+            grad = (predictions[m.name] - y).clamp(-clip, clip)
+            m.learn_many(batch, y, grad=grad)
+
+    def loaded(self) -> None:
+        """Call after parameters were replaced (a new version): refresh what is derived from them."""
+        self.fusion.solve()
+
+    def score_candidates(self, user_params: torch.Tensor, user_dense: torch.Tensor, user_codes: torch.Tensor,
+                         user_buckets: torch.Tensor, candidate_rows: torch.Tensor) -> torch.Tensor:
+        """Fused scores of (B, M) candidate rows for B users."""
+        b, m = candidate_rows.shape
+        rep = lambda t: t.repeat_interleave(m, dim=0)  # noqa: E731
+        ex = Examples(candidate_rows.reshape(-1), rep(user_params), rep(user_dense), rep(user_codes), rep(user_buckets))
+        _, fused = self.predict(self.batch(ex))
+        return fused.reshape(b, m)
+
+    def describe(self) -> dict:
+        return {"fusion_weights": self.fusion.weights(), "items": self.params.n_items,
+                "dense_features": list(USER_DENSE + ITEM_DENSE)}

@@ -1,0 +1,65 @@
+"""Online fusion of the models' predictions with learned weights (linear stacking by recursive least squares).
+
+    fused = w0 + sum_m w_m * prediction_m
+
+The weights solve a ridge regression of the labels on the models' (prequential)
+predictions, over an exponentially fading window of past examples. The
+sufficient statistics ``A = sum x x^T`` and ``b = sum x y`` are the learned
+state: a batch of examples adds to them in one step, and merging trainers'
+updates (an average of their increments) scales A and b alike, which leaves
+the solved weights as they would be had one trainer seen everything.
+
+    >>> import torch
+    >>> from models.params import ParameterSet
+    >>> f = OnlineFusion(ParameterSet(), ["a", "b"], forget=1.0, ridge=1e-6)
+    >>> x = {"a": torch.tensor([1.0, 2.0, 3.0, 4.0]), "b": torch.tensor([5.0, 1.0, 4.0, 2.0])}
+    >>> f.learn(x, 2 * x["a"] + 1)
+    >>> [round(v, 2) for v in f.weights().values()]
+    [1.0, 2.0, 0.0]
+"""
+
+from __future__ import annotations
+
+import torch
+
+from models.params import ParameterSet
+
+
+class OnlineFusion:
+    name = "fusion"
+
+    def __init__(self, params: ParameterSet, models: list[str], forget: float = 0.9999, ridge: float = 1.0):
+        self.models, self.forget, self.ridge = list(models), forget, ridge
+        n = len(models) + 1
+        self.a = params.add("fusion.A", "dense", (n, n))
+        self.b = params.add("fusion.b", "dense", (n,))
+        # Before any example: an even average of the models.
+        self._prior = torch.tensor([0.0] + [1.0 / len(models)] * len(models), device=params.device)
+        self._w = self._prior.clone()
+
+    def _x(self, predictions: dict[str, torch.Tensor]) -> torch.Tensor:
+        cols = [predictions[m].float() for m in self.models]
+        return torch.stack([torch.ones_like(cols[0]), *cols], dim=1)
+
+    def solve(self) -> torch.Tensor:
+        """Weights from the statistics (ridge towards the even average), cached until they change."""
+        a, b = self.a.data[0], self.b.data[0]
+        eye = torch.eye(len(b), device=b.device) * self.ridge
+        self._w = torch.linalg.solve(a + eye, b + eye @ self._prior)
+        return self._w
+
+    def predict(self, predictions: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self._x(predictions) @ self._w
+
+    def learn(self, predictions: dict[str, torch.Tensor], y: torch.Tensor) -> None:
+        x = self._x(predictions)
+        fade = self.forget ** len(y)
+        self.a.data[0] = self.a.data[0] * fade + x.T @ x
+        self.b.data[0] = self.b.data[0] * fade + x.T @ y.float()
+        self.a.touch_dense(len(y))
+        self.b.touch_dense(len(y))
+        self.solve()
+
+    def weights(self) -> dict[str, float]:
+        w = self._w.tolist()
+        return {"bias": w[0], **dict(zip(self.models, w[1:], strict=True))}

@@ -1,0 +1,120 @@
+"""Folding trainers' deltas into numbered versions, with guards. Plain Python; udfs/merger.py runs it in Flink.
+
+Per merge:
+
+1. each trainer's pending deltas are summed (they are successive steps),
+2. a delta holding NaN or Inf is rejected whole (and counted),
+3. the trainers' sums are averaged row by row, weighted by the examples
+   behind each row (models.params.merge): with one trainer this is exactly
+   its own progress,
+4. the candidate is scored on the held-out examples the trainers sent; if its
+   loss is worse than the current version's by more than the margin, the
+   merge is rolled back and the version number still advances (with the old
+   parameters), so trainers drop the rejected updates and resynchronise.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+
+import torch
+
+from models.ensemble import Examples, ModelSet
+from models.params import RowDelta, Version, delta_is_finite, merge, sum_deltas
+from rtrec.config import ModelConfig
+
+
+class MergerCore:
+    def __init__(self, cfg: ModelConfig, device: torch.device | str = "cpu"):
+        self.cfg = cfg
+        self.models = ModelSet(cfg, device)
+        self.version = 0
+        self.merged_upto: dict[int, int] = {}
+        self.pending: dict[int, list[tuple[int, dict[str, RowDelta]]]] = {}
+        self.pending_examples = 0
+        self.heldout: deque = deque(maxlen=cfg.heldout_size)
+        self.items: dict[str, list[float]] = {}
+        self.rejected = 0
+        self.rollbacks = 0
+        self.last_loss: float | None = None
+
+    # -- input -----------------------------------------------------------------------
+    def add_delta(self, trainer: int, seq: int, delta: dict[str, RowDelta], heldout: list[dict]) -> None:
+        self.heldout.extend(heldout)
+        if not delta_is_finite(delta):
+            self.rejected += 1
+            self.merged_upto[trainer] = max(self.merged_upto.get(trainer, 0), seq)
+            return
+        self.pending.setdefault(trainer, []).append((seq, delta))
+        if "fusion.A" in delta:
+            self.pending_examples += int(delta["fusion.A"].counts.sum())
+
+    def add_item_features(self, features: dict[str, list[float]]) -> None:
+        self.items.update(features)
+
+    def due(self) -> bool:
+        return self.pending_examples >= self.cfg.merge_examples
+
+    def has_work(self) -> bool:
+        return bool(self.pending or self.items)
+
+    # -- merging ---------------------------------------------------------------------
+    def heldout_loss(self) -> float | None:
+        """Mean squared error of the fused prediction on the held-out examples (rating units)."""
+        if len(self.heldout) < self.cfg.heldout_min:
+            return None
+        m = self.models
+        rows = list(self.heldout)
+        ex = Examples(
+            m.rows([r["item"] for r in rows]),
+            torch.stack([r["user_params"] for r in rows]).to(m.device),
+            torch.stack([r["user_dense"] for r in rows]).to(m.device),
+            torch.tensor([r["user_code"] for r in rows], dtype=torch.long, device=m.device),
+            torch.stack([r["user_buckets"] for r in rows]).to(m.device),
+        )
+        y = torch.tensor([r["y"] for r in rows], device=m.device)
+        with torch.no_grad():
+            _, fused = m.predict(m.batch(ex))
+        return float(((fused - y) ** 2).mean())
+
+    def merge(self, now_ms: int | None = None) -> Version:
+        """Fold everything pending into the next version (or roll it back)."""
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        per_trainer = []
+        examples = self.pending_examples
+        for trainer, deltas in self.pending.items():
+            per_trainer.append(sum_deltas([d for _, d in deltas]))
+            self.merged_upto[trainer] = max(self.merged_upto.get(trainer, 0), max(s for s, _ in deltas))
+        self.pending, self.pending_examples = {}, 0
+
+        params = self.models.params
+        if self.items:
+            rows = self.models.rows(list(self.items))
+            params["items.features"].data[rows] = torch.tensor(list(self.items.values()), device=params.device)
+            self.items = {}
+        rolled_back = False
+        loss = None
+        if per_trainer:
+            merged = merge(per_trainer)
+            before = self.heldout_loss()
+            saved = {n: t.data.clone() for n, t in params.tables.items()} if before is not None else None
+            params.add_delta(merged)
+            loss = self.heldout_loss()
+            if before is not None and loss is not None and loss > before * (1 + self.cfg.rollback_margin):
+                for n, t in params.tables.items():  # exactly the previous values (rows added since stay)
+                    t.data[: saved[n].shape[0]] = saved[n]
+                    t.base[: saved[n].shape[0]] = saved[n]
+                rolled_back, loss = True, before
+                self.rollbacks += 1
+        params.take_delta()  # the global copy keeps no hand-over bookkeeping
+        self.models.loaded()
+        self.last_loss = loss
+        self.version += 1
+        return Version(self.version, now_ms, params.state_dict(), dict(self.merged_upto), rolled_back, loss, examples)
+
+    def start_from(self, version: Version) -> None:
+        """Warm start: take a version's parameters and continue its numbering."""
+        self.models.params.load_state_dict(version.state)
+        self.models.loaded()
+        self.version = max(self.version, version.number)

@@ -1,0 +1,302 @@
+"""Global parameters as row tables, with the bookkeeping that parallel trainers need.
+
+Every global parameter of every model is a :class:`Table`: a tensor whose
+first dimension is rows of one of three kinds:
+
+- ``item``: one row per catalogue item, addressed by item id (rows differ
+  between replicas, ids do not),
+- ``hashed``: a fixed hash space (hashed sparse features),
+- ``dense``: a single row holding a whole weight tensor.
+
+A :class:`ParameterSet` groups the tables of all models. A trainer replica
+learns on its tables, then :meth:`ParameterSet.take_delta` hands over what
+changed since the last hand-over (only the rows it touched, with how many
+examples touched each) and :func:`merge` averages the deltas of several
+trainers row by row, weighted by those example counts. With one trainer the
+merged result equals the trainer's own parameters.
+
+    >>> ps = ParameterSet()
+    >>> t = ps.add("w", "dense", (2,))
+    >>> t.data += torch.tensor([1.0, 2.0]); t.touch_dense(3)
+    >>> d = ps.take_delta()
+    >>> d["w"].values.tolist(), d["w"].counts.tolist()
+    ([[1.0, 2.0]], [3.0])
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+
+import torch
+
+from models.base import ItemIndex, item_seed
+
+KINDS = ("item", "hashed", "dense")
+
+
+@dataclass
+class RowDelta:
+    """Changes to some rows of one table: ``keys`` are item ids (item tables) or row numbers."""
+
+    kind: str
+    keys: list[str] | torch.Tensor
+    values: torch.Tensor
+    counts: torch.Tensor
+
+    def is_finite(self) -> bool:
+        return bool(torch.isfinite(self.values).all())
+
+
+class Table:
+    """One global parameter: ``data`` (rows x shape), plus which rows changed and how often."""
+
+    def __init__(self, name: str, kind: str, shape: tuple[int, ...], rows: int, device, init=None):
+        if kind not in KINDS:
+            raise ValueError(f"table kind must be one of {KINDS}")
+        self.name, self.kind, self.shape, self.device = name, kind, tuple(shape), device
+        self.init = init  # callable(n_rows, start_row) -> tensor for new item rows, or None for zeros
+        self.data = torch.zeros((rows, *self.shape), device=device)
+        self.base = self.data.clone()  # the values at the last hand-over
+        self.counts = torch.zeros(rows, device=device)  # examples per row since then
+
+    def ensure_rows(self, n: int) -> None:
+        """Grow to at least ``n`` rows (item tables), initialising the new ones."""
+        have = self.data.shape[0]
+        if n <= have:
+            return
+        cap = max(64, 2 * have, n)
+        new = torch.zeros((cap - have, *self.shape), device=self.device)
+        self.data = torch.cat([self.data, new])
+        self.base = torch.cat([self.base, new.clone()])
+        self.counts = torch.cat([self.counts, torch.zeros(cap - have, device=self.device)])
+
+    def touch(self, rows: torch.Tensor, n: torch.Tensor | float = 1.0) -> None:
+        """Record that ``rows`` were learned from (``n`` examples each)."""
+        if isinstance(n, torch.Tensor):
+            self.counts.index_add_(0, rows, n.to(self.counts.dtype))
+        else:
+            self.counts.index_add_(0, rows, torch.full(rows.shape, float(n), device=self.device))
+
+    def touch_dense(self, n: float) -> None:
+        self.counts[0] += n
+
+
+class ParameterSet:
+    """All global tables of a model set, sharing one item index."""
+
+    def __init__(self, device: torch.device | str = "cpu", seed: int = 7):
+        self.device = torch.device(device)
+        self.seed = seed
+        self.tables: dict[str, Table] = {}
+        self.index = ItemIndex()
+
+    # -- building ------------------------------------------------------------
+    def add(self, name: str, kind: str, shape: tuple[int, ...] = (), rows: int = 0, init=None,
+            value: torch.Tensor | None = None) -> Table:
+        rows = 1 if kind == "dense" else rows
+        t = Table(name, kind, shape, rows, self.device, init)
+        if value is not None:
+            t.data[0] = value.to(self.device)
+            t.base = t.data.clone()
+        if kind == "item" and len(self.index):
+            self._grow_table(t, 0)
+        self.tables[name] = t
+        return t
+
+    def __getitem__(self, name: str) -> Table:
+        return self.tables[name]
+
+    def item_rows(self, item_ids: list[str]) -> torch.Tensor:
+        """Rows of ``item_ids``, adding new items to every item table (each initialised the same way everywhere)."""
+        before = len(self.index)
+        rows = self.index.rows(item_ids)
+        if len(self.index) > before:
+            for t in self.tables.values():
+                if t.kind == "item":
+                    self._grow_table(t, before)
+        return torch.tensor(rows, dtype=torch.long, device=self.device)
+
+    def _grow_table(self, t: Table, start: int) -> None:
+        n = len(self.index)
+        t.ensure_rows(n)
+        if t.init is not None and n > start:
+            values = torch.stack([t.init(item_seed(i, self.seed)) for i in self.index.ids[start:n]]).to(self.device)
+            t.data[start:n] = values
+            t.base[start:n] = values
+
+    @property
+    def n_items(self) -> int:
+        return len(self.index)
+
+    # -- deltas ----------------------------------------------------------------
+    def take_delta(self) -> dict[str, RowDelta]:
+        """What changed since the last call (touched rows only), then start counting afresh."""
+        delta: dict[str, RowDelta] = {}
+        for name, t in self.tables.items():
+            rows = torch.nonzero(t.counts > 0).flatten()
+            if rows.numel() == 0:
+                continue
+            values = (t.data[rows] - t.base[rows]).cpu()
+            counts = t.counts[rows].cpu()
+            keys: list[str] | torch.Tensor = (
+                [self.index.ids[r] for r in rows.tolist()] if t.kind == "item" else rows.cpu()
+            )
+            delta[name] = RowDelta(t.kind, keys, values, counts)
+            t.base[rows] = t.data[rows]
+            t.counts[rows] = 0
+        return delta
+
+    def add_delta(self, delta: dict[str, RowDelta], scale: float = 1.0) -> None:
+        """Add ``delta`` onto the tables (``base`` moves with it, so it is not handed over again)."""
+        for name, d in delta.items():
+            t = self.tables.get(name)
+            if t is None:
+                continue
+            rows = self.item_rows(d.keys) if d.kind == "item" else d.keys.to(self.device)
+            values = d.values.to(self.device) * scale
+            t.data.index_add_(0, rows, values)
+            t.base.index_add_(0, rows, values)
+
+    # -- snapshots ---------------------------------------------------------------
+    def state_dict(self) -> dict:
+        n = len(self.index)
+        return {
+            "items": list(self.index.ids),
+            "tables": {name: (t.data[:n] if t.kind == "item" else t.data).cpu() for name, t in self.tables.items()},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Replace every table's values with a snapshot's; items the snapshot lacks keep their local rows."""
+        ids = state["items"]
+        rows = self.item_rows(ids) if ids else torch.zeros(0, dtype=torch.long, device=self.device)
+        for name, values in state["tables"].items():
+            t = self.tables.get(name)
+            if t is None:
+                continue
+            values = values.to(self.device)
+            if t.kind == "item":
+                t.data[rows] = values
+                t.base[rows] = values
+            else:
+                t.data.copy_(values)
+                t.base.copy_(values)
+            t.counts.zero_()
+
+
+def merge(deltas: list[dict[str, RowDelta]]) -> dict[str, RowDelta]:
+    """Average deltas of several trainers, row by row, weighted by the examples behind each row.
+
+    >>> a = {"w": RowDelta("hashed", torch.tensor([0, 1]), torch.tensor([[2.0], [4.0]]), torch.tensor([1.0, 1.0]))}
+    >>> b = {"w": RowDelta("hashed", torch.tensor([1]), torch.tensor([[1.0]]), torch.tensor([3.0]))}
+    >>> m = merge([a, b])["w"]
+    >>> sorted(zip(m.keys.tolist(), m.values.flatten().tolist()))
+    [(0, 2.0), (1, 1.75)]
+    """
+    merged: dict[str, RowDelta] = {}
+    names = {name for d in deltas for name in d}
+    for name in sorted(names):
+        parts = [d[name] for d in deltas if name in d]
+        kind = parts[0].kind
+        if kind == "item":
+            ids: dict[str, int] = {}
+            for p in parts:
+                for k in p.keys:
+                    ids.setdefault(k, len(ids))
+            index = [torch.tensor([ids[k] for k in p.keys], dtype=torch.long) for p in parts]
+            keys: list[str] | torch.Tensor = list(ids)
+            n_rows = len(ids)
+        else:
+            all_keys = torch.cat([p.keys for p in parts])
+            keys, inverse = torch.unique(all_keys, return_inverse=True)
+            index = list(torch.split(inverse, [len(p.keys) for p in parts]))
+            n_rows = len(keys)
+        shape = parts[0].values.shape[1:]
+        weighted = torch.zeros((n_rows, *shape))
+        weight = torch.zeros(n_rows)
+        for p, idx in zip(parts, index, strict=True):
+            w = p.counts.reshape(-1, *([1] * len(shape)))
+            weighted.index_add_(0, idx, p.values * w)
+            weight.index_add_(0, idx, p.counts)
+        merged[name] = RowDelta(kind, keys, weighted / weight.clamp_min(1e-12).reshape(-1, *([1] * len(shape))),
+                                weight)
+    return merged
+
+
+def delta_is_finite(delta: dict[str, RowDelta]) -> bool:
+    return all(d.is_finite() for d in delta.values())
+
+
+def to_bytes(obj) -> bytes:
+    """Tensors, lists, dicts and numbers as bytes (torch's format)."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def from_bytes(data: bytes):
+    """The inverse of :func:`to_bytes`; only plain data is accepted, never arbitrary objects."""
+    return torch.load(io.BytesIO(data), weights_only=True)
+
+
+def delta_to_plain(delta: dict[str, RowDelta]) -> dict:
+    return {n: {"kind": d.kind, "keys": d.keys, "values": d.values, "counts": d.counts} for n, d in delta.items()}
+
+
+def delta_from_plain(plain: dict) -> dict[str, RowDelta]:
+    return {n: RowDelta(d["kind"], d["keys"], d["values"], d["counts"]) for n, d in plain.items()}
+
+
+def sum_deltas(deltas: list[dict[str, RowDelta]]) -> dict[str, RowDelta]:
+    """Successive deltas of one trainer add up (rows and example counts alike)."""
+    if len(deltas) == 1:
+        return deltas[0]
+    total: dict[str, RowDelta] = {}
+    for name in sorted({n for d in deltas for n in d}):
+        parts = [d[name] for d in deltas if name in d]
+        if parts[0].kind == "item":
+            ids: dict[str, int] = {}
+            for p in parts:
+                for k in p.keys:
+                    ids.setdefault(k, len(ids))
+            index = [torch.tensor([ids[k] for k in p.keys], dtype=torch.long) for p in parts]
+            keys: list[str] | torch.Tensor = list(ids)
+            n_rows = len(ids)
+        else:
+            keys, inverse = torch.unique(torch.cat([p.keys for p in parts]), return_inverse=True)
+            index = list(torch.split(inverse, [len(p.keys) for p in parts]))
+            n_rows = len(keys)
+        values = torch.zeros((n_rows, *parts[0].values.shape[1:]))
+        counts = torch.zeros(n_rows)
+        for p, idx in zip(parts, index, strict=True):
+            values.index_add_(0, idx, p.values)
+            counts.index_add_(0, idx, p.counts)
+        total[name] = RowDelta(parts[0].kind, keys, values, counts)
+    return total
+
+
+@dataclass
+class Version:
+    """A numbered, merged parameter set as it travels on the model-updates topic."""
+
+    number: int
+    created_ms: int
+    state: dict
+    #: trainer id -> the last delta sequence number folded into this version
+    merged_upto: dict[int, int] = field(default_factory=dict)
+    rolled_back: bool = False
+    heldout_loss: float | None = None
+    examples: int = 0
+
+    def to_bytes(self) -> bytes:
+        return to_bytes({"format": "rtrec-version-1", "number": self.number, "created_ms": self.created_ms,
+                         "state": self.state, "merged_upto": self.merged_upto, "rolled_back": self.rolled_back,
+                         "heldout_loss": self.heldout_loss, "examples": self.examples})
+
+    @staticmethod
+    def from_bytes(data: bytes) -> Version:
+        d = from_bytes(data)
+        if d.get("format") != "rtrec-version-1":
+            raise ValueError("not an rtrec model version")
+        return Version(d["number"], d["created_ms"], d["state"], d["merged_upto"], d["rolled_back"],
+                       d["heldout_loss"], d["examples"])

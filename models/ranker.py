@@ -1,0 +1,61 @@
+"""A small neural ranker: an MLP over engineered features, its own item embedding and the MF user vector."""
+
+from __future__ import annotations
+
+import torch
+
+from models.base import Batch, seeded_normal
+from models.params import ParameterSet
+
+
+class NeuralRanker:
+    """rating = offset + MLP([dense features, item embedding, MF user vector]), learned by Adagrad.
+
+    The weights and the Adagrad accumulators are global tables, so merging
+    averages both; the item embedding is an item table.
+    """
+
+    name = "ranker"
+
+    def __init__(self, params: ParameterSet, n_dense: int, user_dim: int, item_dim: int = 16, hidden: int = 32,
+                 lr: float = 0.05, offset: float = 3.5, seed: int = 7):
+        self.lr, self.offset, self.eps = lr, offset, 1e-8
+        g = torch.Generator().manual_seed(seed)
+        n_in = n_dense + item_dim + user_dim
+        self.emb = params.add("ranker.emb", "item", (item_dim,), init=seeded_normal((item_dim,), 0.05))
+        self.layers = [
+            params.add("ranker.w1", "dense", (n_in, hidden), value=torch.randn(n_in, hidden, generator=g) / n_in**0.5),
+            params.add("ranker.b1", "dense", (hidden,)),
+            params.add("ranker.w2", "dense", (hidden, 1), value=torch.randn(hidden, 1, generator=g) / hidden**0.5 * 0.1),
+            params.add("ranker.b2", "dense", (1,)),
+        ]
+        self.acc = [params.add(f"{t.name}.adagrad", "dense", t.shape) for t in self.layers]
+        self.emb_acc = params.add("ranker.emb.adagrad", "item", (item_dim,))
+
+    def _forward(self, batch: Batch, w1, b1, w2, b2, emb):
+        x = torch.cat([batch.dense, emb, batch.user_params["mf"][:, :-1]], dim=1)
+        h = torch.relu(x @ w1 + b1)
+        return self.offset + (h @ w2 + b2).squeeze(1)
+
+    def predict_many(self, batch: Batch) -> torch.Tensor:
+        w1, b1, w2, b2 = (t.data[0] for t in self.layers)
+        return self._forward(batch, w1, b1, w2, b2, self.emb.data[batch.items])
+
+    def learn_many(self, batch: Batch, y: torch.Tensor, grad: torch.Tensor | None = None) -> None:
+        weights = [t.data[0].clone().requires_grad_(True) for t in self.layers]
+        emb = self.emb.data[batch.items].clone().requires_grad_(True)
+        with torch.enable_grad():
+            pred = self._forward(batch, *weights, emb)
+            g = grad if grad is not None else (pred - y).detach()
+            # sum over examples of dLoss/dpred * dpred/dparams
+            torch.autograd.backward(pred, g)
+        for t, acc, w in zip(self.layers, self.acc, weights, strict=True):
+            acc.data[0] += w.grad * w.grad
+            t.data[0] -= self.lr * w.grad / (acc.data[0].sqrt() + self.eps)
+            t.touch_dense(len(y))
+            acc.touch_dense(len(y))
+        ge = emb.grad
+        self.emb_acc.data.index_add_(0, batch.items, ge * ge)
+        self.emb.data.index_add_(0, batch.items, -self.lr * ge / (self.emb_acc.data[batch.items].sqrt() + self.eps))
+        self.emb.touch(batch.items)
+        self.emb_acc.touch(batch.items)

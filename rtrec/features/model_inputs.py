@@ -1,0 +1,99 @@
+"""What the models see of the features: dense vectors and hashed sparse codes.
+
+The user part comes from the user's feature state as it was *before* the
+event (so an example never sees its own label); the item part from the item
+features the ItemStage computes, which travel to every scorer with each model
+version (so they may be a version old). Both are read straight from the
+engine's state slots, located once by feature name, because this runs per
+example.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+
+from rtrec.features.definitions import ITEM_FEATURES, USER_FEATURES
+from rtrec.features.engine import COUNT, NEWEST, SLOTS, FeatureGroup
+from rtrec.features.spec import RatingStats, Session, SmoothedCTR, WindowedCount
+
+USER_DENSE = ("u_ratings", "u_rating_mean", "u_rating_std", "u_events", "u_session_events", "u_since_last", "u_ctr")
+ITEM_DENSE = ("i_known", "i_ratings", "i_rating_mean", "i_rating_std", "i_popularity", "i_trend", "i_ctr")
+N_DENSE = len(USER_DENSE) + len(ITEM_DENSE)
+#: Hashed feature fields (see models.ensemble.sparse_codes).
+SPARSE_FIELDS = ("bias", "item", "user", "u_mean", "u_count", "i_mean", "i_count", "u_mean_x_i_mean", "u_x_i_mean")
+
+
+def _slot(group: FeatureGroup, kind: type, name: str | None = None) -> int:
+    for i, f in enumerate(group.features):
+        if isinstance(f, kind) and (name is None or f.name == name):
+            return SLOTS + i
+    raise LookupError(f"{group.entity} features declare no {kind.__name__} {name or ''}")
+
+
+def id_code(value: str) -> int:
+    """A stable 31-bit code for an id (the same in every process, unlike hash())."""
+    return zlib.crc32(value.encode()) & 0x7FFFFFFF
+
+
+def _log(x: float) -> float:
+    return math.log1p(max(x, 0.0)) / 5.0
+
+
+class UserInputs:
+    """Dense features and bucket codes of a user, from their feature state."""
+
+    def __init__(self, group: FeatureGroup = USER_FEATURES):
+        self.rating = _slot(group, RatingStats)
+        self.session = _slot(group, Session)
+        self.ctr_slot = _slot(group, SmoothedCTR)
+        self.ctr = group.features[self.ctr_slot - SLOTS]
+
+    def dense(self, state: list, at_ts: int) -> list[float]:
+        n, mean, m2 = state[self.rating]
+        newest = state[NEWEST]
+        clicks, impressions = state[self.ctr_slot]
+        c = self.ctr
+        return [
+            _log(n),
+            (mean - 3.0) if n else 0.0,
+            math.sqrt(m2 / n) if n > 1 else 0.0,
+            _log(state[COUNT]),
+            _log(state[self.session][2]),
+            math.log1p(max(at_ts - newest, 0) / 1000.0) / 15.0 if newest is not None else 1.0,
+            (clicks + c.prior * c.prior_weight) / (max(impressions, clicks) + c.prior_weight),
+        ]
+
+    def buckets(self, state: list) -> tuple[int, int]:
+        """(rating mean in quarter steps, log2 of the rating count): codes for hashed crosses."""
+        n, mean, _ = state[self.rating]
+        return (int(round(mean * 4)) if n else -1, int(math.log2(n + 1)))
+
+
+class ItemInputs:
+    """Dense features of an item from its feature state (computed by the ItemStage)."""
+
+    def __init__(self, group: FeatureGroup = ITEM_FEATURES):
+        self.rating = _slot(group, RatingStats)
+        self.ctr_slot = _slot(group, SmoothedCTR)
+        self.ctr = group.features[self.ctr_slot - SLOTS]
+        self.popularity = _slot(group, WindowedCount)
+        self.pop_spec = group.features[self.popularity - SLOTS]
+
+    def dense(self, state: list, at_ts: int) -> list[float]:
+        n, mean, m2 = state[self.rating]
+        clicks, impressions = state[self.ctr_slot]
+        pop: dict = {}
+        self.pop_spec.read(state[self.popularity], at_ts, pop)
+        counts = list(pop.values())  # shortest window first, longest last
+        short, long = counts[-2] if len(counts) > 1 else counts[0], counts[-1]
+        c = self.ctr
+        return [
+            1.0,
+            _log(n),
+            (mean - 3.0) if n else 0.0,
+            math.sqrt(m2 / n) if n > 1 else 0.0,
+            _log(long),
+            math.log((short * 7 + 1) / (long + 1)),
+            (clicks + c.prior * c.prior_weight) / (max(impressions, clicks) + c.prior_weight),
+        ]

@@ -1,0 +1,259 @@
+"""Model maths without Flink: MF and FTRL steps against hand-worked numbers, merging, guards, online learning."""
+
+import math
+
+import pytest
+import torch
+
+from models.base import Batch, Model, item_seed
+from models.ensemble import ModelSet
+from models.ftrl import FTRLProximal
+from models.fusion import OnlineFusion
+from models.merger import MergerCore
+from models.mf import BiasedMF
+from models.online import Inputs, OnlineLearner
+from models.params import ParameterSet, RowDelta, Version, merge, sum_deltas
+from models.ranker import NeuralRanker
+from rtrec.config import ModelConfig
+from rtrec.events import Event
+from rtrec.features.model_inputs import id_code
+
+
+def mf(**kw):
+    return BiasedMF(ParameterSet(seed=3), dim=4, **kw)
+
+
+def test_every_model_answers_the_interface():
+    ps = ParameterSet()
+    m = BiasedMF(ps, dim=4)
+    for model in (m, FTRLProximal(ps, bits=8), NeuralRanker(ps, n_dense=3, user_dim=4)):
+        assert isinstance(model, Model)
+
+
+def test_items_get_the_same_initial_vector_on_every_subtask():
+    a, b = mf(), mf()
+    a.params.item_rows(["x", "y"])
+    b.params.item_rows(["y", "x"])
+    assert torch.equal(a.q.data[a.params.index.get("x")], b.q.data[b.params.index.get("x")])
+    assert not torch.equal(a.q.data[0], a.q.data[1])
+    assert item_seed("x", 3) != item_seed("x", 4)
+
+
+def test_mf_hand_worked_sgd_step():
+    m = mf(lr_bias=0.1, lr_latent=0.5, mu=3.0)
+    items = m.params.item_rows(["i"])
+    m.q.data[0] = torch.tensor([1.0, 0.0, 0.0, 0.0])
+    u = torch.tensor([[0.5, 0.0, 0.0, 0.0, 0.2]])  # p = (0.5, 0, 0, 0), b_u = 0.2
+    batch = Batch(items=items, user_params={"mf": u})
+    # prediction = 3 + 0.2 + 0 + 0.5 * 1 = 3.7; label 4.7 -> error 1.0
+    assert torch.allclose(m.predict_many(batch), torch.tensor([3.7]))
+    m.learn_many(batch, torch.tensor([4.7]))
+    assert u[0, -1].item() == pytest.approx(0.3)  # b_u += 0.1 * 1
+    assert m.b.data[0].item() == pytest.approx(0.1)  # b_i += 0.1 * 1
+    assert u[0, 0].item() == pytest.approx(1.0)  # p += 0.5 * 1 * q
+    assert m.q.data[0, 0].item() == pytest.approx(1.25)  # q += 0.5 * 1 * p (the old p)
+    assert m.mu.data[0, 0].item() == pytest.approx(4.7)  # running mean of the labels seen (one)
+
+
+def test_mf_item_rated_twice_in_one_step_takes_the_mean_update():
+    m = mf(lr_bias=0.1, lr_latent=0.0, mu=3.0)
+    items = m.params.item_rows(["i", "i"])
+    u = torch.zeros(2, 5)
+    m.learn_many(Batch(items=items, user_params={"mf": u}), torch.tensor([4.0, 5.0]))
+    # errors 1 and 2 from the same stale b_i = 0: mean step 0.1 * 1.5
+    assert m.b.data[0].item() == pytest.approx(0.15)
+
+
+def test_ftrl_hand_worked_steps():
+    ps = ParameterSet()
+    f = FTRLProximal(ps, bits=4, alpha=1.0, beta=1.0, l1=0.0, l2=0.0, offset=0.0)
+    batch = Batch(items=torch.zeros(1, dtype=torch.long), sparse=torch.tensor([[3]]))
+    # w = 0 -> prediction 0; label 1 -> g = -1; sigma = (sqrt(1) - 0) / 1 = 1; z = -1 - 1 * 0 = -1; n = 1
+    f.learn_many(batch, torch.tensor([1.0]))
+    assert f.z.data[3].item() == pytest.approx(-1.0) and f.n.data[3].item() == pytest.approx(1.0)
+    # w = -z / ((beta + sqrt(n)) / alpha) = 1 / 2
+    assert f.predict_many(batch).item() == pytest.approx(0.5)
+    f.learn_many(batch, torch.tensor([1.0]))  # g = -0.5; sigma = (sqrt(1.25) - 1); z = -1.5 - sigma * 0.5
+    sigma = math.sqrt(1.25) - 1
+    assert f.z.data[3].item() == pytest.approx(-1.5 - sigma * 0.5)
+    assert f.n.data[3].item() == pytest.approx(1.25)
+
+
+def test_ftrl_l1_keeps_rare_weights_at_exactly_zero():
+    f = FTRLProximal(ParameterSet(), bits=4, alpha=0.1, l1=5.0, offset=0.0)
+    batch = Batch(items=torch.zeros(1, dtype=torch.long), sparse=torch.tensor([[2]]))
+    f.learn_many(batch, torch.tensor([1.0]))
+    assert f.predict_many(batch).item() == 0.0
+
+
+def test_fusion_recovers_a_linear_combination():
+    f = OnlineFusion(ParameterSet(), ["a", "b"], forget=1.0, ridge=1e-6)
+    g = torch.Generator().manual_seed(1)
+    x = {"a": torch.randn(200, generator=g), "b": torch.randn(200, generator=g)}
+    f.learn(x, 0.5 + 0.3 * x["a"] + 0.7 * x["b"])
+    w = f.weights()
+    assert w["bias"] == pytest.approx(0.5, abs=1e-3) and w["a"] == pytest.approx(0.3, abs=1e-3)
+    assert w["b"] == pytest.approx(0.7, abs=1e-3)
+
+
+# -- merging ---------------------------------------------------------------------------------------------
+
+
+def test_merge_weights_rows_by_examples():
+    a = {"t": RowDelta("item", ["x", "y"], torch.tensor([[1.0], [2.0]]), torch.tensor([1.0, 3.0]))}
+    b = {"t": RowDelta("item", ["y"], torch.tensor([[6.0]]), torch.tensor([1.0]))}
+    m = merge([a, b])["t"]
+    got = dict(zip(m.keys, m.values.flatten().tolist(), strict=True))
+    assert got == {"x": 1.0, "y": pytest.approx((2.0 * 3 + 6.0 * 1) / 4)}
+    assert m.counts.tolist() == [1.0, 4.0]
+
+
+def test_successive_deltas_of_one_trainer_add_up():
+    d1 = {"t": RowDelta("hashed", torch.tensor([0]), torch.tensor([1.0]), torch.tensor([1.0]))}
+    d2 = {"t": RowDelta("hashed", torch.tensor([0, 2]), torch.tensor([2.0, 5.0]), torch.tensor([1.0, 1.0]))}
+    s = sum_deltas([d1, d2])["t"]
+    assert s.keys.tolist() == [0, 2] and s.values.tolist() == [3.0, 5.0] and s.counts.tolist() == [2.0, 1.0]
+
+
+def _examples(n, seed=0, users=20):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(n):
+        u, item = int(torch.randint(users, (1,), generator=g)), int(torch.randint(30, (1,), generator=g))
+        rating = float(1 + (u * 7 + item * 3) % 5)
+        out.append(Event(f"e{seed}-{i}", str(u), str(item), "rating", 1000 + i, rating))
+    return out
+
+
+def _inputs(events):
+    return [Inputs(e, [0.0] * 7, (-1, 0), id_code(e.user_id)) for e in events]
+
+
+def test_one_trainer_merged_equals_no_merge():
+    cfg = ModelConfig(heldout_fraction=0.0, rollback_margin=100.0)
+    alone, trainer = OnlineLearner(cfg), OnlineLearner(cfg)
+    merger = MergerCore(cfg)
+    users_a, users_t = {}, {}
+    for step in range(3):
+        batch = _examples(200, seed=step)
+        for e in batch:
+            users_a.setdefault(e.user_id, alone.new_user(e.user_id))
+            users_t.setdefault(e.user_id, trainer.new_user(e.user_id))
+        alone.process(_inputs(batch), users_a)
+        trainer.process(_inputs(batch), users_t)
+        merger.add_delta(0, *trainer.take_delta())
+        v = merger.merge()
+        assert trainer.apply_version(Version.from_bytes(v.to_bytes()))
+    for name, t in alone.models.params.tables.items():
+        n = alone.models.params.n_items if t.kind == "item" else t.data.shape[0]
+        assert torch.allclose(t.data[:n], trainer.models.params[name].data[:n], atol=1e-5), name
+
+
+def test_two_trainers_merge_to_the_example_weighted_average():
+    cfg = ModelConfig(heldout_fraction=0.0, rollback_margin=100.0)
+    merger = MergerCore(cfg)
+    start = merger.models.params["mf.b"]
+    trainers = [OnlineLearner(cfg, trainer_id=i) for i in range(2)]
+    deltas = []
+    for i, t in enumerate(trainers):
+        users = {}
+        batch = [e for e in _examples(300, seed=10 + i) if (int(e.user_id) % 2) == i]
+        for e in batch:
+            users.setdefault(e.user_id, t.new_user(e.user_id))
+        t.process(_inputs(batch), users)
+        seq, d, heldout = t.take_delta()
+        deltas.append(d)
+        merger.add_delta(i, seq, d, heldout)
+    merger.merge()
+    expected = merge(deltas)["mf.b"]
+    rows = merger.models.params.item_rows(expected.keys)
+    assert torch.allclose(start.data[rows], expected.values, atol=1e-6)
+    # dense rows too: each trainer's change weighted by its examples
+    mu = merge(deltas)["mf.mu"]
+    assert mu.counts.item() == sum(float(d["mf.mu"].counts.sum()) for d in deltas)
+    assert torch.allclose(merger.models.params["mf.mu"].data[0], torch.tensor([3.0, 0.0]) + mu.values[0])
+
+
+def test_nan_delta_is_rejected_whole():
+    cfg = ModelConfig()
+    merger = MergerCore(cfg)
+    merger.models.rows(["x"])
+    bad = {"mf.b": RowDelta("item", ["x"], torch.tensor([float("nan")]), torch.tensor([1.0]))}
+    merger.add_delta(0, 1, bad, [])
+    v = merger.merge()
+    assert merger.rejected == 1
+    assert torch.isfinite(merger.models.params["mf.b"].data).all()
+    assert v.merged_upto[0] == 1  # the trainer will drop it
+
+
+def test_a_version_worse_on_held_out_examples_is_rolled_back():
+    cfg = ModelConfig(heldout_min=20, rollback_margin=0.1)
+    merger = MergerCore(cfg)
+    learner = OnlineLearner(ModelConfig(heldout_fraction=0.2))
+    users = {}
+    batch = _examples(400)
+    for e in batch:
+        users.setdefault(e.user_id, learner.new_user(e.user_id))
+    learner.process(_inputs(batch), users)
+    merger.add_delta(0, *learner.take_delta())
+    good = merger.merge()
+    assert not good.rolled_back and len(merger.heldout) >= 20
+    before = {n: t.data.clone() for n, t in merger.models.params.tables.items()}
+    # a delta that pushes every item bias far off
+    ids = list(merger.models.params.index.ids)
+    harm = {"mf.b": RowDelta("item", ids, torch.full((len(ids),), 3.0), torch.ones(len(ids)))}
+    merger.add_delta(0, 99, harm, [])
+    v = merger.merge()
+    assert v.rolled_back and merger.rollbacks == 1
+    assert v.number == good.number + 1
+    for n, t in merger.models.params.tables.items():
+        assert torch.equal(t.data, before[n]), n
+
+
+def test_prequential_online_learning_beats_the_frozen_start():
+    cfg = ModelConfig(heldout_fraction=0.0)
+    learner = OnlineLearner(cfg)
+    users = {}
+    errors = []
+    for step in range(8):
+        batch = _examples(300, seed=100 + step, users=10)
+        for e in batch:
+            users.setdefault(e.user_id, learner.new_user(e.user_id))
+        result = learner.process(_inputs(batch), users)
+        errors.append(sum(abs(x.scores["mf"] - x.label) for x in result.examples) / len(result.examples))
+    assert errors[-1] < 0.6 * errors[0]
+
+
+def test_impression_without_click_becomes_a_negative():
+    learner = OnlineLearner(ModelConfig())
+    users = {"u": learner.new_user("u")}
+    seen = Event("i1", "u", "a", "impression", 1000)
+    clicked = Event("i2", "u", "b", "impression", 1000)
+    learner.process(_inputs([seen, clicked, Event("c1", "u", "b", "click", 1500)]), users)
+    negatives = learner.expire_impressions([("u", "a", "i1"), ("u", "b", "i2")], users)
+    assert [(x.item_id, x.label, x.type) for x in negatives] == [("a", 0.0, "impression")]
+    assert 0.0 <= negatives[0].fused <= 1.0
+
+
+def test_recommendations_leave_out_recent_items_and_rank_candidates():
+    learner = OnlineLearner(ModelConfig(top_k=3))
+    users = {"1": learner.new_user("1")}
+    learner.models.rows([str(i) for i in range(10)])
+    refresh = Event("r", "1", "4", "rating", 10, 5.0)
+    request = Event("q", "1", None, "view", 11, candidates=["7", "2", "new-item"])
+    x = _inputs([refresh, request])
+    for i in x:
+        i.dense_after, i.buckets_after = i.dense, i.buckets
+    recs = learner.process(x, users).recommendations
+    by_event = {r.event.event_id: r for r in recs}
+    assert "4" not in by_event["r"].items and len(by_event["r"].items) == 3
+    assert sorted(by_event["q"].items) == ["2", "7", "new-item"]
+    assert by_event["q"].scores == sorted(by_event["q"].scores, reverse=True)
+
+
+def test_model_set_runs_on_the_chosen_device():
+    from models.device import resolve_device
+
+    dev = resolve_device("auto")
+    m = ModelSet(ModelConfig(), dev)
+    assert all(t.data.device.type == dev.type for t in m.params.tables.values())

@@ -1,0 +1,168 @@
+"""ModelMerger: folds the trainers' deltas into numbered versions (models.merger.MergerCore in Flink).
+
+One subtask (parallelism 1, keyed by a constant) receives
+
+- ``("delta", trainer, seq, delta bytes, held-out examples)`` from every
+  UserStage subtask after each batch it learned from, and
+- ``("items", {item id: dense features})`` from the ItemStage,
+
+and emits a new version every ``model.merge_examples`` examples or
+``model.merge_interval_ms`` after the first pending update, whichever comes
+first. Versions go to the model-updates topic (from which every UserStage
+reads them as broadcast state) and to files under ``model.versions_dir``.
+
+Its state is the newest version (all parameters and optimiser state) and the
+updates not merged yet, both checkpointed. A job that starts without state
+warm-starts from the newest version on the model-updates topic, or failing
+that from the newest file.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import time
+from pathlib import Path
+
+import torch
+from pyflink.common import Row, Types
+from pyflink.datastream import KeyedProcessFunction, RuntimeContext
+from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
+
+from models.device import resolve_device
+from models.merger import MergerCore
+from models.params import Version, delta_from_plain, from_bytes
+from models.worker import torch_call
+from rtrec.config import RtrecConfig
+
+log = logging.getLogger(__name__)
+
+BYTES = Types.PRIMITIVE_ARRAY(Types.BYTE())
+#: What trainers and the ItemStage send: Row(0, pickled message), keyed in Java on the 0.
+MERGER_INPUT = Types.ROW_NAMED(["key", "value"], [Types.INT(), Types.PICKLED_BYTE_ARRAY()])
+#: What the merger emits: the model-updates topic's key and value.
+MODEL_UPDATE = Types.ROW_NAMED(["k", "v"], [Types.STRING(), BYTES])
+MODEL_KEY = "rtrec-model"
+
+
+def versions_dir(cfg: RtrecConfig) -> Path:
+    d = cfg.model.versions_dir or str(Path(cfg.flink.checkpoint_dir).parent / "models")
+    return cfg.resolve_path(d) / cfg.flink.job_name
+
+
+def write_version(directory: Path, version: Version, data: bytes, keep: int) -> Path:
+    """Write a version file atomically; keep the newest ``keep``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"v{version.number:09d}.pt"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+    for old in sorted(directory.glob("v*.pt"))[:-keep]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def newest_version_file(directory: Path) -> Version | None:
+    for path in sorted(directory.glob("v*.pt"), reverse=True):
+        try:
+            return Version.from_bytes(path.read_bytes())
+        except Exception as e:  # a torn or foreign file: try the next
+            log.warning("skipping model version file %s: %s", path, e)
+    return None
+
+
+def newest_published_version(cfg: RtrecConfig) -> Version | None:
+    """The newest version on the model-updates topic, if any."""
+    from rtrec import topics
+
+    try:
+        data = topics.read_last(cfg.kafka, cfg.kafka.model_updates_topic)
+    except Exception as e:  # no broker or no topic: fall back to files
+        log.warning("could not read %s for a warm start: %s", cfg.kafka.model_updates_topic, e)
+        return None
+    return Version.from_bytes(data) if data else None
+
+
+class ModelMerger(KeyedProcessFunction):
+    def __init__(self, cfg: RtrecConfig):
+        self.cfg = cfg
+
+    def open(self, ctx: RuntimeContext):
+        torch_call(torch.set_num_threads, 1)
+        self.version_state = ctx.get_state(ValueStateDescriptor("version", Types.PICKLED_BYTE_ARRAY()))
+        self.pending_state = ctx.get_list_state(ListStateDescriptor("pending", Types.PICKLED_BYTE_ARRAY()))
+        self.core: MergerCore | None = None
+        self.timer_at: int | None = None
+        self.dir = versions_dir(self.cfg)
+        metrics = ctx.get_metrics_group().add_group("rtrec")
+        self.m_versions = metrics.counter("model_versions")
+        self.m_rollbacks = metrics.counter("model_rollbacks")
+        self.m_rejected = metrics.counter("model_deltas_rejected")
+        self._version = 0
+        metrics.gauge("model_version_merged", lambda: self._version)
+
+    def _restore(self) -> list:
+        """Build the core from state (after a restore) or by a warm start; returns versions to emit."""
+        cfg = self.cfg
+        self.core = core = torch_call(MergerCore, cfg.model, resolve_device(cfg.model.device))
+        data = self.version_state.value()
+        if data is not None:
+            v = torch_call(Version.from_bytes, bytes(data))
+            torch_call(core.start_from, v)
+            core.merged_upto = dict(v.merged_upto)
+            for message in self.pending_state.get() or []:
+                self._add(message, store=False)
+            return []
+        if cfg.model.warm_start:
+            v = torch_call(lambda: newest_published_version(cfg) or newest_version_file(self.dir))
+            if v is not None:
+                log.info("warm start from model version %d", v.number)
+                torch_call(core.start_from, v)
+                return self._merge()  # publish it at once under the next number
+        return []
+
+    def _add(self, message: tuple, store: bool = True) -> None:
+        kind = message[0]
+        if kind == "delta":
+            _, trainer, seq, data, heldout = message
+            before = self.core.rejected
+            torch_call(lambda: self.core.add_delta(trainer, seq, delta_from_plain(from_bytes(data)), from_bytes(heldout)))
+            if self.core.rejected > before:
+                self.m_rejected.inc()
+        elif kind == "items":
+            self.core.add_item_features(message[1])
+        if store:
+            self.pending_state.add(message)
+
+    def _merge(self) -> list:
+        v = torch_call(self.core.merge)
+        data = torch_call(v.to_bytes)
+        self.version_state.update(data)
+        self.pending_state.clear()
+        self._version = v.number
+        self.m_versions.inc()
+        if v.rolled_back:
+            self.m_rollbacks.inc()
+        write_version(self.dir, v, data, self.cfg.model.keep_versions)
+        return [Row(MODEL_KEY, data)]
+
+    def process_element(self, value, ctx: KeyedProcessFunction.Context):
+        out = self._restore() if self.core is None else []
+        self._add(pickle.loads(value) if isinstance(value, bytes | bytearray) else value)
+        if self.core.due():
+            out.extend(self._merge())
+        elif self.timer_at is None:
+            self.timer_at = ctx.timer_service().current_processing_time() + self.cfg.model.merge_interval_ms
+            ctx.timer_service().register_processing_time_timer(self.timer_at)
+        yield from out
+
+    def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext):
+        out = self._restore() if self.core is None else []
+        self.timer_at = None
+        if self.core.has_work():
+            out.extend(self._merge())
+        yield from out
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
