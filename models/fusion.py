@@ -14,7 +14,7 @@ the solved weights as they would be had one trainer seen everything.
     >>> f = OnlineFusion(ParameterSet(), ["a", "b"], forget=1.0, ridge=1e-6)
     >>> x = {"a": torch.tensor([1.0, 2.0, 3.0, 4.0]), "b": torch.tensor([5.0, 1.0, 4.0, 2.0])}
     >>> f.learn(x, 2 * x["a"] + 1)
-    >>> [round(v, 2) for v in f.weights().values()]
+    >>> [round(v, 2) + 0.0 for v in f.weights().values()]
     [1.0, 2.0, 0.0]
 """
 
