@@ -29,7 +29,8 @@ from rtrec.metrics import auc, mae, rmse  # noqa: E402
 from rtrec.sharding import shard_of  # noqa: E402
 
 
-def simulate(cfg, events, window: int = 4000, shards: int = 16):
+def simulate(cfg, events, window: int = 4000, shards: int = 16, freeze_at: int | None = None):
+    """``freeze_at``: from this event on, nothing learns any more (the frozen copy)."""
     learner = OnlineLearner(cfg.model, 0)
     merger = MergerCore(cfg.model)
     users_f, items_f = FeatureEngine(USER_FEATURES), FeatureEngine(ITEM_FEATURES)
@@ -38,6 +39,8 @@ def simulate(cfg, events, window: int = 4000, shards: int = 16):
     examples = []
     for start in range(0, len(events), window):
         chunk = events[start : start + window]
+        if freeze_at is not None and start >= freeze_at:
+            learner.learning = False
         by_shard: dict[int, list] = {}
         for e in chunk:
             by_shard.setdefault(shard_of(e.user_id, shards), []).append(e)
@@ -59,8 +62,9 @@ def simulate(cfg, events, window: int = 4000, shards: int = 16):
             s = istate.setdefault(e.item_id, items_f.new_state())
             items_f.update(s, e)
             touched_items[e.item_id] = ii.dense(s, e.ts)
-        merger.add_item_features(touched_items)
-        learner.apply_version(merger.merge())
+        if learner.learning:
+            merger.add_item_features(touched_items)
+            learner.apply_version(merger.merge())
     return examples, learner, merger
 
 

@@ -36,7 +36,7 @@ from udfs.item_stage import ITEM_EVENTS, ITEMS_TO_MERGER, ItemStage
 from udfs.keying import keyed_on_first_field
 from udfs.merger import BYTES, MODEL_UPDATE, ModelMerger
 from udfs.records import STAGE_OUTPUT
-from udfs.user_stage import MODEL_STATE, TO_ITEMS, TO_MERGER, UserStage
+from udfs.user_stage import MODEL_STATE, TO_ITEMS, TO_MERGER, UserFeatureStage, UserStage
 
 
 def build(env: StreamExecutionEnvironment, t_env: StreamTableEnvironment, cfg: RtrecConfig) -> None:
@@ -50,7 +50,7 @@ def build(env: StreamExecutionEnvironment, t_env: StreamTableEnvironment, cfg: R
         versions = never_holding_back(versions.map(lambda r: r[0], output_type=BYTES).name("ModelVersionBytes"), BYTES)
         keyed = keyed.connect(versions.broadcast(MODEL_STATE))
     users = (
-        keyed.process(UserStage(cfg), output_type=STAGE_OUTPUT)
+        keyed.process(UserStage(cfg) if cfg.model.enabled else UserFeatureStage(cfg), output_type=STAGE_OUTPUT)
         .uid("user-stage")
         .name("UserStage")
         # PyTorch must be the only Python operator on its task thread: pemja
@@ -128,10 +128,15 @@ def finish_bounded(cfg: RtrecConfig, client, timeout_s: float = 3600) -> Bounded
     job_id = str(client.get_job_id())
     deadline = time.time() + timeout_s
     upstream = None
+    answered = time.time()
     while time.time() < deadline:
         try:
             job = rest.get(f"/jobs/{job_id}")
+            answered = time.time()
         except OSError:
+            if time.time() - answered > 60:
+                raise RuntimeError(f"the Flink REST API at {rest.url} stopped answering (did the JVM die? "
+                                   "look for hs_err_pid*.log)") from None
             time.sleep(0.5)
             continue
         if job["state"] in ("FAILED", "CANCELED", "FINISHED"):

@@ -96,6 +96,8 @@ class OnlineLearner:
         self.seq = 0  # number of deltas handed over
         self.unmerged: list[tuple[int, dict[str, RowDelta]]] = []
         self.heldout: list[dict] = []
+        #: False freezes every parameter: predictions go on, learning stops (benchmarks' frozen copy).
+        self.learning = True
 
     # -- users -------------------------------------------------------------------
     def new_user(self, user_id: str) -> dict:
@@ -220,7 +222,7 @@ class OnlineLearner:
             with torch.no_grad():
                 p = m.mf.predict_many(batch)
             mf_pred[idx] = p
-            train = [j for j, i in enumerate(wave) if not heldout[i]]
+            train = [j for j, i in enumerate(wave) if not heldout[i]] if self.learning else []
             if train:
                 t = torch.tensor(train, device=dev)
                 sub = Batch(items=batch.items[t], user_params={"mf": u[t]})
@@ -257,9 +259,9 @@ class OnlineLearner:
                 {k: self._to_label_units(v[i], t) for k, v in scores_cpu.items()},
                 self._to_label_units(fused_cpu[i], t), heldout[i],
             ))
-        train = [i for i in range(n) if not heldout[i]]
+        train = [i for i in range(n) if not heldout[i]] if self.learning else []
         for i in range(n):
-            if heldout[i]:
+            if heldout[i] and self.learning:
                 self.heldout.append({"item": rows[i][2], "user_params": ex.user_params[i].cpu(),
                                      "user_dense": ex.user_dense[i].cpu(), "user_code": int(ex.user_codes[i]),
                                      "user_buckets": ex.user_buckets[i].cpu(), "y": float(y[i])})
@@ -280,14 +282,12 @@ class OnlineLearner:
             params = torch.from_numpy(np.stack([p for _, p, _ in updates])).to(self.device)
             with torch.no_grad():
                 mf_scores = m.mf.score_catalogue(params)
-            index = m.params.index
+            row_of = m.params.index._rows
             rs, cs = [], []
             for r, (_, _, recent) in enumerate(updates):
-                for item in recent:
-                    c = index.get(item)
-                    if c is not None:
-                        rs.append(r)
-                        cs.append(c)
+                cols = [c for c in map(row_of.get, recent) if c is not None]
+                rs.extend([r] * len(cols))
+                cs.extend(cols)
             if rs:
                 mf_scores[torch.tensor(rs, device=self.device), torch.tensor(cs, device=self.device)] = float("-inf")
             k = min(cfg.retrieve, mf_scores.shape[1])
@@ -319,8 +319,9 @@ class OnlineLearner:
         top = top.tolist()
         ids = m.params.index.ids
         out = []
+        neg = float("-inf")
         for (x, _), s, r in zip(items, top, rows, strict=True):
-            keep = [j for j, v in enumerate(s) if v != float("-inf")]
+            keep = [j for j, v in enumerate(s) if v != neg]
             out.append(Recommendation(x.event, [ids[r[j]] for j in keep], [round(s[j], 5) for j in keep]))
         return out
 

@@ -31,8 +31,9 @@ from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
 
 from models.device import resolve_device
 from models.merger import MergerCore
-from models.params import Version, delta_from_plain, from_bytes
+from models.params import Version, delta_from_plain, from_bytes, to_bytes
 from models.worker import torch_call
+from rtrec import topics
 from rtrec.config import RtrecConfig
 
 log = logging.getLogger(__name__)
@@ -73,8 +74,6 @@ def newest_version_file(directory: Path) -> Version | None:
 
 def newest_published_version(cfg: RtrecConfig) -> Version | None:
     """The newest version on the model-updates topic, if any."""
-    from rtrec import topics
-
     try:
         data = topics.read_last(cfg.kafka, cfg.kafka.model_updates_topic)
     except Exception as e:  # no broker or no topic: fall back to files
@@ -89,6 +88,7 @@ class ModelMerger(KeyedProcessFunction):
 
     def open(self, ctx: RuntimeContext):
         torch_call(torch.set_num_threads, 1)
+        torch_call(lambda: from_bytes(to_bytes({"x": torch.zeros(1)})))  # lazy torch imports, now
         self.version_state = ctx.get_state(ValueStateDescriptor("version", Types.PICKLED_BYTE_ARRAY()))
         self.pending_state = ctx.get_list_state(ListStateDescriptor("pending", Types.PICKLED_BYTE_ARRAY()))
         self.core: MergerCore | None = None

@@ -33,10 +33,15 @@ import logging
 import time
 
 import orjson
+import torch
 from pyflink.common import Row, Types
-from pyflink.datastream import KeyedBroadcastProcessFunction, OutputTag, RuntimeContext
+from pyflink.datastream import KeyedBroadcastProcessFunction, KeyedProcessFunction, OutputTag, RuntimeContext
 from pyflink.datastream.state import MapStateDescriptor
 
+from models.device import resolve_device
+from models.online import REFRESH_TYPES, Inputs, OnlineLearner
+from models.params import Version, delta_to_plain, from_bytes, to_bytes
+from models.worker import torch_call
 from rtrec.config import RtrecConfig
 from rtrec.events import Event, EventParser, Rejection
 from rtrec.features.definitions import USER_FEATURES
@@ -80,14 +85,11 @@ class UserStage(KeyedBroadcastProcessFunction):
         self.info = subtask_info(ctx)
         self.learner = None
         if cfg.model.enabled:
-            import torch
-
-            from models.device import resolve_device
-            from models.online import OnlineLearner
-            from models.worker import torch_call
-
             self.torch = torch_call
             torch_call(torch.set_num_threads, 1)
+            # Warm up what torch imports lazily, so no import runs later on the worker thread
+            # while a task thread is inside the interpreter.
+            torch_call(lambda: from_bytes(to_bytes({"x": torch.zeros(1)})))
             # Sequence numbers of deltas must grow across restarts (the merger remembers them).
             self.learner = torch_call(OnlineLearner, cfg.model, self.info.index, resolve_device(cfg.model.device))
             self.learner.seq = int(time.time() * 1000) * 1000
@@ -130,8 +132,6 @@ class UserStage(KeyedBroadcastProcessFunction):
         data = bytes(value)
         if self.learner is None:
             return
-        from models.params import Version
-
         try:
             version = self.torch(Version.from_bytes, data)
         except Exception as e:  # not ours; never fail the task on it
@@ -159,8 +159,6 @@ class UserStage(KeyedBroadcastProcessFunction):
         state = ctx.get_broadcast_state(MODEL_STATE)
         if state.contains("latest"):
             data = state.get("latest")
-            from models.params import Version
-
             self._apply(self.torch(Version.from_bytes, bytes(data)))
 
     # -- per batch -------------------------------------------------------------
@@ -262,8 +260,6 @@ class UserStage(KeyedBroadcastProcessFunction):
         handed = self.learner.take_delta()
         if handed is None:
             return None
-        from models.params import delta_to_plain, to_bytes
-
         seq, delta, heldout = handed
         # Everything as bytes made here: pickling a tensor on a task thread would hang (models/worker.py).
         return ("delta", self.learner.trainer_id, seq, to_bytes(delta_to_plain(delta)), to_bytes(heldout))
@@ -323,8 +319,6 @@ class UserStage(KeyedBroadcastProcessFunction):
         learning = self.learner is not None
         inputs = []
         if learning:
-            from models.online import REFRESH_TYPES, Inputs
-
             ui = self.inputs
         for e in events:
             u = e.user_id
@@ -367,3 +361,19 @@ class UserStage(KeyedBroadcastProcessFunction):
                 break
             del seen[first]
         return user
+
+
+class UserFeatureStage(KeyedProcessFunction):
+    """The UserStage without models (``model.enabled: false``): one input, no broadcast."""
+
+    def __init__(self, cfg: RtrecConfig):
+        self.stage = UserStage(cfg)
+
+    def open(self, ctx: RuntimeContext):
+        self.stage.open(ctx)
+
+    def close(self):
+        self.stage.close()
+
+    def process_element(self, batch: Row, ctx: KeyedProcessFunction.Context):
+        yield from self.stage.process_element(batch, ctx)

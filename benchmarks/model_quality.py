@@ -1,0 +1,134 @@
+"""Prequential quality, broadcast latency and throughput of the models, through Kafka and Flink.
+
+    .venv/bin/python benchmarks/model_quality.py [--rate 1500] [--parallelism 1]
+
+1. Quality and broadcast latency: the job runs unbounded (as in production)
+   while MovieLens-100K is replayed into it at ``--rate`` events/s, in
+   timestamp order (stable sort). Every rating is predicted by every model
+   and the fusion before it is learned from; the metrics are computed from
+   the ``predictions`` topic (read_committed): MAE, RMSE, and AUC of the
+   predicted rating against rating >= 4. Broadcast latency: from a merged
+   version's creation in the ModelMerger to each scoring subtask using it
+   (``model.broadcast_log``), p50 and p99.
+2. Online vs frozen: the same stream through the same model code without
+   Flink (benchmarks/model_quality_offline.py), once learning throughout and
+   once frozen after the first half; both scored on the second half.
+3. Throughput with learning on: the stream replayed first, then the job run
+   bounded; events/s from the committed predictions.
+
+Writes benchmarks/results/model_quality.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import orjson  # noqa: E402
+import yaml  # noqa: E402
+
+from benchmarks.common import RESULTS, OutputClock, fresh, run_job_and_time, write_results  # noqa: E402
+from benchmarks.model_quality_offline import report, simulate  # noqa: E402
+from rtrec import topics  # noqa: E402
+from rtrec.config import load_config  # noqa: E402
+from rtrec.datasets import movielens_events  # noqa: E402
+from rtrec.flink_rest import FlinkRest  # noqa: E402
+from rtrec.metrics import auc, mae, rmse  # noqa: E402
+from rtrec.replay import replay  # noqa: E402
+
+RIVER_REFERENCE = {"BiasedMF": {"mae": 0.750, "auc": 0.764}, "Baseline": {"mae": 0.808}}
+
+
+def percentile(values: list[int], q: float) -> int:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
+
+
+def quality_through_flink(events, rate: float, parallelism: int) -> dict:
+    log = RESULTS.parent / "out" / f"broadcast-{int(time.time())}.csv"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    cfg = fresh("bench.models.quality.", [f"flink.parallelism={parallelism}", f"model.broadcast_log={log}"])
+    cfg.flink.bounded = False
+    config_file = log.with_suffix(".yaml")
+    config_file.write_text(yaml.safe_dump(cfg.to_dict()))
+    proc = subprocess.Popen([sys.executable, "-m", "rtrec.cli", "run", "--config", str(config_file)],
+                            cwd=RESULTS.parent.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        FlinkRest(f"http://127.0.0.1:{cfg.flink.rest_port}").job_id(cfg.flink.job_name, 120)
+        clock = OutputClock(cfg, cfg.kafka.predictions_topic, interval_s=0.5)
+        summary = replay(events, cfg.kafka, rate=rate, total=len(events))
+        print(summary, flush=True)
+        if not clock.wait_for(len(events), 600):
+            raise RuntimeError(f"only {clock.count} of {len(events)} predictions after 600 s")
+        clock.close()
+        time.sleep(2 * cfg.flink.checkpoint_interval_ms / 1000)
+        predictions = [orjson.loads(m.value()) for m in topics.read_topic(cfg.kafka, cfg.kafka.predictions_topic)]
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    ratings = [p for p in predictions if p["type"] == "rating"]
+    truth = [p["label"] for p in ratings]
+    positive = [int(p["label"] >= 4) for p in ratings]
+    per_model = {}
+    for name in [*ratings[0]["scores"], "fused"]:
+        pred = [p["fused"] if name == "fused" else p["scores"][name] for p in ratings]
+        per_model[name] = {"mae": round(mae(pred, truth), 4), "rmse": round(rmse(pred, truth), 4),
+                           "auc": round(auc(pred, positive), 4)}
+    applied = [line.split(",") for line in log.read_text().split()]
+    latency = [int(a[3]) - int(a[2]) for a in applied]
+    versions = {p["model_version"] for p in predictions}
+    return {
+        "replay_rate_events_per_s": rate,
+        "parallelism": parallelism,
+        "predictions": len(predictions),
+        "distinct_event_ids": len({p["event_id"] for p in predictions}),
+        "model_versions_seen_in_predictions": len(versions),
+        "newest_version": max(versions),
+        "prequential": per_model,
+        "broadcast_latency_ms": {"adoptions": len(latency), "p50": percentile(latency, 0.5),
+                                 "p99": percentile(latency, 0.99), "max": max(latency)},
+    }
+
+
+def online_vs_frozen(events) -> dict:
+    cfg = load_config()
+    half = len(events) // 2
+    out = {}
+    for name, freeze in (("online", None), ("frozen_after_first_half", half)):
+        examples, _, _ = simulate(cfg, events, freeze_at=freeze)
+        second = [x for x in examples if int(x.event_id.split("-")[1]) >= half]
+        out[name] = report(second)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rate", type=float, default=1500)
+    ap.add_argument("--parallelism", type=int, default=1)
+    ap.add_argument("--skip", nargs="*", default=[], choices=["quality", "frozen", "throughput"])
+    args = ap.parse_args()
+    events = movielens_events()
+    payload: dict = {"command": "python benchmarks/model_quality.py " + " ".join(sys.argv[1:]),
+                     "goals": {"fused_mae_max": 0.74, "fused_auc_min": 0.78, "broadcast_p99_ms_max": 2000,
+                               "events_per_s_min": 20_000},
+                     "river_0_26_reference": RIVER_REFERENCE}
+    if "quality" not in args.skip:
+        payload["through_flink"] = quality_through_flink(events, args.rate, args.parallelism)
+        print(orjson.dumps(payload["through_flink"], option=orjson.OPT_INDENT_2).decode(), flush=True)
+    if "frozen" not in args.skip:
+        payload["second_half_offline"] = online_vs_frozen(events)
+        print(payload["second_half_offline"], flush=True)
+    if "throughput" not in args.skip:
+        cfg = fresh("bench.models.throughput.", [f"flink.parallelism={args.parallelism}"])
+        payload["throughput"] = run_job_and_time(cfg, events, 1, cfg.kafka.predictions_topic)
+        print(payload["throughput"], flush=True)
+    print(write_results("model_quality", payload))
+
+
+if __name__ == "__main__":
+    main()
