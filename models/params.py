@@ -184,6 +184,18 @@ class ParameterSet:
             t.counts.zero_()
 
 
+def _union_rows(parts: list[RowDelta]) -> tuple[list[str] | torch.Tensor, list[torch.Tensor], int]:
+    """The union of the parts' row keys, and for each part where its rows land in that union."""
+    if parts[0].kind == "item":
+        ids: dict[str, int] = {}
+        for p in parts:
+            for k in p.keys:
+                ids.setdefault(k, len(ids))
+        return list(ids), [torch.tensor([ids[k] for k in p.keys], dtype=torch.long) for p in parts], len(ids)
+    keys, inverse = torch.unique(torch.cat([p.keys for p in parts]), return_inverse=True)
+    return keys, list(torch.split(inverse, [len(p.keys) for p in parts])), len(keys)
+
+
 def merge(deltas: list[dict[str, RowDelta]]) -> dict[str, RowDelta]:
     """Average deltas of several trainers, row by row, weighted by the examples behind each row.
 
@@ -194,23 +206,9 @@ def merge(deltas: list[dict[str, RowDelta]]) -> dict[str, RowDelta]:
     [(0, 2.0), (1, 1.75)]
     """
     merged: dict[str, RowDelta] = {}
-    names = {name for d in deltas for name in d}
-    for name in sorted(names):
+    for name in sorted({n for d in deltas for n in d}):
         parts = [d[name] for d in deltas if name in d]
-        kind = parts[0].kind
-        if kind == "item":
-            ids: dict[str, int] = {}
-            for p in parts:
-                for k in p.keys:
-                    ids.setdefault(k, len(ids))
-            index = [torch.tensor([ids[k] for k in p.keys], dtype=torch.long) for p in parts]
-            keys: list[str] | torch.Tensor = list(ids)
-            n_rows = len(ids)
-        else:
-            all_keys = torch.cat([p.keys for p in parts])
-            keys, inverse = torch.unique(all_keys, return_inverse=True)
-            index = list(torch.split(inverse, [len(p.keys) for p in parts]))
-            n_rows = len(keys)
+        keys, index, n_rows = _union_rows(parts)
         shape = parts[0].values.shape[1:]
         weighted = torch.zeros((n_rows, *shape))
         weight = torch.zeros(n_rows)
@@ -218,8 +216,8 @@ def merge(deltas: list[dict[str, RowDelta]]) -> dict[str, RowDelta]:
             w = p.counts.reshape(-1, *([1] * len(shape)))
             weighted.index_add_(0, idx, p.values * w)
             weight.index_add_(0, idx, p.counts)
-        merged[name] = RowDelta(kind, keys, weighted / weight.clamp_min(1e-12).reshape(-1, *([1] * len(shape))),
-                                weight)
+        merged[name] = RowDelta(parts[0].kind, keys,
+                                weighted / weight.clamp_min(1e-12).reshape(-1, *([1] * len(shape))), weight)
     return merged
 
 
@@ -254,18 +252,7 @@ def sum_deltas(deltas: list[dict[str, RowDelta]]) -> dict[str, RowDelta]:
     total: dict[str, RowDelta] = {}
     for name in sorted({n for d in deltas for n in d}):
         parts = [d[name] for d in deltas if name in d]
-        if parts[0].kind == "item":
-            ids: dict[str, int] = {}
-            for p in parts:
-                for k in p.keys:
-                    ids.setdefault(k, len(ids))
-            index = [torch.tensor([ids[k] for k in p.keys], dtype=torch.long) for p in parts]
-            keys: list[str] | torch.Tensor = list(ids)
-            n_rows = len(ids)
-        else:
-            keys, inverse = torch.unique(torch.cat([p.keys for p in parts]), return_inverse=True)
-            index = list(torch.split(inverse, [len(p.keys) for p in parts]))
-            n_rows = len(keys)
+        keys, index, n_rows = _union_rows(parts)
         values = torch.zeros((n_rows, *parts[0].values.shape[1:]))
         counts = torch.zeros(n_rows)
         for p, idx in zip(parts, index, strict=True):
