@@ -257,3 +257,23 @@ def test_model_set_runs_on_the_chosen_device():
     dev = resolve_device("auto")
     m = ModelSet(ModelConfig(), dev)
     assert all(t.data.device.type == dev.type for t in m.params.tables.values())
+
+
+def test_version_files_round_trip_and_keep_the_newest(tmp_path):
+    from udfs.merger import newest_version_file, write_version
+
+    merger = MergerCore(ModelConfig())
+    merger.models.rows(["a", "b"])
+    for _ in range(4):
+        v = merger.merge()
+        write_version(tmp_path, v, v.to_bytes(), keep=2)
+    assert sorted(p.name for p in tmp_path.glob("v*.pt")) == ["v000000003.pt", "v000000004.pt"]
+    (tmp_path / "v000000005.pt").write_bytes(b"torn")  # a broken newest file is skipped
+    newest = newest_version_file(tmp_path)
+    assert newest.number == 4 and newest.state["items"] == ["a", "b"]
+    warm = MergerCore(ModelConfig())
+    warm.start_from(newest)
+    assert warm.merge().number == 5  # numbering continues after a warm start
+    for name, t in merger.models.params.tables.items():
+        n = 2 if t.kind == "item" else t.data.shape[0]
+        assert torch.equal(t.data[:n], warm.models.params[name].data[:n]), name
