@@ -10,6 +10,7 @@ import orjson
 from rtrec import topics
 from rtrec.config import RtrecConfig
 from rtrec.datasets import load_movies, movielens_events
+from rtrec.metrics import auc, mae, rmse
 from rtrec.replay import replay
 
 DEMO_PREFIX = "demo."
@@ -49,6 +50,21 @@ def run_demo(cfg: RtrecConfig, limit: int = 0, show: int = 5) -> dict[str, int]:
     print("demo: committed records per output topic (read_committed):")
     for name, n in counts.items():
         print(f"  {name:<28} {n:>9,}")
+
+    scores: dict[str, list[float]] = {}
+    labels: list[float] = []
+    for m in topics.read_topic(k, k.predictions_topic, idle_s=0.5):
+        p = orjson.loads(m.value())
+        if p["type"] != "rating":
+            continue
+        labels.append(p["label"])
+        for name, v in [*p["scores"].items(), ("fused", p["fused"])]:
+            scores.setdefault(name, []).append(v)
+    if labels:
+        positive = [int(y >= 4) for y in labels]
+        print(f"demo: prequential quality on {len(labels):,} ratings (each predicted before it was learned from):")
+        for name, pred in scores.items():
+            print(f"  {name:<8} MAE {mae(pred, labels):.3f}  RMSE {rmse(pred, labels):.3f}  AUC {auc(pred, positive):.3f}")
 
     movies = load_movies()
     latest: dict[str, dict] = {}
