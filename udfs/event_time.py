@@ -99,18 +99,18 @@ def with_batch_event_time(batches: DataStream, cfg: RtrecConfig, partitions: int
     stamped = batches.process(
         StampBatch(e.partition_idle_ms, e.max_future_ms, partitions), output_type=Types.TUPLE([KEYED_BATCH, Types.LONG()])
     ).name("BatchEventTime")
-    jvm = get_gateway().jvm
-    strategy = (
-        WatermarkStrategy.for_bounded_out_of_orderness(Duration.of_millis(e.watermark_out_of_orderness_ms))
-        .with_idleness(Duration.of_millis(e.partition_idle_ms))
-        ._j_watermark_strategy.withTimestampAssigner(
-            jvm.org.apache.flink.streaming.api.functions.python.eventtime.CustomTimestampAssigner()
-        )
-    )
-    j_stream = stamped._j_data_stream.assignTimestampsAndWatermarks(strategy).map(
-        jvm.org.apache.flink.streaming.api.functions.python.eventtime.RemoveTimestampMapFunction(),
-        KEYED_BATCH.get_java_type_info(),
-    )
+    strategy = WatermarkStrategy.for_bounded_out_of_orderness(Duration.of_millis(e.watermark_out_of_orderness_ms))
+    return _apply_python_timestamps(stamped, strategy.with_idleness(Duration.of_millis(e.partition_idle_ms)),
+                                    KEYED_BATCH)
+
+
+def _apply_python_timestamps(stamped: DataStream, strategy: WatermarkStrategy, type_info) -> DataStream:
+    """``stamped`` holds (record, timestamp) tuples: timestamp them in Java, add ``strategy``'s
+    watermarks, and drop the timestamp field again (keeping ``type_info``)."""
+    eventtime = get_gateway().jvm.org.apache.flink.streaming.api.functions.python.eventtime
+    j_strategy = strategy._j_watermark_strategy.withTimestampAssigner(eventtime.CustomTimestampAssigner())
+    j_stream = stamped._j_data_stream.assignTimestampsAndWatermarks(j_strategy).map(
+        eventtime.RemoveTimestampMapFunction(), type_info.get_java_type_info())
     return DataStream(j_stream)
 
 
@@ -133,16 +133,5 @@ def never_holding_back(stream: DataStream, type_info, idle_ms: int = 1_000) -> D
     """
     stamped = stream.process(StampFarFuture(), output_type=Types.TUPLE([type_info, Types.LONG()])).name(
         "SideInputTime")
-    jvm = get_gateway().jvm
-    strategy = (
-        WatermarkStrategy.for_monotonous_timestamps()
-        .with_idleness(Duration.of_millis(idle_ms))
-        ._j_watermark_strategy.withTimestampAssigner(
-            jvm.org.apache.flink.streaming.api.functions.python.eventtime.CustomTimestampAssigner()
-        )
-    )
-    j_stream = stamped._j_data_stream.assignTimestampsAndWatermarks(strategy).map(
-        jvm.org.apache.flink.streaming.api.functions.python.eventtime.RemoveTimestampMapFunction(),
-        type_info.get_java_type_info(),
-    )
-    return DataStream(j_stream)
+    strategy = WatermarkStrategy.for_monotonous_timestamps().with_idleness(Duration.of_millis(idle_ms))
+    return _apply_python_timestamps(stamped, strategy, type_info)
