@@ -149,10 +149,10 @@ class ModelConfig:
     rating_max: float = 5.0
 
     # Matrix factorisation (River's BiasedMF example settings; its SGD(0.025)
-    # and SGD(0.05) on a squared loss with a factor 2 in the gradient).
+    # and SGD(0.05) on a squared loss with a factor 2 in the gradient: the same steps).
     dim: int = 10
-    mf_lr_bias: float = 0.035
-    mf_lr_latent: float = 0.07
+    mf_lr_bias: float = 0.05
+    mf_lr_latent: float = 0.1
     mf_l2: float = 0.0
     # FTRL-Proximal over hashed features: 2**ftrl_bits weights.
     ftrl_bits: int = 16
