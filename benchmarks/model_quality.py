@@ -22,6 +22,7 @@ Writes benchmarks/results/model_quality.json.
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import time
@@ -113,19 +114,24 @@ def main() -> None:
     ap.add_argument("--skip", nargs="*", default=[], choices=["quality", "frozen", "throughput"])
     args = ap.parse_args()
     events = movielens_events()
-    payload: dict = {"command": "python benchmarks/model_quality.py " + " ".join(sys.argv[1:]),
+    previous = RESULTS / "model_quality.json"
+    # Parts skipped this time keep their last measured figures (each part records its own command).
+    payload: dict = {k: v for k, v in json.loads(previous.read_text()).items()
+                     if k in ("through_flink", "second_half_offline", "throughput")} if previous.exists() else {}
+    command = "python benchmarks/model_quality.py " + " ".join(sys.argv[1:])
+    payload |= {"command": command,
                      "goals": {"fused_mae_max": 0.74, "fused_auc_min": 0.78, "broadcast_p99_ms_max": 2000,
                                "events_per_s_min": 20_000},
                      "river_0_26_reference": RIVER_REFERENCE}
     if "quality" not in args.skip:
-        payload["through_flink"] = quality_through_flink(events, args.rate, args.parallelism)
+        payload["through_flink"] = quality_through_flink(events, args.rate, args.parallelism) | {"command": command}
         print(orjson.dumps(payload["through_flink"], option=orjson.OPT_INDENT_2).decode(), flush=True)
     if "frozen" not in args.skip:
-        payload["second_half_offline"] = online_vs_frozen(events)
+        payload["second_half_offline"] = online_vs_frozen(events) | {"command": command}
         print(payload["second_half_offline"], flush=True)
     if "throughput" not in args.skip:
         cfg = fresh("bench.models.throughput.", [f"flink.parallelism={args.parallelism}"])
-        payload["throughput"] = run_job_and_time(cfg, events, 1, cfg.kafka.predictions_topic)
+        payload["throughput"] = run_job_and_time(cfg, events, 1, cfg.kafka.predictions_topic) | {"command": command}
         print(payload["throughput"], flush=True)
     print(write_results("model_quality", payload))
 
