@@ -209,6 +209,22 @@ class ReplayConfig:
     limit: int = 0
 
 
+FAULT_OPERATORS = ("user-stage", "item-stage", "model-merger")
+
+
+@dataclass
+class FaultConfig:
+    """Fault injection, for tests of recovery: fail one operator once, after it has seen N records.
+
+    "Once" survives the restart: a marker file in flink.checkpoint_dir records
+    that the fault fired, so the recovered job runs on.
+    """
+
+    # "" (off) or one of user-stage, item-stage, model-merger.
+    operator: str = ""
+    after_records: int = 0
+
+
 @dataclass
 class RtrecConfig:
     """Everything the commands and the job read."""
@@ -219,6 +235,7 @@ class RtrecConfig:
     features: FeatureConfig = field(default_factory=FeatureConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     replay: ReplayConfig = field(default_factory=ReplayConfig)
+    faults: FaultConfig = field(default_factory=FaultConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -326,5 +343,7 @@ def validate(cfg: RtrecConfig) -> None:
         )
     if f.batch_interval_ms < 10:
         raise ConfigError("flink.batch_interval_ms must be at least 10")
+    if cfg.faults.operator and cfg.faults.operator not in FAULT_OPERATORS:
+        raise ConfigError(f"faults.operator: expected one of {', '.join(FAULT_OPERATORS)} (or empty)")
     if cfg.model.top_k < 1 or cfg.model.dim < 1:
         raise ConfigError("model.top_k and model.dim must be at least 1")

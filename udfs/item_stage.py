@@ -28,6 +28,7 @@ from rtrec.events import Event
 from rtrec.features.definitions import ITEM_FEATURES
 from rtrec.features.engine import FeatureEngine
 from rtrec.features.model_inputs import ItemInputs
+from udfs.faults import FaultInjector
 from udfs.profiling import OperatorProfile
 from udfs.records import Outputs
 from udfs.runtime import subtask_info
@@ -64,11 +65,13 @@ class ItemStage(KeyedProcessFunction):
         self.emit = self.cfg.features.emit_item_features
         self.model_inputs = ItemInputs() if self.cfg.model.enabled else None
         self.profile = OperatorProfile("ItemStage", subtask_info(ctx).index)
+        self.fault = FaultInjector(self.cfg, "item-stage", subtask_info(ctx).index)
 
     def close(self):
         self.profile.dump()
 
     def process_element(self, value: Row, ctx: KeyedProcessFunction.Context):
+        self.fault.count(len(value[1]))
         with self.profile:
             results = self.advance(value[0], value[1], ctx.timer_service())
         yield from results

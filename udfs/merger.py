@@ -35,6 +35,8 @@ from models.params import Version, delta_from_plain, from_bytes, to_bytes
 from models.worker import torch_call
 from rtrec import topics
 from rtrec.config import RtrecConfig
+from udfs.faults import FaultInjector
+from udfs.runtime import subtask_info
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +102,7 @@ class ModelMerger(KeyedProcessFunction):
         self.m_rejected = metrics.counter("model_deltas_rejected")
         self._version = 0
         metrics.gauge("model_version_merged", lambda: self._version)
+        self.fault = FaultInjector(self.cfg, "model-merger", subtask_info(ctx).index)
 
     def _restore(self) -> list:
         """Build the core from state (after a restore) or by a warm start; returns versions to emit."""
@@ -147,6 +150,7 @@ class ModelMerger(KeyedProcessFunction):
         return [Row(MODEL_KEY, data)]
 
     def process_element(self, value, ctx: KeyedProcessFunction.Context):
+        self.fault.count(1)
         out = self._restore() if self.core is None else []
         self._add(pickle.loads(value) if isinstance(value, bytes | bytearray) else value)
         if self.core.due():

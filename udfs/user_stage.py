@@ -48,6 +48,7 @@ from rtrec.features.definitions import USER_FEATURES
 from rtrec.features.engine import FeatureEngine
 from rtrec.features.model_inputs import UserInputs, id_code
 from rtrec.sharding import shard_of
+from udfs.faults import FaultInjector
 from udfs.item_stage import KEYED_ITEM_EVENTS
 from udfs.merger import MERGER_INPUT
 from udfs.profiling import OperatorProfile
@@ -122,6 +123,7 @@ class UserStage(KeyedBroadcastProcessFunction):
         # From a version's creation by the merger to this scorer using it.
         metrics.gauge("broadcast_latency_ms", lambda: self._broadcast_latency_ms)
         self.profile = OperatorProfile("UserStage", self.info.index)
+        self.fault = FaultInjector(cfg, "user-stage", self.info.index)
 
     def close(self):
         self.profile.dump()
@@ -275,6 +277,7 @@ class UserStage(KeyedBroadcastProcessFunction):
         forget_before = now - self.dedup_window
         accepted: list[Event] = []
         values, partitions, offsets = batch[1], batch[2], batch[3]
+        self.fault.count(len(values))
         self.m_events.inc(len(values))
         for value, partition, offset in zip(values, partitions, offsets, strict=True):
             r = parse(value, now)

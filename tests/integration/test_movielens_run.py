@@ -2,7 +2,9 @@
 
 Real broker, real Flink MiniCluster (parallelism 2). The run is shared by the
 tests of this module; each checks one promise against the committed output
-topics, read with isolation.level=read_committed.
+topics, read with isolation.level=read_committed. Midway, the UserStage fails
+on purpose (faults.operator) and the job recovers from its last checkpoint,
+so every promise below also holds across a failure.
 """
 
 from __future__ import annotations
@@ -22,12 +24,14 @@ from tests.conftest import fresh_config, run_job
 from tests.integration.bad_inputs import CATALOGUE
 
 DUPLICATES = 50
+FAULT_AFTER = 30_000  # records into the first UserStage subtask (about 60 % of its share)
 LATE_USERS = ["1", "2", "3"]
 
 
 @pytest.fixture(scope="module")
 def run(kafka):
-    cfg = fresh_config(kafka, "ml", ["flink.parallelism=2"])
+    cfg = fresh_config(kafka, "ml", ["flink.parallelism=2", "faults.operator=user-stage",
+                                     f"faults.after_records={FAULT_AFTER}"])
     events = movielens_events()
     records = [(e.user_id, e.to_json(), e.ts) for e in events]
     # Bad records spread through the stream, stamped like their neighbours.
@@ -57,6 +61,7 @@ def run(kafka):
         "records_in": len(records),
         "features": features,
         "recommendations": [(k, orjson.loads(v)) for k, v, _ in read(cfg.kafka.recommendations_topic)],
+        "predictions": [orjson.loads(v) for _, v, _ in read(cfg.kafka.predictions_topic)],
         "dead": read(cfg.kafka.dead_letter_topic),
     }
 
@@ -124,3 +129,15 @@ def test_streamed_features_equal_the_offline_engine(run, group):
         assert key == row.id and f["version"] == group.version and f["event_ts"] >= row.ts
         equal += all(_same(f["features"][n], row.features[n]) for n in row.features)
     assert equal >= 0.999 * len(offline), f"{len(offline) - equal} of {len(offline)} rows differ"
+
+
+def test_the_injected_failure_happened_and_each_rating_is_predicted_exactly_once(run):
+    cfg = run["cfg"]
+    marker = cfg.resolve_path(cfg.flink.checkpoint_dir) / "fault-user-stage.fired"
+    assert marker.exists(), "the UserStage was meant to fail once during this run"
+    counts = Counter(p["event_id"] for p in run["predictions"])
+    assert set(counts) == {e.event_id for e in run["events"]}
+    assert set(counts.values()) == {1}
+    # learning went on after the restart: later predictions carry later model versions
+    versions = [p["model_version"] for p in sorted(run["predictions"], key=lambda p: p["event_id"])]
+    assert max(versions[-1000:]) > max(versions[:1000])
