@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import platform
+import socket
 import subprocess
 import sys
 import threading
@@ -50,6 +51,9 @@ def fresh(prefix: str, overrides: list[str] | None = None) -> RtrecConfig:
     cfg.kafka = cfg.kafka.with_prefix(prefix)
     cfg.flink.bounded = True
     cfg.flink.job_name = prefix.strip(".") + f"-{int(time.time())}"
+    with socket.socket() as s:  # the job's REST API, where the benchmark can find it
+        s.bind(("127.0.0.1", 0))
+        cfg.flink.rest_port = s.getsockname()[1]
     names = [cfg.kafka.events_topic, *cfg.kafka.output_topics()]
     topics.delete_topics(cfg.kafka, names)
     topics.ensure_topics(cfg.kafka, names)
