@@ -23,7 +23,7 @@ from models.mf import BiasedMF
 from models.params import ParameterSet
 from models.ranker import NeuralRanker
 from rtrec.config import ModelConfig
-from rtrec.features.model_inputs import ITEM_DENSE, N_DENSE, USER_DENSE, id_code
+from rtrec.features.model_inputs import ITEM_DENSE, N_DENSE, id_code
 
 _MIX = 1_000_003
 _MOD = 1 << 31
@@ -135,7 +135,3 @@ class ModelSet:
         ex = Examples(candidate_rows.reshape(-1), rep(user_params), rep(user_dense), rep(user_codes), rep(user_buckets))
         _, fused = self.predict(self.batch(ex))
         return fused.reshape(b, m)
-
-    def describe(self) -> dict:
-        return {"fusion_weights": self.fusion.weights(), "items": self.params.n_items,
-                "dense_features": list(USER_DENSE + ITEM_DENSE)}

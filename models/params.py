@@ -148,14 +148,14 @@ class ParameterSet:
             t.counts[rows] = 0
         return delta
 
-    def add_delta(self, delta: dict[str, RowDelta], scale: float = 1.0) -> None:
+    def add_delta(self, delta: dict[str, RowDelta]) -> None:
         """Add ``delta`` onto the tables (``base`` moves with it, so it is not handed over again)."""
         for name, d in delta.items():
             t = self.tables.get(name)
             if t is None:
                 continue
             rows = self.item_rows(d.keys) if d.kind == "item" else d.keys.to(self.device)
-            values = d.values.to(self.device) * scale
+            values = d.values.to(self.device)
             t.data.index_add_(0, rows, values)
             t.base.index_add_(0, rows, values)
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import pickle
-import time
 from pathlib import Path
 
 import torch
@@ -166,7 +165,3 @@ class ModelMerger(KeyedProcessFunction):
         if self.core.has_work():
             out.extend(self._merge())
         yield from out
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
