@@ -93,6 +93,8 @@ class BoundedResult:
 
     job_id: str
     net_runtime_ms: int
+    #: task failures the job recovered from during the run (Flink's exception history)
+    failures: int = 0
 
     def get_net_runtime(self) -> int:
         return self.net_runtime_ms
@@ -162,8 +164,9 @@ def finish_bounded(cfg: RtrecConfig, client, timeout_s: float = 3600) -> Bounded
                 done_at = latest["latest_ack_timestamp"]
         time.sleep(0.2)
     time.sleep(1.0)
+    failures = len(rest.get(f"/jobs/{job_id}/exceptions")["exceptionHistory"]["entries"])
     client.cancel().result()
-    return BoundedResult(job_id, (done_at or int(time.time() * 1000)) - start_ms)
+    return BoundedResult(job_id, (done_at or int(time.time() * 1000)) - start_ms, failures)
 
 
 def run(cfg: RtrecConfig, wait: bool = True, on_start=None):

@@ -79,6 +79,9 @@ def cmd_run(args) -> int:
             f"rtrec: job finished: {n:,} events in {runtime:.1f} s of job time ({n / runtime:,.0f} events/s), "
             f"{wall:.1f} s with start-up"
         )
+        failures = getattr(result, "failures", None)
+        if failures is not None:
+            print(f"rtrec: task failures recovered from during the run: {failures}")
     return 0
 
 
