@@ -35,6 +35,7 @@ from models.worker import torch_call
 from rtrec import topics
 from rtrec.config import RtrecConfig
 from udfs.faults import FaultInjector
+from udfs.metrics import Level
 from udfs.runtime import subtask_info
 
 log = logging.getLogger(__name__)
@@ -99,8 +100,7 @@ class ModelMerger(KeyedProcessFunction):
         self.m_versions = metrics.counter("model_versions")
         self.m_rollbacks = metrics.counter("model_rollbacks")
         self.m_rejected = metrics.counter("model_deltas_rejected")
-        self._version = 0
-        metrics.gauge("model_version_merged", lambda: self._version)
+        self.version_merged = Level(metrics, "model_version_merged")
         self.fault = FaultInjector(self.cfg, "model-merger", subtask_info(ctx).index)
 
     def _restore(self) -> list:
@@ -141,7 +141,7 @@ class ModelMerger(KeyedProcessFunction):
         data = torch_call(v.to_bytes)
         self.version_state.update(data)
         self.pending_state.clear()
-        self._version = v.number
+        self.version_merged.set(v.number)
         self.m_versions.inc()
         if v.rolled_back:
             self.m_rollbacks.inc()

@@ -51,6 +51,7 @@ from rtrec.sharding import shard_of
 from udfs.faults import FaultInjector
 from udfs.item_stage import KEYED_ITEM_EVENTS
 from udfs.merger import MERGER_INPUT
+from udfs.metrics import Level
 from udfs.profiling import OperatorProfile
 from udfs.records import Outputs
 from udfs.runtime import subtask_info
@@ -113,15 +114,13 @@ class UserStage(KeyedBroadcastProcessFunction):
         self.m_dead = metrics.counter("dead_letters")
         self.m_duplicates = metrics.counter("duplicates")
         self.m_late = metrics.counter("late_events")
-        self._freshness_ms = 0
         # Processing time minus event time of the newest event of the last batch.
-        metrics.gauge("freshness_ms", lambda: self._freshness_ms)
+        self.freshness_ms = Level(metrics, "freshness_ms")
         self.m_examples = metrics.counter("examples")
         self.m_versions = metrics.counter("model_versions_applied")
-        self._broadcast_latency_ms = 0
-        metrics.gauge("model_version", lambda: self.learner.version if self.learner is not None else 0)
+        self.model_version = Level(metrics, "model_version")
         # From a version's creation by the merger to this scorer using it.
-        metrics.gauge("broadcast_latency_ms", lambda: self._broadcast_latency_ms)
+        self.broadcast_latency_ms = Level(metrics, "broadcast_latency_ms")
         self.profile = OperatorProfile("UserStage", self.info.index)
         self.fault = FaultInjector(cfg, "user-stage", self.info.index)
 
@@ -149,7 +148,8 @@ class UserStage(KeyedBroadcastProcessFunction):
     def _apply(self, version) -> None:
         if self.torch(self.learner.apply_version, version):
             now = int(time.time() * 1000)
-            self._broadcast_latency_ms = now - version.created_ms
+            self.broadcast_latency_ms.set(now - version.created_ms)
+            self.model_version.set(version.number)
             self.m_versions.inc()
             if self.broadcast_log:
                 with open(self.broadcast_log, "a") as f:
@@ -209,7 +209,7 @@ class UserStage(KeyedBroadcastProcessFunction):
                 self.learn_and_score(inputs, users, out, timers)
                 results.extend(self._hand_over())
             now = int(time.time() * 1000)
-            self._freshness_ms = now - max(e.ts for e in events)
+            self.freshness_ms.set(now - max(e.ts for e in events))
         self.users.put_all(users)
         if out:
             results.append(out.row())
