@@ -87,7 +87,6 @@ class UserStage(KeyedBroadcastProcessFunction):
         self.info = subtask_info(ctx)
         self.learner = None
         if cfg.model.enabled:
-            self.torch = torch_call
             torch_call(torch.set_num_threads, 1)
             # Warm up what torch imports lazily, so no import runs later on the worker thread
             # while a task thread is inside the interpreter.
@@ -134,7 +133,7 @@ class UserStage(KeyedBroadcastProcessFunction):
         if self.learner is None:
             return
         try:
-            version = self.torch(Version.from_bytes, data)
+            version = torch_call(Version.from_bytes, data)
         except Exception as e:  # not ours; never fail the task on it
             log.warning("ignoring a record on the model-updates topic that is no rtrec version: %s", e)
             return
@@ -146,7 +145,7 @@ class UserStage(KeyedBroadcastProcessFunction):
         self._apply(version)
 
     def _apply(self, version) -> None:
-        if self.torch(self.learner.apply_version, version):
+        if torch_call(self.learner.apply_version, version):
             now = int(time.time() * 1000)
             self.broadcast_latency_ms.set(now - version.created_ms)
             self.model_version.set(version.number)
@@ -161,7 +160,7 @@ class UserStage(KeyedBroadcastProcessFunction):
         state = ctx.get_broadcast_state(MODEL_STATE)
         if state.contains("latest"):
             data = state.get("latest")
-            self._apply(self.torch(Version.from_bytes, bytes(data)))
+            self._apply(torch_call(Version.from_bytes, bytes(data)))
 
     # -- per batch -------------------------------------------------------------
     def process_element(self, batch: Row, ctx: KeyedBroadcastProcessFunction.ReadOnlyContext):
@@ -185,7 +184,7 @@ class UserStage(KeyedBroadcastProcessFunction):
                         if entry is not None:
                             users[user_id] = entry
                 models = {u: s["model"] for u, s in users.items()}
-                examples = self.torch(self.learner.expire_impressions, due, models)
+                examples = torch_call(self.learner.expire_impressions, due, models)
                 if examples:
                     out = Outputs()
                     self._emit_examples(examples, out)
@@ -220,9 +219,9 @@ class UserStage(KeyedBroadcastProcessFunction):
         models = {}
         for u, s in users.items():
             if s["model"] is None:
-                s["model"] = self.torch(learner.new_user, u)
+                s["model"] = torch_call(learner.new_user, u)
             models[u] = s["model"]
-        result = self.torch(learner.process, inputs, models)
+        result = torch_call(learner.process, inputs, models)
         self._emit_examples(result.examples, out)
         version = learner.version
         for r in result.recommendations:
@@ -255,7 +254,7 @@ class UserStage(KeyedBroadcastProcessFunction):
     def _hand_over(self) -> list:
         """This trainer's change since the last hand-over, for the merger (every batch: nothing
         learned is left outside a checkpoint)."""
-        message = self.torch(self._delta_message)
+        message = torch_call(self._delta_message)
         return [] if message is None else [(TO_MERGER, Row(0, message))]
 
     def _delta_message(self):
@@ -353,7 +352,7 @@ class UserStage(KeyedBroadcastProcessFunction):
         if user is None:
             return {
                 "features": self.engine.new_state(),
-                "model": self.torch(self.learner.new_user, user_id) if self.learner is not None else None,
+                "model": torch_call(self.learner.new_user, user_id) if self.learner is not None else None,
                 "seen": {},
             }
         seen = user["seen"]
