@@ -53,8 +53,13 @@ def flink_settings(cfg: RtrecConfig) -> dict[str, str]:
     conf_file = cfg.resolve_path(cfg.flink.conf_dir) / "config.yaml"
     if conf_file.exists():
         settings.update(flatten(yaml.safe_load(conf_file.read_text()) or {}))
-    checkpoints = cfg.resolve_path(cfg.flink.checkpoint_dir)
-    checkpoints.mkdir(parents=True, exist_ok=True)
+    if "://" in cfg.flink.checkpoint_dir:  # s3://, hdfs://, file://: a cluster's shared storage, as given
+        checkpoints_uri = cfg.flink.checkpoint_dir.rstrip("/")
+        savepoints_uri = checkpoints_uri.rsplit("/", 1)[0] + "/savepoints"
+    else:
+        checkpoints = cfg.resolve_path(cfg.flink.checkpoint_dir)
+        checkpoints.mkdir(parents=True, exist_ok=True)
+        checkpoints_uri, savepoints_uri = checkpoints.as_uri(), (checkpoints.parent / "savepoints").as_uri()
     # The Python operators run inside the JVM (thread mode). That embedded
     # interpreter starts from the base Python, so it is told where this virtual
     # environment's packages and the project's code are.
@@ -65,9 +70,9 @@ def flink_settings(cfg: RtrecConfig) -> dict[str, str]:
             "pipeline.jars": ";".join(p.as_uri() for p in connector_jars()),
             "parallelism.default": str(cfg.flink.parallelism),
             "execution.checkpointing.interval": f"{cfg.flink.checkpoint_interval_ms} ms",
-            "execution.checkpointing.dir": checkpoints.as_uri(),
-            "state.checkpoints.dir": checkpoints.as_uri(),
-            "state.savepoints.dir": (checkpoints.parent / "savepoints").as_uri(),
+            "execution.checkpointing.dir": checkpoints_uri,
+            "state.checkpoints.dir": checkpoints_uri,
+            "state.savepoints.dir": savepoints_uri,
             "python.executable": sys.executable,
             "python.client.executable": sys.executable,
             "python.pythonpath": os.pathsep.join(pythonpath),
