@@ -18,13 +18,31 @@ class ReplaySummary:
     events: int
     seconds: float
     topic: str
+    # Event time from the first event to the newest one replayed, and the time compression used.
+    event_span_ms: int = 0
+    speedup: float = 0.0
 
     @property
     def rate(self) -> float:
         return self.events / self.seconds if self.seconds > 0 else float("inf")
 
     def __str__(self) -> str:
-        return f"replayed {self.events:,} events into '{self.topic}' in {self.seconds:.2f} s ({self.rate:,.0f} events/s)"
+        text = f"replayed {self.events:,} events into '{self.topic}' in {self.seconds:.2f} s ({self.rate:,.0f} events/s)"
+        if self.speedup > 0:
+            text += f"; {_duration(self.event_span_ms / 1000)} of event time at {self.speedup:g}x"
+        return text
+
+
+def _duration(seconds: float) -> str:
+    """
+    >>> _duration(30), _duration(5400), _duration(3 * 86400)
+    ('30.0 s', '1.5 h', '3.0 days')
+    """
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{seconds / 60:.1f} min"
+    return f"{seconds / 86400:.1f} days"
 
 
 def producer(kafka: KafkaConfig, **extra) -> Producer:
@@ -58,17 +76,32 @@ def replay(
     rate: float = 0.0,
     total: int | None = None,
     progress: bool = True,
+    speedup: float = 0.0,
 ) -> ReplaySummary:
-    """Produce ``events`` in order; ``rate`` > 0 paces them at that many per second.
+    """Produce ``events`` in order, each with its event time as the record timestamp.
+
+    Pacing (at most one): ``rate`` > 0 sends that many events per second;
+    ``speedup`` > 0 keeps the gaps between event timestamps, divided by
+    ``speedup`` (3600: one hour of event time per second), measured from the
+    first event. An event older than one before it (out of order) is sent at
+    once: replay time never runs backwards. Neither: as fast as the broker
+    takes them.
 
     Items may also be ``(key, value_bytes, timestamp_ms)`` tuples, for raw or
     deliberately malformed records.
     """
+    if rate < 0 or speedup < 0:
+        raise ValueError("replay: rate and speedup must not be negative")
+    if rate > 0 and speedup > 0:
+        raise ValueError("replay: rate and speedup are mutually exclusive: pace by events per second "
+                         "(--rate) or by event time (--speedup), not both")
     topic = topic or kafka.events_topic
     p = producer(kafka)
     errors = _Errors()
-    n = 0
+    n = shown = 0
+    first_ts = newest_ts = None
     start = time.perf_counter()
+    next_bar = start + 0.5
     bar = tqdm(total=total, unit="ev", desc=f"replay -> {topic}", disable=not progress, mininterval=0.5)
     try:
         for ev in events:
@@ -77,6 +110,14 @@ def replay(
             else:
                 key, value, ts = ev
                 key = key.encode() if isinstance(key, str) else key
+            if first_ts is None:
+                first_ts = newest_ts = ts
+            elif ts > newest_ts:
+                newest_ts = ts
+            if rate > 0:
+                _wait_until(p, start + n / rate)
+            elif speedup > 0:
+                _wait_until(p, start + (newest_ts - first_ts) / 1000 / speedup)
             while True:
                 try:
                     p.produce(topic, key=key, value=value, timestamp=max(0, ts), on_delivery=errors)
@@ -84,15 +125,13 @@ def replay(
                 except BufferError:
                     p.poll(0.05)
             n += 1
-            if n % 5000 == 0:
+            if n % 5000 == 0 or ((rate > 0 or speedup > 0) and time.perf_counter() >= next_bar):
                 p.poll(0)
-                bar.update(5000)
-            if rate > 0:
-                ahead = n / rate - (time.perf_counter() - start)
-                if ahead > 0:
-                    time.sleep(ahead)
+                bar.update(n - shown)
+                shown = n
+                next_bar = time.perf_counter() + 0.5
         remaining = p.flush(60)
-        bar.update(n % 5000)
+        bar.update(n - shown)
     finally:
         bar.close()
     if remaining or errors.count:
@@ -100,4 +139,14 @@ def replay(
             f"replay into '{topic}': {errors.count + remaining} of {n} records not delivered "
             f"(first error: {errors.first or 'flush timed out'})"
         )
-    return ReplaySummary(n, time.perf_counter() - start, topic)
+    span = (newest_ts - first_ts) if first_ts is not None else 0
+    return ReplaySummary(n, time.perf_counter() - start, topic, span, speedup)
+
+
+def _wait_until(p: Producer, deadline: float) -> None:
+    """Sleep until ``deadline`` (perf_counter), serving delivery reports meanwhile."""
+    while True:
+        ahead = deadline - time.perf_counter()
+        if ahead <= 0:
+            return
+        p.poll(min(ahead, 0.1))

@@ -1,0 +1,441 @@
+"""``rtrec eval``: prequential quality from the job's ``predictions`` and ``recommendations`` topics.
+
+Both topics are read from the beginning with ``isolation.level=read_committed``.
+Every ``predictions`` record is one labelled example scored by every model
+*before* any model learned from it (README, "The predictions topic"), so
+metrics over them are prequential (test-then-train). Examples are put in
+event-time order (``ts``, stable) before anything is computed.
+
+Metrics, per model (each key of ``scores``) and for ``fused``:
+
+- **MAE, RMSE** over *rating* examples, in rating points.
+- **AUC, log-loss** over binary outcomes. Binary feedback (``click``,
+  ``add_to_cart``, ``purchase`` = 1, an unconverted ``impression`` = 0) is
+  used as it is, its scores being probabilities already. A *rating* counts as
+  positive when ``label >= 4`` and its score is rescaled to a probability
+  the way the job maps ratings onto binary units:
+  ``p = clamp((score - rating_min) / (rating_max - rating_min), 0, 1)``, so
+  3.0 on a 1-5 scale is 0.5 (see :func:`rescale`). AUC is unaffected by the
+  rescaling (it only ranks); the log-loss of a rescaled rating is a measure
+  of calibration *of that mapping*, comparable between models and over time
+  rather than with a classifier's. Ratings and binary feedback are reported
+  separately.
+- **recall@k** of the recommendation lists, see :func:`recall_at_k`: for
+  each positive interaction (a rating >= 4, or a click, add-to-cart or
+  purchase) of user *u* with item *i* at event time *t*, take the newest
+  top-k list (``request: "refresh"``) issued for *u* at an event time
+  strictly before *t*; it is a hit if *i* is among its first ``k`` items.
+  recall@k = hits / positives that had such a list; positives of users
+  with no earlier list are counted apart (``no_list``), not as misses.
+  Lists ranking a request's candidates (``request: "candidates"``) are not
+  used.
+
+Over time: the same metrics per window of event time (``--window day``,
+``hour`` or ``week``; windows in UTC) or per ``N`` consecutive examples
+(``--window 5000``), each window on its own (not cumulative).
+
+Writes ``report.md``, ``metrics.json`` and PNG plots to ``--output-dir``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+
+from rtrec.metrics import auc, log_loss, mae, rmse
+
+POSITIVE_RATING = 4.0
+BINARY_POSITIVE_TYPES = frozenset({"click", "add_to_cart", "purchase"})
+WINDOW_MS = {"hour": 3_600_000, "day": 86_400_000, "week": 7 * 86_400_000}
+
+
+class EvalError(RuntimeError):
+    """Nothing to evaluate, or an output that cannot be written."""
+
+
+@dataclass(slots=True)
+class Example:
+    """One record of the predictions topic: scores per model, ``fused`` among them."""
+
+    ts: int
+    user_id: str
+    item_id: str
+    type: str
+    label: float
+    scores: dict[str, float]
+
+    @classmethod
+    def from_record(cls, d: dict) -> Example:
+        scores = {k: float(v) for k, v in (d.get("scores") or {}).items()}
+        if d.get("fused") is not None:
+            scores["fused"] = float(d["fused"])
+        return cls(int(d["ts"]), str(d["user_id"]), str(d["item_id"]), d["type"], float(d["label"]), scores)
+
+    @property
+    def is_rating(self) -> bool:
+        return self.type == "rating"
+
+    @property
+    def positive(self) -> bool:
+        """Rating >= 4, or a positive binary outcome."""
+        return self.label >= POSITIVE_RATING if self.is_rating else self.label >= 0.5
+
+
+@dataclass(slots=True)
+class Recommendation:
+    ts: int
+    user_id: str
+    items: list[str]
+
+
+# -- pure metric helpers ---------------------------------------------------------------
+def rescale(score: float, lo: float = 1.0, hi: float = 5.0) -> float:
+    """A rating-scale score as a probability of "positive", clamped to [0, 1].
+
+    >>> rescale(3.0), rescale(5.0), rescale(0.2), rescale(4.2)
+    (0.5, 1.0, 0.0, 0.8)
+    """
+    return min(1.0, max(0.0, (score - lo) / (hi - lo)))
+
+
+def error_metrics(pred: Sequence[float], truth: Sequence[float]) -> dict:
+    """MAE and RMSE (``nan`` when empty).
+
+    >>> error_metrics([3.0, 4.0, 2.0], [4.0, 4.0, 4.0])
+    {'n': 3, 'mae': 1.0, 'rmse': 1.2909944487358056}
+    """
+    if not pred:
+        return {"n": 0, "mae": math.nan, "rmse": math.nan}
+    return {"n": len(pred), "mae": mae(pred, truth), "rmse": rmse(pred, truth)}
+
+
+def binary_metrics(probs: Sequence[float], labels: Sequence[int]) -> dict:
+    """AUC and log-loss (natural log; ``nan`` when one class is missing or nothing is given).
+
+    >>> m = binary_metrics([0.9, 0.2, 0.6, 0.4], [1, 0, 0, 1])
+    >>> m["auc"], round(m["log_loss"], 6)
+    (0.75, 0.540271)
+    """
+    if not probs:
+        return {"n": 0, "positives": 0, "auc": math.nan, "log_loss": math.nan}
+    return {"n": len(probs), "positives": int(sum(labels)), "auc": auc(probs, labels),
+            "log_loss": log_loss(probs, labels)}
+
+
+@dataclass
+class Recall:
+    k: int
+    hits: int = 0
+    positives: int = 0  # positives that had a list before them
+    no_list: int = 0  # positives of users with no list before them
+
+    @property
+    def recall(self) -> float:
+        return self.hits / self.positives if self.positives else math.nan
+
+
+def recall_at_k(recommendations: Iterable[Recommendation], positives: Iterable[Example], k: int) -> Recall:
+    """recall@k of the newest list issued strictly before each positive interaction (module docstring).
+
+    >>> recs = [Recommendation(10, "u", ["a", "b", "c"]), Recommendation(20, "u", ["d", "e"])]
+    >>> pos = [Example(15, "u", "b", "rating", 5, {}),   # list at 10 holds b in its top 2: hit
+    ...        Example(20, "u", "a", "rating", 4, {}),   # list at 20 is not strictly before: list at 10, a: hit
+    ...        Example(25, "u", "a", "click", 1, {}),    # list at 20: miss
+    ...        Example(5, "u", "a", "rating", 5, {}),    # no list before 5
+    ...        Example(30, "v", "a", "rating", 5, {})]   # user without lists
+    >>> r = recall_at_k(recs, pos, k=2)
+    >>> r.hits, r.positives, r.no_list, round(r.recall, 4)
+    (2, 3, 2, 0.6667)
+    """
+    return RecommendationIndex(recommendations, k).recall(positives)
+
+
+class RecommendationIndex:
+    """Each user's top-k lists in event-time order, for :func:`recall_at_k` over many sets of positives."""
+
+    def __init__(self, recommendations: Iterable[Recommendation], k: int):
+        self.k = k
+        self.by_user: dict[str, tuple[list[int], list[list[str]]]] = {}
+        for r in sorted(recommendations, key=lambda r: r.ts):
+            times, lists = self.by_user.setdefault(r.user_id, ([], []))
+            times.append(r.ts)
+            lists.append(r.items[:k])
+
+    def recall(self, positives: Iterable[Example]) -> Recall:
+        out = Recall(self.k)
+        for e in positives:
+            found = self.by_user.get(e.user_id)
+            i = bisect.bisect_left(found[0], e.ts) if found else 0
+            if i == 0:
+                out.no_list += 1
+                continue
+            out.positives += 1
+            if e.item_id in found[1][i - 1]:
+                out.hits += 1
+        return out
+
+
+def window_of(window: str | int):
+    """A function example (index, ts) -> window key, for ``day``/``hour``/``week`` or N examples.
+
+    >>> f = window_of("day"); f(0, 86_399_999), f(1, 86_400_000)
+    (0, 86400000)
+    >>> f = window_of(2); [f(i, 0) for i in range(5)]
+    [0, 0, 2, 2, 4]
+    """
+    if isinstance(window, int) or str(window).isdigit():
+        n = int(window)
+        if n < 1:
+            raise EvalError("--window N needs N >= 1")
+        return lambda i, _ts: i - i % n
+    if window not in WINDOW_MS:
+        raise EvalError(f"--window {window!r}: use hour, day, week or a number of examples")
+    ms = WINDOW_MS[window]
+    return lambda _i, ts: ts - ts % ms
+
+
+# -- evaluation ------------------------------------------------------------------------
+@dataclass
+class Evaluation:
+    k: int
+    window: str
+    models: list[str]
+    overall: dict
+    windows: list[dict] = field(default_factory=list)
+    counts: dict = field(default_factory=dict)
+
+
+def _metrics(examples: list[Example], recs: RecommendationIndex, models: list[str],
+             rating_min: float, rating_max: float) -> dict:
+    ratings = [e for e in examples if e.is_rating]
+    binary = [e for e in examples if not e.is_rating]
+    out: dict = {"examples": len(examples), "ratings": len(ratings), "binary": len(binary), "models": {}}
+    for m in models:
+        r = [e for e in ratings if m in e.scores]
+        b = [e for e in binary if m in e.scores]
+        out["models"][m] = {
+            "rating": error_metrics([e.scores[m] for e in r], [e.label for e in r])
+            | {k2: v for k2, v in binary_metrics([rescale(e.scores[m], rating_min, rating_max) for e in r],
+                                                 [int(e.positive) for e in r]).items() if k2 != "n"},
+            "binary": binary_metrics([min(1.0, max(0.0, e.scores[m])) for e in b], [int(e.positive) for e in b]),
+        }
+    rec = recs.recall(e for e in examples if e.positive)
+    out["recall"] = {"k": rec.k, "recall": rec.recall, "hits": rec.hits, "positives": rec.positives,
+                     "no_list": rec.no_list}
+    return out
+
+
+def evaluate(predictions: Iterable[dict], recommendations: Iterable[dict], k: int = 10,
+             window: str | int = "day", rating_min: float = 1.0, rating_max: float = 5.0) -> Evaluation:
+    """Every metric overall and per window, from decoded records of the two topics."""
+    examples = sorted((Example.from_record(d) for d in predictions), key=lambda e: e.ts)
+    recs = [Recommendation(int(d["ts"]), str(d["user_id"]), [str(i) for i in d.get("items", [])])
+            for d in recommendations if d.get("request", "refresh") != "candidates"]
+    index = RecommendationIndex(recs, k)
+    models: list[str] = []
+    for e in examples:
+        for m in e.scores:
+            if m not in models:
+                models.append(m)
+    if "fused" in models:  # fused last
+        models.remove("fused")
+        models.append("fused")
+    key = window_of(window)
+    overall = _metrics(examples, index, models, rating_min, rating_max)
+    windows = []
+    groups: dict[int, list[Example]] = {}
+    for i, e in enumerate(examples):
+        groups.setdefault(key(i, e.ts), []).append(e)
+    for start, group in groups.items():
+        # Recall in a window uses every list issued before its positives, also earlier windows'.
+        w = _metrics(group, index, models, rating_min, rating_max)
+        w["start"] = start
+        w["first_ts"], w["last_ts"] = group[0].ts, group[-1].ts
+        windows.append(w)
+    counts = {"predictions": len(examples), "recommendations": len(recs)}
+    return Evaluation(k, str(window), models, overall, windows, counts)
+
+
+# -- report ----------------------------------------------------------------------------
+def _fmt(x, digits: int = 4) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return f"{x:.{digits}f}" if isinstance(x, float) else f"{x:,}"
+
+
+def _iso(ts_ms: int) -> str:
+    return datetime.fromtimestamp(ts_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M")
+
+
+def _window_label(ev: Evaluation, w: dict) -> str:
+    if ev.window in WINDOW_MS:
+        return _iso(w["start"])
+    return f"#{w['start']:,}"
+
+
+def plot(ev: Evaluation, out_dir: Path) -> list[Path]:
+    """PNG plots of the per-window metrics: errors, AUC, recall@k (only those with data)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if ev.window in WINDOW_MS:
+        xs = [datetime.fromtimestamp(w["start"] / 1000, UTC) for w in ev.windows]
+        xlabel = f"event time (windows of one {ev.window}, UTC)"
+    else:
+        xs = [w["start"] for w in ev.windows]
+        xlabel = f"examples (windows of {ev.window})"
+    paths = []
+
+    def figure(name: str, title: str, ylabel: str, series: dict[str, list[float]]) -> None:
+        if not any(not math.isnan(v) for ys in series.values() for v in ys):
+            return
+        fig, ax = plt.subplots(figsize=(9, 4.5), dpi=100)
+        for label, ys in series.items():
+            ax.plot(xs, ys, marker="." if len(xs) < 60 else None, linewidth=1.2, label=label)
+        ax.set_title(title)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="best", fontsize="small")
+        fig.autofmt_xdate()
+        fig.tight_layout()
+        path = out_dir / name
+        fig.savefig(path, format="png")
+        plt.close(fig)
+        paths.append(path)
+
+    def series(group: str, metric: str) -> dict[str, list[float]]:
+        return {m: [w["models"][m][group][metric] for w in ev.windows] for m in ev.models}
+
+    figure("mae_over_time.png", "Prequential MAE of ratings per window", "MAE (rating points)",
+           series("rating", "mae"))
+    figure("auc_over_time.png", "Prequential AUC per window (ratings: label >= 4 positive)", "AUC",
+           {f"{m} (ratings)": ys for m, ys in series("rating", "auc").items()}
+           | {f"{m} (binary)": ys for m, ys in series("binary", "auc").items()
+              if any(not math.isnan(v) for v in ys)})
+    figure("recall_over_time.png", f"recall@{ev.k} of the newest list before each positive, per window",
+           f"recall@{ev.k}", {f"recall@{ev.k}": [w["recall"]["recall"] for w in ev.windows]})
+    return paths
+
+
+def markdown(ev: Evaluation, source: str = "", plots: Sequence[Path] = ()) -> str:
+    o = ev.overall
+    lines = [
+        "# rtrec prequential evaluation",
+        "",
+        f"{source}{ev.counts['predictions']:,} predictions ({o['ratings']:,} ratings, {o['binary']:,} binary), "
+        f"{ev.counts['recommendations']:,} top-k lists. Every example was scored before any model learned "
+        "from it. Ratings: AUC and log-loss with label >= 4 positive and the score rescaled to "
+        "(score - min) / (max - min), clamped to [0, 1]. recall@k: the newest top-k list issued for the "
+        "user strictly before each positive interaction holds its item (hits / positives that had a list).",
+        "",
+        "## Overall",
+        "",
+        "| model | ratings | MAE | RMSE | AUC (≥4) | log-loss (≥4) | binary | AUC | log-loss |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for m in ev.models:
+        r, b = o["models"][m]["rating"], o["models"][m]["binary"]
+        lines.append(f"| {m} | {_fmt(r['n'])} | {_fmt(r['mae'])} | {_fmt(r['rmse'])} | {_fmt(r['auc'])} | "
+                     f"{_fmt(r['log_loss'])} | {_fmt(b['n'])} | {_fmt(b['auc'])} | {_fmt(b['log_loss'])} |")
+    rc = o["recall"]
+    lines += [
+        "",
+        f"recall@{ev.k}: **{_fmt(rc['recall'])}** ({rc['hits']:,} hits of {rc['positives']:,} positives with an "
+        f"earlier list; positives without one: {rc['no_list']:,})",
+        "",
+        f"## Over time (windows: {ev.window if ev.window in WINDOW_MS else ev.window + ' examples'})",
+        "",
+    ]
+    lines += [f"![{p.stem}]({p.name})" for p in plots]
+    fused = "fused" if "fused" in ev.models else (ev.models[-1] if ev.models else None)
+    lines += [
+        "",
+        f"| window | examples | MAE ({fused}) | RMSE ({fused}) | AUC ({fused}, ratings) | AUC ({fused}, binary) "
+        f"| recall@{ev.k} |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for w in ev.windows:
+        mm = w["models"].get(fused, {"rating": {}, "binary": {}})
+        lines.append(
+            f"| {_window_label(ev, w)} | {w['examples']:,} | {_fmt(mm['rating'].get('mae'))} | "
+            f"{_fmt(mm['rating'].get('rmse'))} | {_fmt(mm['rating'].get('auc'))} | "
+            f"{_fmt(mm['binary'].get('auc'))} | {_fmt(w['recall']['recall'])} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _json_safe(o):
+    if isinstance(o, float) and math.isnan(o):
+        return None
+    if isinstance(o, dict):
+        return {str(k): _json_safe(v) for k, v in o.items()}
+    if isinstance(o, list):
+        return [_json_safe(v) for v in o]
+    return o
+
+
+def write_report(ev: Evaluation, out_dir: str | Path, source: str = "") -> dict[str, Path]:
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise EvalError(f"cannot create --output-dir {out}: {e.strerror}") from None
+    plots = plot(ev, out)
+    report = out / "report.md"
+    report.write_text(markdown(ev, source, plots))
+    data = out / "metrics.json"
+    data.write_bytes(orjson.dumps(_json_safe({"k": ev.k, "window": ev.window, "models": ev.models,
+                                              "counts": ev.counts, "overall": ev.overall,
+                                              "windows": ev.windows}), option=orjson.OPT_INDENT_2))
+    return {"report": report, "metrics": data, **{p.stem: p for p in plots}}
+
+
+def summary_lines(ev: Evaluation) -> list[str]:
+    o = ev.overall
+    lines = []
+    for m in ev.models:
+        r, b = o["models"][m]["rating"], o["models"][m]["binary"]
+        parts = [f"{m:<8}"]
+        if r["n"]:
+            parts.append(f"MAE {_fmt(r['mae'], 3)}  RMSE {_fmt(r['rmse'], 3)}  AUC(>=4) {_fmt(r['auc'], 3)}")
+        if b["n"]:
+            parts.append(f"binary AUC {_fmt(b['auc'], 3)}  log-loss {_fmt(b['log_loss'], 3)}")
+        lines.append("  ".join(parts))
+    rc = o["recall"]
+    lines.append(f"recall@{ev.k} {_fmt(rc['recall'], 3)} ({rc['hits']:,}/{rc['positives']:,}; "
+                 f"{rc['no_list']:,} positives without an earlier list)")
+    return lines
+
+
+def run_eval(cfg, output_dir: str | Path, k: int | None = None, window: str | int = "day",
+             idle_s: float = 2.0, max_s: float = 3600.0) -> tuple[Evaluation, dict[str, Path]]:
+    """Read both topics (read_committed, from the beginning), evaluate, write the report."""
+    from rtrec import topics
+
+    kafka = cfg.kafka
+    topics.check_broker(kafka)
+    window_of(window)  # a bad --window or --k fails before reading anything
+    if k is not None and k < 1:
+        raise EvalError("--k must be at least 1")
+    start = time.perf_counter()
+    preds = [orjson.loads(m.value()) for m in topics.read_topic(kafka, kafka.predictions_topic, idle_s, max_s)]
+    if not preds:
+        raise EvalError(
+            f"no committed records in '{kafka.predictions_topic}' at {kafka.bootstrap_servers}: run the job "
+            "first (`rtrec replay` then `rtrec run --bounded`), or point --set kafka.predictions_topic=... at yours"
+        )
+    recs = [orjson.loads(m.value()) for m in topics.read_topic(kafka, kafka.recommendations_topic, idle_s, max_s)]
+    ev = evaluate(preds, recs, k or cfg.model.top_k, window, cfg.model.rating_min, cfg.model.rating_max)
+    source = (f"From '{kafka.predictions_topic}' and '{kafka.recommendations_topic}' at {kafka.bootstrap_servers} "
+              f"(read_committed, read in {time.perf_counter() - start:.1f} s): ")
+    return ev, write_report(ev, cfg.resolve_path(str(output_dir)), source)

@@ -1,0 +1,133 @@
+"""rtrec eval's metrics against values computed by hand (the comments show the arithmetic)."""
+
+from __future__ import annotations
+
+import math
+
+import orjson
+import pytest
+from pytest import approx
+
+from rtrec.evaluation import (
+    EvalError,
+    Example,
+    Recommendation,
+    binary_metrics,
+    error_metrics,
+    evaluate,
+    recall_at_k,
+    rescale,
+    window_of,
+    write_report,
+)
+
+DAY = 86_400_000
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def pred(ts, user, item, type_, label, mf, ftrl, fused):
+    return {"event_id": f"e{ts}", "user_id": user, "item_id": item, "ts": ts, "type": type_, "label": label,
+            "model_version": 1, "scores": {"mf": mf, "ftrl": ftrl}, "fused": fused, "heldout": False,
+            "trainer": 0}
+
+
+PREDICTIONS = [
+    pred(1000, "u1", "i1", "rating", 5.0, 4.0, 3.0, 4.5),  # positive (>= 4)
+    pred(2000, "u1", "i2", "rating", 2.0, 3.0, 2.0, 2.5),
+    pred(DAY + 1000, "u2", "i3", "rating", 4.0, 3.0, 5.0, 4.0),  # positive
+    pred(DAY + 2000, "u2", "i4", "rating", 1.0, 2.0, 1.0, 1.0),
+    pred(3000, "u1", "i5", "click", 1.0, 0.8, 0.6, 0.7),  # positive
+    pred(4000, "u1", "i6", "impression", 0.0, 0.3, 0.7, 0.4),
+    pred(5000, "u3", "i1", "purchase", 1.0, 0.9, 0.9, 0.9),  # positive, u3 never got a list
+]
+RECOMMENDATIONS = [
+    {"user_id": "u1", "ts": 500, "items": ["i1", "i9", "i8"], "request": "refresh"},
+    {"user_id": "u1", "ts": 1000, "items": ["i7", "i5"], "request": "refresh"},
+    {"user_id": "u2", "ts": DAY, "items": ["i9", "i8", "i3"], "request": "refresh"},
+    # A ranked request is not a top-k list: it would make i3 a hit if it counted.
+    {"user_id": "u2", "ts": DAY + 500, "items": ["i3"], "request": "candidates"},
+]
+
+
+def test_pure_metrics():
+    assert rescale(3.0) == 0.5 and rescale(7.0) == 1.0 and rescale(0.5, 0, 1) == 0.5
+    assert error_metrics([], [])["n"] == 0 and math.isnan(error_metrics([], [])["mae"])
+    # |3-4| + |4-4| + |2-4| = 3 over 3; sqrt((1 + 0 + 4) / 3)
+    assert error_metrics([3, 4, 2], [4, 4, 4]) == {"n": 3, "mae": 1.0, "rmse": approx(math.sqrt(5 / 3))}
+    m = binary_metrics([0.9, 0.2, 0.6, 0.4], [1, 0, 0, 1])
+    # positives 0.9, 0.4 vs negatives 0.2, 0.6: 3 of 4 pairs ordered; -(ln .9 + ln .8 + ln .4 + ln .4) / 4
+    assert m["auc"] == 0.75 and m["positives"] == 2
+    assert m["log_loss"] == approx(-(math.log(0.9) + math.log(0.8) + 2 * math.log(0.4)) / 4)
+    assert math.isnan(binary_metrics([0.3, 0.4], [1, 1])["auc"])
+
+
+def test_recall_at_k_uses_the_newest_list_strictly_before():
+    recs = [Recommendation(r["ts"], r["user_id"], r["items"]) for r in RECOMMENDATIONS[:3]]
+    positives = [Example.from_record(p) for p in PREDICTIONS if Example.from_record(p).positive]
+    # i1 @1000 (u1): the list at 500 (the one at 1000 is not before it): hit. i5 @3000: list at 1000: hit.
+    # i3 @DAY+1000 (u2): list at DAY, top 2 = i9, i8: miss. u3: no list.
+    r2 = recall_at_k(recs, positives, 2)
+    assert (r2.hits, r2.positives, r2.no_list) == (2, 3, 1) and r2.recall == approx(2 / 3)
+    r3 = recall_at_k(recs, positives, 3)
+    assert (r3.hits, r3.positives) == (3, 3) and r3.recall == 1.0
+    assert math.isnan(recall_at_k([], positives, 2).recall)
+
+
+def test_evaluate_overall():
+    ev = evaluate(PREDICTIONS, RECOMMENDATIONS, k=2, window="day")
+    assert ev.models == ["mf", "ftrl", "fused"]
+    assert ev.counts == {"predictions": 7, "recommendations": 3}
+    o = ev.overall
+    assert (o["examples"], o["ratings"], o["binary"]) == (7, 4, 3)
+    fused, mf, ftrl = (o["models"][m] for m in ("fused", "mf", "ftrl"))
+    # fused errors 0.5, 0.5, 0, 0
+    assert fused["rating"]["mae"] == approx(0.25) and fused["rating"]["rmse"] == approx(math.sqrt(0.125))
+    assert mf["rating"]["mae"] == approx(1.0) and mf["rating"]["rmse"] == approx(1.0)
+    # ftrl errors 2, 0, 1, 0
+    assert ftrl["rating"]["mae"] == approx(0.75) and ftrl["rating"]["rmse"] == approx(math.sqrt(1.25))
+    # ratings as binary (>= 4): positives 5 and 4. fused 4.5, 4 vs 2.5, 1: all ordered.
+    # mf 4, 3 vs 3, 2: 3 ordered pairs and a tie (half): 3.5 / 4.
+    assert fused["rating"]["auc"] == 1.0 and mf["rating"]["auc"] == 0.875 and ftrl["rating"]["auc"] == 1.0
+    # rescaled fused: 4.5 -> .875 (y=1), 2.5 -> .375 (0), 4 -> .75 (1), 1 -> 0 (0)
+    assert fused["rating"]["log_loss"] == approx(-(math.log(0.875) + math.log(0.625) + math.log(0.75)) / 4)
+    # binary: fused .7, .9 (positives) vs .4; ftrl .6, .9 vs .7: one of two pairs ordered
+    assert fused["binary"]["auc"] == 1.0 and ftrl["binary"]["auc"] == 0.5 and fused["binary"]["n"] == 3
+    assert fused["binary"]["log_loss"] == approx(-(math.log(0.7) + math.log(0.6) + math.log(0.9)) / 3)
+    assert o["recall"] == {"k": 2, "recall": approx(2 / 3), "hits": 2, "positives": 3, "no_list": 1}
+
+
+def test_evaluate_over_time():
+    by_day = evaluate(PREDICTIONS, RECOMMENDATIONS, k=2, window="day").windows
+    assert [w["start"] for w in by_day] == [0, DAY]
+    assert [w["examples"] for w in by_day] == [5, 2]
+    # day 0: fused errors .5, .5; both positives (i1, i5) hit; u3's purchase has no list
+    assert by_day[0]["models"]["fused"]["rating"]["mae"] == approx(0.5)
+    assert by_day[0]["recall"]["recall"] == 1.0 and by_day[0]["recall"]["no_list"] == 1
+    # day 1: exact; i3 missed
+    assert by_day[1]["models"]["fused"]["rating"]["mae"] == 0.0 and by_day[1]["recall"]["recall"] == 0.0
+    by_count = evaluate(PREDICTIONS, RECOMMENDATIONS, k=2, window=4).windows
+    assert [w["examples"] for w in by_count] == [4, 3] and [w["start"] for w in by_count] == [0, 4]
+
+
+def test_windows():
+    f = window_of("hour")
+    assert f(0, 3_599_999) == 0 and f(0, 3_600_000) == 3_600_000
+    assert [window_of("3")(i, 0) for i in range(7)] == [0, 0, 0, 3, 3, 3, 6]
+    with pytest.raises(EvalError, match="hour, day, week"):
+        window_of("month")
+
+
+def test_report_files(tmp_path):
+    ev = evaluate(PREDICTIONS, RECOMMENDATIONS, k=2, window="day")
+    paths = write_report(ev, tmp_path / "out")
+    md = paths["report"].read_text()
+    assert "| fused | 4 | 0.2500 | 0.3536 | 1.0000 |" in md
+    assert "recall@2: **0.6667** (2 hits of 3 positives" in md
+    assert "| 1970-01-02 00:00 | 2 | 0.0000 |" in md
+    for name in ("mae_over_time", "auc_over_time", "recall_over_time"):
+        data = paths[name].read_bytes()
+        assert len(data) > 1000 and data.startswith(PNG)
+        assert f"({name}.png)" in md
+    metrics = orjson.loads(paths["metrics"].read_bytes())
+    assert metrics["overall"]["models"]["fused"]["rating"]["mae"] == 0.25
+    assert metrics["windows"][1]["models"]["mf"]["binary"]["auc"] is None  # NaN as null
