@@ -34,9 +34,21 @@ def cmd_replay(args) -> int:
     from rtrec.sources import load_events
 
     cfg = _load(args)
+    # Pacing given on the command line replaces the configuration's (replay.rate, replay.speedup).
+    if args.rate or args.speedup:
+        rate, speedup = args.rate, args.speedup
+    else:
+        rate, speedup = cfg.replay.rate, cfg.replay.speedup
+    if rate < 0 or speedup < 0:
+        raise ConfigError("--rate and --speedup must not be negative")
+    if rate > 0 and speedup > 0:
+        raise ConfigError(
+            "--rate and --speedup are mutually exclusive: pace by events per second (--rate) "
+            "or by event time (--speedup), not both"
+        )
     topics.ensure_topics(cfg.kafka)
     events = load_events(args.input or cfg.replay.dataset, limit=args.limit or cfg.replay.limit)
-    summary = replay(events, cfg.kafka, topic=args.topic, rate=args.rate or cfg.replay.rate, total=len(events))
+    summary = replay(events, cfg.kafka, topic=args.topic, rate=rate, speedup=speedup, total=len(events))
     print(summary)
     return 0
 
@@ -60,12 +72,17 @@ def cmd_run(args) -> int:
     cfg = _load(args)
     if args.bounded:
         cfg.flink.bounded = True
+    if args.from_savepoint:
+        # Flink 2.x's key (execution.savepoint.path before 2.0). Operators are
+        # matched by uid; state the new job has no operator for is an error.
+        cfg.flink.options["execution.state-recovery.path"] = args.from_savepoint
     topics.ensure_topics(cfg.kafka)
     before = topics.end_offsets(cfg.kafka, cfg.kafka.events_topic)
     print(
         f"rtrec: job '{cfg.flink.job_name}' on a local MiniCluster, parallelism {cfg.flink.parallelism}, "
         f"{cfg.flink.delivery_guarantee}, reading '{cfg.kafka.events_topic}' at {cfg.kafka.bootstrap_servers}"
-        + (" until its current end" if cfg.flink.bounded else " (Ctrl-C stops)"),
+        + (" until its current end" if cfg.flink.bounded else " (Ctrl-C stops)")
+        + (f", restoring {args.from_savepoint}" if args.from_savepoint else ""),
         flush=True,
     )
     start = time.perf_counter()
@@ -85,11 +102,98 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_stop(args) -> int:
+    import urllib.error
+
+    from rtrec.flink_rest import FlinkRest
+
+    cfg = _load(args)
+    url = args.rest or f"http://localhost:{cfg.flink.rest_port}"
+    rest = FlinkRest(url)
+    try:
+        jobs = rest.running_jobs()
+    except (urllib.error.URLError, OSError):
+        print(f"rtrec: error: no Flink REST API at {url}: `rtrec run` prints its address; pass it with --rest",
+              file=sys.stderr)
+        return 2
+    name = args.job or cfg.flink.job_name
+    matching = [j for j in jobs if j["name"] == name]
+    if not matching:
+        running = ", ".join(repr(j["name"]) for j in jobs) or "none"
+        print(f"rtrec: error: no running job {name!r} at {url} (running: {running}); name it with --job",
+              file=sys.stderr)
+        return 2
+    target = args.savepoint_dir and cfg.resolve_path(args.savepoint_dir).as_uri()
+    location = rest.stop_with_savepoint(matching[0]["jid"], target)
+    print(f"rtrec: stopped job {name!r} with a savepoint at {location}")
+    print(f"rtrec: resume with: rtrec run --from-savepoint {location}")
+    return 0
+
+
+def _serve_config(args) -> RtrecConfig:
+    from pathlib import Path
+
+    from rtrec.config import validate
+
+    cfg = _load(args)
+    if getattr(args, "store", None):  # relative to where the command runs, like any command-line path
+        cfg.serve.store_dir = str(Path(args.store).resolve())
+    for name in ("host", "port", "batch_size"):
+        value = getattr(args, name, None)
+        if value is not None:
+            setattr(cfg.serve, name, value)
+    validate(cfg)
+    return cfg
+
+
+def cmd_serve(args) -> int:
+    from rtrec.serve import serve
+
+    cfg = _serve_config(args)
+    stats = serve(cfg, http=not args.no_http, until_caught_up=args.until_caught_up, reset=args.reset,
+                  max_records=args.max_records or None)
+    print(f"serve: stopped; {stats.applied_session:,} records applied by this run")
+    return 0
+
+
+def cmd_lookup(args) -> int:
+    import orjson
+
+    from rtrec.serve import lookup
+
+    cfg = _serve_config(args)
+    found = lookup(cfg, args.entity, args.id)
+    if found is None:
+        print(orjson.dumps({"error": f"unknown {args.entity} {args.id!r}",
+                            "store": str(cfg.resolve_path(cfg.serve.store_dir))}).decode())
+        return 1
+    print(orjson.dumps(found, option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from pathlib import Path
+
+    from rtrec.evaluation import run_eval, summary_lines
+
+    cfg = _load(args)
+    out = Path(args.output_dir).resolve() if args.output_dir else cfg.resolve_path("var/eval")
+    ev, paths = run_eval(cfg, out, k=args.k, window=args.window, idle_s=args.idle)
+    for line in summary_lines(ev):
+        print(f"eval: {line}")
+    print(f"eval: report {paths['report']}; plots: {', '.join(p.name for n, p in paths.items() if p.suffix == '.png') or 'none'}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from rtrec.demo import run_demo
 
     run_demo(_load(args), limit=args.limit)
     return 0
+
+
+def _store_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--store", metavar="DIR", help="serve store folder (default: serve.store_dir, var/serve/store)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,14 +208,33 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("input", nargs="?", help="movielens-100k (default) or a .jsonl, .csv or .parquet file of events")
     p.add_argument("--topic", help="target topic (default: kafka.events_topic)")
-    p.add_argument("--rate", type=float, default=0.0, help="events per second (default: as fast as possible)")
+    p.add_argument("--rate", type=float, default=0.0,
+                   help="events per second (default: replay.rate; 0 = as fast as the broker takes them)")
+    p.add_argument("--speedup", type=float, default=0.0, metavar="X",
+                   help="keep the gaps between event timestamps divided by X, e.g. 3600 = one hour of "
+                   "event time per second (not with --rate)")
     p.add_argument("--limit", type=int, default=0, help="replay only the first N events")
     p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("run", help="run the Flink job on a local MiniCluster", description="Run the rtrec Flink job on a local MiniCluster.")
     _common(p)
     p.add_argument("--bounded", action="store_true", help="stop at the end the events topic has now (replays, demos)")
+    p.add_argument("--from-savepoint", metavar="PATH",
+                   help="start from this savepoint or retained checkpoint (state, offsets and model); "
+                   "the parallelism may differ from the job that took it")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "stop",
+        help="stop a running job with a savepoint",
+        description="Take a savepoint of a running job and stop it, through Flink's REST API; "
+        "prints the savepoint's path for `rtrec run --from-savepoint`.",
+    )
+    _common(p)
+    p.add_argument("--rest", metavar="URL", help="Flink REST API (default: http://localhost:<flink.rest_port>)")
+    p.add_argument("--job", metavar="NAME", help="job name (default: flink.job_name)")
+    p.add_argument("--savepoint-dir", metavar="DIR", help="where to write it (default: the cluster's state.savepoints.dir)")
+    p.set_defaults(func=cmd_stop)
 
     p = sub.add_parser(
         "backfill",
@@ -123,6 +246,56 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", default="features.parquet", help="Parquet file to write (default: features.parquet)")
     p.add_argument("--limit", type=int, default=0, help="only the first N events")
     p.set_defaults(func=cmd_backfill)
+
+    p = sub.add_parser(
+        "serve",
+        help="materialise features and recommendations into a local store and serve them over HTTP",
+        description="Consume the features and recommendations topics (read_committed) into a local RocksDB "
+        "store, exactly once (offsets are stored with the data), and answer GET /users/ID/recommendations, "
+        "/users/ID/features, /items/ID/features, /health and /metrics. Ctrl-C stops; a restart resumes "
+        "where it stopped.",
+    )
+    _common(p)
+    _store_arg(p)
+    p.add_argument("--host", help="HTTP address (default: serve.host, 127.0.0.1)")
+    p.add_argument("--port", type=int, help="HTTP port (default: serve.port, 8090; 0 picks a free one)")
+    p.add_argument("--batch-size", type=int, help="records per atomic write (default: serve.batch_size)")
+    p.add_argument("--no-http", action="store_true", help="only materialise, no HTTP API")
+    p.add_argument("--until-caught-up", action="store_true", help="stop once every committed record is applied")
+    p.add_argument("--max-records", type=int, default=0, help="stop after about N records (at a batch boundary)")
+    p.add_argument("--reset", action="store_true", help="delete the store first and rebuild it from the beginning")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser(
+        "lookup",
+        help="print a user's or an item's entry of the serve store as JSON",
+        description="Read the store of `rtrec serve` directly (read-only; works while serve runs) and print "
+        "a user's newest features and recommendations, or an item's newest features, as JSON. "
+        "Exit status 1 if the id is unknown.",
+    )
+    _common(p)
+    _store_arg(p)
+    p.add_argument("entity", choices=["user", "item"], help="user or item")
+    p.add_argument("id", help="the user or item id")
+    p.set_defaults(func=cmd_lookup)
+
+    p = sub.add_parser(
+        "eval",
+        help="prequential MAE, RMSE, AUC, log-loss and recall@k from the output topics, as a report",
+        description="Read the predictions and recommendations topics (read_committed, from the beginning) "
+        "and write a Markdown report with PNG plots: MAE/RMSE of ratings, AUC and log-loss (ratings: "
+        "label >= 4 positive, score rescaled to [0, 1]), recall@k of the newest top-k list before each "
+        "positive interaction; overall and per window. See rtrec/evaluation.py for the definitions.",
+    )
+    _common(p)
+    p.add_argument("--output-dir", metavar="DIR", help="where report.md, metrics.json and the plots go "
+                   "(default: var/eval in the project)")
+    p.add_argument("--k", type=int, help="recall@k cut-off (default: model.top_k)")
+    p.add_argument("--window", default="day", help="windows over time: hour, day (default), week, or a number "
+                   "of examples")
+    p.add_argument("--idle", type=float, default=2.0, help="stop reading a topic after this many seconds "
+                   "without new records at its end (default: 2)")
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("demo", help="replay MovieLens-100K through the job and summarise (make demo)", description="Reset the demo.* topics, replay MovieLens-100K, run the job until it has consumed the replay, and print what came out.")
     _common(p)
@@ -139,10 +312,13 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as e:  # errors at the edge: one line that names the fix
         from rtrec.datasets import DatasetError
+        from rtrec.evaluation import EvalError
         from rtrec.sources import SourceError
+        from rtrec.store import StoreError
         from rtrec.topics import BrokerUnavailable
 
-        if isinstance(e, ConfigError | BrokerUnavailable | DatasetError | SourceError) or type(e).__name__ == "SetupError":
+        known = ConfigError | BrokerUnavailable | DatasetError | SourceError | StoreError | EvalError
+        if isinstance(e, known) or type(e).__name__ == "SetupError":
             print(f"rtrec: error: {e}", file=sys.stderr)
             return 2
         raise

