@@ -12,7 +12,9 @@ micro-batch at a time; benchmarks and tests feed it directly. Per batch it
 3. learns from all but a held-out share, which goes to the merger instead to
    judge new versions,
 4. refreshes the top-k of every user who interacted (the MF retrieves from the
-   catalogue, the fusion re-ranks) and ranks the candidates of requests,
+   catalogue, the fusion re-ranks) and ranks the candidates of requests;
+   searches (with a :class:`models.search.SearchRanker`) are ranked before
+   step 3 by the models' scores fused with query-item text similarity,
 5. hands the change to the global parameters over as a delta (see
    models.params), which the merger folds into the next version.
 
@@ -98,6 +100,9 @@ class OnlineLearner:
         self.heldout: list[dict] = []
         #: False freezes every parameter: predictions go on, learning stops (benchmarks' frozen copy).
         self.learning = True
+        #: Ranks searches (models.search.SearchRanker) when text is enabled; without it a search's
+        #: candidates are ranked by the models alone, like any candidates request.
+        self.search = None
 
     # -- users -------------------------------------------------------------------
     def new_user(self, user_id: str) -> dict:
@@ -129,6 +134,7 @@ class OnlineLearner:
         rows: list[tuple] = []
         row_of: dict[int, int] = {}  # position in inputs -> its example row
         recent_at: dict[int, list[str]] = {}  # position -> the user's recent items just after the event
+        searches: list[Inputs] = []
         for pos, x in enumerate(inputs):
             e = x.event
             user = users[e.user_id]
@@ -147,11 +153,17 @@ class OnlineLearner:
                 if label is not None:
                     row_of[pos] = len(rows)
                     rows.append((e.event_id, e.user_id, e.item_id, e.ts, e.type, label, x.dense, x.buckets, x.code))
-            if e.candidates or e.type in REFRESH_TYPES:
+            if self.search is not None and e.type == "search" and e.candidates:
+                searches.append(x)
+            elif e.candidates or e.type in REFRESH_TYPES:
                 recent_at[pos] = list(user["recent"])
         self.models.rows([x.event.item_id for x in inputs if x.event.item_id is not None])
 
         start = {u: users[u]["mf"].copy() for u in {x.event.user_id for x in inputs}}
+        if searches:
+            # Ranked with the parameters as of the batch's start: the rating that follows a
+            # search within the same batch must not have moved its item's parameters yet.
+            result.recommendations.extend(self._search(searches, start))
         after: list[np.ndarray] = []
         if rows:
             examples, after = self._learn(rows, users)
@@ -164,7 +176,7 @@ class OnlineLearner:
                     latest[x.event.user_id] = after[row_of[pos]]
                 if pos in recent_at:
                     refresh.append((x, latest[x.event.user_id], recent_at[pos]))
-            result.recommendations = self._recommend(refresh)
+            result.recommendations.extend(self._recommend(refresh))
         return result
 
     def expire_impressions(self, due: list[tuple[str, str, str]], users: dict[str, dict]) -> list[Example]:
@@ -294,25 +306,47 @@ class OnlineLearner:
             top_mf, cand = torch.topk(mf_scores, k, dim=1)
             out.extend(self._rerank([(x, p) for x, p, _ in updates], params, cand, top_mf > float("-inf")))
         if requests:
-            width = max(len(x.event.candidates) for x, _ in requests)
-            cand = torch.zeros(len(requests), width, dtype=torch.long, device=self.device)
-            valid = torch.zeros(len(requests), width, dtype=torch.bool, device=self.device)
-            for r, (x, _) in enumerate(requests):
-                rows = m.rows(x.event.candidates)
-                cand[r, : len(rows)] = rows
-                valid[r, : len(rows)] = True
+            cand, valid = self._candidates([x for x, _ in requests])
             params = torch.from_numpy(np.stack([p for _, p in requests])).to(self.device)
             out.extend(self._rerank(requests, params, cand, valid))
         return out
 
-    def _rerank(self, items, params, cand, valid) -> list[Recommendation]:
+    def _candidates(self, items: list[Inputs]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, W) parameter rows of each item's candidates, padded, and the (B, W) validity mask."""
+        width = max(len(x.event.candidates) for x in items)
+        cand = torch.zeros(len(items), width, dtype=torch.long, device=self.device)
+        valid = torch.zeros(len(items), width, dtype=torch.bool, device=self.device)
+        for r, x in enumerate(items):
+            rows = self.models.rows(x.event.candidates)
+            cand[r, : len(rows)] = rows
+            valid[r, : len(rows)] = True
+        return cand, valid
+
+    def _search(self, searches: list[Inputs], user_vectors: dict[str, np.ndarray]) -> list[Recommendation]:
+        """Rank each search's candidates: the models' scores fused with query-item similarity."""
+        cand, valid = self._candidates(searches)
+        params = torch.from_numpy(np.stack([user_vectors[x.event.user_id] for x in searches])).to(self.device)
+        items = [(x, None) for x in searches]
+        personal = self._score(items, params, cand).masked_fill(~valid, float("-inf"))
+        with torch.no_grad():
+            fused = self.search.fuse(personal, [x.event.query for x in searches],
+                                     [x.event.candidates for x in searches], valid)
+        return self._top(items, cand, fused)
+
+    def _score(self, items, params, cand) -> torch.Tensor:
         m = self.models
         dense = torch.tensor([x.dense_after or x.dense for x, _ in items], dtype=torch.float32, device=self.device)
         codes = torch.tensor([x.code for x, _ in items], dtype=torch.long, device=self.device)
         buckets = torch.tensor([x.buckets_after or x.buckets for x, _ in items], dtype=torch.long, device=self.device)
         with torch.no_grad():
-            scores = m.score_candidates(params, dense, codes, buckets, cand)
-        scores = scores.masked_fill(~valid, float("-inf"))
+            return m.score_candidates(params, dense, codes, buckets, cand)
+
+    def _rerank(self, items, params, cand, valid) -> list[Recommendation]:
+        scores = self._score(items, params, cand).masked_fill(~valid, float("-inf"))
+        return self._top(items, cand, scores)
+
+    def _top(self, items, cand, scores) -> list[Recommendation]:
+        m = self.models
         k = min(self.cfg.top_k, scores.shape[1])
         top, pos = torch.topk(scores, k, dim=1)
         rows = torch.gather(cand, 1, pos).tolist()

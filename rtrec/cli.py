@@ -206,7 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("replay", help="produce a data set into the events topic", description="Produce a data set into the events topic: key = user id, value = event JSON, record timestamp = event time.")
     _common(p)
-    p.add_argument("input", nargs="?", help="movielens-100k (default) or a .jsonl, .csv or .parquet file of events")
+    p.add_argument("input", nargs="?", help="movielens-100k (default), movielens-100k-search (with made-up searches before some ratings) "
+                   "or a .jsonl, .csv or .parquet file of events")
     p.add_argument("--topic", help="target topic (default: kafka.events_topic)")
     p.add_argument("--rate", type=float, default=0.0,
                    help="events per second (default: replay.rate; 0 = as fast as the broker takes them)")

@@ -248,6 +248,9 @@ class TextConfig:
     max_length: int = 256
     # Vectors of this many recent queries are kept; a repeated query skips the model. 0: no cache.
     cache_size: int = 10_000
+    # Item texts for search: movielens-100k (titles, years, genres), a .jsonl of {"item_id", "text"}
+    # lines or a .csv with item_id and text columns, encoded at start-up; "" for none (similarity 0).
+    catalogue: str = "movielens-100k"
     # Search ranking: this share of the score is the personal models' (z-scored per query), the rest
     # the query-item text similarity (z-scored likewise); 0 ranks by text alone, 1 by the models alone.
     search_personal_weight: float = 0.3

@@ -80,11 +80,22 @@ def read_events(path: str | Path, parser: EventParser | None = None) -> Iterator
 
 
 def load_events(source: str, limit: int = 0) -> list[Event]:
-    """``movielens-100k`` or a file path; the first ``limit`` events when limit > 0."""
+    """``movielens-100k``, ``movielens-100k-search`` or a file path; the first ``limit`` events when limit > 0.
+
+    ``movielens-100k-search`` is the ratings with made-up searches before some
+    of them (rtrec.search.search_sessions): a query drawn from the title or
+    genres of the item the user goes on to rate, that item among 50 candidates.
+    """
     if source == "movielens-100k":
         from rtrec.datasets import movielens_events
 
         return movielens_events(limit)
+    if source == "movielens-100k-search":
+        from rtrec.datasets import load_movies, movielens_events
+        from rtrec.search import search_sessions
+
+        stream = search_sessions(movielens_events(), load_movies())
+        return stream[:limit] if limit else stream
     events = []
     for e in read_events(source):
         events.append(e)

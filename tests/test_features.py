@@ -201,3 +201,17 @@ def test_training_rows_are_point_in_time():
     assert rows["c"]["user__rating_count"] == 2 and rows["c"]["item__rating_count"] == 0
     after = {r.event_id: r.features for r in snapshots(events, USER_FEATURES, "after")}
     assert after["b"]["rating_mean"] == 3.0
+
+
+def test_an_event_decades_older_than_the_users_newest_is_folded_in_and_read():
+    """After a restore the watermark starts again, so an event from 1970 can reach a user whose
+    newest event is from 1998: its features must still be computed (this raised OverflowError)."""
+    engine = FeatureEngine(USER_FEATURES)
+    state = engine.new_state()
+    engine.update(state, Event("new", "u", "1", "rating", 893_286_638_000, 4.0, "Drama"))
+    old = Event("old", "u", "2", "click", 1000, None, "Comedy")
+    engine.update(state, old)
+    engine.record("u", state, old)
+    snap = engine.snapshot(state, old.ts)
+    affinity = snap["category_affinity"] if "category_affinity" in snap else snap["features"]["category_affinity"]
+    assert affinity["Drama"] == pytest.approx(1.0) and 0.0 <= affinity["Comedy"] < 1e-300

@@ -231,3 +231,61 @@ def test_a_matching_title_ranks_above_unrelated_ones(encoder):
     assert max(range(len(candidates)), key=lambda i: feats[i][0]) == 2
     assert feats[2][0] == pytest.approx(query_item_similarity(query[0], index.vectors(["1"])[0]), abs=1e-6)
     assert F.cosine_similarity(query, index.vectors(["1"])).item() > 0.5
+
+
+# -- search in the online learner (the scorer's path) -------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ranker():
+    from models.search import SearchRanker
+
+    return SearchRanker(TextConfig(device="cpu", cache_size=100))
+
+
+def _learner_inputs(events):
+    from models.online import Inputs
+    from rtrec.features.model_inputs import id_code
+
+    out = [Inputs(e, [0.0] * 7, (-1, 0), id_code(e.user_id)) for e in events]
+    for x in out:
+        x.dense_after, x.buckets_after = x.dense, x.buckets
+    return out
+
+
+def test_the_learner_ranks_a_search_by_text_and_models(ranker):
+    from models.online import OnlineLearner
+    from rtrec.config import ModelConfig
+
+    learner = OnlineLearner(ModelConfig(top_k=3))
+    learner.search = ranker
+    users = {"1": learner.new_user("1")}
+    movies = load_movies()
+    toy_story = next(i for i, m in movies.items() if m.title.startswith("Toy Story"))
+    others = [i for i, m in movies.items() if "Toy" not in m.title][:20]
+    search = Event("s", "1", None, "search", 10, query="toy story", candidates=[*others, toy_story])
+    recs = learner.process(_learner_inputs([search]), users).recommendations
+    assert len(recs) == 1 and recs[0].event is search
+    assert recs[0].items[0] == toy_story and len(recs[0].items) == 3
+    assert recs[0].scores == sorted(recs[0].scores, reverse=True)
+
+
+def test_a_search_is_ranked_before_its_batch_is_learned(ranker):
+    """The rating that follows a search in the same micro-batch must not change the search's ranking."""
+    from models.online import OnlineLearner
+    from rtrec.config import ModelConfig
+
+    cfg = ModelConfig(top_k=5, heldout_fraction=0.0)
+    movies = load_movies()
+    cands = list(movies)[:30]
+    search = Event("s", "1", None, "search", 10, query="drama", candidates=cands)
+    rating = Event("r", "1", cands[-1], "rating", 11, 5.0)
+    got = []
+    for batch in ([search], [search, rating]):
+        learner = OnlineLearner(cfg)
+        learner.search = ranker
+        users = {"1": learner.new_user("1")}
+        learner.process(_learner_inputs([Event("w", "1", cands[3], "rating", 1, 4.0)]), users)  # some history
+        recs = [r for r in learner.process(_learner_inputs(batch), users).recommendations if r.event is search]
+        got.append((recs[0].items, recs[0].scores))
+    assert got[0] == got[1]

@@ -36,11 +36,12 @@ import orjson
 import torch
 from pyflink.common import Row, Types
 from pyflink.datastream import KeyedBroadcastProcessFunction, KeyedProcessFunction, OutputTag, RuntimeContext
-from pyflink.datastream.state import MapStateDescriptor
+from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 
 from models.device import resolve_device
 from models.online import REFRESH_TYPES, Inputs, OnlineLearner
 from models.params import Version, delta_to_plain, from_bytes, to_bytes
+from models.search import SearchRanker
 from models.worker import torch_call
 from rtrec.config import RtrecConfig
 from rtrec.events import Event, EventParser, Rejection
@@ -82,6 +83,9 @@ class UserStage(KeyedBroadcastProcessFunction):
         self.engine = FeatureEngine(USER_FEATURES)
         ttl = cfg.features.user_ttl_ms
         self.users = CachedMapState(ctx.get_map_state(entity_map("users", ttl)), ttl)
+        # Watermarks are not checkpointed: after a restore the operator's starts again from nothing.
+        # Each shard keeps the highest one it saw, so an event late before a failure is late after it.
+        self.watermark_seen = ctx.get_state(ValueStateDescriptor("watermark-seen", Types.LONG()))
         self.dedup_window = cfg.events.dedup_window_ms
         self.dedup_max = cfg.events.dedup_max_ids_per_user
         self.info = subtask_info(ctx)
@@ -94,6 +98,9 @@ class UserStage(KeyedBroadcastProcessFunction):
             # Sequence numbers of deltas must grow across restarts (the merger remembers them).
             self.learner = torch_call(OnlineLearner, cfg.model, self.info.index, resolve_device(cfg.model.device))
             self.learner.seq = int(time.time() * 1000) * 1000
+            if cfg.text.enabled:
+                # The text encoder loads and encodes the item catalogue now, on the torch thread.
+                self.learner.search = torch_call(SearchRanker, cfg.text)
             self.inputs = UserInputs()
             self.impressions = ctx.get_map_state(
                 MapStateDescriptor("impressions-due", Types.LONG(), Types.PICKLED_BYTE_ARRAY()))
@@ -167,8 +174,17 @@ class UserStage(KeyedBroadcastProcessFunction):
         with self.profile:
             if self.learner is not None and not self._checked_broadcast:
                 self._restore_version(ctx)
-            results = self.process_batch(batch, ctx.timer_service().current_watermark(), ctx.timer_service())
+            results = self.process_batch(batch, self._watermark(ctx), ctx.timer_service())
         yield from results
+
+    def _watermark(self, ctx) -> int:
+        """The operator's watermark, or the highest this shard saw before a restart if that is higher."""
+        watermark = ctx.timer_service().current_watermark()
+        seen = self.watermark_seen.value()
+        if seen is not None and seen >= watermark:
+            return seen
+        self.watermark_seen.update(watermark)
+        return watermark
 
     def on_timer(self, timestamp: int, ctx: KeyedBroadcastProcessFunction.OnTimerContext):
         """Impressions whose attribution window closed become negative examples."""
@@ -229,7 +245,8 @@ class UserStage(KeyedBroadcastProcessFunction):
             out.recommendations.append(e.user_id, orjson.dumps({
                 "user_id": e.user_id, "event_id": e.event_id, "ts": e.ts, "items": r.items, "scores": r.scores,
                 "model_version": version, "feature_ts": e.ts,
-                "request": "candidates" if e.candidates else "refresh",
+                **({"request": "search", "query": e.query} if e.type == "search" and e.candidates
+                   else {"request": "candidates" if e.candidates else "refresh"}),
             }))
         if timers is not None:
             due: dict[int, list] = {}

@@ -161,13 +161,15 @@ class DecayedAffinity:
             slot[0] = e.ts
             scores[key] = scores.get(key, 0.0) + 1.0
         else:  # out of order: add its contribution as seen from the reference time
-            scores[key] = scores.get(key, 0.0) + 0.5 ** ((ref - e.ts) / self.half_life_ms)
+            scores[key] = scores.get(key, 0.0) + 0.5 ** min((ref - e.ts) / self.half_life_ms, 1074.0)
         if len(scores) > self.max_keys:
             del scores[min(scores, key=scores.__getitem__)]
 
     def read(self, slot: list, at_ts: int, out: dict) -> None:
         ref, scores = slot
-        f = 0.5 ** ((at_ts - ref) / self.half_life_ms) if scores else 1.0
+        # Read as of the newest event folded in when at_ts is older (an out-of-order event): a
+        # decay factor above 1 would not mean anything, and overflows for events years older.
+        f = 0.5 ** (max(0, at_ts - ref) / self.half_life_ms) if scores else 1.0
         best = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[: self.top]
         out[self.name] = {k: v * f for k, v in best}
 
@@ -177,7 +179,7 @@ class DecayedAffinity:
             return 0.0
         ref, scores = slot
         s = scores.get(key)
-        return 0.0 if s is None else s * 0.5 ** ((at_ts - ref) / self.half_life_ms)
+        return 0.0 if s is None else s * 0.5 ** (max(0, at_ts - ref) / self.half_life_ms)
 
 
 @dataclass(frozen=True)
