@@ -8,14 +8,18 @@ STAMP  := $(VENV)/.installed
 KAFKA_PORT ?= 9092
 TEST_KAFKA_PORT ?= 19092
 PYTEST_ARGS ?=
+TASKMANAGERS ?= 1
+JOB_ARGS ?=
 
-.PHONY: help setup jars kafka-jars flink-jars kafka-up kafka-down demo test unit lint clean
+.PHONY: help setup jars kafka-jars flink-jars kafka-up kafka-down demo test unit lint clean cluster-up cluster-down cluster-submit
 
 help:
 	@echo "make demo        run the whole pipeline on MovieLens-100K (sets itself up)"
 	@echo "make test        run the test suite against a real broker and Flink (sets itself up)"
 	@echo "make unit        only the tests that need neither Kafka nor Flink"
 	@echo "make kafka-up    start a local broker on 127.0.0.1:$(KAFKA_PORT) (kafka-down stops it)"
+	@echo "make cluster-up  start a standalone Flink cluster (JobManager + TaskManager) on loopback"
+	@echo "make cluster-submit  flink run the job on it (cluster-down stops it)"
 	@echo "make lint        ruff"
 
 $(PY):
@@ -52,6 +56,15 @@ test: setup
 
 unit: $(STAMP)
 	$(PY) -m pytest -m "not integration" $(PYTEST_ARGS)
+
+cluster-up: setup
+	deploy/flink/bin/cluster.sh up $(TASKMANAGERS)
+
+cluster-submit: setup
+	deploy/flink/bin/cluster.sh submit $(JOB_ARGS)
+
+cluster-down:
+	deploy/flink/bin/cluster.sh down
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -47,8 +47,13 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, str]:
     return flat
 
 
-def flink_settings(cfg: RtrecConfig) -> dict[str, str]:
-    """flink-conf/config.yaml with the job's own settings laid over it."""
+def flink_settings(cfg: RtrecConfig, local: bool = True) -> dict[str, str]:
+    """flink-conf/config.yaml with the job's own settings laid over it.
+
+    ``local``: a MiniCluster in this process (rtrec run), which serves its REST
+    API on flink.rest_port; submitted to a cluster (flink run) the client's
+    own configuration says where the cluster is, and the job must not move it.
+    """
     settings: dict[str, str] = {}
     conf_file = cfg.resolve_path(cfg.flink.conf_dir) / "config.yaml"
     if conf_file.exists():
@@ -78,9 +83,10 @@ def flink_settings(cfg: RtrecConfig) -> dict[str, str]:
             "python.pythonpath": os.pathsep.join(pythonpath),
             # Record timestamps become epoch milliseconds in SQL; pin the zone.
             "table.local-time-zone": "UTC",
-            "rest.port": str(cfg.flink.rest_port),
         }
     )
+    if local:
+        settings["rest.port"] = str(cfg.flink.rest_port)
     settings.update(cfg.flink.options)
     return settings
 
@@ -106,10 +112,11 @@ def choose_rest_port(cfg: RtrecConfig) -> int:
     return free
 
 
-def create_environments(cfg: RtrecConfig) -> tuple[StreamExecutionEnvironment, StreamTableEnvironment]:
-    choose_rest_port(cfg)
+def create_environments(cfg: RtrecConfig, local: bool = True) -> tuple[StreamExecutionEnvironment, StreamTableEnvironment]:
+    if local:
+        choose_rest_port(cfg)
     conf = Configuration()
-    for key, value in flink_settings(cfg).items():
+    for key, value in flink_settings(cfg, local).items():
         conf.set_string(key, value)
     env = StreamExecutionEnvironment.get_execution_environment(conf)
     env.set_parallelism(cfg.flink.parallelism)

@@ -169,12 +169,14 @@ def finish_bounded(cfg: RtrecConfig, client, timeout_s: float = 3600) -> Bounded
     return BoundedResult(job_id, (done_at or int(time.time() * 1000)) - start_ms, failures)
 
 
-def run(cfg: RtrecConfig, wait: bool = True, on_start=None):
+def run(cfg: RtrecConfig, wait: bool = True, on_start=None, local: bool = True):
     """Build and start the job; returns the JobExecutionResult (or the JobClient when not waiting).
 
     ``on_start`` is called once the job is built, just before it is submitted.
+    ``local``: on a MiniCluster in this process (rtrec run), or else submitted
+    by `flink run` to the cluster its configuration names.
     """
-    env, t_env = create_environments(cfg)
+    env, t_env = create_environments(cfg, local)
     build(env, t_env, cfg)
     if on_start is not None:
         on_start()
@@ -193,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--config")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = ap.parse_args(argv)
-    run(load_config(args.config, args.set))
+    run(load_config(args.config, args.set), local=False)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ import orjson
 import torch
 from pyflink.common import Row, Types
 from pyflink.datastream import KeyedBroadcastProcessFunction, KeyedProcessFunction, OutputTag, RuntimeContext
-from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
+from pyflink.datastream.state import MapStateDescriptor
 
 from models.device import resolve_device
 from models.online import REFRESH_TYPES, Inputs, OnlineLearner
@@ -83,9 +83,6 @@ class UserStage(KeyedBroadcastProcessFunction):
         self.engine = FeatureEngine(USER_FEATURES)
         ttl = cfg.features.user_ttl_ms
         self.users = CachedMapState(ctx.get_map_state(entity_map("users", ttl)), ttl)
-        # Watermarks are not checkpointed: after a restore the operator's starts again from nothing.
-        # Each shard keeps the highest one it saw, so an event late before a failure is late after it.
-        self.watermark_seen = ctx.get_state(ValueStateDescriptor("watermark-seen", Types.LONG()))
         self.dedup_window = cfg.events.dedup_window_ms
         self.dedup_max = cfg.events.dedup_max_ids_per_user
         self.info = subtask_info(ctx)
@@ -174,17 +171,8 @@ class UserStage(KeyedBroadcastProcessFunction):
         with self.profile:
             if self.learner is not None and not self._checked_broadcast:
                 self._restore_version(ctx)
-            results = self.process_batch(batch, self._watermark(ctx), ctx.timer_service())
+            results = self.process_batch(batch, ctx.timer_service().current_watermark(), ctx.timer_service())
         yield from results
-
-    def _watermark(self, ctx) -> int:
-        """The operator's watermark, or the highest this shard saw before a restart if that is higher."""
-        watermark = ctx.timer_service().current_watermark()
-        seen = self.watermark_seen.value()
-        if seen is not None and seen >= watermark:
-            return seen
-        self.watermark_seen.update(watermark)
-        return watermark
 
     def on_timer(self, timestamp: int, ctx: KeyedBroadcastProcessFunction.OnTimerContext):
         """Impressions whose attribution window closed become negative examples."""

@@ -1,0 +1,117 @@
+"""Stop with a savepoint, change the parallelism (1 -> 2), resume: state and model carry over.
+
+Real broker, real Flink MiniClusters. The first job (parallelism 1) consumes
+the first half of a MovieLens replay and is stopped with `rtrec stop`; the
+second (parallelism 2, no warm start from the model topic, so the model can
+only come from the savepoint) resumes with `rtrec run --from-savepoint` and
+consumes the second half.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections import Counter
+
+import orjson
+import pytest
+
+from models.params import Version
+from rtrec import topics
+from rtrec.datasets import movielens_events
+from rtrec.features.backfill import snapshots
+from rtrec.features.definitions import USER_FEATURES
+from rtrec.replay import replay
+from tests.conftest import ROOT, LiveJob, free_port, fresh_config, same_values, wait_for, write_config
+
+HALF = 6_000
+
+
+def _committed(cfg, topic):
+    return [orjson.loads(m.value()) for m in topics.read_topic(cfg.kafka, topic, idle_s=0.5)]
+
+
+@pytest.fixture(scope="module")
+def resumed(kafka):
+    events = movielens_events(limit=2 * HALF)
+    cfg = fresh_config(kafka, "savepoint", ["flink.parallelism=1"])
+    replay(events[:HALF], cfg.kafka, progress=False)
+    first = LiveJob(cfg)
+    try:
+        wait_for(lambda: topics.count_committed(cfg.kafka, cfg.kafka.recommendations_topic) >= HALF,
+                 timeout_s=180, interval_s=2, what="the first half's recommendations")
+        stop = subprocess.run(
+            [sys.executable, "-m", "rtrec.cli", "stop", "--config", str(write_config(cfg)),
+             "--rest", f"http://127.0.0.1:{cfg.flink.rest_port}"],
+            cwd=ROOT, capture_output=True, text=True, timeout=300,
+        )
+        assert stop.returncode == 0, stop.stdout + stop.stderr
+        first.proc.wait(60)
+    finally:
+        first.stop()
+    savepoint = stop.stdout.split("resume with: rtrec run --from-savepoint ")[1].strip()
+    before = _committed(cfg, cfg.kafka.predictions_topic)
+    published_before = _version_numbers(cfg)
+
+    cfg.flink.parallelism = 2
+    cfg.flink.rest_port = free_port()
+    cfg.model.warm_start = False
+    replay(events[HALF:], cfg.kafka, progress=False)
+    second = LiveJob(cfg, extra=["--from-savepoint", savepoint])
+    try:
+        wait_for(lambda: topics.count_committed(cfg.kafka, cfg.kafka.recommendations_topic) >= 2 * HALF,
+                 timeout_s=180, interval_s=2, what="the second half's recommendations")
+    finally:
+        second.stop()
+    read = {t: _committed(cfg, t) for t in (cfg.kafka.recommendations_topic, cfg.kafka.features_topic,
+                                            cfg.kafka.predictions_topic)}
+    return {"cfg": cfg, "events": events, "savepoint": savepoint, "before": before, "log": second.log,
+            "published_before": published_before, "published": _version_numbers(cfg), **read}
+
+
+def _version_numbers(cfg) -> list[int]:
+    return [Version.from_bytes(m.value()).number
+            for m in topics.read_topic(cfg.kafka, cfg.kafka.model_updates_topic, idle_s=0.5)]
+
+
+def test_the_second_job_restored_the_savepoint(resumed):
+    assert "savepoints" in resumed["savepoint"]
+    assert f"restoring {resumed['savepoint']}" in resumed["log"].read_text()
+
+
+def test_every_event_is_processed_exactly_once_across_the_stop(resumed):
+    cfg = resumed["cfg"]
+    ids = [e.event_id for e in resumed["events"]]
+    recs = Counter(r["event_id"] for r in resumed[cfg.kafka.recommendations_topic])
+    assert set(recs) == set(ids) and set(recs.values()) == {1}
+    preds = Counter(p["event_id"] for p in resumed[cfg.kafka.predictions_topic])
+    assert set(preds) == set(ids) and set(preds.values()) == {1}
+
+
+def test_user_state_carries_over_to_the_new_parallelism(resumed):
+    """User features after the resume count the first half's events too (state restored and re-sharded)."""
+    cfg, events = resumed["cfg"], resumed["events"]
+    online = {(f["id"], f["event_id"]): f["features"]
+              for f in resumed[cfg.kafka.features_topic] if f["entity"] == "user"}
+    second_half = {e.event_id for e in events[HALF:]}
+    checked = 0
+    for row in snapshots(events, USER_FEATURES, as_of="after"):
+        if row.event_id in second_half:
+            checked += same_values(online[(row.id, row.event_id)], row.features)
+    assert checked >= 0.999 * HALF
+    trainers = {p["trainer"] for p in resumed[cfg.kafka.predictions_topic] if p["event_id"] in second_half}
+    assert trainers == {0, 1}, "the resumed job should score with two UserStage subtasks"
+
+
+def test_the_model_carries_over(resumed):
+    """Without a warm start, only the savepoint can give the resumed job the model it had: the
+    merger's numbering goes on from the savepoint's version, and the scorers never go back."""
+    cfg = resumed["cfg"]
+    before, published = resumed["published_before"], resumed["published"]
+    assert before and max(before) >= 2
+    new = published[len(before):]
+    assert new and min(new) > max(before) - 1, f"after the resume the merger published {new[:5]}..."
+    first_ids = {q["event_id"] for q in resumed["before"]}
+    last_before = max(p["model_version"] for p in resumed["before"])
+    after = [p["model_version"] for p in resumed[cfg.kafka.predictions_topic] if p["event_id"] not in first_ids]
+    assert min(after) >= last_before, "the resumed scorers started from an older model than the savepoint's"

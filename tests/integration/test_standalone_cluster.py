@@ -1,0 +1,107 @@
+"""`flink run` on a standalone cluster started from the apache-flink wheel's bin/ (deploy/flink/bin/cluster.sh).
+
+One JobManager and two TaskManagers (two slots each) on loopback. The job is
+submitted with `flink run --pyModule jobs.rtrec_job --pyFiles ... --jarfile
+<connector>`, consumes a MovieLens replay, and loses the TaskManager its tasks
+run on (SIGKILL) halfway: it must recover by itself on the other one, and the
+outputs (read_committed) must hold every event exactly once. Finally the
+script stops it with a savepoint.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import urllib.request
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import orjson
+import pytest
+
+from rtrec import topics
+from rtrec.datasets import movielens_events
+from rtrec.flink_rest import FlinkRest
+from rtrec.replay import replay
+from tests.conftest import ROOT, free_port, fresh_config, wait_for, write_config
+
+N = 4_000  # events before and after the TaskManager is killed
+CLUSTER = ROOT / "deploy" / "flink" / "bin" / "cluster.sh"
+
+
+class Cluster:
+    def __init__(self):
+        self.dir = ROOT / "var" / "test-cluster" / uuid.uuid4().hex[:8]
+        self.port = free_port()
+        self.env = {**os.environ, "RTREC_CLUSTER_DIR": str(self.dir), "FLINK_REST_PORT": str(self.port)}
+        self.rest = FlinkRest(f"http://localhost:{self.port}")
+
+    def sh(self, *args: str, timeout: float = 180) -> str:
+        proc = subprocess.run([str(CLUSTER), *args], env=self.env, cwd=ROOT, capture_output=True, text=True,
+                              timeout=timeout)
+        assert proc.returncode == 0, f"cluster.sh {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
+        return proc.stdout
+
+    def logs(self) -> str:
+        return "\n".join(p.read_text()[-3000:] for p in sorted((self.dir / "log").glob("*.log")))
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    c = Cluster()
+    c.sh("up", "2")
+    yield c
+    c.sh("down")
+
+
+def _prometheus_pages():
+    for port in range(9249, 9270):
+        try:
+            with urllib.request.urlopen(f"http://localhost:{port}/metrics", timeout=2) as r:
+                yield r.read().decode()
+        except OSError:
+            continue
+
+
+def _committed(cfg, topic):
+    return [orjson.loads(m.value()) for m in topics.read_topic(cfg.kafka, topic, idle_s=0.5)]
+
+
+def test_flink_run_survives_a_killed_taskmanager_and_stops_with_a_savepoint(kafka, cluster):
+    cfg = fresh_config(kafka, "cluster", ["flink.parallelism=2"])
+    events = movielens_events(limit=2 * N)
+    replay(events[:N], cfg.kafka, progress=False)
+    out = cluster.sh("submit", "--config", str(write_config(cfg)), timeout=240)
+    assert "Job has been submitted with JobID" in out, out
+    job_id = cluster.rest.job_id(cfg.flink.job_name, timeout_s=120)
+    assert job_id in cluster.sh("list")
+
+    wait_for(lambda: topics.count_committed(cfg.kafka, cfg.kafka.recommendations_topic) >= N,
+             timeout_s=240, interval_s=2, what=f"the first {N} recommendations; logs:\n{cluster.logs()}")
+    busy = [tm["id"] for tm in cluster.rest.get("/taskmanagers")["taskmanagers"] if tm["freeSlots"] < tm["slotsNumber"]]
+    assert busy, "no TaskManager runs the job's tasks"
+    cluster.sh("kill-taskmanager", busy[0])
+    replay(events[N:], cfg.kafka, progress=False)
+
+    wait_for(lambda: topics.count_committed(cfg.kafka, cfg.kafka.recommendations_topic) >= 2 * N,
+             timeout_s=300, interval_s=2, what=f"recommendations after the kill; logs:\n{cluster.logs()}")
+    job = cluster.rest.get(f"/jobs/{job_id}")
+    assert job["state"] == "RUNNING"
+    history = cluster.rest.get(f"/jobs/{job_id}/exceptions")["exceptionHistory"]["entries"]
+    assert history, "the job should have failed over when its TaskManager died"
+    alive = {tm["id"] for tm in cluster.rest.get("/taskmanagers")["taskmanagers"]}
+    assert busy[0] not in alive
+
+    # The Prometheus reporter (cluster-conf.py) serves the job's own metrics from a TaskManager.
+    assert any("rtrec_events_in" in text for text in _prometheus_pages()), "no rtrec metrics on 9249-9269"
+
+    stopped = cluster.sh("stop", job_id, timeout=240)
+    savepoint = stopped.split("Savepoint completed. Path: ")[1].split()[0]
+    assert Path(savepoint.removeprefix("file:")).is_dir()
+
+    ids = {e.event_id for e in events}
+    for topic in (cfg.kafka.recommendations_topic, cfg.kafka.predictions_topic):
+        counts = Counter(r["event_id"] for r in _committed(cfg, topic))
+        assert set(counts) == ids, f"{topic}: {len(ids - set(counts))} events lost"
+        assert set(counts.values()) == {1}, f"{topic}: duplicates"
