@@ -68,7 +68,8 @@ class ItemStage(KeyedProcessFunction):
         self.fault = FaultInjector(self.cfg, "item-stage", subtask_info(ctx).index)
 
     def close(self):
-        self.profile.dump()
+        if hasattr(self, "profile"):  # not when open() failed: let its error be the one reported
+            self.profile.dump()
 
     def process_element(self, value: Row, ctx: KeyedProcessFunction.Context):
         self.fault.count(len(value[1]))

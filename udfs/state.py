@@ -8,13 +8,26 @@ from pyflink.common import Time, Types
 from pyflink.datastream.state import MapStateDescriptor, StateTtlConfig
 
 
+class _JavaDefault:
+    """Stands for "Flink's default" (30 days) of RocksDB periodic compaction.
+
+    PyFlink's default for it builds a java Duration through a Py4J gateway,
+    which exists in a MiniCluster's process but not in a TaskManager's (the
+    job then fails at open() on a real cluster); thread mode passes only the
+    query interval to Java anyway, so Java's own default applies.
+    """
+
+    def __bool__(self) -> bool:
+        return True
+
+
 def ttl_config(ttl_ms: int) -> StateTtlConfig:
     """Expire entries ``ttl_ms`` after their last write; RocksDB drops them while compacting."""
     return (
         StateTtlConfig.new_builder(Time.milliseconds(ttl_ms))
         .set_update_type(StateTtlConfig.UpdateType.OnCreateAndWrite)
         .set_state_visibility(StateTtlConfig.StateVisibility.NeverReturnExpired)
-        .cleanup_in_rocksdb_compact_filter(1000)
+        .cleanup_in_rocksdb_compact_filter(1000, _JavaDefault())
         .build()
     )
 

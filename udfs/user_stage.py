@@ -128,7 +128,8 @@ class UserStage(KeyedBroadcastProcessFunction):
         self.fault = FaultInjector(cfg, "user-stage", self.info.index)
 
     def close(self):
-        self.profile.dump()
+        if hasattr(self, "profile"):  # not when open() failed: let its error be the one reported
+            self.profile.dump()
 
     # -- model versions (broadcast) ------------------------------------------------
     def process_broadcast_element(self, value, ctx: KeyedBroadcastProcessFunction.Context):

@@ -1,15 +1,16 @@
-"""One bounded run of the whole job over MovieLens-100K mixed with bad, duplicate and late records.
+"""Bounded runs of the whole job over MovieLens-100K mixed with bad, duplicate and late records.
 
 Real broker, real Flink MiniCluster (parallelism 2). The run is shared by the
 tests of this module; each checks one promise against the committed output
-topics, read with isolation.level=read_committed. Midway, the UserStage fails
-on purpose (faults.operator) and the job recovers from its last checkpoint,
-so every promise below also holds across a failure.
+topics, read with isolation.level=read_committed. The UserStage fails on
+purpose three times, at three points of the replay (faults.times), and the
+job recovers from its last checkpoint each time, so every promise below also
+holds across failures. A second, uninterrupted run of the same records is the
+reference for features and learning.
 """
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 
 import orjson
@@ -20,19 +21,22 @@ from rtrec.datasets import movielens_events
 from rtrec.features.backfill import snapshots
 from rtrec.features.definitions import ITEM_FEATURES, USER_FEATURES
 from rtrec.replay import replay
-from tests.conftest import fresh_config, run_job
+from tests.conftest import fresh_config, run_job, same_values
 from tests.integration.bad_inputs import CATALOGUE
+from udfs.faults import fired_count
 
 DUPLICATES = 50
-FAULT_AFTER = 30_000  # records into the first UserStage subtask (about 60 % of its share)
+FAULT_AFTER = 10_000  # records into the first UserStage subtask since the job (re)started
+# ... three times, each once a checkpoint has completed after the restart. Catching up on the whole
+# replay as a backlog, the job completes few checkpoints, so the third failure sometimes finds no
+# checkpoint before the input is consumed: at least two must happen.
+FAULTS = 3
+MIN_FAULTS = 2
 LATE_USERS = ["1", "2", "3"]
+LATE_IDS = {f"late-{n}" for n in range(len(LATE_USERS))}
 
 
-@pytest.fixture(scope="module")
-def run(kafka):
-    cfg = fresh_config(kafka, "ml", ["flink.parallelism=2", "faults.operator=user-stage",
-                                     f"faults.after_records={FAULT_AFTER}"])
-    events = movielens_events()
+def _records(events):
     records = [(e.user_id, e.to_json(), e.ts) for e in events]
     # Bad records spread through the stream, stamped like their neighbours.
     step = len(records) // (len(CATALOGUE) + 1)
@@ -45,34 +49,69 @@ def run(kafka):
         records.insert(at + 1, (e.user_id, e.to_json(), e.ts))
     # Events from 1970 after everything else: far behind the watermark by then.
     for n, user in enumerate(LATE_USERS):
-        late = orjson.dumps({"event_id": f"late-{n}", "user_id": user, "item_id": "1", "type": "click", "ts": 1000 + n})
+        # (an item of their own: taken in after a restore, they must not change MovieLens items' features)
+        late = orjson.dumps({"event_id": f"late-{n}", "user_id": user, "item_id": "late-item", "type": "click",
+                             "ts": 1000 + n})
         records.append((user, late, 1000 + n))
+    return records
+
+
+def _run(kafka, name, records, overrides):
+    cfg = fresh_config(kafka, name, ["flink.parallelism=2", *overrides])
+    cfg.flink.options["restart-strategy.fixed-delay.attempts"] = str(FAULTS + 2)
     replay(records, cfg.kafka, progress=False)
-    run_job(cfg, timeout_s=400)
+    proc = run_job(cfg, timeout_s=500)
 
     def read(topic):
         return [(m.key().decode() if m.key() else None, m.value(), dict(m.headers() or []))
                 for m in topics.read_topic(cfg.kafka, topic)]
 
+    # Flink does not checkpoint watermarks: after a restore the job's starts again from nothing,
+    # so the 1970 events may reach the UserStage before it has caught up and be taken in.
     features = [(k, orjson.loads(v)) for k, v, _ in read(cfg.kafka.features_topic)]
+    late_taken = sum(f["entity"] == "user" and f["event_id"] in LATE_IDS for _, f in features)
     return {
         "cfg": cfg,
-        "events": events,
+        "stdout": proc.stdout,
         "records_in": len(records),
-        "features": features,
-        "recommendations": [(k, orjson.loads(v)) for k, v, _ in read(cfg.kafka.recommendations_topic)],
-        "predictions": [orjson.loads(v) for _, v, _ in read(cfg.kafka.predictions_topic)],
+        "late_taken": late_taken,
+        "features": [(k, f) for k, f in features if f["event_id"] not in LATE_IDS],
+        "recommendations": [(k, r) for k, r in (
+            (k, orjson.loads(v)) for k, v, _ in read(cfg.kafka.recommendations_topic)) if r["event_id"] not in LATE_IDS],
+        "predictions": [p for p in (orjson.loads(v) for _, v, _ in read(cfg.kafka.predictions_topic))
+                        if p["event_id"] not in LATE_IDS],
         "dead": read(cfg.kafka.dead_letter_topic),
     }
 
 
-def test_every_record_is_accounted_for(run):
-    user_snapshots = [f for _, f in run["features"] if f["entity"] == "user"]
-    stages = Counter(h["rtrec.stage"].decode() for _, _, h in run["dead"])
-    assert stages == {"validate": len(CATALOGUE), "dedup": DUPLICATES, "lateness": len(LATE_USERS)}
+@pytest.fixture(scope="module")
+def events():
+    return movielens_events()
+
+
+@pytest.fixture(scope="module")
+def run(kafka, events):
+    faults = ["faults.operator=user-stage", f"faults.after_records={FAULT_AFTER}", f"faults.times={FAULTS}"]
+    return {**_run(kafka, "ml", _records(events), faults), "events": events}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(kafka, events):
+    return _run(kafka, "ml-ref", _records(events), [])
+
+
+@pytest.mark.parametrize("which", ["run", "uninterrupted"])
+def test_every_record_is_accounted_for(request, which):
+    r = request.getfixturevalue(which)
+    user_snapshots = [f for _, f in r["features"] if f["entity"] == "user"]
+    stages = Counter(h["rtrec.stage"].decode() for _, _, h in r["dead"])
+    assert stages["validate"] == len(CATALOGUE) and stages["dedup"] == DUPLICATES
+    assert stages["lateness"] + r["late_taken"] == len(LATE_USERS)
+    if which == "uninterrupted":  # the watermark was far past 1970 when they came
+        assert stages["lateness"] == len(LATE_USERS)
     processed = len({f["event_id"] for f in user_snapshots})
-    assert processed == len(user_snapshots) == len(run["events"])
-    assert run["records_in"] == processed + stages["dedup"] + stages["validate"] + stages["lateness"]
+    assert processed == len(user_snapshots) == len(request.getfixturevalue("events"))
+    assert r["records_in"] == processed + r["late_taken"] + stages["dedup"] + stages["validate"] + stages["lateness"]
 
 
 def test_each_bad_record_is_dead_lettered_with_its_reason_and_original_bytes(run):
@@ -84,7 +123,8 @@ def test_each_bad_record_is_dead_lettered_with_its_reason_and_original_bytes(run
     assert sources == {run["cfg"].kafka.events_topic}
 
 
-def test_duplicates_and_late_events_name_why(run):
+def test_duplicates_and_late_events_name_why(uninterrupted):
+    run = uninterrupted
     dedup = [h["rtrec.reason"].decode() for _, _, h in run["dead"] if h["rtrec.stage"] == b"dedup"]
     assert all(r.startswith("duplicate event_id 'ml100k-00") for r in dedup)
     late = {k: h["rtrec.reason"].decode() for k, _, h in run["dead"] if h["rtrec.stage"] == b"lateness"}
@@ -110,14 +150,6 @@ def test_one_recommendation_per_event_in_each_users_order(run):
     assert sum(len(r["items"]) == run["cfg"].model.top_k for _, r in recs) >= 0.999 * len(recs)
 
 
-def _same(a, b) -> bool:
-    if isinstance(a, float) or isinstance(b, float):
-        return a is not None and b is not None and math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-12)
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    return a == b
-
-
 @pytest.mark.parametrize("group", [USER_FEATURES, ITEM_FEATURES], ids=["user", "item"])
 def test_streamed_features_equal_the_offline_engine(run, group):
     online = {(f["id"], f["event_id"]): (k, f) for k, f in run["features"] if f["entity"] == group.entity}
@@ -127,17 +159,48 @@ def test_streamed_features_equal_the_offline_engine(run, group):
     for row in offline:
         key, f = online[(row.id, row.event_id)]
         assert key == row.id and f["version"] == group.version and f["event_ts"] >= row.ts
-        equal += all(_same(f["features"][n], row.features[n]) for n in row.features)
+        equal += all(same_values(f["features"][n], row.features[n]) for n in row.features)
     assert equal >= 0.999 * len(offline), f"{len(offline) - equal} of {len(offline)} rows differ"
 
 
-def test_the_injected_failure_happened_and_each_rating_is_predicted_exactly_once(run):
+def test_the_injected_failures_happened_and_each_rating_is_predicted_exactly_once(run):
     cfg = run["cfg"]
     marker = cfg.resolve_path(cfg.flink.checkpoint_dir) / "fault-user-stage.fired"
-    assert marker.exists(), "the UserStage was meant to fail once during this run"
+    fired = fired_count(marker)
+    assert MIN_FAULTS <= fired <= FAULTS, f"the UserStage failed {fired} times; {MIN_FAULTS} to {FAULTS} were meant"
+    assert f"task failures recovered from during the run: {fired}" in run["stdout"]
     counts = Counter(p["event_id"] for p in run["predictions"])
     assert set(counts) == {e.event_id for e in run["events"]}
     assert set(counts.values()) == {1}
-    # learning went on after the restart: later predictions carry later model versions
-    versions = [p["model_version"] for p in sorted(run["predictions"], key=lambda p: p["event_id"])]
-    assert max(versions[-1000:]) > max(versions[:1000])
+
+
+@pytest.mark.parametrize("entity", ["user", "item"])
+def test_features_equal_those_of_an_uninterrupted_run(run, uninterrupted, entity):
+    def table(r):
+        return {(f["id"], f["event_id"]): f["features"] for _, f in r["features"] if f["entity"] == entity}
+
+    faulty, reference = table(run), table(uninterrupted)
+    assert faulty.keys() == reference.keys()
+    differ = [k for k in reference if not same_values(faulty[k], reference[k])]
+    assert len(differ) <= 0.001 * len(reference), f"{len(differ)} rows differ, e.g. {differ[:3]}"
+
+
+def _mae(predictions, score) -> float:
+    errors = [abs(score(p) - p["label"]) for p in predictions if p["type"] == "rating"]
+    return sum(errors) / len(errors)
+
+
+def test_learning_resumes_from_the_checkpointed_parameters(run, uninterrupted):
+    """Across three restarts the prequential error stays within a small tolerance of the uninterrupted run's.
+
+    Had a restart lost the learned parameters (a model starting again from
+    scratch), the models would re-learn from their initial state and the
+    error would rise by far more than the tolerance.
+    """
+    assert len(run["predictions"]) == len(uninterrupted["predictions"])
+    for name, score in [("fused", lambda p: p["fused"])] + [
+        (m, lambda p, m=m: p["scores"][m]) for m in ("mf", "ftrl", "ranker")
+    ]:
+        faulty, reference = _mae(run["predictions"], score), _mae(uninterrupted["predictions"], score)
+        # Runs differ with merge timing too; FTRL, the most sensitive, differed by 0.026 and 0.031.
+        assert abs(faulty - reference) <= (0.02 if name == "fused" else 0.04), f"{name}: MAE {faulty:.4f} vs {reference:.4f} uninterrupted"
