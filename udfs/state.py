@@ -28,6 +28,9 @@ def ttl_config(ttl_ms: int) -> StateTtlConfig:
         .set_update_type(StateTtlConfig.UpdateType.OnCreateAndWrite)
         .set_state_visibility(StateTtlConfig.StateVisibility.NeverReturnExpired)
         .cleanup_in_rocksdb_compact_filter(1000, _JavaDefault())
+        # Only what is set explicitly: PyFlink's background defaults are built eagerly, with a
+        # gateway Duration (see _JavaDefault). The compaction filter above still applies.
+        .disable_cleanup_in_background()
         .build()
     )
 
