@@ -9,6 +9,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
+import pyflink
 import yaml
 from pyflink.common import Configuration
 from pyflink.datastream import StreamExecutionEnvironment
@@ -91,8 +92,6 @@ def flink_settings(cfg: RtrecConfig, local: bool = True) -> dict[str, str]:
         # A standalone cluster from the wheel keeps flink-python in opt/, not lib/: ship it with the
         # job so the JobManager can load the Python operators' classes (Flink's PyFlink docs have it
         # copied to lib/; an image that does so loads it from there first).
-        import pyflink
-
         extra = sorted(Path(pyflink.__file__).parent.glob("opt/flink-python-*.jar"))
         settings["pipeline.jars"] = ";".join([settings["pipeline.jars"], *(j.as_uri() for j in extra)])
     settings.update(cfg.flink.options)

@@ -11,6 +11,7 @@ import time
 import uuid
 from pathlib import Path
 
+import orjson
 import pytest
 import yaml
 
@@ -123,3 +124,8 @@ def same_values(a, b) -> bool:
     if isinstance(a, dict) and isinstance(b, dict):
         return a.keys() == b.keys() and all(same_values(a[k], b[k]) for k in a)
     return a == b
+
+
+def committed_values(cfg: RtrecConfig, topic: str) -> list:
+    """Every committed record of ``topic`` (read_committed), its JSON value parsed."""
+    return [orjson.loads(m.value()) for m in topics.read_topic(cfg.kafka, topic, idle_s=0.5)]

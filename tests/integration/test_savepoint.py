@@ -13,7 +13,6 @@ import subprocess
 import sys
 from collections import Counter
 
-import orjson
 import pytest
 
 from models.params import Version
@@ -22,13 +21,18 @@ from rtrec.datasets import movielens_events
 from rtrec.features.backfill import snapshots
 from rtrec.features.definitions import USER_FEATURES
 from rtrec.replay import replay
-from tests.conftest import ROOT, LiveJob, free_port, fresh_config, same_values, wait_for, write_config
+from tests.conftest import (
+    ROOT,
+    LiveJob,
+    committed_values,
+    free_port,
+    fresh_config,
+    same_values,
+    wait_for,
+    write_config,
+)
 
 HALF = 6_000
-
-
-def _committed(cfg, topic):
-    return [orjson.loads(m.value()) for m in topics.read_topic(cfg.kafka, topic, idle_s=0.5)]
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +54,7 @@ def resumed(kafka):
     finally:
         first.stop()
     savepoint = stop.stdout.split("resume with: rtrec run --from-savepoint ")[1].strip()
-    before = _committed(cfg, cfg.kafka.predictions_topic)
+    before = committed_values(cfg, cfg.kafka.predictions_topic)
     published_before = _version_numbers(cfg)
 
     cfg.flink.parallelism = 2
@@ -63,7 +67,7 @@ def resumed(kafka):
                  timeout_s=180, interval_s=2, what="the second half's recommendations")
     finally:
         second.stop()
-    read = {t: _committed(cfg, t) for t in (cfg.kafka.recommendations_topic, cfg.kafka.features_topic,
+    read = {t: committed_values(cfg, t) for t in (cfg.kafka.recommendations_topic, cfg.kafka.features_topic,
                                             cfg.kafka.predictions_topic)}
     return {"cfg": cfg, "events": events, "savepoint": savepoint, "before": before, "log": second.log,
             "published_before": published_before, "published": _version_numbers(cfg), **read}

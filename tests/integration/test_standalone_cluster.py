@@ -17,14 +17,13 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
-import orjson
 import pytest
 
 from rtrec import topics
 from rtrec.datasets import movielens_events
 from rtrec.flink_rest import FlinkRest
 from rtrec.replay import replay
-from tests.conftest import ROOT, free_port, fresh_config, wait_for, write_config
+from tests.conftest import ROOT, committed_values, free_port, fresh_config, wait_for, write_config
 
 N = 4_000  # events before and after the TaskManager is killed
 CLUSTER = ROOT / "deploy" / "flink" / "bin" / "cluster.sh"
@@ -64,10 +63,6 @@ def _prometheus_pages():
             continue
 
 
-def _committed(cfg, topic):
-    return [orjson.loads(m.value()) for m in topics.read_topic(cfg.kafka, topic, idle_s=0.5)]
-
-
 def test_flink_run_survives_a_killed_taskmanager_and_stops_with_a_savepoint(kafka, cluster):
     cfg = fresh_config(kafka, "cluster", ["flink.parallelism=2"])
     events = movielens_events(limit=2 * N)
@@ -102,6 +97,6 @@ def test_flink_run_survives_a_killed_taskmanager_and_stops_with_a_savepoint(kafk
 
     ids = {e.event_id for e in events}
     for topic in (cfg.kafka.recommendations_topic, cfg.kafka.predictions_topic):
-        counts = Counter(r["event_id"] for r in _committed(cfg, topic))
+        counts = Counter(r["event_id"] for r in committed_values(cfg, topic))
         assert set(counts) == ids, f"{topic}: {len(ids - set(counts))} events lost"
         assert set(counts.values()) == {1}, f"{topic}: duplicates"
