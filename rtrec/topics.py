@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from rtrec.config import KafkaConfig
@@ -98,14 +98,32 @@ def _consumer(kafka: KafkaConfig, group: str | None = None) -> Consumer:
     )
 
 
-def end_offsets(kafka: KafkaConfig, topic: str) -> dict[int, int]:
-    """Partition -> end offset as a read_committed consumer sees it (the last stable offset)."""
+#: Errors a partition answers with while its leader is being elected.
+_ELECTING = frozenset({KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+                       KafkaError._TRANSPORT, KafkaError._TIMED_OUT})
+
+
+def end_offsets(kafka: KafkaConfig, topic: str, timeout_s: float = 30.0) -> dict[int, int]:
+    """Partition -> end offset as a read_committed consumer sees it (the last stable offset).
+
+    Retries while the broker answers with a retriable error (a partition whose
+    leader is still being elected, just after the topic was created or the
+    broker restarted) for up to ``timeout_s``.
+    """
     c = _consumer(kafka)
+    deadline = time.time() + timeout_s
     try:
-        md = c.list_topics(topic, timeout=10).topics[topic]
-        if md.error:
-            raise KafkaException(md.error)
-        return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in md.partitions}
+        while True:
+            try:
+                md = c.list_topics(topic, timeout=10).topics[topic]
+                if md.error:
+                    raise KafkaException(md.error)
+                return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in md.partitions}
+            except KafkaException as e:
+                err = e.args[0]
+                if not (err.retriable() or err.code() in _ELECTING) or time.time() > deadline:
+                    raise
+                time.sleep(0.2)
     finally:
         c.close()
 

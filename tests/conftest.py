@@ -61,7 +61,8 @@ def run_job(cfg: RtrecConfig, timeout_s: float = 300, extra: list[str] | None = 
     """Run the job to the end of its input (``rtrec run --bounded``) in a fresh process."""
     cmd = [sys.executable, "-m", "rtrec.cli", "run", "--bounded", "--config", str(write_config(cfg)), *(extra or [])]
     start = time.time()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout_s, env=os.environ.copy())
+    env = {**os.environ, "RTREC_BOOTSTRAP_SERVERS": cfg.kafka.bootstrap_servers}  # cfg's broker, not make test's
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout_s, env=env)
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-60:])
         pytest.fail(f"rtrec run failed ({proc.returncode}) after {time.time() - start:.0f} s:\n{tail}", pytrace=False)
@@ -82,8 +83,10 @@ class LiveJob:
         self.log = cfg.resolve_path(cfg.flink.checkpoint_dir).parent / f"{cfg.flink.job_name}.log"
         self.log.parent.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "rtrec.cli", "run", "--config", str(write_config(cfg)), *(extra or [])]
+        # $RTREC_BOOTSTRAP_SERVERS (set by `make test`) overrides a config file's broker: pass cfg's on.
+        env = {**os.environ, "RTREC_BOOTSTRAP_SERVERS": cfg.kafka.bootstrap_servers}
         with open(self.log, "w") as log:
-            self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
         self.rest = FlinkRest(f"http://127.0.0.1:{cfg.flink.rest_port}")
         try:
             self.job_id = self.rest.job_id(cfg.flink.job_name, timeout_s)
