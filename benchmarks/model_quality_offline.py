@@ -29,9 +29,11 @@ from rtrec.metrics import auc, mae, rmse  # noqa: E402
 from rtrec.sharding import shard_of  # noqa: E402
 
 
-def simulate(cfg, events, window: int = 4000, shards: int = 16, freeze_at: int | None = None):
-    """``freeze_at``: from this event on, nothing learns any more (the frozen copy)."""
+def simulate(cfg, events, window: int = 4000, shards: int = 16, freeze_at: int | None = None, search=None):
+    """``freeze_at``: from this event on, nothing learns any more (the frozen copy). ``search``: a
+    models.search.SearchRanker, for the text features (the job sets one when text.enabled)."""
     learner = OnlineLearner(cfg.model, 0)
+    learner.search = search
     merger = MergerCore(cfg.model)
     users_f, items_f = FeatureEngine(USER_FEATURES), FeatureEngine(ITEM_FEATURES)
     ui, ii = UserInputs(), ItemInputs()

@@ -17,14 +17,17 @@ Text similarity is models.text.TextEncoder (all-MiniLM-L6-v2) between the query
 and each item's "title (year); genres: ..." text. A search counts as a hit
 at k when its target is among the top k after rank_search. Variants:
 text only (weight 0), personal only (weight 1), fused over a range of
-weights; and, in place of the models, the user's text interest (the decayed
-vector of the items they rated 4+, models.text.decay_interest). Writes
+weights; in place of the models, the user's text interest (the decayed
+vector of the items they rated 4+, models.text.decay_interest); and the
+models with the text features (query and interest similarity as inputs of
+FTRL and the ranker, as the job runs them with text on). Writes
 benchmarks/results/search_quality.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from collections import defaultdict
@@ -37,6 +40,7 @@ import torch  # noqa: E402
 from benchmarks.common import write_results  # noqa: E402
 from models.merger import MergerCore  # noqa: E402
 from models.online import Inputs, OnlineLearner  # noqa: E402
+from models.search import SearchRanker  # noqa: E402
 from models.text import ItemTextIndex, TextEncoder, decay_interest  # noqa: E402
 from rtrec.config import load_config  # noqa: E402
 from rtrec.datasets import load_movies, movielens_events  # noqa: E402
@@ -50,9 +54,14 @@ WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0)
 KS = (1, 10)
 
 
-def personal_scores(cfg, stream, window: int = 4000, shards: int = 16) -> dict[str, dict[str, float]]:
-    """Search event id -> candidate -> fused model score, the stream replayed in micro-batches."""
+def personal_scores(cfg, stream, window: int = 4000, shards: int = 16, search=None) -> dict[str, dict[str, float]]:
+    """Search event id -> candidate -> fused model score, the stream replayed in micro-batches.
+
+    ``search``: a models.search.SearchRanker whose personal weight is 1, so the models see the
+    text features (t_query_sim, t_interest_sim) and a search's scores are theirs alone (z-scored).
+    """
     learner = OnlineLearner(cfg.model, 0)
+    learner.search = search
     merger = MergerCore(cfg.model)
     users_f, items_f = FeatureEngine(USER_FEATURES), FeatureEngine(ITEM_FEATURES)
     ui, ii = UserInputs(), ItemInputs()
@@ -179,19 +188,30 @@ def main() -> None:
     print(f"models: stream of {len(stream):,} events replayed in {timings['replay_models_s']} s")
 
     t = time.perf_counter()
+    text_cfg = dataclasses.replace(cfg.text, search_personal_weight=1.0)
+    scored = personal_scores(cfg, stream, args.window, search=SearchRanker(text_cfg, device="cpu"))
+    timings["replay_models_text_features_s"] = round(time.perf_counter() - t, 2)
+    personal_tf = {c.event.event_id: torch.tensor([scored[c.event.event_id][i] for i in c.event.candidates])
+                   for c in cases}
+    print(f"models with text features: replayed in {timings['replay_models_text_features_s']} s")
+
+    t = time.perf_counter()
     interests = interest_vectors(stream, index, cfg.text.interest_half_life_ms)
     interest = {c.event.event_id: index.similarity(interests[c.event.event_id], c.event.candidates) for c in cases}
     timings["interest_s"] = round(time.perf_counter() - t, 2)
 
     models_table = recall_table(cases, personal, sims, WEIGHTS)
+    text_features_table = recall_table(cases, personal_tf, sims, WEIGHTS)
     interest_table = recall_table(cases, interest, sims, WEIGHTS)
     default_w = cfg.text.search_personal_weight
     fused_default = recall_table(cases, personal, sims, [default_w])[str(default_w)]
-    print(f"{'weight':>8} {'models: R@10':>14} {'title':>7} {'genre':>7} {'interest: R@10':>16} {'title':>7} {'genre':>7}")
+    print(f"{'weight':>8} {'models: R@10':>14} {'title':>7} {'genre':>7} {'interest: R@10':>16} {'title':>7} "
+          f"{'genre':>7} {'models+text features: R@10':>28}")
     for w in WEIGHTS:
-        m, i = models_table[str(w)], interest_table[str(w)]
+        m, i, f = models_table[str(w)], interest_table[str(w)], text_features_table[str(w)]
         print(f"{w:>8} {m['all']['recall@10']:>14} {m['title']['recall@10']:>7} {m['genre']['recall@10']:>7} "
-              f"{i['all']['recall@10']:>16} {i['title']['recall@10']:>7} {i['genre']['recall@10']:>7}")
+              f"{i['all']['recall@10']:>16} {i['title']['recall@10']:>7} {i['genre']['recall@10']:>7} "
+              f"{f['all']['recall@10']:>28}")
     n_title = sum(c.kind == "title" for c in cases)
 
     if args.no_write:
@@ -219,6 +239,7 @@ def main() -> None:
         f"fused_weight_{default_w}": fused_default,
         "by_weight_models": models_table,
         "by_weight_interest": interest_table,
+        "by_weight_models_with_text_features": text_features_table,
         "query_cache": cache._asdict(),
         "timings": timings,
         "notes": "weight is the personal share (text.search_personal_weight): 0 text only, 1 personal only.",

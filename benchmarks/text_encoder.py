@@ -51,7 +51,7 @@ def main() -> None:
     enc = TextEncoder(TextConfig(device=args.device, cache_size=0))
     enc.warm_up()
     load_s = time.perf_counter() - t_load
-    tokens = [len(t) for t in enc.tokenizer(titles)["input_ids"]]
+    tokens = [sum(e.attention_mask) for e in enc.tokenizer.encode_batch(titles)]  # without padding
 
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     by_batch = {}
@@ -106,7 +106,7 @@ def main() -> None:
         "catalogue_encode_s": round(catalogue_s, 2),
         "catalogue_batch_size": enc.batch_size,
         "cached_query_encode_calls_per_s": round(n_lookups / cache_s),
-        "notes": "The machine is shared (2 cores, other jobs running): figures are lower bounds.",
+        "notes": "2 cores; one torch thread unless --threads says otherwise.",
     })
     print(f"wrote {path}")
 

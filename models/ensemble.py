@@ -23,7 +23,7 @@ from models.mf import BiasedMF
 from models.params import ParameterSet
 from models.ranker import NeuralRanker
 from rtrec.config import ModelConfig
-from rtrec.features.model_inputs import ITEM_DENSE, N_DENSE, id_code
+from rtrec.features.model_inputs import ITEM_DENSE, N_DENSE, PAIR_DENSE, id_code
 
 _MIX = 1_000_003
 _MOD = 1 << 31
@@ -42,6 +42,20 @@ class Examples:
     user_dense: torch.Tensor  # (B, len(USER_DENSE))
     user_codes: torch.Tensor  # (B,) id codes
     user_buckets: torch.Tensor  # (B, 2) rating-mean and count buckets
+    pair: torch.Tensor | None = None  # (B, len(PAIR_DENSE)) text similarities; None: no text (zeros)
+
+    def subset(self, idx: torch.Tensor) -> Examples:
+        return Examples(self.rows[idx], self.user_params[idx], self.user_dense[idx], self.user_codes[idx],
+                        self.user_buckets[idx], None if self.pair is None else self.pair[idx])
+
+
+def similarity_buckets(pair: torch.Tensor | None, n: int, device) -> list[torch.Tensor]:
+    """Per pair column, the similarity in tenths (0..20 for -1..1), or 21 for "no signal" (exactly 0:
+    no query in the window, no interest yet, or an item without text)."""
+    if pair is None:
+        return [torch.full((n,), 21, dtype=torch.long, device=device) for _ in PAIR_DENSE]
+    tenths = torch.round((pair.clamp(-1, 1) + 1) * 10).long()
+    return [torch.where(pair[:, j] == 0, 21, tenths[:, j]) for j in range(pair.shape[1])]
 
 
 class ModelSet:
@@ -79,8 +93,9 @@ class ModelSet:
         count_bucket = torch.floor(torch.log2(n.clamp_min(0) + 1)).long()
         return mean_bucket, count_bucket
 
-    def sparse_codes(self, rows: torch.Tensor, user_codes: torch.Tensor, user_buckets: torch.Tensor) -> torch.Tensor:
-        """(B, 9) hashed feature ids (fields as in rtrec.features.model_inputs.SPARSE_FIELDS)."""
+    def sparse_codes(self, rows: torch.Tensor, user_codes: torch.Tensor, user_buckets: torch.Tensor,
+                     pair: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, 11) hashed feature ids (fields as in rtrec.features.model_inputs.SPARSE_FIELDS)."""
         item_codes = self._item_codes[rows]
         u_mean, u_count = user_buckets[:, 0] + 10, user_buckets[:, 1]
         i_mean, i_count = self._item_buckets(rows)
@@ -95,16 +110,18 @@ class ModelSet:
             _mix(6, i_count),
             _mix(_mix(7, u_mean), i_mean),
             _mix(_mix(8, user_codes), i_mean),
+            *(_mix(9 + j, b) for j, b in enumerate(similarity_buckets(pair, len(item_codes), self.device))),
         ]
         return torch.stack(fields, dim=1) % self.ftrl.size
 
     def batch(self, ex: Examples) -> Batch:
-        dense = torch.cat([ex.user_dense, self.item_features.data[ex.rows]], dim=1)
+        pair = ex.pair if ex.pair is not None else torch.zeros(len(ex.rows), len(PAIR_DENSE), device=self.device)
+        dense = torch.cat([ex.user_dense, self.item_features.data[ex.rows], pair], dim=1)
         return Batch(
             items=ex.rows,
             user_params={"mf": ex.user_params},
             dense=dense,
-            sparse=self.sparse_codes(ex.rows, ex.user_codes, ex.user_buckets),
+            sparse=self.sparse_codes(ex.rows, ex.user_codes, ex.user_buckets, ex.pair),
         )
 
     # -- predict and learn -------------------------------------------------------
@@ -128,10 +145,12 @@ class ModelSet:
         self.fusion.solve()
 
     def score_candidates(self, user_params: torch.Tensor, user_dense: torch.Tensor, user_codes: torch.Tensor,
-                         user_buckets: torch.Tensor, candidate_rows: torch.Tensor) -> torch.Tensor:
-        """Fused scores of (B, M) candidate rows for B users."""
+                         user_buckets: torch.Tensor, candidate_rows: torch.Tensor,
+                         pair: torch.Tensor | None = None) -> torch.Tensor:
+        """Fused scores of (B, M) candidate rows for B users; ``pair`` the (B, M, 2) text similarities or None."""
         b, m = candidate_rows.shape
         rep = lambda t: t.repeat_interleave(m, dim=0)  # noqa: E731
-        ex = Examples(candidate_rows.reshape(-1), rep(user_params), rep(user_dense), rep(user_codes), rep(user_buckets))
+        ex = Examples(candidate_rows.reshape(-1), rep(user_params), rep(user_dense), rep(user_codes), rep(user_buckets),
+                      None if pair is None else pair.reshape(b * m, -1))
         _, fused = self.predict(self.batch(ex))
         return fused.reshape(b, m)

@@ -72,6 +72,7 @@ class MergerCore:
             torch.stack([r["user_dense"] for r in rows]).to(m.device),
             torch.tensor([r["user_code"] for r in rows], dtype=torch.long, device=m.device),
             torch.stack([r["user_buckets"] for r in rows]).to(m.device),
+            torch.stack([r.get("pair", torch.zeros(2)) for r in rows]).to(m.device),
         )
         y = torch.tensor([r["y"] for r in rows], device=m.device)
         with torch.no_grad():

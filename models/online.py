@@ -15,11 +15,15 @@ micro-batch at a time; benchmarks and tests feed it directly. Per batch it
    catalogue, the fusion re-ranks) and ranks the candidates of requests;
    searches (with a :class:`models.search.SearchRanker`) are ranked before
    step 3 by the models' scores fused with query-item text similarity,
+   and with text on, every example and every candidate carries the pair
+   features ``t_query_sim`` and ``t_interest_sim`` (the user's current query
+   and decayed text interest against the item's text),
 5. hands the change to the global parameters over as a delta (see
    models.params), which the merger folds into the next version.
 
-A user's parameters (MF vector, recent items, open impressions) are a small
-dict that the caller keeps in keyed state.
+A user's parameters (MF vector, recent items, open impressions; with text on,
+the latest query and the text-interest vector as float16) are a small dict
+that the caller keeps in keyed state.
 """
 
 from __future__ import annotations
@@ -33,9 +37,12 @@ import torch
 from models.base import Batch
 from models.ensemble import Examples, ModelSet
 from models.params import RowDelta, Version
+from models.search import TextContext
 from rtrec.config import ModelConfig
 from rtrec.events import POSITIVE_TYPES, Event
 
+#: Pair features of an example without text signals (text off, or an impression stored before).
+NO_PAIR = [0.0, 0.0]
 #: Event types after which a user's top-k is refreshed.
 REFRESH_TYPES = frozenset({"view", "click", "add_to_cart", "purchase", "rating"})
 
@@ -131,6 +138,10 @@ class OnlineLearner:
     def process(self, inputs: list[Inputs], users: dict[str, dict]) -> BatchResult:
         """Learn from and score one batch; ``users`` maps user id -> user model state (updated in place)."""
         result = BatchResult()
+        ctx = pair_of = None
+        if self.search is not None:
+            ctx = self.search.context(inputs, users, self.cfg.rating_min, self.cfg.rating_max)
+            pair_of = self._pairs(inputs, ctx)
         rows: list[tuple] = []
         row_of: dict[int, int] = {}  # position in inputs -> its example row
         recent_at: dict[int, list[str]] = {}  # position -> the user's recent items just after the event
@@ -139,8 +150,9 @@ class OnlineLearner:
             e = x.event
             user = users[e.user_id]
             if e.item_id is not None:
+                pair = pair_of[pos] if pair_of else NO_PAIR
                 if e.type == "impression":
-                    user["impressions"][e.item_id] = (e.ts, e.event_id, x.dense, x.buckets, x.code)
+                    user["impressions"][e.item_id] = (e.ts, e.event_id, x.dense, x.buckets, x.code, pair)
                 else:
                     if e.type in POSITIVE_TYPES:
                         user["impressions"].pop(e.item_id, None)  # attributed: not a negative
@@ -152,9 +164,10 @@ class OnlineLearner:
                 label = self._label(e)
                 if label is not None:
                     row_of[pos] = len(rows)
-                    rows.append((e.event_id, e.user_id, e.item_id, e.ts, e.type, label, x.dense, x.buckets, x.code))
+                    rows.append((e.event_id, e.user_id, e.item_id, e.ts, e.type, label, x.dense, x.buckets, x.code,
+                                 pair))
             if self.search is not None and e.type == "search" and e.candidates:
-                searches.append(x)
+                searches.append((pos, x))
             elif e.candidates or e.type in REFRESH_TYPES:
                 recent_at[pos] = list(user["recent"])
         self.models.rows([x.event.item_id for x in inputs if x.event.item_id is not None])
@@ -163,7 +176,7 @@ class OnlineLearner:
         if searches:
             # Ranked with the parameters as of the batch's start: the rating that follows a
             # search within the same batch must not have moved its item's parameters yet.
-            result.recommendations.extend(self._search(searches, start))
+            result.recommendations.extend(self._search(searches, start, ctx))
         after: list[np.ndarray] = []
         if rows:
             examples, after = self._learn(rows, users)
@@ -175,9 +188,24 @@ class OnlineLearner:
                 if pos in row_of:
                     latest[x.event.user_id] = after[row_of[pos]]
                 if pos in recent_at:
-                    refresh.append((x, latest[x.event.user_id], recent_at[pos]))
-            result.recommendations.extend(self._recommend(refresh))
+                    refresh.append((x, latest[x.event.user_id], recent_at[pos], pos))
+            result.recommendations.extend(self._recommend(refresh, ctx))
         return result
+
+    def _pairs(self, inputs: list[Inputs], ctx: TextContext) -> dict[int, list[float]]:
+        """Position -> [t_query_sim, t_interest_sim] of each event with an item (interest before the event)."""
+        pos = [p for p, x in enumerate(inputs) if x.event.item_id is not None]
+        if not pos:
+            return {}
+        idx = torch.tensor(pos, device=ctx.query.device)
+        vecs = self.search.item_vectors([inputs[p].event.item_id for p in pos])
+        pairs = TextContext.pair(ctx.query[idx], ctx.before[idx], vecs.to(ctx.query.device)).tolist()
+        return dict(zip(pos, pairs, strict=True))
+
+    def _candidate_pairs(self, cand: torch.Tensor, query: torch.Tensor, interest: torch.Tensor) -> torch.Tensor:
+        """(B, M, 2) pair features of (B, M) candidate rows for (B, dim) query and interest vectors."""
+        vecs = self.search.row_vectors(cand, self.models.params.index.ids)
+        return TextContext.pair(query, interest, vecs).to(self.device)
 
     def expire_impressions(self, due: list[tuple[str, str, str]], users: dict[str, dict]) -> list[Example]:
         """Impressions whose attribution window closed: still open ones become negative examples.
@@ -193,8 +221,9 @@ class OnlineLearner:
             if open_ is None or open_[1] != event_id:
                 continue  # clicked since, or superseded by a newer impression
             del user["impressions"][item_id]
-            ts, _, dense, buckets, code = open_
-            rows.append((event_id, user_id, item_id, ts, "impression", 0.0, dense, buckets, code))
+            ts, _, dense, buckets, code = open_[:5]
+            pair = open_[5] if len(open_) > 5 else NO_PAIR
+            rows.append((event_id, user_id, item_id, ts, "impression", 0.0, dense, buckets, code, pair))
         return self._learn(rows, users)[0] if rows else []
 
     def _learn(self, rows: list[tuple], users: dict[str, dict]) -> tuple[list[Example], list[np.ndarray]]:
@@ -253,6 +282,7 @@ class OnlineLearner:
             torch.tensor([r[6] for r in rows], dtype=torch.float32, device=dev),
             torch.tensor([r[8] for r in rows], dtype=torch.long, device=dev),
             torch.tensor([r[7] for r in rows], dtype=torch.long, device=dev),
+            torch.tensor([r[9] for r in rows], dtype=torch.float32, device=dev),
         )
         batch = m.batch(ex)
         with torch.no_grad():
@@ -276,27 +306,29 @@ class OnlineLearner:
             if heldout[i] and self.learning:
                 self.heldout.append({"item": rows[i][2], "user_params": ex.user_params[i].cpu(),
                                      "user_dense": ex.user_dense[i].cpu(), "user_code": int(ex.user_codes[i]),
-                                     "user_buckets": ex.user_buckets[i].cpu(), "y": float(y[i])})
+                                     "user_buckets": ex.user_buckets[i].cpu(), "pair": ex.pair[i].cpu(),
+                                     "y": float(y[i])})
         if train:
             t = torch.tensor(train, device=dev)
-            sub = Examples(ex.rows[t], ex.user_params[t], ex.user_dense[t], ex.user_codes[t], ex.user_buckets[t])
+            sub = ex.subset(t)
             m.learn(m.batch(sub), y[t], {k: v[t] for k, v in raw.items()}, models=[m.ftrl, m.ranker])
         return examples, list(after)
 
     # -- recommendations -------------------------------------------------------------
-    def _recommend(self, refresh: list[tuple[Inputs, np.ndarray, list[str]]]) -> list[Recommendation]:
-        """Per refresh: (the event, the user's vector as of it, the user's recent items as of it)."""
+    def _recommend(self, refresh: list[tuple[Inputs, np.ndarray, list[str], int]],
+                   ctx: TextContext | None = None) -> list[Recommendation]:
+        """Per refresh: (the event, the user's vector as of it, the user's recent items as of it, its position)."""
         m, cfg = self.models, self.cfg
         out: list[Recommendation] = []
-        requests = [(x, p) for x, p, _ in refresh if x.event.candidates]
-        updates = [(x, p, recent) for x, p, recent in refresh if not x.event.candidates]
+        requests = [(x, p, pos) for x, p, _, pos in refresh if x.event.candidates]
+        updates = [(x, p, recent, pos) for x, p, recent, pos in refresh if not x.event.candidates]
         if updates and m.params.n_items:
-            params = torch.from_numpy(np.stack([p for _, p, _ in updates])).to(self.device)
+            params = torch.from_numpy(np.stack([p for _, p, _, _ in updates])).to(self.device)
             with torch.no_grad():
                 mf_scores = m.mf.score_catalogue(params)
             row_of = m.params.index._rows
             rs, cs = [], []
-            for r, (_, _, recent) in enumerate(updates):
+            for r, (_, _, recent, _) in enumerate(updates):
                 cols = [c for c in map(row_of.get, recent) if c is not None]
                 rs.extend([r] * len(cols))
                 cs.extend(cols)
@@ -304,12 +336,21 @@ class OnlineLearner:
                 mf_scores[torch.tensor(rs, device=self.device), torch.tensor(cs, device=self.device)] = float("-inf")
             k = min(cfg.retrieve, mf_scores.shape[1])
             top_mf, cand = torch.topk(mf_scores, k, dim=1)
-            out.extend(self._rerank([(x, p) for x, p, _ in updates], params, cand, top_mf > float("-inf")))
+            pair = self._after_pairs(ctx, [pos for *_, pos in updates], cand)
+            out.extend(self._rerank([(x, p) for x, p, _, _ in updates], params, cand, top_mf > float("-inf"), pair))
         if requests:
-            cand, valid = self._candidates([x for x, _ in requests])
-            params = torch.from_numpy(np.stack([p for _, p in requests])).to(self.device)
-            out.extend(self._rerank(requests, params, cand, valid))
+            cand, valid = self._candidates([x for x, _, _ in requests])
+            params = torch.from_numpy(np.stack([p for _, p, _ in requests])).to(self.device)
+            pair = self._after_pairs(ctx, [pos for *_, pos in requests], cand)
+            out.extend(self._rerank([(x, p) for x, p, _ in requests], params, cand, valid, pair))
         return out
+
+    def _after_pairs(self, ctx: TextContext | None, positions: list[int], cand: torch.Tensor) -> torch.Tensor | None:
+        """Candidates' pair features with the query in force and the interest just after each event."""
+        if ctx is None:
+            return None
+        idx = torch.tensor(positions, device=ctx.query.device)
+        return self._candidate_pairs(cand, ctx.query[idx], ctx.after[idx])
 
     def _candidates(self, items: list[Inputs]) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, W) parameter rows of each item's candidates, padded, and the (B, W) validity mask."""
@@ -322,27 +363,32 @@ class OnlineLearner:
             valid[r, : len(rows)] = True
         return cand, valid
 
-    def _search(self, searches: list[Inputs], user_vectors: dict[str, np.ndarray]) -> list[Recommendation]:
-        """Rank each search's candidates: the models' scores fused with query-item similarity."""
-        cand, valid = self._candidates(searches)
-        params = torch.from_numpy(np.stack([user_vectors[x.event.user_id] for x in searches])).to(self.device)
-        items = [(x, None) for x in searches]
-        personal = self._score(items, params, cand).masked_fill(~valid, float("-inf"))
+    def _search(self, searches: list[tuple[int, Inputs]], user_vectors: dict[str, np.ndarray],
+                ctx: TextContext) -> list[Recommendation]:
+        """Rank each search's candidates: the models' scores (which see the query as ``t_query_sim``)
+        fused with query-item similarity. The user's interest is the one before the search."""
+        inputs = [x for _, x in searches]
+        cand, valid = self._candidates(inputs)
+        params = torch.from_numpy(np.stack([user_vectors[x.event.user_id] for x in inputs])).to(self.device)
+        items = [(x, None) for x in inputs]
+        idx = torch.tensor([pos for pos, _ in searches], device=ctx.query.device)
+        pair = self._candidate_pairs(cand, ctx.query[idx], ctx.before[idx])
+        personal = self._score(items, params, cand, pair).masked_fill(~valid, float("-inf"))
         with torch.no_grad():
-            fused = self.search.fuse(personal, [x.event.query for x in searches],
-                                     [x.event.candidates for x in searches], valid)
+            fused = self.search.fuse(personal, [x.event.query for x in inputs], [x.event.candidates for x in inputs],
+                                     valid)
         return self._top(items, cand, fused)
 
-    def _score(self, items, params, cand) -> torch.Tensor:
+    def _score(self, items, params, cand, pair=None) -> torch.Tensor:
         m = self.models
         dense = torch.tensor([x.dense_after or x.dense for x, _ in items], dtype=torch.float32, device=self.device)
         codes = torch.tensor([x.code for x, _ in items], dtype=torch.long, device=self.device)
         buckets = torch.tensor([x.buckets_after or x.buckets for x, _ in items], dtype=torch.long, device=self.device)
         with torch.no_grad():
-            return m.score_candidates(params, dense, codes, buckets, cand)
+            return m.score_candidates(params, dense, codes, buckets, cand, pair)
 
-    def _rerank(self, items, params, cand, valid) -> list[Recommendation]:
-        scores = self._score(items, params, cand).masked_fill(~valid, float("-inf"))
+    def _rerank(self, items, params, cand, valid, pair=None) -> list[Recommendation]:
+        scores = self._score(items, params, cand, pair).masked_fill(~valid, float("-inf"))
         return self._top(items, cand, scores)
 
     def _top(self, items, cand, scores) -> list[Recommendation]:

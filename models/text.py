@@ -336,6 +336,8 @@ class ItemTextIndex:
         self._vecs = torch.zeros(max(capacity, 1) + 1, self.dim, device=self.device)
         self.unknown_lookups = 0
         self.last_unknown: list[str] = []
+        #: Grows with every add: holders of row mappings (SearchRanker.row_vectors) rebuild them.
+        self.version = 0
         if texts:
             self.add_many(texts)
 
@@ -373,6 +375,12 @@ class ItemTextIndex:
             rows.append(row)
         self._grow(len(self.ids))
         self._vecs[torch.tensor(rows, device=self.device)] = vecs
+        self.version += 1
+
+    @property
+    def matrix(self) -> torch.Tensor:
+        """The (capacity + 1, dim) vectors by row; row 0 (unknown items) is zeros."""
+        return self._vecs
 
     def add(self, item_id: str, text: str) -> None:
         """An item that streamed in later (or a new text for a known one)."""

@@ -257,6 +257,9 @@ class TextConfig:
     # A user's text-interest vector (the decayed sum of the vectors of items they liked) halves its
     # weight in this much event time.
     interest_half_life_ms: int = 30 * 86_400_000
+    # A search query stays the user's "current query" (the t_query_sim feature of what they do
+    # next) for this much event time.
+    query_window_ms: int = 30 * 60_000
 
 
 FAULT_OPERATORS = ("user-stage", "item-stage", "model-merger")
@@ -404,6 +407,11 @@ def validate(cfg: RtrecConfig) -> None:
         raise ConfigError("faults.times must be at least 1 and faults.after_records not negative")
     if cfg.model.top_k < 1 or cfg.model.dim < 1:
         raise ConfigError("model.top_k and model.dim must be at least 1")
+    t = cfg.text
+    if not 0.0 <= t.search_personal_weight <= 1.0:
+        raise ConfigError("text.search_personal_weight must be between 0 (text alone) and 1 (models alone)")
+    if t.interest_half_life_ms <= 0 or t.query_window_ms < 0:
+        raise ConfigError("text.interest_half_life_ms must be positive and text.query_window_ms not negative")
     r = cfg.replay
     if r.rate < 0 or r.speedup < 0:
         raise ConfigError("replay.rate and replay.speedup must not be negative")

@@ -3,7 +3,9 @@
 The user part comes from the user's feature state as it was *before* the
 event (so an example never sees its own label); the item part from the item
 features the ItemStage computes, which travel to every scorer with each model
-version (so they may be a version old). Both are read straight from the
+version (so they may be a version old); the pair part (text similarities of
+the user's latest query and decayed text interest with the item, P7) from the
+scorer's text index (0 where text is off, or for an item without text). Both are read straight from the
 engine's state slots, located once by feature name, because this runs per
 example.
 """
@@ -19,9 +21,14 @@ from rtrec.features.spec import RatingStats, Session, SmoothedCTR, WindowedCount
 
 USER_DENSE = ("u_ratings", "u_rating_mean", "u_rating_std", "u_events", "u_session_events", "u_since_last", "u_ctr")
 ITEM_DENSE = ("i_known", "i_ratings", "i_rating_mean", "i_rating_std", "i_popularity", "i_trend", "i_ctr")
-N_DENSE = len(USER_DENSE) + len(ITEM_DENSE)
-#: Hashed feature fields (see models.ensemble.sparse_codes).
-SPARSE_FIELDS = ("bias", "item", "user", "u_mean", "u_count", "i_mean", "i_count", "u_mean_x_i_mean", "u_x_i_mean")
+#: User-item pair features: cosine of the user's latest search query (within text.query_window_ms)
+#: with the item's text, and of the user's decayed text-interest vector with it (models.text).
+PAIR_DENSE = ("t_query_sim", "t_interest_sim")
+N_DENSE = len(USER_DENSE) + len(ITEM_DENSE) + len(PAIR_DENSE)
+#: Hashed feature fields (see models.ensemble.sparse_codes); t_query and t_interest are the pair
+#: similarities in tenths, with a bucket of their own for "no signal".
+SPARSE_FIELDS = ("bias", "item", "user", "u_mean", "u_count", "i_mean", "i_count", "u_mean_x_i_mean", "u_x_i_mean",
+                 "t_query", "t_interest")
 
 
 def _slot(group: FeatureGroup, kind: type, name: str | None = None) -> int:
