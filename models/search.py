@@ -272,11 +272,9 @@ class SearchRanker:
         return TextContext(q_table[torch.tensor(query_row, dtype=torch.long, device=dev)],
                            gather(before_ref), gather(after_ref))
 
-    def fuse(self, personal: torch.Tensor, queries: list[str] | None = None,
-             candidates: list[list[str]] | None = None, valid: torch.Tensor | None = None,
-             similarity: torch.Tensor | None = None) -> torch.Tensor:
-        """(S, W) search scores (-inf for padding) from the models' (S, W) candidate scores, and either
-        the (S, W) query-candidate ``similarity`` or the ``queries`` and their ``candidates``."""
-        if similarity is None:
-            similarity, _ = self.index.candidate_similarity(self.encoder.encode(queries), candidates)
+    def fuse(self, personal: torch.Tensor, queries: list[str], candidates: list[list[str]],
+             valid: torch.Tensor) -> torch.Tensor:
+        """(S, W) search scores (-inf for padding) from the models' (S, W) candidate scores
+        (the raw query-candidate cosine, not the centred one of the features)."""
+        similarity, _ = self.index.candidate_similarity(self.encoder.encode(queries), candidates)
         return fuse_search(personal, similarity.to(personal.device), self.weight, valid)
