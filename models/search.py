@@ -99,16 +99,25 @@ class TextContext:
                             torch.einsum("bd,bmd->bm", interest, items)], dim=-1)
 
 
+def text_model(cfg: TextConfig, device: torch.device | str | None = None) -> tuple[TextEncoder, ItemTextIndex]:
+    """The encoder, warmed up, and the catalogue encoded into an item text index."""
+    encoder = TextEncoder(cfg, device=device)
+    encoder.warm_up()
+    texts = catalogue_texts(cfg.catalogue)
+    return encoder, ItemTextIndex(encoder, texts, capacity=len(texts) + 256)
+
+
+_shared_models: dict[tuple[str, str], tuple[TextEncoder, ItemTextIndex]] = {}
+
+
 class SearchRanker:
     """Text encoder + item text index + fusion weight, on one device; and the users' text signals."""
 
-    def __init__(self, cfg: TextConfig, device: torch.device | str | None = None):
+    def __init__(self, cfg: TextConfig, device: torch.device | str | None = None,
+                 model: tuple[TextEncoder, ItemTextIndex] | None = None):
         self.cfg = cfg
-        self.encoder = TextEncoder(cfg, device=device)
-        self.encoder.warm_up()
+        self.encoder, self.index = model or text_model(cfg, device)
         self.device = self.encoder.device
-        texts = catalogue_texts(cfg.catalogue)
-        self.index = ItemTextIndex(self.encoder, texts, capacity=len(texts) + 256)
         self.weight = cfg.search_personal_weight
         self.query_window_ms = cfg.query_window_ms
         self.half_life_ms = cfg.interest_half_life_ms
@@ -118,6 +127,20 @@ class SearchRanker:
         self._mean = torch.zeros(self.index.dim, device=self.device)
         self._centred = self.index.matrix
         self._centred_version = -1
+
+    @classmethod
+    def shared(cls, cfg: TextConfig, device: torch.device | str | None = None) -> SearchRanker:
+        """A ranker over the encoder and item texts of this process for ``cfg``, made on first use.
+
+        The scorers of one TaskManager share one interpreter (thread mode), so
+        they load the model and encode the catalogue once (about 10 s for
+        MovieLens on a CPU core), and a task restarted after a failure finds
+        them ready. Each ranker keeps its own row mappings.
+        """
+        key = (repr(cfg), str(device))
+        if key not in _shared_models:
+            _shared_models[key] = text_model(cfg, device)
+        return cls(cfg, device, _shared_models[key])
 
     # -- item vectors -----------------------------------------------------------------
     def _centred_matrix(self) -> torch.Tensor:

@@ -289,3 +289,17 @@ def test_a_search_is_ranked_before_its_batch_is_learned(ranker):
         recs = [r for r in learner.process(_learner_inputs(batch), users).recommendations if r.event is search]
         got.append((recs[0].items, recs[0].scores))
     assert got[0] == got[1]
+
+
+def test_shared_rankers_load_the_text_model_once_per_configuration():
+    """The scorers of one process (and a task restarted in it) share the encoder and the item texts."""
+    from models.search import SearchRanker
+
+    cfg = TextConfig(device="cpu", catalogue="", cache_size=10)
+    a, b = SearchRanker.shared(cfg), SearchRanker.shared(TextConfig(device="cpu", catalogue="", cache_size=10))
+    assert a is not b and a.encoder is b.encoder and a.index is b.index
+    # Items added through one scorer are known to the other (two: vectors are centred on their mean).
+    a.index.add_many({"x1": "a film about space", "x2": "a cooking show"})
+    assert b.item_vectors(["x1"]).abs().sum() > 0
+    other = SearchRanker.shared(TextConfig(device="cpu", catalogue="", cache_size=11))
+    assert other.encoder is not a.encoder

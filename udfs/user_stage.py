@@ -96,8 +96,10 @@ class UserStage(KeyedBroadcastProcessFunction):
             self.learner = torch_call(OnlineLearner, cfg.model, self.info.index, resolve_device(cfg.model.device))
             self.learner.seq = int(time.time() * 1000) * 1000
             if cfg.text.enabled:
-                # The text encoder loads and encodes the item catalogue now, on the torch thread.
-                self.learner.search = torch_call(SearchRanker, cfg.text)
+                # The text encoder and the encoded item catalogue, on the torch thread: made by the
+                # first subtask of this TaskManager to get here, shared with the others and kept
+                # across restarts of the task.
+                self.learner.search = torch_call(SearchRanker.shared, cfg.text)
             self.inputs = UserInputs()
             self.impressions = ctx.get_map_state(
                 MapStateDescriptor("impressions-due", Types.LONG(), Types.PICKLED_BYTE_ARRAY()))
