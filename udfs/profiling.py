@@ -3,7 +3,7 @@
 Each operator instance wraps its per-batch work in cProfile and writes
 ``<operator>-<subtask>.prof`` when it closes (read with ``python -m pstats``).
 Sampling profilers cannot see the interpreter that PyFlink embeds in the JVM
-well, so this is how benchmarks/profile_job.py gets the Python-side split.
+well, so this is how to get the Python-side split of an operator's time.
 """
 
 from __future__ import annotations
