@@ -12,6 +12,9 @@ from rtrec.config import KafkaConfig
 
 # Model versions carry whole parameter sets; compaction keeps the newest per model.
 MODEL_TOPIC_CONFIG = {"cleanup.policy": "compact", "max.message.bytes": str(64 * 1024 * 1024)}
+#: Headers of a model-updates record: its version number and creation time (decimal strings), so a
+#: reader can tell which version a record holds without loading it.
+VERSION_HEADER, CREATED_HEADER = "rtrec.version", "rtrec.created_ms"
 
 
 class BrokerUnavailable(RuntimeError):
@@ -85,7 +88,7 @@ def _wait_for_metadata(client: AdminClient, names: list[str], timeout_s: float) 
         time.sleep(0.1)
 
 
-def _consumer(kafka: KafkaConfig, group: str | None = None) -> Consumer:
+def _consumer(kafka: KafkaConfig, group: str | None = None, **settings) -> Consumer:
     return Consumer(
         {
             "bootstrap.servers": kafka.bootstrap_servers,
@@ -94,6 +97,7 @@ def _consumer(kafka: KafkaConfig, group: str | None = None) -> Consumer:
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
             "enable.partition.eof": True,
+            **settings,
         }
     )
 
@@ -156,6 +160,55 @@ def read_topic(kafka: KafkaConfig, topic: str, idle_s: float = 2.0, max_s: float
                 return
     finally:
         c.close()
+
+
+class RecordFetcher:
+    """Fetches single records by partition and offset, over one consumer kept open.
+
+    The scorers use it to load a model version that the job announced by its
+    offset (see udfs/user_stage.py): the parameters come straight from the
+    broker instead of crossing Flink's network stack.
+    """
+
+    def __init__(self, kafka: KafkaConfig, topic: str):
+        self.kafka, self.topic = kafka, topic
+        self._consumer: Consumer | None = None
+
+    def fetch(self, partition: int, offset: int, newest: bool = False, timeout_s: float = 10.0):
+        """The record at ``offset`` or, if compaction removed it, the first one after it; with
+        ``newest``, the partition's last record if that is further on. None if the partition ends
+        before it or nothing arrives within ``timeout_s``."""
+        if self._consumer is None:
+            # A fetch at the partition's end would wait up to fetch.wait.max.ms (500 ms) for more.
+            self._consumer = _consumer(self.kafka, **{"fetch.wait.max.ms": 10})
+        c = self._consumer
+        try:
+            return self._fetch(c, partition, offset, newest, timeout_s)
+        finally:
+            c.unassign()  # no fetch left waiting at the partition's end to hold up the next call
+
+    def _fetch(self, c: Consumer, partition: int, offset: int, newest: bool, timeout_s: float):
+        if newest:
+            offset = max(offset, c.get_watermark_offsets(TopicPartition(self.topic, partition),
+                                                         timeout=timeout_s)[1] - 1)
+        c.assign([TopicPartition(self.topic, partition, offset)])
+        deadline = time.time() + timeout_s
+        while time.time() < deadline:
+            m = c.poll(min(0.5, max(0.01, deadline - time.time())))
+            if m is None:
+                continue
+            if m.error():
+                if m.error().code() == KafkaError._PARTITION_EOF:
+                    return None
+                raise KafkaException(m.error())
+            if m.offset() >= offset:
+                return m
+        return None
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
 
 
 def count_committed(kafka: KafkaConfig, topic: str) -> int:

@@ -1,0 +1,50 @@
+"""RecordFetcher against the real broker: how scorers load an announced model version by its offset."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from confluent_kafka import Producer
+
+from rtrec import topics
+
+
+@pytest.fixture
+def topic(kafka):
+    k = kafka.with_prefix(f"t.fetch-{uuid.uuid4().hex[:8]}.")
+    topics.ensure_topics(k, [k.model_updates_topic])  # one partition, compacted, like the job's
+    producer = Producer({"bootstrap.servers": k.bootstrap_servers})
+
+    def publish(*values: bytes) -> None:
+        for v in values:
+            producer.produce(k.model_updates_topic, v, key=b"rtrec-model")
+        producer.flush(10)
+
+    fetcher = topics.RecordFetcher(k, k.model_updates_topic)
+    yield fetcher, publish
+    fetcher.close()
+
+
+def test_fetches_the_record_at_an_offset_or_the_newest(topic):
+    fetcher, publish = topic
+    publish(*(f"v{i}".encode() for i in range(5)))
+    assert fetcher.fetch(0, 2).value() == b"v2"
+    assert fetcher.fetch(0, 0).value() == b"v0"  # the one consumer goes back as well as forward
+    assert fetcher.fetch(0, 1, newest=True).value() == b"v4"
+    assert fetcher.fetch(0, 4, newest=True).offset() == 4
+
+
+def test_sees_records_published_after_it_reached_the_end(topic):
+    fetcher, publish = topic
+    publish(b"first")
+    assert fetcher.fetch(0, 0, newest=True).value() == b"first"
+    publish(b"second", b"third")
+    assert fetcher.fetch(0, 1, newest=True).value() == b"third"
+    assert fetcher.fetch(0, 1).value() == b"second"
+
+
+def test_an_offset_past_the_end_gives_none(topic):
+    fetcher, publish = topic
+    publish(b"only")
+    assert fetcher.fetch(0, 5, timeout_s=3) is None
