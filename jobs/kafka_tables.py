@@ -12,6 +12,7 @@ from __future__ import annotations
 from pyflink.table import StreamTableEnvironment, Table
 
 from rtrec.config import RtrecConfig
+from rtrec.topics import CREATED_HEADER, VERSION_HEADER
 
 _STARTUP = {"earliest": "earliest-offset", "latest": "latest-offset", "group-offsets": "group-offsets"}
 
@@ -169,8 +170,13 @@ def register_sinks(t_env: StreamTableEnvironment, cfg: RtrecConfig) -> dict[str,
 
 
 def model_updates_source(t_env: StreamTableEnvironment, cfg: RtrecConfig, start_ms: int) -> Table:
-    """The model-updates topic from ``start_ms`` on: one row per merged version (``v`` BYTES).
+    """Notices of the versions on the model-updates topic from ``start_ms`` on: one row per version,
+    ``(partition, offset, number, created_ms)``, without the parameters themselves.
 
+    A version is hundreds of kilobytes or more; crossing Flink's network stack
+    to a busy scorer it moved buffer by buffer between micro-batches (up to a
+    minute behind while the job caught up on a backlog). The notice is a few bytes, and the scorer
+    loads the version from the broker by its offset (udfs/user_stage.py).
     Always unbounded: scorers follow new versions for as long as the job runs.
     After a restore the source resumes from its checkpointed offsets.
     """
@@ -185,21 +191,41 @@ def model_updates_source(t_env: StreamTableEnvironment, cfg: RtrecConfig, start_
         "scan.startup.timestamp-millis": str(start_ms),
         "value.format": "raw",
     }
-    t_env.execute_sql(f"CREATE TEMPORARY TABLE rtrec_model_updates_in (`v` BYTES) WITH (\n  {_with(options)}\n)")
-    return t_env.sql_query("SELECT `v` FROM rtrec_model_updates_in")
+    t_env.execute_sql(f"""CREATE TEMPORARY TABLE rtrec_model_updates_in (
+  `v` BYTES,
+  `partition` INT METADATA VIRTUAL,
+  `offset` BIGINT METADATA VIRTUAL,
+  `headers` MAP<STRING, BYTES> METADATA VIRTUAL
+) WITH (\n  {_with(options)}\n)""")
+    # (a record without the headers, written by an older rtrec, gives NULLs: the scorer loads it to see)
+    return t_env.sql_query(f"""
+SELECT `partition`, `offset`,
+       CAST(DECODE(headers['{VERSION_HEADER}'], 'UTF-8') AS BIGINT) AS `number`,
+       CAST(DECODE(headers['{CREATED_HEADER}'], 'UTF-8') AS BIGINT) AS created_ms
+FROM rtrec_model_updates_in""")
 
 
 def register_model_updates_sink(t_env: StreamTableEnvironment, cfg: RtrecConfig) -> str:
-    """Versions go out at once (at-least-once): scorers must not wait for a checkpoint to see them,
-    and a version written twice is harmless (same number, same parameters; the topic is compacted)."""
+    """Versions go out at once (at-least-once): scorers must not wait for a checkpoint to see them.
+    A version written twice is harmless (same number, same parameters; the topic is compacted), and
+    after a restore the merger numbers on past whatever the failed attempt wrote (udfs/merger.py)."""
     options = _sink_options(cfg, cfg.kafka.model_updates_topic, "model-updates")
     options["sink.delivery-guarantee"] = "at-least-once"
     options.pop("sink.transactional-id-prefix", None)
     options.pop("properties.transaction.timeout.ms", None)
     options["properties.linger.ms"] = "0"
-    t_env.execute_sql(
-        f"CREATE TEMPORARY TABLE rtrec_sink_model_updates (k STRING, v BYTES) WITH (\n  {_with(options)}\n)")
+    t_env.execute_sql(f"""CREATE TEMPORARY TABLE rtrec_sink_model_updates (
+  k STRING, v BYTES, headers MAP<STRING, BYTES> METADATA
+) WITH (\n  {_with(options)}\n)""")
     return "rtrec_sink_model_updates"
+
+
+def insert_model_updates(statements, view: str, table: str) -> None:
+    """Write the merger's versions (``k, v, number, created_ms`` rows of ``view``) with their headers."""
+    statements.add_insert_sql(f"""INSERT INTO {table}
+SELECT k, v, MAP['{VERSION_HEADER}', ENCODE(CAST(`number` AS STRING), 'UTF-8'),
+                 '{CREATED_HEADER}', ENCODE(CAST(created_ms AS STRING), 'UTF-8')]
+FROM {view}""")
 
 
 def insert_outputs(statements, view: str, tables: dict[str, str]) -> None:

@@ -34,9 +34,9 @@ from rtrec.flink_rest import FlinkRest
 from udfs.event_time import BATCH, never_holding_back, with_batch_event_time
 from udfs.item_stage import ITEM_EVENTS, ITEMS_TO_MERGER, ItemStage
 from udfs.keying import keyed_on_first_field
-from udfs.merger import BYTES, MODEL_UPDATE, ModelMerger
+from udfs.merger import MODEL_UPDATE, ModelMerger
 from udfs.records import STAGE_OUTPUT
-from udfs.user_stage import MODEL_STATE, TO_ITEMS, TO_MERGER, UserFeatureStage, UserStage
+from udfs.user_stage import MODEL_STATE, TO_ITEMS, TO_MERGER, VERSION_NOTICE, UserFeatureStage, UserStage
 
 
 def build(env: StreamExecutionEnvironment, t_env: StreamTableEnvironment, cfg: RtrecConfig) -> None:
@@ -46,9 +46,8 @@ def build(env: StreamExecutionEnvironment, t_env: StreamTableEnvironment, cfg: R
 
     keyed = keyed_on_first_field(batches, Types.INT(), BATCH)
     if cfg.model.enabled:
-        versions = t_env.to_data_stream(kafka_tables.model_updates_source(t_env, cfg, int(time.time() * 1000) - 1000))
-        versions = never_holding_back(versions.map(lambda r: r[0], output_type=BYTES).name("ModelVersionBytes"), BYTES)
-        keyed = keyed.connect(versions.broadcast(MODEL_STATE))
+        notices = t_env.to_data_stream(kafka_tables.model_updates_source(t_env, cfg, int(time.time() * 1000) - 1000))
+        keyed = keyed.connect(never_holding_back(notices, VERSION_NOTICE).broadcast(MODEL_STATE))
     users = (
         keyed.process(UserStage(cfg) if cfg.model.enabled else UserFeatureStage(cfg), output_type=STAGE_OUTPUT)
         .uid("user-stage")
@@ -81,9 +80,9 @@ def build(env: StreamExecutionEnvironment, t_env: StreamTableEnvironment, cfg: R
             .set_max_parallelism(1)
             .disable_chaining()  # PyTorch: alone on its task thread (see above)
         )
-        sink = kafka_tables.register_model_updates_sink(t_env, cfg)
         t_env.create_temporary_view("rtrec_model_versions", t_env.from_data_stream(merged))
-        statements.add_insert_sql(f"INSERT INTO {sink} SELECT k, v FROM rtrec_model_versions")
+        kafka_tables.insert_model_updates(statements, "rtrec_model_versions",
+                                          kafka_tables.register_model_updates_sink(t_env, cfg))
     statements.attach_as_datastream()
 
 
@@ -112,8 +111,8 @@ def _vertices_upstream_of_user_stage(rest: FlinkRest, job_id: str) -> list[str]:
         seen.add(v)
         todo.extend(i["id"] for i in by_id[v].get("inputs", []))
     # The model-updates reader never finishes; only the event path does.
-    return [v for v in seen if "model_updates" not in by_id[v]["description"] and "ModelVersionBytes"
-            not in by_id[v]["description"] and "SideInputTime" not in by_id[v]["description"]]
+    return [v for v in seen if "model_updates" not in by_id[v]["description"]
+            and "SideInputTime" not in by_id[v]["description"]]
 
 
 def finish_bounded(cfg: RtrecConfig, client, timeout_s: float = 3600) -> BoundedResult:

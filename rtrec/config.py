@@ -190,8 +190,9 @@ class ModelConfig:
     # (empty: a "models" folder beside flink.checkpoint_dir), one subfolder per job name.
     versions_dir: str = ""
     keep_versions: int = 5
-    # Append "version,subtask,created_ms,applied_ms" here whenever a scorer
-    # adopts a version (benchmarks/model_quality.py measures broadcast latency with it).
+    # Append "version,subtask,created_ms,applied_ms,how" here whenever a scorer adopts a
+    # version, how = broadcast or restored (from state, after a restart); benchmarks measure
+    # broadcast latency with it.
     broadcast_log: str = ""
     # Start from the newest version on the model-updates topic (or in
     # versions_dir) when the job starts without state.

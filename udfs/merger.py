@@ -8,13 +8,16 @@ One subtask (parallelism 1, keyed by a constant) receives
 
 and emits a new version every ``model.merge_examples`` examples or
 ``model.merge_interval_ms`` after the first pending update, whichever comes
-first. Versions go to the model-updates topic (from which every UserStage
-reads them as broadcast state) and to files under ``model.versions_dir``.
+first. Versions go to the model-updates topic, their number in a header
+(every UserStage gets a notice of each and loads it from there), and to files
+under ``model.versions_dir``.
 
 Its state is the newest version (all parameters and optimiser state) and the
-updates not merged yet, both checkpointed. A job that starts without state
-warm-starts from the newest version on the model-updates topic, or failing
-that from the newest file.
+updates not merged yet, both checkpointed. After a restore, version numbers go
+on after the newest one on the topic, so a number the failed attempt published
+after the checkpoint never names other parameters. A job that starts without
+state warm-starts from the newest version on the model-updates topic, or
+failing that from the newest file.
 """
 
 from __future__ import annotations
@@ -43,8 +46,10 @@ log = logging.getLogger(__name__)
 BYTES = Types.PRIMITIVE_ARRAY(Types.BYTE())
 #: What trainers and the ItemStage send: Row(0, pickled message), keyed in Java on the 0.
 MERGER_INPUT = Types.ROW_NAMED(["key", "value"], [Types.INT(), Types.PICKLED_BYTE_ARRAY()])
-#: What the merger emits: the model-updates topic's key and value.
-MODEL_UPDATE = Types.ROW_NAMED(["k", "v"], [Types.STRING(), BYTES])
+#: What the merger emits: the model-updates topic's key and value, and the version's number and
+#: creation time for the record's headers (jobs/kafka_tables.insert_model_updates).
+MODEL_UPDATE = Types.ROW_NAMED(["k", "v", "number", "created_ms"],
+                               [Types.STRING(), BYTES, Types.LONG(), Types.LONG()])
 MODEL_KEY = "rtrec-model"
 
 
@@ -114,6 +119,16 @@ class ModelMerger(KeyedProcessFunction):
             core.merged_upto = dict(v.merged_upto)
             for message in self.pending_state.get() or []:
                 self._add(message, store=False)
+            # The attempt that failed may have published versions after this checkpoint (the topic is
+            # written at-least-once), and the scorers read them again from their restored offsets. Their
+            # numbers must not be reused for other parameters: scorers skip a number they have seen.
+            # So continue after the newest published one, and publish the checkpoint's line at once.
+            published = torch_call(newest_published_version, cfg)
+            if published is not None and published.number > core.version:
+                log.info("restored model version %d; the failed attempt had published up to %d: "
+                         "republishing as %d", v.number, published.number, published.number + 1)
+                core.version = published.number
+                return self._merge()
             return []
         if cfg.model.warm_start:
             v = torch_call(lambda: newest_published_version(cfg) or newest_version_file(self.dir))
@@ -146,7 +161,7 @@ class ModelMerger(KeyedProcessFunction):
         if v.rolled_back:
             self.m_rollbacks.inc()
         write_version(self.dir, v, data, self.cfg.model.keep_versions)
-        return [Row(MODEL_KEY, data)]
+        return [Row(MODEL_KEY, data, v.number, v.created_ms)]
 
     def process_element(self, value, ctx: KeyedProcessFunction.Context):
         self.fault.count(1)

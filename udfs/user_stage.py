@@ -20,9 +20,11 @@ micro-batch it
    global parameters over to the ModelMerger (udfs/merger.py),
 5. writes the users' state back.
 
-Merged model versions arrive as broadcast state (from the model-updates
-topic) and replace this subtask's global parameters between two batches, so
-every output of a batch carries one version. An impression becomes a negative
+Merged model versions are announced on a broadcast input (a notice per
+record of the model-updates topic: its offset and version number); the
+subtask loads a newer version from the broker by its offset, keeps it in
+broadcast state and swaps its global parameters to it between two batches,
+so every output of a batch carries one version. An impression becomes a negative
 example when ``model.attribution_window_ms`` of event time passes without a
 click, cart or purchase of its item (an event-time timer per shard).
 """
@@ -49,6 +51,7 @@ from rtrec.features.definitions import USER_FEATURES
 from rtrec.features.engine import FeatureEngine
 from rtrec.features.model_inputs import UserInputs, id_code
 from rtrec.sharding import shard_of
+from rtrec.topics import RecordFetcher
 from udfs.faults import FaultInjector
 from udfs.item_stage import KEYED_ITEM_EVENTS
 from udfs.merger import MERGER_INPUT
@@ -66,6 +69,10 @@ TO_ITEMS = OutputTag("to-items", KEYED_ITEM_EVENTS)
 TO_MERGER = OutputTag("to-merger", MERGER_INPUT)
 #: Broadcast state: "latest" -> the newest model version's bytes.
 MODEL_STATE = MapStateDescriptor("model-version", Types.STRING(), Types.PICKLED_BYTE_ARRAY())
+#: Broadcast input: a version on the model-updates topic (jobs/kafka_tables.model_updates_source);
+#: number and created_ms are None for a record without rtrec's headers.
+VERSION_NOTICE = Types.ROW_NAMED(["partition", "offset", "number", "created_ms"],
+                                 [Types.INT(), Types.LONG(), Types.LONG(), Types.LONG()])
 
 # A user's entry in the "users" MapState:
 #   {"features": engine state, "model": the learner's user state (models.online), "seen": {event_id: first seen at (ms)}}
@@ -104,6 +111,7 @@ class UserStage(KeyedBroadcastProcessFunction):
             self.impressions = ctx.get_map_state(
                 MapStateDescriptor("impressions-due", Types.LONG(), Types.PICKLED_BYTE_ARRAY()))
             self.attribution_ms = cfg.model.attribution_window_ms
+            self.versions = RecordFetcher(cfg.kafka, cfg.kafka.model_updates_topic)
         self._checked_broadcast = False
         self.broadcast_log = cfg.model.broadcast_log
         self.topic = cfg.kafka.events_topic
@@ -132,13 +140,28 @@ class UserStage(KeyedBroadcastProcessFunction):
     def close(self):
         if hasattr(self, "profile"):  # not when open() failed: let its error be the one reported
             self.profile.dump()
+        if getattr(self, "versions", None) is not None:
+            torch_call(self.versions.close)
 
     # -- model versions (broadcast) ------------------------------------------------
     def process_broadcast_element(self, value, ctx: KeyedBroadcastProcessFunction.Context):
-        """A new merged version: keep it in broadcast state and swap to it now."""
-        data = bytes(value)
+        """A version was published: load it if it is newer, keep it in broadcast state and swap to it now."""
         if self.learner is None:
             return
+        partition, offset, number = value[0], value[1], value[2]
+        if number is not None and number <= self.learner.version:
+            return  # (after a restore, the versions the checkpoint already covered come again)
+        try:
+            # The newest version on the topic, not just the announced one: while the job is busy,
+            # notices queue up, and the scorer then skips every version between (each costs a load).
+            record = torch_call(self.versions.fetch, partition, offset, newest=True)
+        except Exception as e:  # the broker is away: the next notice tries again
+            log.warning("could not load model version %s at offset %s: %s", number, offset, e)
+            return
+        if record is None:
+            log.warning("model version %s at offset %s is no longer on the topic", number, offset)
+            return
+        data = record.value()
         try:
             version = torch_call(Version.from_bytes, data)
         except Exception as e:  # not ours; never fail the task on it
@@ -151,15 +174,17 @@ class UserStage(KeyedBroadcastProcessFunction):
             state.put("number", str(version.number).encode())
         self._apply(version)
 
-    def _apply(self, version) -> None:
+    def _apply(self, version, how: str = "broadcast") -> None:
+        """Swap to ``version`` if it is newer; ``how`` it came: "broadcast", or "restored" from state."""
         if torch_call(self.learner.apply_version, version):
             now = int(time.time() * 1000)
-            self.broadcast_latency_ms.set(now - version.created_ms)
+            if how == "broadcast":  # (a restored version is as old as the outage)
+                self.broadcast_latency_ms.set(now - version.created_ms)
             self.model_version.set(version.number)
             self.m_versions.inc()
             if self.broadcast_log:
                 with open(self.broadcast_log, "a") as f:
-                    f.write(f"{version.number},{self.info.index},{version.created_ms},{now}\n")
+                    f.write(f"{version.number},{self.info.index},{version.created_ms},{now},{how}\n")
 
     def _restore_version(self, ctx) -> None:
         """After a restart, take the version the broadcast state holds (it was checkpointed)."""
@@ -167,7 +192,7 @@ class UserStage(KeyedBroadcastProcessFunction):
         state = ctx.get_broadcast_state(MODEL_STATE)
         if state.contains("latest"):
             data = state.get("latest")
-            self._apply(torch_call(Version.from_bytes, bytes(data)))
+            self._apply(torch_call(Version.from_bytes, bytes(data)), "restored")
 
     # -- per batch -------------------------------------------------------------
     def process_element(self, batch: Row, ctx: KeyedBroadcastProcessFunction.ReadOnlyContext):

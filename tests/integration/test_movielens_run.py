@@ -16,11 +16,13 @@ from collections import Counter
 import orjson
 import pytest
 
+from models.params import Version
 from rtrec import topics
 from rtrec.datasets import movielens_events
 from rtrec.features.backfill import snapshots
 from rtrec.features.definitions import ITEM_FEATURES, USER_FEATURES
 from rtrec.replay import replay
+from rtrec.topics import VERSION_HEADER
 from tests.conftest import fresh_config, run_job, same_values
 from tests.integration.bad_inputs import CATALOGUE
 from udfs.faults import fired_count
@@ -57,7 +59,9 @@ def _records(events):
 
 
 def _run(kafka, name, records, overrides):
-    cfg = fresh_config(kafka, name, ["flink.parallelism=2", *overrides])
+    # No warm start from the model-updates topic: after a failure, only the checkpoint can give the
+    # job back its model.
+    cfg = fresh_config(kafka, name, ["flink.parallelism=2", "model.warm_start=false", *overrides])
     cfg.flink.options["restart-strategy.fixed-delay.attempts"] = str(FAULTS + 2)
     replay(records, cfg.kafka, progress=False)
     proc = run_job(cfg, timeout_s=500)
@@ -65,6 +69,13 @@ def _run(kafka, name, records, overrides):
     def read(topic):
         return [(m.key().decode() if m.key() else None, m.value(), dict(m.headers() or []))
                 for m in topics.read_topic(cfg.kafka, topic)]
+
+    # In offset order per partition: (partition, trainer, model version) of each prediction.
+    scored = [(m.partition(), p["trainer"], p["model_version"]) for m, p in (
+        (m, orjson.loads(m.value())) for m in topics.read_topic(cfg.kafka, cfg.kafka.predictions_topic))]
+    # Each version's number, as its record's header says and as its parameters say.
+    published = [(int(dict(m.headers())[VERSION_HEADER]), Version.from_bytes(m.value()).number)
+                 for m in topics.read_topic(cfg.kafka, cfg.kafka.model_updates_topic, idle_s=0.5)]
 
     # Flink does not checkpoint watermarks: after a restore the job's starts again from nothing,
     # so the 1970 events may reach the UserStage before it has caught up and be taken in.
@@ -81,6 +92,8 @@ def _run(kafka, name, records, overrides):
         "predictions": [p for p in (orjson.loads(v) for _, v, _ in read(cfg.kafka.predictions_topic))
                         if p["event_id"] not in LATE_IDS],
         "dead": read(cfg.kafka.dead_letter_topic),
+        "scored": scored,
+        "published": published,
     }
 
 
@@ -190,17 +203,42 @@ def _mae(predictions, score) -> float:
     return sum(errors) / len(errors)
 
 
-def test_learning_resumes_from_the_checkpointed_parameters(run, uninterrupted):
-    """Across three restarts the prequential error stays within a small tolerance of the uninterrupted run's.
+#: How far the prequential MAE of the run with failures may be from the uninterrupted run's. Measured
+#: over five pairs of runs (benchmarks/learning_recovery.py makes one): at most +0.006 fused, +0.003 MF,
+#: +0.009 ranker and +0.017 FTRL. Had each failure lost the global parameters, MAE would rise by 0.029
+#: fused, 0.023 MF, 0.060 ranker (offline, parameters reset at three points of the replay). FTRL moves
+#: most, and not for want of its parameters: it takes one step per micro-batch, and a job catching up
+#: after a restart makes bigger batches (offline, batches of 4,000 events instead of 500 cost it 0.006).
+TOLERANCE = {"fused": 0.01, "mf": 0.01, "ranker": 0.02, "ftrl": 0.03}
 
-    Had a restart lost the learned parameters (a model starting again from
-    scratch), the models would re-learn from their initial state and the
-    error would rise by far more than the tolerance.
+
+def test_learning_resumes_from_the_checkpointed_parameters(run, uninterrupted):
+    """Across the restarts the prequential error stays within a small tolerance of the uninterrupted run's.
+
+    Before scorers loaded model versions by their offset (udfs/user_stage.py), a restored scorer went
+    back to a version up to a minute old: fused MAE rose by 0.010 and the ranker's by up to 0.040.
     """
     assert len(run["predictions"]) == len(uninterrupted["predictions"])
-    for name, score in [("fused", lambda p: p["fused"])] + [
-        (m, lambda p, m=m: p["scores"][m]) for m in ("mf", "ftrl", "ranker")
-    ]:
+    for name, tolerance in TOLERANCE.items():
+        def score(p, name=name):
+            return p["fused"] if name == "fused" else p["scores"][name]
+
         faulty, reference = _mae(run["predictions"], score), _mae(uninterrupted["predictions"], score)
-        # Runs differ with merge timing too; FTRL, the most sensitive, differed by 0.026 and 0.031.
-        assert abs(faulty - reference) <= (0.02 if name == "fused" else 0.04), f"{name}: MAE {faulty:.4f} vs {reference:.4f} uninterrupted"
+        assert abs(faulty - reference) <= tolerance, f"{name}: MAE {faulty:.4f} vs {reference:.4f} uninterrupted"
+
+
+def test_model_versions_go_on_from_the_checkpoint(run):
+    """After each restore the merger numbers on from its checkpointed version, past the versions the
+    failed attempt published after that checkpoint (scorers skip a number they have seen, so a reused
+    number would leave them on the failed attempt's parameters), and no scorer goes back to an older
+    version than it had used. Without a warm start, a merger that lost its state would start from 1."""
+    assert all(header == number for header, number in run["published"])
+    published = [number for _, number in run["published"]]
+    assert len(published) > 20
+    assert all(a < b for a, b in zip(published, published[1:], strict=False)), (
+        f"version numbers on model-updates not strictly increasing: "
+        f"{[(a, b) for a, b in zip(published, published[1:], strict=False) if a >= b][:5]}")
+    last: dict[tuple[int, int], int] = {}
+    for partition, trainer, version in run["scored"]:
+        assert version >= last.get((partition, trainer), 0), f"trainer {trainer} went back to version {version}"
+        last[partition, trainer] = version
