@@ -22,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -77,8 +78,10 @@ def main() -> None:
             time.sleep(0.1)
         feeder.join(timeout=120)
         time.sleep(3 * cfg.flink.checkpoint_interval_ms / 1000)
-        summary = rest.checkpoints(job)["summary"]
-        counts = rest.checkpoints(job)["counts"]
+        stats = rest.checkpoints(job)
+        summary, counts = stats["summary"], stats["counts"]
+        failed = Counter((c.get("failure_message") or "?").split("\n")[0][:160]
+                         for c in stats.get("history", []) if c.get("status") == "FAILED")
     finally:
         proc.terminate()
         proc.wait(60)
@@ -96,6 +99,9 @@ def main() -> None:
         "seconds_from_failure_to_first_new_visible_output": round(visible_at - failed_at, 2) if visible_at else None,
         "checkpoints": {
             "counts": counts,
+            # Why checkpoints failed, of those in Flink's history; one that could not start (triggered
+            # while a task was still opening, e.g. during a restart) is counted but not listed.
+            "failure_reasons": dict(failed),
             "end_to_end_duration_ms": {k: summary["end_to_end_duration"][k] for k in ("min", "p50", "p99", "max")},
             "checkpointed_size_bytes": {k: summary["checkpointed_size"][k] for k in ("min", "p50", "max")},
             "full_state_size_bytes": {k: summary["state_size"][k] for k in ("min", "p50", "max")},
