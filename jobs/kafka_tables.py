@@ -175,10 +175,11 @@ def model_updates_source(t_env: StreamTableEnvironment, cfg: RtrecConfig, start_
 
     A version is hundreds of kilobytes or more; crossing Flink's network stack
     to a busy scorer it moved buffer by buffer between micro-batches (up to a
-    minute behind while the job caught up on a backlog). The notice is a few bytes, and the scorer
-    loads the version from the broker by its offset (udfs/user_stage.py).
-    Always unbounded: scorers follow new versions for as long as the job runs.
-    After a restore the source resumes from its checkpointed offsets.
+    minute behind while the job caught up on a backlog). A notice is a few
+    bytes, and the scorer loads the version from the broker by its offset
+    (udfs/user_stage.py). Always unbounded: scorers follow new versions for as
+    long as the job runs. After a restore the source resumes from its
+    checkpointed offsets.
     """
     k = cfg.kafka
     options = {
