@@ -178,14 +178,17 @@ class RecordFetcher:
         """The record at ``offset`` or, if compaction removed it, the first one after it; with
         ``newest``, the partition's last record if that is further on. None if the partition ends
         before it or nothing arrives within ``timeout_s``."""
-        if self._consumer is None:
-            # A fetch at the partition's end would wait up to fetch.wait.max.ms (500 ms) for more.
-            self._consumer = _consumer(self.kafka, **{"fetch.wait.max.ms": 10})
-        c = self._consumer
+        c = self.consumer()
         try:
             return self._fetch(c, partition, offset, newest, timeout_s)
         finally:
             c.unassign()  # no fetch left waiting at the partition's end to hold up the next call
+
+    def consumer(self) -> Consumer:
+        if self._consumer is None:
+            # A fetch at the partition's end would wait up to fetch.wait.max.ms (500 ms) for more.
+            self._consumer = _consumer(self.kafka, **{"fetch.wait.max.ms": 10})
+        return self._consumer
 
     def _fetch(self, c: Consumer, partition: int, offset: int, newest: bool, timeout_s: float):
         if newest:
@@ -216,31 +219,14 @@ def count_committed(kafka: KafkaConfig, topic: str) -> int:
     return sum(1 for _ in read_topic(kafka, topic, idle_s=0.5))
 
 
-def read_last(kafka: KafkaConfig, topic: str, timeout_s: float = 10.0) -> bytes | None:
-    """The value of the newest record of ``topic`` (over all partitions, by timestamp), or None if it is empty."""
-    c = _consumer(kafka)
+def read_last(kafka: KafkaConfig, topic: str, timeout_s: float = 10.0):
+    """The newest record of ``topic`` (over all partitions, by timestamp), or None if it is empty."""
+    fetcher = RecordFetcher(kafka, topic)
     try:
-        md = c.list_topics(topic, timeout=timeout_s).topics.get(topic)
+        md = fetcher.consumer().list_topics(topic, timeout=timeout_s).topics.get(topic)
         if md is None or md.error:
             return None
-        newest = None
-        for p in md.partitions:
-            low, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
-            if high <= low:
-                continue
-            c.assign([TopicPartition(topic, p, high - 1)])
-            deadline = time.time() + timeout_s
-            while time.time() < deadline:
-                m = c.poll(0.2)
-                if m is None:
-                    continue
-                if m.error():
-                    if m.error().code() == -191:
-                        break
-                    raise KafkaException(m.error())
-                if newest is None or m.timestamp()[1] >= newest.timestamp()[1]:
-                    newest = m
-                break
-        return newest.value() if newest is not None else None
+        last = [fetcher.fetch(p, 0, newest=True, timeout_s=timeout_s) for p in md.partitions]
+        return max((m for m in last if m is not None), key=lambda m: m.timestamp()[1], default=None)
     finally:
-        c.close()
+        fetcher.close()

@@ -70,9 +70,9 @@ def _run(kafka, name, records, overrides):
         return [(m.key().decode() if m.key() else None, m.value(), dict(m.headers() or []))
                 for m in topics.read_topic(cfg.kafka, topic)]
 
-    # In offset order per partition: (partition, trainer, model version) of each prediction.
-    scored = [(m.partition(), p["trainer"], p["model_version"]) for m, p in (
-        (m, orjson.loads(m.value())) for m in topics.read_topic(cfg.kafka, cfg.kafka.predictions_topic))]
+    # In offset order per partition, with the partition.
+    predictions = [(m.partition(), orjson.loads(m.value()))
+                   for m in topics.read_topic(cfg.kafka, cfg.kafka.predictions_topic)]
     # Each version's number, as its record's header says and as its parameters say.
     published = [(int(dict(m.headers())[VERSION_HEADER]), Version.from_bytes(m.value()).number)
                  for m in topics.read_topic(cfg.kafka, cfg.kafka.model_updates_topic, idle_s=0.5)]
@@ -89,10 +89,10 @@ def _run(kafka, name, records, overrides):
         "features": [(k, f) for k, f in features if f["event_id"] not in LATE_IDS],
         "recommendations": [(k, r) for k, r in (
             (k, orjson.loads(v)) for k, v, _ in read(cfg.kafka.recommendations_topic)) if r["event_id"] not in LATE_IDS],
-        "predictions": [p for p in (orjson.loads(v) for _, v, _ in read(cfg.kafka.predictions_topic))
-                        if p["event_id"] not in LATE_IDS],
+        "predictions": [p for _, p in predictions if p["event_id"] not in LATE_IDS],
         "dead": read(cfg.kafka.dead_letter_topic),
-        "scored": scored,
+        # (partition, trainer, model version) of each prediction
+        "scored": [(part, p["trainer"], p["model_version"]) for part, p in predictions],
         "published": published,
     }
 

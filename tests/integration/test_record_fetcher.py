@@ -48,3 +48,17 @@ def test_an_offset_past_the_end_gives_none(topic):
     fetcher, publish = topic
     publish(b"only")
     assert fetcher.fetch(0, 5, timeout_s=3) is None
+
+
+def test_read_last_gives_the_newest_record_or_none(kafka):
+    k = kafka.with_prefix(f"t.last-{uuid.uuid4().hex[:8]}.")
+    topics.ensure_topics(k, [k.model_updates_topic, k.events_topic])  # one partition, and several
+    assert topics.read_last(k, k.model_updates_topic) is None
+    assert topics.read_last(k, k.events_topic) is None
+    producer = Producer({"bootstrap.servers": k.bootstrap_servers})
+    for i, key in enumerate([b"a", b"b", b"c"]):
+        producer.produce(k.events_topic, f"e{i}".encode(), key=key, timestamp=1_000 + i)
+    producer.produce(k.model_updates_topic, b"m", key=b"rtrec-model", headers={topics.VERSION_HEADER: b"7"})
+    producer.flush(10)
+    assert topics.read_last(k, k.events_topic).value() == b"e2"
+    assert dict(topics.read_last(k, k.model_updates_topic).headers())[topics.VERSION_HEADER] == b"7"
