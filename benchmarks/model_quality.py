@@ -101,7 +101,7 @@ def online_vs_frozen(events) -> dict:
     half = len(events) // 2
     out = {}
     for name, freeze in (("online", None), ("frozen_after_first_half", half)):
-        examples, _, _ = simulate(cfg, events, freeze_at=freeze)
+        examples = simulate(cfg, events, freeze_at=freeze).predictions
         second = [x for x in examples if int(x.event_id.split("-")[1]) >= half]
         out[name] = report(second)
     return out

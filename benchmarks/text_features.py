@@ -48,7 +48,7 @@ def main() -> None:
     runs = {}
     for name, search in (("without_text", None), ("with_text", ranker)):
         t = time.perf_counter()
-        examples, _, _ = simulate(cfg, events, args.window, search=search)
+        examples = simulate(cfg, events, args.window, search=search).predictions
         dt = time.perf_counter() - t
         runs[name] = {"events_per_s": round(len(events) / dt), "seconds": round(dt, 1), **report(examples)}
         print(f"{name}: {len(events):,} events in {dt:.1f} s ({len(events) / dt:,.0f}/s)")

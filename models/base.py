@@ -33,6 +33,12 @@ class Batch:
     def __len__(self) -> int:
         return int(self.items.shape[0])
 
+    def subset(self, idx: torch.Tensor) -> Batch:
+        """The examples at ``idx``."""
+        pick = lambda t: None if t is None else t[idx]  # noqa: E731
+        return Batch(self.items[idx], {k: v[idx] for k, v in self.user_params.items()}, pick(self.dense),
+                     pick(self.sparse))
+
 
 @runtime_checkable
 class Model(Protocol):

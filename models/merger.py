@@ -18,11 +18,17 @@ from __future__ import annotations
 import time
 from collections import deque
 
+import numpy as np
 import torch
 
 from models.ensemble import Examples, ModelSet
 from models.params import RowDelta, Version, delta_is_finite, merge, sum_deltas
 from rtrec.config import ModelConfig
+
+
+def _stack(rows: list, dtype: torch.dtype, device) -> torch.Tensor:
+    """Held-out fields (NumPy arrays, or tensors from releases up to 0.1.0) as one tensor."""
+    return torch.as_tensor(np.stack([np.asarray(r) for r in rows]), dtype=dtype, device=device)
 
 
 class MergerCore:
@@ -68,11 +74,11 @@ class MergerCore:
         rows = list(self.heldout)
         ex = Examples(
             m.rows([r["item"] for r in rows]),
-            torch.stack([r["user_params"] for r in rows]).to(m.device),
-            torch.stack([r["user_dense"] for r in rows]).to(m.device),
+            _stack([r["user_params"] for r in rows], torch.float32, m.device),
+            _stack([r["user_dense"] for r in rows], torch.float32, m.device),
             torch.tensor([r["user_code"] for r in rows], dtype=torch.long, device=m.device),
-            torch.stack([r["user_buckets"] for r in rows]).to(m.device),
-            torch.stack([r.get("pair", torch.zeros(2)) for r in rows]).to(m.device),
+            _stack([r["user_buckets"] for r in rows], torch.long, m.device),
+            _stack([r.get("pair", (0.0, 0.0)) for r in rows], torch.float32, m.device),
         )
         y = torch.tensor([r["y"] for r in rows], device=m.device)
         with torch.no_grad():

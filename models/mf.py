@@ -48,10 +48,11 @@ class BiasedMF:
     def predict_many(self, batch: Batch) -> torch.Tensor:
         return self._raw(batch.user_params[self.name], batch.items)
 
-    def learn_many(self, batch: Batch, y: torch.Tensor, grad: torch.Tensor | None = None) -> None:
-        """One SGD step per example (summed over examples of the same item).
+    def learn_many(self, batch: Batch, y: torch.Tensor, grad: torch.Tensor | None = None, touch: bool = True) -> None:
+        """One SGD step per example (an item's steps averaged over its examples in the batch).
 
         ``grad`` is dLoss/dprediction; by default the squared-error one, ``prediction - y``.
+        ``touch``: count the examples against the rows (False when the caller does it).
         """
         u, items = batch.user_params[self.name], batch.items
         p, bu = u[:, :-1].clone(), u[:, -1].clone()  # the step uses the values before it
@@ -68,9 +69,10 @@ class BiasedMF:
         k = len(items)
         self.mu.data[0, 0] = mean + (float(y.sum()) - k * mean) / (n + k)
         self.mu.data[0, 1] = n + k
-        self.q.touch(items)
-        self.b.touch(items)
-        self.mu.touch_dense(len(items))
+        if touch:
+            self.q.touch(items)
+            self.b.touch(items)
+            self.mu.touch_dense(len(items))
 
     def score_catalogue(self, user_params: torch.Tensor) -> torch.Tensor:
         """(B, n_items) predicted ratings of every catalogue item for each user row."""

@@ -34,20 +34,19 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from models import sequential
 from models.base import Batch
 from models.ensemble import Examples, ModelSet
 from models.params import RowDelta, Version
 from models.search import TextContext
 from rtrec.config import ModelConfig
-from rtrec.events import POSITIVE_TYPES, Event
+from rtrec.events import INTERACTION_TYPES, POSITIVE_TYPES, RATING_TYPE, Event
 
 #: Pair features of an example without text signals (text off, or an impression stored before).
 NO_PAIR = [0.0, 0.0]
-#: Event types after which a user's top-k is refreshed.
-REFRESH_TYPES = frozenset({"view", "click", "add_to_cart", "purchase", "rating"})
 
 
-@dataclass
+@dataclass(slots=True)
 class Inputs:
     """An event with what the models need to know about its user, gathered by the caller."""
 
@@ -59,22 +58,83 @@ class Inputs:
     buckets_after: tuple[int, int] | None = None
 
 
-@dataclass
-class Example:
-    """One labelled example, as it was predicted (and, unless held out, learned)."""
+def refreshes(e: Event) -> bool:
+    """Whether the models score something for ``e``: its candidates, or its user's top-k after it."""
+    return bool(e.candidates) or e.type in INTERACTION_TYPES
 
-    event_id: str
-    user_id: str
-    item_id: str
+
+@dataclass(slots=True)
+class OpenImpression:
+    """An impression waiting for its attribution window: its features as they were when it was shown."""
+
     ts: int
-    type: str
-    label: float  # in the label's units: the rating, or 1/0
-    scores: dict[str, float]  # per model, in the label's units
-    fused: float
-    heldout: bool
+    event_id: str
+    dense: list[float]
+    buckets: tuple[int, int]
+    code: int
+    pair: list[float]
+
+    @staticmethod
+    def read(value) -> OpenImpression:
+        """From state: this class, or the tuple older releases stored (without ``pair`` before text)."""
+        if type(value) is OpenImpression:
+            return value
+        ts, event_id, dense, buckets, code = value[:5]
+        return OpenImpression(ts, event_id, dense, tuple(buckets), code, value[5] if len(value) > 5 else NO_PAIR)
+
+
+class ExampleColumns:
+    """Labelled examples gathered from a batch, as columns (one list per field)."""
+
+    __slots__ = ("event_id", "user_id", "item_id", "ts", "type", "label", "dense", "buckets", "code", "pair")
+
+    def __init__(self):
+        for name in self.__slots__:
+            setattr(self, name, [])
+
+    def __len__(self) -> int:
+        return len(self.event_id)
+
+    def add(self, event_id: str, user_id: str, item_id: str, ts: int, type_: str, label: float, dense, buckets,
+            code: int, pair) -> None:
+        self.event_id.append(event_id)
+        self.user_id.append(user_id)
+        self.item_id.append(item_id)
+        self.ts.append(ts)
+        self.type.append(type_)
+        self.label.append(label)
+        self.dense.append(dense)
+        self.buckets.append(buckets)
+        self.code.append(code)
+        self.pair.append(pair)
 
 
 @dataclass
+class Predictions:
+    """Labelled examples as columns, each predicted by every model and the fusion before anything
+    learned from it; scores in the label's units (the rating, or 0..1 for binary feedback)."""
+
+    event_id: list[str] = field(default_factory=list)
+    user_id: list[str] = field(default_factory=list)
+    item_id: list[str] = field(default_factory=list)
+    ts: list[int] = field(default_factory=list)
+    type: list[str] = field(default_factory=list)
+    label: list[float] = field(default_factory=list)
+    scores: dict[str, list[float]] = field(default_factory=dict)
+    fused: list[float] = field(default_factory=list)
+    heldout: list[bool] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.event_id)
+
+    def extend(self, other: Predictions) -> None:
+        for name in ("event_id", "user_id", "item_id", "ts", "type", "label", "fused", "heldout"):
+            getattr(self, name).extend(getattr(other, name))
+        for k, v in other.scores.items():
+            self.scores.setdefault(k, []).extend(v)
+
+
+@dataclass(slots=True)
 class Recommendation:
     event: Event
     items: list[str]
@@ -83,7 +143,7 @@ class Recommendation:
 
 @dataclass
 class BatchResult:
-    examples: list[Example] = field(default_factory=list)
+    examples: Predictions = field(default_factory=Predictions)
     recommendations: list[Recommendation] = field(default_factory=list)
 
 
@@ -100,6 +160,8 @@ class OnlineLearner:
         self.trainer_id = trainer_id
         self.models = ModelSet(cfg, device)
         self.device = self.models.device
+        # The MF's exact-order pass is compiled for the CPU; on a GPU it runs as batched waves.
+        self.compiled = self.device.type == "cpu"
         self.version = 0
         self.version_created_ms = 0
         self.seq = 0  # number of deltas handed over
@@ -110,29 +172,29 @@ class OnlineLearner:
         #: Ranks searches (models.search.SearchRanker) when text is enabled; without it a search's
         #: candidates are ranked by the models alone, like any candidates request.
         self.search = None
+        #: True: a top-k after every interaction (the tests' reference); False: once per user and batch,
+        #: after the user's last interaction in it (the same list as that last per-event one).
+        self.refresh_every_event = False
+
+    def warm_up(self) -> None:
+        """Compile and import now what would otherwise be compiled or imported by the first batch."""
+        sequential.warm_up()
+        # The first autograd.backward imports sympy (0.35 s or more).
+        w = torch.zeros(1, requires_grad=True)
+        torch.autograd.backward((w * 2).sum(), torch.ones(()))
 
     # -- users -------------------------------------------------------------------
     def new_user(self, user_id: str) -> dict:
         return {"mf": self.models.mf.new_user(user_id).numpy(), "recent": [], "impressions": {}}
 
     # -- labels -------------------------------------------------------------------
-    def _label(self, e: Event) -> float | None:
-        if e.type == "rating":
+    @staticmethod
+    def _label(e: Event) -> float | None:
+        if e.type == RATING_TYPE:
             return e.value
         if e.type in POSITIVE_TYPES:
             return 1.0
         return None
-
-    def _to_rating(self, label: float, type_: str) -> float:
-        if type_ in ("rating",):
-            return label
-        return self.cfg.rating_max if label >= 0.5 else self.cfg.rating_min
-
-    def _to_label_units(self, rating: float, type_: str) -> float:
-        if type_ == "rating":
-            return rating
-        lo, hi = self.cfg.rating_min, self.cfg.rating_max
-        return min(1.0, max(0.0, (rating - lo) / (hi - lo)))
 
     # -- per batch -------------------------------------------------------------------
     def process(self, inputs: list[Inputs], users: dict[str, dict]) -> BatchResult:
@@ -142,53 +204,67 @@ class OnlineLearner:
         if self.search is not None:
             ctx = self.search.context(inputs, users, self.cfg.rating_min, self.cfg.rating_max)
             pair_of = self._pairs(inputs, ctx)
-        rows: list[tuple] = []
+        cols = ExampleColumns()
         row_of: dict[int, int] = {}  # position in inputs -> its example row
-        recent_at: dict[int, list[str]] = {}  # position -> the user's recent items just after the event
-        searches: list[Inputs] = []
+        refresh_at: dict[int, list[str]] = {}  # position -> the user's recent items just after the event
+        last_refresh: dict[str, int] = {}  # user -> position of their last top-k refresh
+        searches: list[tuple[int, Inputs]] = []
+        item_ids: list[str] = []  # items without an example (impressions, views): into the catalogue too
+        keep_recent = self.cfg.exclude_recent
+        every = self.refresh_every_event
         for pos, x in enumerate(inputs):
             e = x.event
             user = users[e.user_id]
+            t = e.type
             if e.item_id is not None:
                 pair = pair_of[pos] if pair_of else NO_PAIR
-                if e.type == "impression":
-                    user["impressions"][e.item_id] = (e.ts, e.event_id, x.dense, x.buckets, x.code, pair)
+                if t == "impression":
+                    user["impressions"][e.item_id] = OpenImpression(e.ts, e.event_id, x.dense, x.buckets, x.code,
+                                                                    pair)
                 else:
-                    if e.type in POSITIVE_TYPES:
+                    if t in POSITIVE_TYPES:
                         user["impressions"].pop(e.item_id, None)  # attributed: not a negative
                     recent = user["recent"]
                     if e.item_id in recent:
                         recent.remove(e.item_id)
                     recent.insert(0, e.item_id)
-                    del recent[self.cfg.exclude_recent :]
-                label = self._label(e)
+                    del recent[keep_recent:]
+                label = e.value if t == RATING_TYPE else (1.0 if t in POSITIVE_TYPES else None)
                 if label is not None:
-                    row_of[pos] = len(rows)
-                    rows.append((e.event_id, e.user_id, e.item_id, e.ts, e.type, label, x.dense, x.buckets, x.code,
-                                 pair))
-            if self.search is not None and e.type == "search" and e.candidates:
-                searches.append((pos, x))
-            elif e.candidates or e.type in REFRESH_TYPES:
-                recent_at[pos] = list(user["recent"])
-        self.models.rows([x.event.item_id for x in inputs if x.event.item_id is not None])
+                    row_of[pos] = len(cols)
+                    cols.add(e.event_id, e.user_id, e.item_id, e.ts, t, label, x.dense, x.buckets, x.code, pair)
+                else:
+                    item_ids.append(e.item_id)
+            if e.candidates:
+                if self.search is not None and t == "search":
+                    searches.append((pos, x))
+                else:
+                    refresh_at[pos] = user["recent"]
+            elif t in INTERACTION_TYPES:
+                if not every:
+                    refresh_at.pop(last_refresh.get(e.user_id, -1), None)
+                    last_refresh[e.user_id] = pos
+                refresh_at[pos] = list(user["recent"])
 
-        start = {u: users[u]["mf"].copy() for u in {x.event.user_id for x in inputs}}
+        if item_ids:
+            self.models.rows(item_ids)
+        start = {u: users[u]["mf"] for u in {x.event.user_id for x in inputs}}
         if searches:
             # Ranked with the parameters as of the batch's start: the rating that follows a
             # search within the same batch must not have moved its item's parameters yet.
             result.recommendations.extend(self._search(searches, start, ctx))
-        after: list[np.ndarray] = []
-        if rows:
-            examples, after = self._learn(rows, users)
-            result.examples.extend(examples)
-        if recent_at:
+        after = None
+        if len(cols):
+            result.examples, after = self._learn(cols, users)
+        if refresh_at:
             refresh = []
             latest = dict(start)  # a user's vector as of the event: after their last example so far
             for pos, x in enumerate(inputs):
-                if pos in row_of:
-                    latest[x.event.user_id] = after[row_of[pos]]
-                if pos in recent_at:
-                    refresh.append((x, latest[x.event.user_id], recent_at[pos], pos))
+                r = row_of.get(pos)
+                if r is not None:
+                    latest[x.event.user_id] = after[r]
+                if pos in refresh_at:
+                    refresh.append((x, latest[x.event.user_id], refresh_at[pos], pos))
             result.recommendations.extend(self._recommend(refresh, ctx))
         return result
 
@@ -207,112 +283,151 @@ class OnlineLearner:
         vecs = self.search.row_vectors(cand, self.models.params.index.ids)
         return TextContext.pair(query, interest, vecs).to(self.device)
 
-    def expire_impressions(self, due: list[tuple[str, str, str]], users: dict[str, dict]) -> list[Example]:
+    def expire_impressions(self, due: list[tuple[str, str, str]], users: dict[str, dict]) -> Predictions:
         """Impressions whose attribution window closed: still open ones become negative examples.
 
         ``due`` holds (user id, item id, impression event id).
         """
-        rows = []
+        cols = ExampleColumns()
         for user_id, item_id, event_id in due:
             user = users.get(user_id)
             if user is None:
                 continue
-            open_ = user["impressions"].get(item_id)
-            if open_ is None or open_[1] != event_id:
-                continue  # clicked since, or superseded by a newer impression
+            stored = user["impressions"].get(item_id)
+            if stored is None:
+                continue
+            open_ = OpenImpression.read(stored)
+            if open_.event_id != event_id:
+                continue  # superseded by a newer impression
             del user["impressions"][item_id]
-            ts, _, dense, buckets, code = open_[:5]
-            pair = open_[5] if len(open_) > 5 else NO_PAIR
-            rows.append((event_id, user_id, item_id, ts, "impression", 0.0, dense, buckets, code, pair))
-        return self._learn(rows, users)[0] if rows else []
+            cols.add(event_id, user_id, item_id, open_.ts, "impression", 0.0, open_.dense, open_.buckets,
+                     open_.code, open_.pair)
+        return self._learn(cols, users)[0] if len(cols) else Predictions()
 
-    def _learn(self, rows: list[tuple], users: dict[str, dict]) -> tuple[list[Example], list[np.ndarray]]:
-        """Predict every row, then learn from all but the held-out share.
+    def _mf(self, cols: ExampleColumns, items: torch.Tensor, y: torch.Tensor, learn: list[bool],
+            users: dict[str, dict]) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+        """The MF over the examples in order: raw predictions, and each row's user vector before and after it."""
+        m, cfg = self.models, self.cfg
+        mf = m.mf
+        index: dict[str, int] = {}
+        user_of = np.fromiter((index.setdefault(u, len(index)) for u in cols.user_id), np.int64, len(cols))
+        vectors = np.stack([users[u]["mf"] for u in index]).astype(np.float32)
+        learned = [i for i, ok in enumerate(learn) if ok]
+        if self.compiled:
+            pred, before, after = sequential.mf_pass(
+                vectors, user_of, items.numpy(), y.numpy(), np.array(learn, np.bool_), mf.q.data.numpy(),
+                mf.b.data.numpy(), mf.mu.data.numpy()[0], cfg.mf_lr_bias, cfg.mf_lr_latent, cfg.mf_l2, cfg.mf_l2,
+                cfg.grad_clip)
+            pred = torch.from_numpy(pred)
+        else:
+            pred, before, after = self._mf_waves(vectors, user_of, items, y, learn)
+        for u, r in index.items():
+            users[u]["mf"] = vectors[r].copy()
+        if learned:
+            rows = items[torch.tensor(learned, device=items.device)]
+            mf.q.touch(rows)
+            mf.b.touch(rows)
+            mf.mu.touch_dense(len(learned))
+        return pred, before, after
 
-        MF runs first, in waves (the n-th row of every user forms wave n): a
-        user's vector follows their examples in order, exactly as one at a
-        time. FTRL, the ranker and the fusion then predict all rows (with each
-        user's vector as it was before the row) and take one step on the batch;
-        their view of the user is the feature vector computed before each event.
-        Returns the examples and each row's user vector after it.
-        """
+    def _mf_waves(self, vectors: np.ndarray, user_of: np.ndarray, items: torch.Tensor, y: torch.Tensor,
+                  learn: list[bool]) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+        """:func:`models.sequential.mf_pass` as batched torch ops (for a GPU): the n-th example of every
+        user forms wave n, so a user's vector follows their examples in order; an item that several users
+        rated in one wave moves by the mean of their steps. ``vectors`` is updated in place."""
         m, cfg, dev = self.models, self.cfg, self.device
-        n = len(rows)
-        item_rows = m.rows([r[2] for r in rows])
-        y = torch.tensor([self._to_rating(r[5], r[4]) for r in rows], dtype=torch.float32, device=dev)
-        heldout = [is_heldout(r[0], cfg.heldout_fraction) for r in rows]
-
-        width = m.mf.user_width
+        n = len(user_of)
+        width = vectors.shape[1]
         before = np.empty((n, width), dtype=np.float32)
         after = np.empty((n, width), dtype=np.float32)
-        mf_pred = torch.empty(n, device=dev)
+        pred = torch.empty(n, device=dev)
         waves: list[list[int]] = []
-        depth: dict[str, int] = {}
-        for i, r in enumerate(rows):
-            d = depth.get(r[1], 0)
-            depth[r[1]] = d + 1
+        depth: dict[int, int] = {}
+        for i, u in enumerate(user_of.tolist()):
+            d = depth.get(u, 0)
+            depth[u] = d + 1
             if d == len(waves):
                 waves.append([])
             waves[d].append(i)
         for wave in waves:
-            vecs = np.stack([users[rows[i][1]]["mf"] for i in wave]).astype(np.float32)
+            rows = user_of[wave]
+            vecs = vectors[rows]
             before[wave] = vecs
             idx = torch.tensor(wave, device=dev)
             u = torch.from_numpy(vecs).to(dev)
-            batch = Batch(items=item_rows[idx], user_params={"mf": u})
+            batch = Batch(items=items[idx], user_params={"mf": u})
             with torch.no_grad():
                 p = m.mf.predict_many(batch)
-            mf_pred[idx] = p
-            train = [j for j, i in enumerate(wave) if not heldout[i]] if self.learning else []
+            pred[idx] = p
+            train = [j for j, i in enumerate(wave) if learn[i]]
             if train:
                 t = torch.tensor(train, device=dev)
                 sub = Batch(items=batch.items[t], user_params={"mf": u[t]})
-                m.mf.learn_many(sub, y[idx][t], grad=(p[t] - y[idx][t]).clamp(-cfg.grad_clip, cfg.grad_clip))
-                learned = sub.user_params["mf"].cpu().numpy()
-                if not np.isfinite(learned).all():  # a diverged user vector is reset, not stored
-                    learned = np.nan_to_num(learned, nan=0.0, posinf=0.0, neginf=0.0)
-                vecs[train] = learned
+                m.mf.learn_many(sub, y[idx][t], grad=(p[t] - y[idx][t]).clamp(-cfg.grad_clip, cfg.grad_clip),
+                                touch=False)
+                vecs[train] = np.nan_to_num(sub.user_params["mf"].cpu().numpy(), nan=0.0, posinf=0.0, neginf=0.0)
             after[wave] = vecs
-            for j, i in enumerate(wave):
-                users[rows[i][1]]["mf"] = vecs[j]
+            vectors[rows] = vecs
+        return pred, before, after
+
+    def _learn(self, cols: ExampleColumns, users: dict[str, dict]) -> tuple[Predictions, np.ndarray]:
+        """Predict every example, then learn from all but the held-out share.
+
+        The MF runs first, example by example in order (models.sequential): a
+        user's vector follows their examples exactly as one at a time. FTRL,
+        the ranker and the fusion then predict all rows (with each user's
+        vector as it was before the row) and take one step on the batch;
+        their view of the user is the feature vector computed before each
+        event. Returns the predictions and each row's user vector after it.
+        """
+        m, cfg, dev = self.models, self.cfg, self.device
+        n = len(cols)
+        lo, hi = cfg.rating_min, cfg.rating_max
+        items = m.rows(cols.item_id)
+        is_rating = [t == RATING_TYPE for t in cols.type]
+        y = torch.tensor([v if r else (hi if v >= 0.5 else lo) for v, r in zip(cols.label, is_rating, strict=True)],
+                         dtype=torch.float32)
+        fraction = cfg.heldout_fraction
+        heldout = [is_heldout(e, fraction) for e in cols.event_id]
+        learn = [not h for h in heldout] if self.learning else [False] * n
+        mf_pred, before, after = self._mf(cols, items, y.to(dev), learn, users)
 
         ex = Examples(
-            item_rows,
+            items,
             torch.from_numpy(before).to(dev),
-            torch.tensor([r[6] for r in rows], dtype=torch.float32, device=dev),
-            torch.tensor([r[8] for r in rows], dtype=torch.long, device=dev),
-            torch.tensor([r[7] for r in rows], dtype=torch.long, device=dev),
-            torch.tensor([r[9] for r in rows], dtype=torch.float32, device=dev),
+            torch.tensor(cols.dense, dtype=torch.float32, device=dev),
+            torch.tensor(cols.code, dtype=torch.long, device=dev),
+            torch.tensor(cols.buckets, dtype=torch.long, device=dev),
+            torch.tensor(cols.pair, dtype=torch.float32, device=dev),
         )
+        y = y.to(dev)
         batch = m.batch(ex)
         with torch.no_grad():
-            raw = {m.mf.name: mf_pred, m.ftrl.name: m.ftrl.predict_many(batch),
+            raw = {m.mf.name: mf_pred.to(dev), m.ftrl.name: m.ftrl.predict_many(batch),
                    m.ranker.name: m.ranker.predict_many(batch)}
-        lo, hi = cfg.rating_min, cfg.rating_max
         fused = m.fusion.predict(raw).clamp(lo, hi)
 
-        examples = []
-        scores_cpu = {k: v.clamp(lo, hi).tolist() for k, v in raw.items()}
-        fused_cpu = fused.tolist()
-        for i, r in enumerate(rows):
-            t = r[4]
-            examples.append(Example(
-                r[0], r[1], r[2], r[3], t, r[5],
-                {k: self._to_label_units(v[i], t) for k, v in scores_cpu.items()},
-                self._to_label_units(fused_cpu[i], t), heldout[i],
-            ))
-        train = [i for i in range(n) if not heldout[i]] if self.learning else []
-        for i in range(n):
-            if heldout[i] and self.learning:
-                self.heldout.append({"item": rows[i][2], "user_params": ex.user_params[i].cpu(),
-                                     "user_dense": ex.user_dense[i].cpu(), "user_code": int(ex.user_codes[i]),
-                                     "user_buckets": ex.user_buckets[i].cpu(), "pair": ex.pair[i].cpu(),
-                                     "y": float(y[i])})
-        if train:
-            t = torch.tensor(train, device=dev)
-            sub = ex.subset(t)
-            m.learn(m.batch(sub), y[t], {k: v[t] for k, v in raw.items()}, models=[m.ftrl, m.ranker])
-        return examples, list(after)
+        # Scores in the label's units: ratings as they are, binary feedback rescaled to 0..1.
+        rating = torch.tensor(is_rating, device=dev)
+
+        def units(v: torch.Tensor) -> list[float]:
+            v = v.clamp(lo, hi)
+            return torch.where(rating, v, (v - lo) / (hi - lo)).tolist()
+
+        out = Predictions(cols.event_id, cols.user_id, cols.item_id, cols.ts, cols.type, cols.label,
+                          {k: units(v) for k, v in raw.items()}, units(fused), heldout)
+        if self.learning:
+            for i in (i for i in range(n) if heldout[i]):  # plain values: they are pickled for the merger
+                self.heldout.append({"item": cols.item_id[i], "user_params": before[i],
+                                     "user_dense": np.array(cols.dense[i], np.float32), "user_code": cols.code[i],
+                                     "user_buckets": np.array(cols.buckets[i], np.int64),
+                                     "pair": np.array(cols.pair[i], np.float32), "y": float(y[i])})
+            train = [i for i in range(n) if not heldout[i]]
+            if train:
+                t = torch.tensor(train, device=dev)
+                sub = batch if len(train) == n else batch.subset(t)
+                m.learn(sub, y[t], {k: v[t] for k, v in raw.items()}, models=[m.ftrl, m.ranker])
+        return out, after
 
     # -- recommendations -------------------------------------------------------------
     def _recommend(self, refresh: list[tuple[Inputs, np.ndarray, list[str], int]],

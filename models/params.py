@@ -26,6 +26,7 @@ merged result equals the trainer's own parameters.
 from __future__ import annotations
 
 import io
+import pickle
 import zlib
 from dataclasses import dataclass, field
 
@@ -34,6 +35,9 @@ import torch
 from models.base import ItemIndex, item_seed
 
 KINDS = ("item", "hashed", "dense")
+_ROW_ZERO = torch.zeros(1, dtype=torch.long)
+#: The format of :func:`delta_to_bytes`.
+DELTA_FORMAT = "rtrec-delta-2"
 
 
 @dataclass
@@ -60,6 +64,7 @@ class Table:
         self.data = torch.zeros((rows, *self.shape), device=device)
         self.base = self.data.clone()  # the values at the last hand-over
         self.counts = torch.zeros(rows, device=device)  # examples per row since then
+        self.touched: list[torch.Tensor] = []  # rows counted since then (repeats allowed)
 
     def ensure_rows(self, n: int) -> None:
         """Grow to at least ``n`` rows (item tables), initialising the new ones."""
@@ -78,9 +83,20 @@ class Table:
             self.counts.index_add_(0, rows, n.to(self.counts.dtype))
         else:
             self.counts.index_add_(0, rows, torch.full(rows.shape, float(n), device=self.device))
+        self.touched.append(rows)
 
     def touch_dense(self, n: float) -> None:
         self.counts[0] += n
+        self.touched.append(_ROW_ZERO)
+
+    def take_touched(self) -> torch.Tensor:
+        """The distinct rows counted since the last call (no scan of the table)."""
+        touched, self.touched = self.touched, []
+        if not touched:
+            return _ROW_ZERO[:0]
+        if self.kind == "dense":
+            return _ROW_ZERO.to(self.device)
+        return torch.unique(torch.cat([t.to(self.device) for t in touched]))
 
 
 class ParameterSet:
@@ -135,7 +151,7 @@ class ParameterSet:
         """What changed since the last call (touched rows only), then start counting afresh."""
         delta: dict[str, RowDelta] = {}
         for name, t in self.tables.items():
-            rows = torch.nonzero(t.counts > 0).flatten()
+            rows = t.take_touched()
             if rows.numel() == 0:
                 continue
             values = (t.data[rows] - t.base[rows]).cpu()
@@ -183,6 +199,7 @@ class ParameterSet:
                 t.data.copy_(values)
                 t.base.copy_(values)
             t.counts.zero_()
+            t.touched.clear()
 
 
 def _union_rows(parts: list[RowDelta]) -> tuple[list[str] | torch.Tensor, list[torch.Tensor], int]:
@@ -236,6 +253,44 @@ def to_bytes(obj) -> bytes:
 def from_bytes(data: bytes):
     """The inverse of :func:`to_bytes`; only plain data is accepted, never arbitrary objects."""
     return torch.load(io.BytesIO(data), weights_only=True)
+
+
+def delta_to_bytes(delta: dict[str, RowDelta]) -> bytes:
+    """A delta as bytes for the merger: NumPy arrays pickled (torch.save took about 2.7 ms a batch).
+
+    >>> d = {"w": RowDelta("item", ["a"], torch.ones(1, 2), torch.ones(1))}
+    >>> delta_from_bytes(delta_to_bytes(d))["w"].keys
+    ['a']
+    """
+    return pickle.dumps((DELTA_FORMAT, {
+        n: (d.kind, d.keys if d.kind == "item" else d.keys.numpy(), d.values.numpy(), d.counts.numpy())
+        for n, d in delta.items()}), protocol=5)
+
+
+def delta_from_bytes(data: bytes) -> dict[str, RowDelta]:
+    """The inverse of :func:`delta_to_bytes`; reads the earlier torch.save format too (in merger state)."""
+    if data[:2] == b"PK":  # a zip: torch.save, releases up to 0.1.0
+        return delta_from_plain(from_bytes(data))
+    fmt, tables = pickle.loads(data)
+    if fmt != DELTA_FORMAT:
+        raise ValueError(f"unknown delta format {fmt!r}")
+    return {n: RowDelta(kind, keys if kind == "item" else torch.from_numpy(keys), torch.from_numpy(values),
+                        torch.from_numpy(counts)) for n, (kind, keys, values, counts) in tables.items()}
+
+
+def heldout_to_bytes(rows: list[dict]) -> bytes:
+    """Held-out examples (dicts of NumPy arrays and numbers) as bytes for the merger."""
+    return pickle.dumps((DELTA_FORMAT, rows), protocol=5)
+
+
+def heldout_from_bytes(data: bytes) -> list[dict]:
+    """The inverse of :func:`heldout_to_bytes`; reads the earlier torch.save format too."""
+    if data[:2] == b"PK":
+        return from_bytes(data)
+    fmt, rows = pickle.loads(data)
+    if fmt != DELTA_FORMAT:
+        raise ValueError(f"unknown held-out format {fmt!r}")
+    return rows
 
 
 def delta_to_plain(delta: dict[str, RowDelta]) -> dict:

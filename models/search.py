@@ -34,13 +34,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.text import ItemTextIndex, TextEncoder, decay_interest, movielens_texts
+from models.sequential import interest_pass
+from models.text import ItemTextIndex, TextEncoder, movielens_texts
 from rtrec.config import TextConfig
+from rtrec.events import EVENT_TABLE
 from rtrec.search import fuse_search
-
-#: How much an interaction pulls a user's text interest towards the item. A rating counts by how far
-#: it sits above the middle of the scale (the top rating 1, the middle or below 0: not a like).
-INTEREST_WEIGHTS = {"view": 0.25, "click": 0.5, "add_to_cart": 0.75, "purchase": 1.0}
 
 
 def catalogue_texts(source: str) -> dict[str, str]:
@@ -67,13 +65,18 @@ def catalogue_texts(source: str) -> dict[str, str]:
 def interest_weight(event_type: str, value: float | None, rating_min: float, rating_max: float) -> float:
     """How much an event pulls its user's text interest towards its item (0: not at all).
 
+    A rating counts by how far it sits above the middle of the scale (the top
+    rating 1, the middle or below 0: not a like); other types by their
+    :attr:`rtrec.events.EventType.interest`.
+
     >>> interest_weight("rating", 5.0, 1, 5), interest_weight("rating", 3.0, 1, 5), interest_weight("click", None, 1, 5)
     (1.0, 0.0, 0.5)
     """
     if event_type == "rating":
         mid = (rating_min + rating_max) / 2
         return max(0.0, min(1.0, ((value or 0.0) - mid) / (rating_max - mid)))
-    return INTEREST_WEIGHTS.get(event_type, 0.0)
+    t = EVENT_TABLE.get(event_type)
+    return t.interest if t is not None else 0.0
 
 
 @dataclass
@@ -184,8 +187,8 @@ class SearchRanker:
 
         ``inputs`` carry ``.event``; ``users`` maps user id -> model state, whose
         ``"query"`` (float16 vector, ts) and ``"interest"`` (float16 vector, mass,
-        ts) entries are read and replaced. Interest updates run in waves (the
-        n-th liked item of every user together), like the MF's examples.
+        ts) entries are read and replaced. Interest updates fold in event order per user, in one
+        compiled pass (models.sequential.interest_pass) on the host.
         """
         dev, dim = self.device, self.index.dim
         events = [x.event for x in inputs]
@@ -203,21 +206,27 @@ class SearchRanker:
                 latest_q[u] = (len(stored_q), q[1])
         batch_q0 = 1 + len(stored_q)
 
-        # Interest: rows 0 = zeros, then each user's stored vector, then one row per update.
-        start: dict[str, int] = {}
-        init_vecs, init_mass, init_ts = [], [], []
-        for u in {e.user_id for e in events}:
+        # Interest: table rows 0 = zeros, 1..U each user's stored vector (zeros if none), then the
+        # vector after each update. The fold runs in order per user, compiled (models.sequential).
+        row_of_user: dict[str, int] = {}
+        for e in events:
+            if e.user_id not in row_of_user:
+                row_of_user[e.user_id] = len(row_of_user)
+        n_users = len(row_of_user)
+        vecs = np.zeros((n_users, dim), np.float32)
+        mass = np.zeros(n_users, np.float32)
+        last_ts = np.zeros(n_users, np.int64)
+        known = np.zeros(n_users, np.bool_)
+        for u, r in row_of_user.items():
             it = users[u].get("interest")
             if it is not None:
-                init_vecs.append(it[0])
-                init_mass.append(it[1])
-                init_ts.append(it[2])
-                start[u] = len(init_vecs)
-        updates: list[tuple[int, str, str, int, float]] = []  # (pos, user, item, ts, weight)
-        depth: dict[str, int] = {}
+                vecs[r], mass[r], last_ts[r], known[r] = it[0], it[1], it[2], True
+        initial = vecs.copy()
+        current = [1 + r for r in range(n_users)]  # per user row: their newest table row
+        up_user, up_item, up_ts, up_w = [], [], [], []
         query_row = [0] * len(events)
-        before_ref: list[tuple[str, int]] = []  # (user, number of the user's updates before the event)
-        after_ref: list[tuple[str, int]] = []
+        before_rows: list[int] = []
+        after_rows: list[int] = []
         for pos, e in enumerate(events):
             u = e.user_id
             if pos in query_of_search:
@@ -225,13 +234,21 @@ class SearchRanker:
             q = latest_q.get(u)
             if q is not None and 0 <= e.ts - q[1] <= self.query_window_ms:
                 query_row[pos] = q[0]
-            d = depth.get(u, 0)
-            before_ref.append((u, d))
+            r = row_of_user[u]
+            before_rows.append(current[r])
             w = interest_weight(e.type, e.value, rating_min, rating_max) if e.item_id is not None else 0.0
             if w > 0:
-                updates.append((pos, u, e.item_id, e.ts, w))
-                depth[u] = d = d + 1
-            after_ref.append((u, d))
+                current[r] = 1 + n_users + len(up_user)
+                up_user.append(r)
+                up_item.append(e.item_id)
+                up_ts.append(e.ts)
+                up_w.append(w)
+            after_rows.append(current[r])
+        folded = np.zeros((0, dim), np.float32)
+        if up_user:
+            item_vecs = self.item_vectors(up_item).to("cpu", torch.float32).numpy()
+            folded = interest_pass(vecs, mass, last_ts, known, np.array(up_user, np.int64), item_vecs,
+                                   np.array(up_ts, np.int64), np.array(up_w, np.float32), self.half_life_ms)
 
         zeros = torch.zeros(1, dim, device=dev)
         q_parts = [zeros]
@@ -240,47 +257,12 @@ class SearchRanker:
         if query_vecs is not None:
             q_parts.append(query_vecs.to(dev, torch.float32))
         q_table = torch.cat(q_parts)
-
-        i_parts = [zeros]
-        if init_vecs:
-            i_parts.append(torch.from_numpy(np.stack(init_vecs)).to(dev, torch.float32))
-        n_rows = 1 + len(init_vecs)
-        row_after: dict[tuple[str, int], int] = {(u, 0): r for u, r in start.items()}
-        mass = {u: init_mass[r - 1] for u, r in start.items()}
-        last_ts = {u: init_ts[r - 1] for u, r in start.items()}
-        if updates:
-            item_vecs = self.item_vectors([it for _, _, it, _, _ in updates])
-            waves: list[list[int]] = []
-            seen: dict[str, int] = {}
-            for k, (_, u, _, _, _) in enumerate(updates):
-                d = seen.get(u, 0)
-                seen[u] = d + 1
-                if d == len(waves):
-                    waves.append([])
-                waves[d].append(k)
-            current = {u: (i_parts[1][r - 1] if r else zeros[0]) for u, r in start.items()}
-            for d, wave in enumerate(waves):
-                us = [updates[k][1] for k in wave]
-                vec = torch.stack([current.get(u, zeros[0]) for u in us])
-                dt = [updates[k][3] - last_ts.get(u, updates[k][3]) for k, u in zip(wave, us, strict=True)]
-                new, new_mass = decay_interest(vec, item_vecs[wave], torch.tensor(dt, dtype=torch.float32),
-                                               self.half_life_ms, torch.tensor([mass.get(u, 0.0) for u in us]),
-                                               torch.tensor([updates[k][4] for k in wave]))
-                i_parts.append(new)
-                for j, (k, u) in enumerate(zip(wave, us, strict=True)):
-                    row_after[(u, d + 1)] = n_rows + j
-                    current[u] = new[j]
-                    mass[u] = float(new_mass[j])
-                    last_ts[u] = max(last_ts.get(u, updates[k][3]), updates[k][3])
-                n_rows += len(wave)
-        i_table = torch.cat(i_parts)
+        i_table = torch.from_numpy(np.concatenate([np.zeros((1, dim), np.float32), initial, folded])).to(dev)
 
         # The users' new state, as float16 on the host.
-        for u in {e.user_id for e in events}:
-            d = depth.get(u, 0)
-            if d:
-                users[u]["interest"] = (i_table[row_after[(u, d)]].to(torch.float16).cpu().numpy(), mass[u],
-                                        last_ts[u])
+        for u, r in row_of_user.items():
+            if current[r] != 1 + r:  # folded something in
+                users[u]["interest"] = (vecs[r].astype(np.float16), float(mass[r]), int(last_ts[r]))
         for pos in reversed(searches):
             u = events[pos].user_id
             if latest_q.get(u, (None,))[0] == batch_q0 + query_of_search[pos]:
@@ -288,12 +270,11 @@ class SearchRanker:
                                      events[pos].ts)
                 latest_q[u] = (-1, 0)  # written: an earlier search of the same user must not overwrite it
 
-        def gather(refs):
-            rows = [row_after.get(ref, 0) for ref in refs]
+        def gather(rows):
             return i_table[torch.tensor(rows, dtype=torch.long, device=dev)]
 
         return TextContext(q_table[torch.tensor(query_row, dtype=torch.long, device=dev)],
-                           gather(before_ref), gather(after_ref))
+                           gather(before_rows), gather(after_rows))
 
     def fuse(self, personal: torch.Tensor, queries: list[str], candidates: list[list[str]],
              valid: torch.Tensor) -> torch.Tensor:

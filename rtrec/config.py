@@ -127,9 +127,12 @@ class FeatureConfig:
     # time) expires; RocksDB drops it during compaction.
     user_ttl_ms: int = 30 * 86_400_000
     item_ttl_ms: int = 90 * 86_400_000
-    # Write a snapshot to the features topic after every event of the entity.
+    # Write snapshots of user and item features to the features topic.
     emit_user_features: bool = True
     emit_item_features: bool = True
+    # When: "batch", one per entity and micro-batch, as of its last event in the batch (the newest
+    # state: what a feature store keeps); "event", one after every event of the entity.
+    snapshots: str = "batch"
     # Duplicates go to the dead-letter topic (stage "dedup") so that every
     # input is accounted for; turn off to drop them, counted in a metric only.
     dead_letter_duplicates: bool = True
@@ -406,6 +409,8 @@ def validate(cfg: RtrecConfig) -> None:
         raise ConfigError(f"faults.operator: expected one of {', '.join(FAULT_OPERATORS)} (or empty)")
     if cfg.faults.times < 1 or cfg.faults.after_records < 0:
         raise ConfigError("faults.times must be at least 1 and faults.after_records not negative")
+    if cfg.features.snapshots not in ("batch", "event"):
+        raise ConfigError("features.snapshots: expected batch (one per entity and micro-batch) or event")
     if cfg.model.top_k < 1 or cfg.model.dim < 1:
         raise ConfigError("model.top_k and model.dim must be at least 1")
     t = cfg.text

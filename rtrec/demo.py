@@ -5,12 +5,11 @@ from __future__ import annotations
 import time
 from collections import Counter
 
-import orjson
-
 from rtrec import topics
 from rtrec.config import RtrecConfig
 from rtrec.datasets import load_movies, movielens_events
 from rtrec.metrics import auc, mae, rmse
+from rtrec.records import read_record
 from rtrec.replay import replay
 
 DEMO_PREFIX = "demo."
@@ -54,7 +53,7 @@ def run_demo(cfg: RtrecConfig, limit: int = 0, show: int = 5) -> dict[str, int]:
     scores: dict[str, list[float]] = {}
     labels: list[float] = []
     for m in topics.read_topic(k, k.predictions_topic, idle_s=0.5):
-        p = orjson.loads(m.value())
+        p = read_record("predictions", m.value())
         if p["type"] != "rating":
             continue
         labels.append(p["label"])
@@ -69,7 +68,7 @@ def run_demo(cfg: RtrecConfig, limit: int = 0, show: int = 5) -> dict[str, int]:
     movies = load_movies()
     latest: dict[str, dict] = {}
     for m in topics.read_topic(k, k.recommendations_topic, idle_s=0.5):
-        rec = orjson.loads(m.value())
+        rec = read_record("recommendations", m.value())
         latest[rec["user_id"]] = rec
     busiest = Counter(e.user_id for e in events).most_common(show)
     print(f"demo: latest top-{cfg.model.top_k} recommendations for the {show} most active users:")

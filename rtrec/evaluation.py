@@ -50,9 +50,9 @@ from pathlib import Path
 import orjson
 
 from rtrec.metrics import auc, log_loss, mae, rmse
+from rtrec.records import read_record
 
 POSITIVE_RATING = 4.0
-BINARY_POSITIVE_TYPES = frozenset({"click", "add_to_cart", "purchase"})
 WINDOW_MS = {"hour": 3_600_000, "day": 86_400_000, "week": 7 * 86_400_000}
 
 
@@ -229,6 +229,17 @@ def _metrics(examples: list[Example], recs: RecommendationIndex, models: list[st
     rec = recs.recall(e for e in examples if e.positive)
     out["recall"] = {"k": rec.k, "recall": rec.recall, "hits": rec.hits, "positives": rec.positives,
                      "no_list": rec.no_list}
+    return out
+
+
+def _decoded(topic: str, messages) -> list[dict]:
+    """The records of one output topic (rtrec.records), failing on the first that is not one."""
+    out = []
+    for m in messages:
+        try:
+            out.append(read_record(topic, m.value()))
+        except ValueError as e:
+            raise EvalError(f"{m.topic()}/{m.partition()}@{m.offset()}: {e}") from None
     return out
 
 
@@ -428,13 +439,13 @@ def run_eval(cfg, output_dir: str | Path, k: int | None = None, window: str | in
     if k is not None and k < 1:
         raise EvalError("--k must be at least 1")
     start = time.perf_counter()
-    preds = [orjson.loads(m.value()) for m in topics.read_topic(kafka, kafka.predictions_topic, idle_s, max_s)]
+    preds = _decoded("predictions", topics.read_topic(kafka, kafka.predictions_topic, idle_s, max_s))
     if not preds:
         raise EvalError(
             f"no committed records in '{kafka.predictions_topic}' at {kafka.bootstrap_servers}: run the job "
             "first (`rtrec replay` then `rtrec run --bounded`), or point --set kafka.predictions_topic=... at yours"
         )
-    recs = [orjson.loads(m.value()) for m in topics.read_topic(kafka, kafka.recommendations_topic, idle_s, max_s)]
+    recs = _decoded("recommendations", topics.read_topic(kafka, kafka.recommendations_topic, idle_s, max_s))
     ev = evaluate(preds, recs, k or cfg.model.top_k, window, cfg.model.rating_min, cfg.model.rating_max)
     source = (f"From '{kafka.predictions_topic}' and '{kafka.recommendations_topic}' at {kafka.bootstrap_servers} "
               f"(read_committed, read in {time.perf_counter() - start:.1f} s): ")

@@ -28,10 +28,40 @@ from rtrec.config import EventConfig, ModelConfig
 SCHEMA_VERSION = 1
 SCHEMA_PATH = Path(__file__).parent / "schema" / "event-v1.json"
 
-EVENT_TYPES = ("impression", "view", "click", "add_to_cart", "purchase", "rating", "search")
+
+
+@dataclass(frozen=True, slots=True)
+class EventType:
+    """What an event type means to the features, the learner and the evaluation: defined here only."""
+
+    name: str
+    #: Binary feedback that is a positive example (and attributes an open impression of its item).
+    positive: bool = False
+    #: The user acted on the item: it joins their recent items, counts in popularity, refreshes their top-k.
+    interaction: bool = False
+    #: How much it pulls the user's text interest towards the item (a rating: by its value, see
+    #: models.search.interest_weight).
+    interest: float = 0.0
+
+
+#: Every event type of schema version 1, in the schema's order.
+EVENT_TABLE = {t.name: t for t in (
+    EventType("impression"),
+    EventType("view", interaction=True, interest=0.25),
+    EventType("click", positive=True, interaction=True, interest=0.5),
+    EventType("add_to_cart", positive=True, interaction=True, interest=0.75),
+    EventType("purchase", positive=True, interaction=True, interest=1.0),
+    EventType("rating", interaction=True),
+    EventType("search"),
+)}
+EVENT_TYPES = tuple(EVENT_TABLE)
 _EVENT_TYPES = frozenset(EVENT_TYPES)
-#: Types that express interest in an item (feedback for learning, and a reason to refresh top-k).
-POSITIVE_TYPES = frozenset({"click", "add_to_cart", "purchase"})
+#: Binary positive feedback: learned as the top of the rating scale.
+POSITIVE_TYPES = frozenset(t.name for t in EVENT_TABLE.values() if t.positive)
+#: The user acted on the item (see EventType.interaction).
+INTERACTION_TYPES = frozenset(t.name for t in EVENT_TABLE.values() if t.interaction)
+#: Types whose example is labelled in rating units; every other labelled type is binary.
+RATING_TYPE = "rating"
 MAX_VALUE = 1e9
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 

@@ -46,6 +46,8 @@ from pathlib import Path
 import orjson
 from rocksdict import AccessType, Options, Rdict, WriteBatch
 
+from rtrec.records import read_record
+
 USER_FEATURES = b"uf:"
 ITEM_FEATURES = b"if:"
 RECOMMENDATIONS = b"ur:"
@@ -78,29 +80,27 @@ class Record:
 def classify(topic_kind: str, value: bytes | None) -> tuple[str, bytes] | None:
     """(kind, store key) of a record value, or None if it is not one the store keeps.
 
-    >>> classify("features", b'{"entity": "item", "id": "7"}')
+    >>> classify("features", b'{"entity": "item", "id": "7", "features": {}}')
     ('item_features', b'if:7')
     >>> classify("recommendations", b'{"user_id": "42", "items": [], "request": "candidates"}')
     ('candidates', b'uc:42')
     >>> classify("features", b'not json') is None
     True
     """
-    if not value:
+    if not value or topic_kind not in ("features", "recommendations"):
         return None
     try:
-        d = orjson.loads(value)
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(d, dict):
+        d = read_record(topic_kind, value)
+    except ValueError:
         return None
     if topic_kind == "features":
-        entity, ident = d.get("entity"), d.get("id")
+        entity, ident = d["entity"], d["id"]
         if not isinstance(ident, str | int) or entity not in ("user", "item"):
             return None
         kind = "user_features" if entity == "user" else "item_features"
     elif topic_kind == "recommendations":
-        ident = d.get("user_id")
-        if not isinstance(ident, str | int) or not isinstance(d.get("items"), list):
+        ident = d["user_id"]
+        if not isinstance(ident, str | int) or not isinstance(d["items"], list):
             return None
         kind = "candidates" if d.get("request") == "candidates" else "recommendations"
     else:

@@ -220,7 +220,8 @@ def test_prequential_online_learning_beats_the_frozen_start():
         for e in batch:
             users.setdefault(e.user_id, learner.new_user(e.user_id))
         result = learner.process(_inputs(batch), users)
-        errors.append(sum(abs(x.scores["mf"] - x.label) for x in result.examples) / len(result.examples))
+        p = result.examples
+        errors.append(sum(abs(s - y) for s, y in zip(p.scores["mf"], p.label, strict=True)) / len(p))
     assert errors[-1] < 0.6 * errors[0]
 
 
@@ -231,8 +232,8 @@ def test_impression_without_click_becomes_a_negative():
     clicked = Event("i2", "u", "b", "impression", 1000)
     learner.process(_inputs([seen, clicked, Event("c1", "u", "b", "click", 1500)]), users)
     negatives = learner.expire_impressions([("u", "a", "i1"), ("u", "b", "i2")], users)
-    assert [(x.item_id, x.label, x.type) for x in negatives] == [("a", 0.0, "impression")]
-    assert 0.0 <= negatives[0].fused <= 1.0
+    assert list(zip(negatives.item_id, negatives.label, negatives.type, strict=True)) == [("a", 0.0, "impression")]
+    assert 0.0 <= negatives.fused[0] <= 1.0
 
 
 def test_recommendations_leave_out_recent_items_and_rank_candidates():

@@ -190,7 +190,8 @@ def _late_mae(learner: OnlineLearner, events: list[Event], model: str) -> float:
             users.setdefault(e.user_id, learner.new_user(e.user_id))
         result = learner.process(inputs(batch), users)
         if start >= len(events) // 2:
-            errors.extend(abs(x.scores[model] - x.label) for x in result.examples)
+            p = result.examples
+            errors.extend(abs(s - y) for s, y in zip(p.scores[model], p.label, strict=True))
     return float(np.mean(errors))
 
 

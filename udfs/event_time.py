@@ -19,6 +19,7 @@ from pyflink.datastream import DataStream, ProcessFunction
 from pyflink.java_gateway import get_gateway
 
 from rtrec.config import RtrecConfig
+from udfs.records import BYTES
 
 
 class PartitionProgress:
@@ -59,7 +60,6 @@ class PartitionProgress:
         return max(0, min(active) if active else max(newest.values(), default=0))
 
 
-BYTES = Types.PRIMITIVE_ARRAY(Types.BYTE())
 #: A micro-batch from jobs/kafka_tables.event_batches.
 BATCH = Types.ROW_NAMED(
     ["shard", "values", "partitions", "offsets", "times"],

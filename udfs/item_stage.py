@@ -24,13 +24,12 @@ from pyflink.datastream import KeyedProcessFunction, OutputTag, RuntimeContext
 from pyflink.datastream.state import MapStateDescriptor
 
 from rtrec.config import RtrecConfig
+from rtrec.core.item import ItemCore
 from rtrec.events import Event
-from rtrec.features.definitions import ITEM_FEATURES
-from rtrec.features.engine import FeatureEngine
-from rtrec.features.model_inputs import ItemInputs
+from rtrec.features.backfill import event_order
 from udfs.faults import FaultInjector
 from udfs.profiling import OperatorProfile
-from udfs.records import Outputs
+from udfs.records import stage_row
 from udfs.runtime import subtask_info
 from udfs.state import CachedMapState, entity_map
 
@@ -43,10 +42,6 @@ KEYED_ITEM_EVENTS = Types.ROW_NAMED(["key", "value"], [Types.INT(), ITEM_EVENTS]
 ITEMS_TO_MERGER = OutputTag("items-to-merger", Types.ROW_NAMED(["key", "value"], [Types.INT(), Types.PICKLED_BYTE_ARRAY()]))
 
 
-def event_order(e: Event) -> tuple[int, str]:
-    return (e.ts, e.event_id)
-
-
 class ItemStage(KeyedProcessFunction):
     """Fold events into item feature state once the watermark passes them."""
 
@@ -54,7 +49,8 @@ class ItemStage(KeyedProcessFunction):
         self.cfg = cfg
 
     def open(self, ctx: RuntimeContext):
-        self.engine = FeatureEngine(ITEM_FEATURES)
+        self.core = ItemCore(self.cfg.features.emit_item_features, self.cfg.model.enabled,
+                             self.cfg.features.snapshots == "event")
         self.items = CachedMapState(
             ctx.get_map_state(entity_map("items", self.cfg.features.item_ttl_ms)), self.cfg.features.item_ttl_ms
         )
@@ -62,8 +58,6 @@ class ItemStage(KeyedProcessFunction):
         self.pending = ctx.get_map_state(MapStateDescriptor("pending", Types.LONG(), Types.PICKLED_BYTE_ARRAY()))
         # shard -> {sequence number: oldest event time} of what `pending` holds (rebuilt after a restore)
         self.held: dict[int, dict[int, int]] = {}
-        self.emit = self.cfg.features.emit_item_features
-        self.model_inputs = ItemInputs() if self.cfg.model.enabled else None
         self.profile = OperatorProfile("ItemStage", subtask_info(ctx).index)
         self.fault = FaultInjector(self.cfg, "item-stage", subtask_info(ctx).index)
 
@@ -109,20 +103,9 @@ class ItemStage(KeyedProcessFunction):
         return self.fold(sorted(due, key=event_order)) if due else []
 
     def fold(self, events: list[Event]) -> list:
-        engine, out = self.engine, Outputs()
-        states: dict[str, list] = {}
-        for e in events:
-            item = e.item_id
-            state = states.get(item)
-            if state is None:
-                state = states[item] = self.items.get(item) or engine.new_state()
-            engine.update(state, e)
-            if self.emit:
-                out.features.append(item, engine.record(item, state, e))
-        self.items.put_all(states)
-        results: list = [out.row()] if out else []
-        if self.model_inputs is not None and states:
-            at = events[-1].ts
-            dense = {item: self.model_inputs.dense(state, at) for item, state in states.items()}
-            results.append((ITEMS_TO_MERGER, Row(0, ("items", dense))))
+        batch = self.core.fold(events, self.items.get)
+        self.items.put_all(batch.states)
+        results: list = [stage_row(batch.out)] if batch.out else []
+        if batch.model_inputs:
+            results.append((ITEMS_TO_MERGER, Row(0, ("items", batch.model_inputs))))
         return results

@@ -33,17 +33,17 @@ from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
 
 from models.device import resolve_device
 from models.merger import MergerCore
-from models.params import Version, delta_from_plain, from_bytes, to_bytes
+from models.params import Version, delta_from_bytes, from_bytes, heldout_from_bytes, to_bytes
 from models.worker import torch_call
 from rtrec import topics
 from rtrec.config import RtrecConfig
 from udfs.faults import FaultInjector
 from udfs.metrics import Level
+from udfs.records import BYTES
 from udfs.runtime import subtask_info
 
 log = logging.getLogger(__name__)
 
-BYTES = Types.PRIMITIVE_ARRAY(Types.BYTE())
 #: What trainers and the ItemStage send: Row(0, pickled message), keyed in Java on the 0.
 MERGER_INPUT = Types.ROW_NAMED(["key", "value"], [Types.INT(), Types.PICKLED_BYTE_ARRAY()])
 #: What the merger emits: the model-updates topic's key and value, and the version's number and
@@ -79,14 +79,28 @@ def newest_version_file(directory: Path) -> Version | None:
     return None
 
 
+def _newest_published(cfg: RtrecConfig):
+    try:
+        return topics.read_last(cfg.kafka, cfg.kafka.model_updates_topic)
+    except Exception as e:  # no broker or no topic: fall back to files
+        log.warning("could not read %s: %s", cfg.kafka.model_updates_topic, e)
+        return None
+
+
 def newest_published_version(cfg: RtrecConfig) -> Version | None:
     """The newest version on the model-updates topic, if any."""
-    try:
-        data = topics.read_last(cfg.kafka, cfg.kafka.model_updates_topic)
-    except Exception as e:  # no broker or no topic: fall back to files
-        log.warning("could not read %s for a warm start: %s", cfg.kafka.model_updates_topic, e)
+    record = _newest_published(cfg)
+    return Version.from_bytes(record.value()) if record is not None else None
+
+
+def newest_published_number(cfg: RtrecConfig) -> int | None:
+    """The number of the newest version on the model-updates topic, from its header (without loading
+    the parameters; a record written without the header is loaded)."""
+    record = _newest_published(cfg)
+    if record is None:
         return None
-    return Version.from_bytes(data) if data else None
+    header = dict(record.headers() or []).get(topics.VERSION_HEADER)
+    return int(header) if header is not None else Version.from_bytes(record.value()).number
 
 
 class ModelMerger(KeyedProcessFunction):
@@ -123,11 +137,11 @@ class ModelMerger(KeyedProcessFunction):
             # written at-least-once), and the scorers read them again from their restored offsets. Their
             # numbers must not be reused for other parameters: scorers skip a number they have seen.
             # So continue after the newest published one, and publish the checkpoint's line at once.
-            published = torch_call(newest_published_version, cfg)
-            if published is not None and published.number > core.version:
+            published = torch_call(newest_published_number, cfg)
+            if published is not None and published > core.version:
                 log.info("restored model version %d; the failed attempt had published up to %d: "
-                         "republishing as %d", v.number, published.number, published.number + 1)
-                core.version = published.number
+                         "republishing as %d", v.number, published, published + 1)
+                core.version = published
                 return self._merge()
             return []
         if cfg.model.warm_start:
@@ -143,7 +157,7 @@ class ModelMerger(KeyedProcessFunction):
         if kind == "delta":
             _, trainer, seq, data, heldout = message
             before = self.core.rejected
-            torch_call(lambda: self.core.add_delta(trainer, seq, delta_from_plain(from_bytes(data)), from_bytes(heldout)))
+            torch_call(lambda: self.core.add_delta(trainer, seq, delta_from_bytes(data), heldout_from_bytes(heldout)))
             if self.core.rejected > before:
                 self.m_rejected.inc()
         elif kind == "items":

@@ -1,24 +1,14 @@
 """UserStage: the keyed operator that admits events, keeps user state, and scores and learns.
 
 Keyed by user shard (jobs/kafka_tables.py). Each user's state is one entry of
-a MapState, so it has its own TTL and moves with its shard on rescale. Per
-micro-batch it
-
-1. admits records: parse and validate, drop duplicate event ids seen within
-   the dedup window (the ids live in the user's own state entry, so checking
-   them costs no extra state access), drop events behind the watermark by
-   more than the allowed lateness; each refused record goes to the dead
-   letters with its reason and stage, so records in = processed + duplicates
-   + dead letters,
-2. folds each accepted event into its user's features, in arrival order, and
-   emits a feature snapshot per event,
-3. hands the accepted events on to the ItemStage, grouped by item shard,
-4. (model.enabled) predicts, then learns from, every feedback event
-   (models.online.OnlineLearner), refreshes the top-k of users who
-   interacted and ranks the candidates of requests, emits predictions and
-   recommendations tagged with the model version, and hands the change to the
-   global parameters over to the ModelMerger (udfs/merger.py),
-5. writes the users' state back.
+a MapState, so it has its own TTL and moves with its shard on rescale. The
+per-batch logic is rtrec.core.user.UserCore; this operator adapts it to
+Flink: per micro-batch it admits the records on the task thread (that reads
+the users' state), processes them in one call on the torch thread
+(models/worker.py), then writes the users' state back, registers the
+impressions' timers and routes the outputs: the events per item shard to the
+ItemStage, the parameter delta to the ModelMerger (udfs/merger.py), the
+records to the output topics.
 
 Merged model versions are announced on a broadcast input (a notice per
 record of the model-updates topic: its offset and version number); the
@@ -34,30 +24,25 @@ from __future__ import annotations
 import logging
 import time
 
-import orjson
 import torch
 from pyflink.common import Row, Types
 from pyflink.datastream import KeyedBroadcastProcessFunction, KeyedProcessFunction, OutputTag, RuntimeContext
 from pyflink.datastream.state import MapStateDescriptor
 
 from models.device import resolve_device
-from models.online import REFRESH_TYPES, Inputs, OnlineLearner
-from models.params import Version, delta_to_plain, from_bytes, to_bytes
+from models.online import OnlineLearner
+from models.params import Version, from_bytes, to_bytes
 from models.search import SearchRanker
 from models.worker import torch_call
 from rtrec.config import RtrecConfig
-from rtrec.events import Event, EventParser, Rejection
-from rtrec.features.definitions import USER_FEATURES
-from rtrec.features.engine import FeatureEngine
-from rtrec.features.model_inputs import UserInputs, id_code
-from rtrec.sharding import shard_of
+from rtrec.core.user import UserBatch, UserCore, UserState
 from rtrec.topics import RecordFetcher
 from udfs.faults import FaultInjector
 from udfs.item_stage import KEYED_ITEM_EVENTS
 from udfs.merger import MERGER_INPUT
 from udfs.metrics import Level
 from udfs.profiling import OperatorProfile
-from udfs.records import Outputs
+from udfs.records import stage_row
 from udfs.runtime import subtask_info
 from udfs.state import CachedMapState, entity_map
 
@@ -74,9 +59,7 @@ MODEL_STATE = MapStateDescriptor("model-version", Types.STRING(), Types.PICKLED_
 VERSION_NOTICE = Types.ROW_NAMED(["partition", "offset", "number", "created_ms"],
                                  [Types.INT(), Types.LONG(), Types.LONG(), Types.LONG()])
 
-# A user's entry in the "users" MapState:
-#   {"features": engine state, "model": the learner's user state (models.online), "seen": {event_id: first seen at (ms)}}
-
+# A user's entry in the "users" MapState: rtrec.core.user.UserState.to_state().
 
 class UserStage(KeyedBroadcastProcessFunction):
     """Admit, featurise, learn and recommend, one micro-batch at a time."""
@@ -86,12 +69,8 @@ class UserStage(KeyedBroadcastProcessFunction):
 
     def open(self, ctx: RuntimeContext):
         cfg = self.cfg
-        self.parser = EventParser(cfg.events, cfg.model)
-        self.engine = FeatureEngine(USER_FEATURES)
         ttl = cfg.features.user_ttl_ms
         self.users = CachedMapState(ctx.get_map_state(entity_map("users", ttl)), ttl)
-        self.dedup_window = cfg.events.dedup_window_ms
-        self.dedup_max = cfg.events.dedup_max_ids_per_user
         self.info = subtask_info(ctx)
         self.learner = None
         if cfg.model.enabled:
@@ -102,24 +81,19 @@ class UserStage(KeyedBroadcastProcessFunction):
             # Sequence numbers of deltas must grow across restarts (the merger remembers them).
             self.learner = torch_call(OnlineLearner, cfg.model, self.info.index, resolve_device(cfg.model.device))
             self.learner.seq = int(time.time() * 1000) * 1000
+            # Compile the sequential passes and import what the first backward pass imports, now.
+            torch_call(self.learner.warm_up)
             if cfg.text.enabled:
                 # The text encoder and the encoded item catalogue, on the torch thread: made by the
                 # first subtask of this TaskManager to get here, shared with the others and kept
                 # across restarts of the task.
                 self.learner.search = torch_call(SearchRanker.shared, cfg.text)
-            self.inputs = UserInputs()
             self.impressions = ctx.get_map_state(
                 MapStateDescriptor("impressions-due", Types.LONG(), Types.PICKLED_BYTE_ARRAY()))
-            self.attribution_ms = cfg.model.attribution_window_ms
             self.versions = RecordFetcher(cfg.kafka, cfg.kafka.model_updates_topic)
+        self.core = UserCore(cfg, self.learner, self.info.index)
         self._checked_broadcast = False
         self.broadcast_log = cfg.model.broadcast_log
-        self.topic = cfg.kafka.events_topic
-        self.allowed_lateness = cfg.events.allowed_lateness_ms
-        self.shards = cfg.flink.shards
-        self.item_shards: dict[str, int] = {}
-        self.emit_features = cfg.features.emit_user_features
-        self.dead_letter_duplicates = cfg.features.dead_letter_duplicates
 
         metrics = ctx.get_metrics_group().add_group("rtrec")
         self.m_events = metrics.counter("events_in")
@@ -212,190 +186,44 @@ class UserStage(KeyedBroadcastProcessFunction):
                 users = {}
                 for user_id, _, _ in due:
                     if user_id not in users:
-                        entry = self.users.get(user_id)
-                        if entry is not None:
-                            users[user_id] = entry
-                models = {u: s["model"] for u, s in users.items()}
-                examples = torch_call(self.learner.expire_impressions, due, models)
-                if examples:
-                    out = Outputs()
-                    self._emit_examples(examples, out)
-                    results.append(out.row())
-                    results.extend(self._hand_over())
-                self.users.put_all(users)
+                        stored = self.users.get(user_id)
+                        if stored is not None:
+                            users[user_id] = UserState.read(stored)
+                result = torch_call(self.core.expire_loaded, due, users)
+                results = self._route(result, None)
         yield from results
 
     def process_batch(self, batch: Row, watermark: int, timers=None) -> list:
         """Everything one batch produces: side outputs for the ItemStage and merger, then this stage's row."""
-        results: list = []
-        out = Outputs()
-        users: dict[str, dict] = {}
-        events = self.admit(batch, watermark, users, out)
-        if events:
-            by_item_shard: dict[int, list[Event]] = {}
-            inputs = self.featurise(events, users, out, by_item_shard)
-            for shard, item_events in by_item_shard.items():
-                results.append((TO_ITEMS, Row(shard, Row(shard, item_events))))
-            if self.learner is not None:
-                self.learn_and_score(inputs, users, out, timers)
-                results.extend(self._hand_over())
-            now = int(time.time() * 1000)
-            self.freshness_ms.set(now - max(e.ts for e in events))
-        self.users.put_all(users)
-        if out:
-            results.append(out.row())
-        return results
+        values = batch[1]
+        self.fault.count(len(values))
+        admitted = self.core.admit(values, batch[2], batch[3], watermark, self.users.get)
+        self.m_events.inc(admitted.records)
+        self.m_duplicates.inc(admitted.duplicates)
+        self.m_late.inc(admitted.late)
+        self.m_dead.inc(len(admitted.out.dead_keys))
+        self.m_accepted.inc(len(admitted.events))
+        if self.learner is not None and admitted.events:
+            result = torch_call(self.core.process, admitted)
+        else:
+            result = self.core.process(admitted)
+        if result.newest_ts is not None:
+            self.freshness_ms.set(int(time.time() * 1000) - result.newest_ts)
+        return self._route(result, timers)
 
-    def learn_and_score(self, inputs: list, users: dict[str, dict], out: Outputs, timers) -> None:
-        learner = self.learner
-        models = {}
-        for u, s in users.items():
-            if s["model"] is None:
-                s["model"] = torch_call(learner.new_user, u)
-            models[u] = s["model"]
-        result = torch_call(learner.process, inputs, models)
-        self._emit_examples(result.examples, out)
-        version = learner.version
-        for r in result.recommendations:
-            e = r.event
-            out.recommendations.append(e.user_id, orjson.dumps({
-                "user_id": e.user_id, "event_id": e.event_id, "ts": e.ts, "items": r.items, "scores": r.scores,
-                "model_version": version, "feature_ts": e.ts,
-                **({"request": "search", "query": e.query} if e.type == "search" and e.candidates
-                   else {"request": "candidates" if e.candidates else "refresh"}),
-            }))
+    def _route(self, result: UserBatch, timers) -> list:
+        results: list = [(TO_ITEMS, Row(shard, Row(shard, events))) for shard, events in result.item_events.items()]
+        if result.delta is not None:
+            results.append((TO_MERGER, Row(0, result.delta.as_message())))
+        self.m_examples.inc(result.examples)
+        self.users.put_all({u: s.to_state() for u, s in result.users.items()})
         if timers is not None:
-            due: dict[int, list] = {}
-            for x in inputs:
-                e = x.event
-                if e.type == "impression" and e.item_id is not None:
-                    due.setdefault(e.ts + self.attribution_ms, []).append((e.user_id, e.item_id, e.event_id))
-            for at, entries in due.items():
+            for at, entries in result.impressions_due.items():
                 self.impressions.put(at, (self.impressions.get(at) or []) + entries)
                 timers.register_event_time_timer(at)
-
-    def _emit_examples(self, examples: list, out: Outputs) -> None:
-        version = self.learner.version
-        self.m_examples.inc(len(examples))
-        for x in examples:
-            out.predictions.append(x.user_id, orjson.dumps({
-                "event_id": x.event_id, "user_id": x.user_id, "item_id": x.item_id, "ts": x.ts, "type": x.type,
-                "label": x.label, "model_version": version, "scores": x.scores, "fused": x.fused,
-                "heldout": x.heldout, "trainer": self.info.index,
-            }, option=orjson.OPT_SERIALIZE_NUMPY))
-
-    def _hand_over(self) -> list:
-        """This trainer's change since the last hand-over, for the merger (every batch: nothing
-        learned is left outside a checkpoint)."""
-        message = torch_call(self._delta_message)
-        return [] if message is None else [(TO_MERGER, Row(0, message))]
-
-    def _delta_message(self):
-        handed = self.learner.take_delta()
-        if handed is None:
-            return None
-        seq, delta, heldout = handed
-        # Everything as bytes made here: pickling a tensor on a task thread would hang (models/worker.py).
-        return ("delta", self.learner.trainer_id, seq, to_bytes(delta_to_plain(delta)), to_bytes(heldout))
-
-    def admit(self, batch: Row, watermark: int, users: dict[str, dict], out: Outputs) -> list[Event]:
-        """Parse, then refuse duplicate and late events (in that order); everything refused becomes a dead letter.
-
-        Loads the state of every user with a valid event into ``users``.
-        """
-        now = int(time.time() * 1000)
-        parse = self.parser.parse
-        late_before = watermark - self.allowed_lateness
-        forget_before = now - self.dedup_window
-        accepted: list[Event] = []
-        values, partitions, offsets = batch[1], batch[2], batch[3]
-        self.fault.count(len(values))
-        self.m_events.inc(len(values))
-        for value, partition, offset in zip(values, partitions, offsets, strict=True):
-            r = parse(value, now)
-            if type(r) is Rejection:
-                out.dead(r.user_id, value, r.reason, r.stage, f"{self.topic}/{partition}@{offset}")
-                continue
-            user = users.get(r.user_id)
-            if user is None:
-                user = users[r.user_id] = self.load_user(r.user_id, forget_before)
-            seen = user["seen"]
-            if r.event_id in seen:
-                self.m_duplicates.inc()
-                if self.dead_letter_duplicates:
-                    out.dead(r.user_id, value, f"duplicate event_id {r.event_id!r}", "dedup",
-                             f"{self.topic}/{partition}@{offset}")
-                continue
-            if r.ts < late_before:
-                self.m_late.inc()
-                out.dead(
-                    r.user_id, value,
-                    f"event time {r.ts} is more than events.allowed_lateness_ms={self.allowed_lateness} "
-                    f"behind the watermark {watermark}",
-                    "lateness", f"{self.topic}/{partition}@{offset}",
-                )
-                continue
-            seen[r.event_id] = now
-            if len(seen) > self.dedup_max:
-                del seen[next(iter(seen))]
-            accepted.append(r)
-        self.m_dead.inc(len(out.dead_keys))
-        self.m_accepted.inc(len(accepted))
-        return accepted
-
-    def featurise(self, events: list[Event], users: dict[str, dict], out: Outputs,
-                  by_item_shard: dict[int, list[Event]]) -> list:
-        """Fold events into user features in arrival order; group them by item shard for the ItemStage.
-
-        With models on, returns per event what the models need of its user's
-        features before (and, where the top-k is refreshed, after) it.
-        """
-        engine, shards, emit, item_shards = self.engine, self.shards, self.emit_features, self.item_shards
-        learning = self.learner is not None
-        inputs = []
-        if learning:
-            ui = self.inputs
-        for e in events:
-            u = e.user_id
-            user = users[u]
-            if learning:
-                state = user["features"]
-                x = Inputs(e, ui.dense(state, e.ts), ui.buckets(state), id_code(u))
-                engine.update(state, e)
-                if e.candidates or e.type in REFRESH_TYPES:
-                    x.dense_after, x.buckets_after = ui.dense(state, e.ts), ui.buckets(state)
-                inputs.append(x)
-            else:
-                engine.update(user["features"], e)
-            if emit:
-                out.features.append(u, engine.record(u, user["features"], e))
-            item = e.item_id
-            if item is not None:
-                shard = item_shards.get(item)
-                if shard is None:
-                    shard = item_shards[item] = shard_of(item, shards)
-                    if len(item_shards) > 1_000_000:
-                        item_shards.clear()
-                by_item_shard.setdefault(shard, []).append(e)
-        return inputs
-
-    def load_user(self, user_id: str, forget_before: int) -> dict:
-        """The user's state entry (a new one if none), with ids older than the dedup window forgotten."""
-        user = self.users.get(user_id)
-        if user is None:
-            return {
-                "features": self.engine.new_state(),
-                "model": torch_call(self.learner.new_user, user_id) if self.learner is not None else None,
-                "seen": {},
-            }
-        seen = user["seen"]
-        # Ids were added in time order, so the oldest come first.
-        while seen:
-            first = next(iter(seen))
-            if seen[first] >= forget_before:
-                break
-            del seen[first]
-        return user
+        if result.out:
+            results.append(stage_row(result.out))
+        return results
 
 
 class UserFeatureStage(KeyedProcessFunction):

@@ -7,7 +7,7 @@ change together; the definition version in every output changes with it.
 
 from __future__ import annotations
 
-from rtrec.events import EVENT_TYPES
+from rtrec.events import EVENT_TYPES, INTERACTION_TYPES
 from rtrec.features.engine import FeatureGroup
 from rtrec.features.spec import (
     DAY,
@@ -24,8 +24,8 @@ from rtrec.features.spec import (
     WindowedCount,
 )
 
-#: Types that show interest in an item.
-INTERACTIONS = ("view", "click", "add_to_cart", "purchase", "rating")
+#: Types that show interest in an item (rtrec.events.EventType.interaction), in schema order.
+INTERACTIONS = tuple(t for t in EVENT_TYPES if t in INTERACTION_TYPES)
 ONE_WEEK = Window("7d", 7 * DAY, 28)
 
 USER_FEATURES = FeatureGroup(

@@ -1,0 +1,182 @@
+"""Exact-order passes over a batch, compiled: the MF's predict-then-learn and the text-interest fold.
+
+A user's examples must apply in order, and each must be predicted before
+anything learns from it. Batched torch ops can only keep that order in
+"waves" (the n-th example of every user together), which costs tens of torch
+ops per wave; MovieLens users rate in bursts, so a 250-event batch holds
+about 130 waves. A plain loop keeps the order exactly and, compiled, costs
+about 0.03 µs per example (a pure-Python loop about 2 µs, a tiny torch op
+1.2-2.5 µs).
+
+The loops run over zero-copy NumPy views of the models' torch tables, so the
+parameters stay torch tensors and learning happens in place. They are
+compiled with Numba on first use (:func:`warm_up`: several seconds, then cached on disk). Numba's
+compiled code must be entered from a thread Python created: on a Flink task
+thread (pemja) it hung; the operators call in through models.worker's
+thread. On a CUDA device the caller keeps the batched form instead
+(models.online): these loops are for the CPU.
+
+    >>> import numpy as np
+    >>> users = np.zeros((1, 3), np.float32); users[0, :2] = [0.1, 0.2]
+    >>> q = np.array([[0.5, 0.5]], np.float32); b = np.zeros(1, np.float32); mu = np.array([3.0, 0.0], np.float32)
+    >>> pred, before, after = mf_pass(users, np.array([0]), np.array([0]), np.array([4.0], np.float32),
+    ...                               np.array([True]), q, b, mu, 0.05, 0.1, 0.0, 0.0, 4.0)
+    >>> round(float(pred[0]), 4), round(float(users[0, 2]), 4), round(float(b[0]), 4), mu.tolist()
+    (3.15, 0.0425, 0.0425, [4.0, 1.0])
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+# Cached on disk (beside this file, or numba's user-wide cache folder where that is read-only): a
+# compile costs seconds, a cache hit a fraction of one.
+_jit = numba.njit(cache=True, nogil=True)
+
+
+@_jit
+def _mf_pass(users, user_of, items, y, learn, q, b, mu, lr_bias, lr_latent, l2_bias, l2_latent, clip,
+             pred, before, after):
+    n = items.shape[0]
+    dim = q.shape[1]
+    for i in range(n):
+        u = users[user_of[i]]
+        it = items[i]
+        before[i, :] = u
+        p = mu[0] + u[dim] + b[it]
+        for k in range(dim):
+            p += u[k] * q[it, k]
+        pred[i] = p
+        if learn[i]:
+            g = p - y[i]
+            if g > clip:
+                g = clip
+            elif g < -clip:
+                g = -clip
+            err = -g
+            bu = u[dim]
+            bi = b[it]
+            u[dim] = bu + lr_bias * (err - l2_bias * bu)
+            for k in range(dim):
+                pk = u[k]
+                qk = q[it, k]
+                u[k] = pk + lr_latent * (err * qk - l2_latent * pk)
+                q[it, k] = qk + lr_latent * (err * pk - l2_latent * qk)
+            b[it] = bi + lr_bias * (err - l2_bias * bi)
+            mu[1] += 1.0
+            mu[0] += (y[i] - mu[0]) / mu[1]
+            for k in range(dim + 1):  # a diverged user vector is reset, not stored
+                if not math.isfinite(u[k]):
+                    u[k] = 0.0
+        after[i, :] = u
+
+
+def mf_pass(users: np.ndarray, user_of: np.ndarray, items: np.ndarray, y: np.ndarray, learn: np.ndarray,
+            q: np.ndarray, b: np.ndarray, mu: np.ndarray, lr_bias: float, lr_latent: float, l2_bias: float,
+            l2_latent: float, clip: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Biased MF over examples in order: predict each, then (where ``learn``) take one SGD step.
+
+    ``users`` (U, dim + 1, the bias last) holds the batch's user vectors and
+    ``user_of`` each example's row in it; ``q`` (items, dim), ``b`` (items,)
+    and ``mu`` ([mean, count]) are the global tables. All are updated in
+    place, as :class:`models.mf.BiasedMF` would one example at a time.
+    Returns each example's raw prediction and its user's vector before and
+    after it.
+    """
+    n = len(items)
+    pred = np.empty(n, np.float32)
+    before = np.empty((n, users.shape[1]), np.float32)
+    after = np.empty_like(before)
+    _mf_pass(users, user_of, items, y, learn, q, b, mu, np.float32(lr_bias), np.float32(lr_latent),
+             np.float32(l2_bias), np.float32(l2_latent), np.float32(clip), pred, before, after)
+    return pred, before, after
+
+
+def mf_reference(users, user_of, items, y, learn, q, b, mu, lr_bias, lr_latent, l2_bias, l2_latent, clip):
+    """:func:`mf_pass` in plain Python on lists of floats (the tests' reference; same in-place contract)."""
+    pred, before, after = [], [], []
+    dim = len(q[0])
+    for i, it in enumerate(items):
+        u = users[user_of[i]]
+        before.append(list(u))
+        p = mu[0] + u[dim] + b[it] + sum(u[k] * q[it][k] for k in range(dim))
+        pred.append(p)
+        if learn[i]:
+            err = -max(-clip, min(clip, p - y[i]))
+            pu, qi, bu, bi = list(u[:dim]), list(q[it]), u[dim], b[it]
+            u[dim] = bu + lr_bias * (err - l2_bias * bu)
+            for k in range(dim):
+                u[k] = pu[k] + lr_latent * (err * qi[k] - l2_latent * pu[k])
+                q[it][k] = qi[k] + lr_latent * (err * pu[k] - l2_latent * qi[k])
+            b[it] = bi + lr_bias * (err - l2_bias * bi)
+            mu[1] += 1.0
+            mu[0] += (y[i] - mu[0]) / mu[1]
+        after.append(list(u))
+    return pred, before, after
+
+
+@_jit
+def _interest_pass(vecs, mass, last_ts, known, user_of, item_vecs, ts, weight, half_life_ms, out):
+    n = user_of.shape[0]
+    dim = vecs.shape[1]
+    for k in range(n):
+        r = user_of[k]
+        if known[r]:
+            dt = ts[k] - last_ts[r]
+            if dt < 0:
+                dt = 0
+            keep = np.float32(2.0 ** (-dt / half_life_ms)) * mass[r]
+        else:
+            keep = np.float32(0.0)
+        norm_u = 0.0
+        norm_i = 0.0
+        for j in range(dim):
+            norm_u += vecs[r, j] * vecs[r, j]
+            norm_i += item_vecs[k, j] * item_vecs[k, j]
+        norm_u = max(math.sqrt(norm_u), 1e-12)
+        norm_i = max(math.sqrt(norm_i), 1e-12)
+        w = weight[k]
+        s = 0.0
+        for j in range(dim):
+            v = keep * (vecs[r, j] / norm_u) + w * (item_vecs[k, j] / norm_i)
+            out[k, j] = v
+            s += v * v
+        s = max(math.sqrt(s), 1e-12)
+        for j in range(dim):
+            out[k, j] = out[k, j] / s
+            vecs[r, j] = out[k, j]
+        mass[r] = keep + w
+        if known[r]:
+            last_ts[r] = max(last_ts[r], ts[k])
+        else:
+            last_ts[r] = ts[k]
+        known[r] = True
+
+
+def interest_pass(vecs: np.ndarray, mass: np.ndarray, last_ts: np.ndarray, known: np.ndarray, user_of: np.ndarray,
+                  item_vecs: np.ndarray, ts: np.ndarray, weight: np.ndarray, half_life_ms: float) -> np.ndarray:
+    """Fold liked items into users' text interest in order (:func:`models.text.decay_interest`, one at a time).
+
+    ``vecs`` (U, dim), ``mass``, ``last_ts`` and ``known`` (has an interest
+    yet) are per user and updated in place; update ``k`` folds ``item_vecs[k]``
+    with ``weight[k]`` at ``ts[k]`` into user ``user_of[k]``. Returns each
+    update's resulting interest vector (n, dim).
+    """
+    out = np.empty((len(user_of), vecs.shape[1]), np.float32)
+    if len(user_of):
+        _interest_pass(vecs, mass, last_ts, known, user_of, item_vecs, ts, weight, np.float32(half_life_ms), out)
+    return out
+
+
+def warm_up() -> None:
+    """Compile both passes now (about 1-2 s), so the first batch does not pay for it."""
+    users = np.zeros((1, 3), np.float32)
+    one = np.zeros(1, np.int64)
+    mf_pass(users, one, one, np.zeros(1, np.float32), np.ones(1, np.bool_), np.zeros((1, 2), np.float32),
+            np.zeros(1, np.float32), np.zeros(2, np.float32), 0.1, 0.1, 0.0, 0.0, 1.0)
+    interest_pass(np.zeros((1, 2), np.float32), np.zeros(1, np.float32), np.zeros(1, np.int64),
+                  np.zeros(1, np.bool_), one, np.ones((1, 2), np.float32), np.zeros(1, np.int64),
+                  np.ones(1, np.float32), 1000.0)

@@ -1,0 +1,118 @@
+"""The job's per-batch path in one process, without Flink or Kafka: for benchmarks, tests and tuning.
+
+:class:`LocalPipeline` cuts a stream the way the job does (every batch
+interval, the records that arrived, one micro-batch per user key shard) and
+runs the same cores the operators run: :class:`~rtrec.core.user.UserCore`
+per shard batch, then :class:`~rtrec.core.item.ItemCore` over the window's
+accepted events in event-time order (the ItemStage folds them once the
+watermark passes, so the models see item features a batch late, as in the
+job), then the :class:`~models.merger.MergerCore` with one new version per
+window. Keyed state is a dict of the entries the operators would store.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from models.merger import MergerCore
+from models.online import OnlineLearner, Predictions
+from models.params import delta_from_bytes, heldout_from_bytes
+from rtrec.config import RtrecConfig
+from rtrec.core.item import ItemCore
+from rtrec.core.user import UserCore
+from rtrec.events import Event
+from rtrec.features.backfill import event_order
+from rtrec.sharding import shard_of
+
+
+@dataclass
+class Timings:
+    """CPU seconds (process time) spent per part, and what went through."""
+
+    user: float = 0.0
+    item: float = 0.0
+    merge: float = 0.0
+    events: int = 0
+    batches: int = 0
+    outputs: dict[str, int] = field(default_factory=lambda: {"features": 0, "recommendations": 0,
+                                                            "predictions": 0, "dead_letters": 0})
+
+
+class LocalPipeline:
+    """UserCore + ItemCore (+ MergerCore with models on) over windows of records, in one process."""
+
+    def __init__(self, cfg: RtrecConfig, search=None, trainer: int = 0):
+        self.cfg = cfg
+        self.learner = None
+        if cfg.model.enabled:
+            self.learner = OnlineLearner(cfg.model, trainer)
+            self.learner.search = search
+            self.learner.warm_up()
+        self.user_core = UserCore(cfg, self.learner, trainer)
+        self.item_core = ItemCore(cfg.features.emit_item_features, cfg.model.enabled, cfg.features.snapshots == "event")
+        self.merger = MergerCore(cfg.model) if self.learner is not None else None
+        self.users: dict[str, dict] = {}  # the "users" MapState: user id -> stored entry
+        self.items: dict[str, list] = {}  # the "items" MapState
+        self.shards = cfg.flink.shards
+        self.predictions = Predictions()
+        self.recommendations: list = []
+        self.timings = Timings()
+        self.keep_outputs = True
+
+    def run(self, events: list[Event], window: int, freeze_at: int | None = None) -> LocalPipeline:
+        """Feed ``events`` in order, ``window`` records per batch interval; from ``freeze_at`` on nothing learns."""
+        encoded = [e.to_json() for e in events]
+        watermark = -(2**62)
+        for start in range(0, len(events), window):
+            if freeze_at is not None and start >= freeze_at and self.learner is not None:
+                self.learner.learning = False
+            chunk = events[start : start + window]
+            self.window(chunk, encoded[start : start + window], watermark)
+            watermark = max(watermark, max(e.ts for e in chunk) - self.cfg.events.watermark_out_of_orderness_ms)
+        return self
+
+    def window(self, events: list[Event], values: list[bytes], watermark: int) -> None:
+        """One batch interval: each user shard's batch, then the item features, then a merge."""
+        by_shard: dict[int, list[int]] = {}
+        for i, e in enumerate(events):
+            by_shard.setdefault(shard_of(e.user_id, self.shards), []).append(i)
+        t = self.timings
+        accepted: list[Event] = []
+        clock = time.process_time
+        for shard in sorted(by_shard):
+            idx = by_shard[shard]
+            c0 = clock()
+            batch = self.user_core.step([values[i] for i in idx], [shard] * len(idx), idx, watermark, self.users.get)
+            self.users.update({u: s.to_state() for u, s in batch.users.items()})
+            t.user += clock() - c0
+            t.batches += 1
+            for evs in batch.item_events.values():
+                accepted.extend(evs)
+            self._count(batch.out)
+            if self.keep_outputs and batch.predictions is not None:
+                self.predictions.extend(batch.predictions)
+                self.recommendations.extend(batch.recommendations)
+            if batch.delta is not None:
+                c0 = clock()
+                d = batch.delta
+                self.merger.add_delta(d.trainer, d.seq, delta_from_bytes(d.delta), heldout_from_bytes(d.heldout))
+                t.merge += clock() - c0
+        t.events += len(events)
+        c0 = clock()
+        items = self.item_core.fold(sorted(accepted, key=event_order), self.items.get)
+        self.items.update(items.states)
+        t.item += clock() - c0
+        self._count(items.out)
+        if self.merger is not None and self.learner.learning:
+            c0 = clock()
+            self.merger.add_item_features(items.model_inputs)
+            self.learner.apply_version(self.merger.merge())
+            t.merge += clock() - c0
+
+    def _count(self, out) -> None:
+        o = self.timings.outputs
+        o["features"] += len(out.features)
+        o["recommendations"] += len(out.recommendations)
+        o["predictions"] += len(out.predictions)
+        o["dead_letters"] += len(out.dead_keys)

@@ -1,0 +1,316 @@
+"""UserCore: one key shard's micro-batch of raw records, admitted, featurised, learned from and scored.
+
+Per batch (udfs/user_stage.py calls it; tests and benchmarks call it directly):
+
+1. :meth:`UserCore.admit` parses and validates each record, drops duplicate
+   event ids seen within the dedup window (the ids live in the user's own
+   state, so checking them costs no extra state access) and events behind the
+   watermark by more than the allowed lateness; each refused record becomes a
+   dead letter with its reason and stage, so records in = accepted +
+   duplicates + dead letters. It reads the state of every user with a valid
+   event through the caller's ``load``; this is the one part that touches
+   Flink state, so the operator runs it on its task thread; it must not call
+   torch (models/worker.py says why).
+2. :meth:`UserCore.process` folds each accepted event into its user's
+   features in arrival order, groups the events by item shard for the item
+   features, and (with a learner) predicts, then learns from, every feedback
+   event, refreshes the top-k of users who interacted and ranks the
+   candidates of requests (models.online.OnlineLearner). It returns a
+   :class:`UserBatch`: the users' new state, the output records, the events
+   per item shard, the impressions to expire and the delta for the merger.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from models.online import OnlineLearner, Predictions, Recommendation, refreshes
+from models.params import delta_to_bytes, heldout_to_bytes
+from rtrec.config import RtrecConfig
+from rtrec.core.outputs import Outputs
+from rtrec.events import Event, EventParser, Rejection
+from rtrec.features.definitions import USER_FEATURES
+from rtrec.features.engine import FeatureEngine
+from rtrec.features.model_inputs import UserInputs, id_code
+from rtrec.records import encode_predictions, encode_recommendations
+from rtrec.sharding import shard_of
+
+#: The format of a user's state entry that this release writes.
+USER_STATE_FORMAT = 2
+
+
+@dataclass(slots=True)
+class UserState:
+    """A user's entry in keyed state (one per user, with its own TTL)."""
+
+    features: list  # the feature engine's state (rtrec.features.engine)
+    model: dict | None  # the learner's user state (models.online.OnlineLearner.new_user); None: models off
+    seen: dict[str, int]  # event id -> first seen at (processing time, ms), oldest first
+
+    def to_state(self) -> dict:
+        """As stored: plain data only, so a restore never depends on this class's name."""
+        return {"format": USER_STATE_FORMAT, "features": self.features, "model": self.model, "seen": self.seen}
+
+    @staticmethod
+    def read(value: dict) -> UserState:
+        """From a stored entry of this format, or of format 1 (releases up to 0.1.0: no ``format`` key)."""
+        fmt = value.get("format", 1)
+        if fmt > USER_STATE_FORMAT:
+            raise ValueError(f"user state format {fmt} is newer than this release reads ({USER_STATE_FORMAT})")
+        return UserState(value["features"], value["model"], value["seen"])
+
+
+@dataclass(slots=True)
+class DeltaMessage:
+    """A trainer's change to the global parameters since its last hand-over, for the merger."""
+
+    trainer: int
+    seq: int
+    delta: bytes  # models.params.delta_to_bytes
+    heldout: bytes  # the held-out examples gathered meanwhile (models.params.heldout_to_bytes)
+
+    def as_message(self) -> tuple:
+        """As the ModelMerger receives and checkpoints it (udfs/merger.py): a tuple of plain values."""
+        return ("delta", self.trainer, self.seq, self.delta, self.heldout)
+
+
+@dataclass
+class Admitted:
+    """What :meth:`UserCore.admit` let through, and the state of the users it concerns."""
+
+    events: list[Event] = field(default_factory=list)
+    users: dict[str, UserState] = field(default_factory=dict)
+    out: Outputs = field(default_factory=Outputs)
+    records: int = 0
+    duplicates: int = 0
+    late: int = 0
+
+
+@dataclass
+class UserBatch:
+    """Everything one batch (or one expiry of impressions) produces."""
+
+    users: dict[str, UserState]
+    out: Outputs
+    #: item shard -> the accepted events of its items, in arrival order
+    item_events: dict[int, list[Event]] = field(default_factory=dict)
+    #: event time at which to expire -> (user id, item id, impression event id)
+    impressions_due: dict[int, list[tuple[str, str, str]]] = field(default_factory=dict)
+    delta: DeltaMessage | None = None
+    examples: int = 0
+    newest_ts: int | None = None
+    predictions: Predictions | None = None  # (kept for benchmarks and tests)
+    recommendations: list[Recommendation] = field(default_factory=list)
+
+
+class UserCore:
+    """The UserStage's per-batch logic for one subtask; ``learner`` None computes features only."""
+
+    def __init__(self, cfg: RtrecConfig, learner: OnlineLearner | None = None, subtask: int = 0):
+        self.cfg = cfg
+        self.learner = learner
+        self.subtask = subtask
+        self.parser = EventParser(cfg.events, cfg.model)
+        self.engine = FeatureEngine(USER_FEATURES)
+        self.inputs = UserInputs()
+        self.topic = cfg.kafka.events_topic
+        self.allowed_lateness = cfg.events.allowed_lateness_ms
+        self.dedup_window = cfg.events.dedup_window_ms
+        self.dedup_max = cfg.events.dedup_max_ids_per_user
+        self.dead_letter_duplicates = cfg.features.dead_letter_duplicates
+        self.emit_features = cfg.features.emit_user_features
+        self.snapshot_every_event = cfg.features.snapshots == "event"
+        self.attribution_ms = cfg.model.attribution_window_ms
+        self.shards = cfg.flink.shards
+        self.item_shards: dict[str, int] = {}
+        self.user_codes: dict[str, int] = {}
+
+    # -- admit (touches state: the caller's thread) ------------------------------------------
+    def admit(self, values: Sequence[bytes], partitions: Sequence[int], offsets: Sequence[int], watermark: int,
+              load: Callable[[str], dict | None], now_ms: int | None = None) -> Admitted:
+        """Parse, then refuse duplicate and late events (in that order); everything refused is a dead letter.
+
+        ``load(user_id)`` returns a user's stored entry or None.
+        """
+        now = int(time.time() * 1000) if now_ms is None else now_ms
+        parse = self.parser.parse
+        late_before = watermark - self.allowed_lateness
+        forget_before = now - self.dedup_window
+        a = Admitted(records=len(values))
+        users, out, accepted = a.users, a.out, a.events
+        for value, partition, offset in zip(values, partitions, offsets, strict=True):
+            r = parse(value, now)
+            if type(r) is Rejection:
+                out.dead(r.user_id, value, r.reason, r.stage, f"{self.topic}/{partition}@{offset}")
+                continue
+            user = users.get(r.user_id)
+            if user is None:
+                user = users[r.user_id] = self._load(r.user_id, load, forget_before)
+            seen = user.seen
+            if r.event_id in seen:
+                a.duplicates += 1
+                if self.dead_letter_duplicates:
+                    out.dead(r.user_id, value, f"duplicate event_id {r.event_id!r}", "dedup",
+                             f"{self.topic}/{partition}@{offset}")
+                continue
+            if r.ts < late_before:
+                a.late += 1
+                out.dead(
+                    r.user_id, value,
+                    f"event time {r.ts} is more than events.allowed_lateness_ms={self.allowed_lateness} "
+                    f"behind the watermark {watermark}",
+                    "lateness", f"{self.topic}/{partition}@{offset}",
+                )
+                continue
+            seen[r.event_id] = now
+            if len(seen) > self.dedup_max:
+                del seen[next(iter(seen))]
+            accepted.append(r)
+        return a
+
+    def _load(self, user_id: str, load: Callable[[str], dict | None], forget_before: int) -> UserState:
+        """The user's state (a new one if none), with ids older than the dedup window forgotten."""
+        stored = load(user_id)
+        if stored is None:  # (the model's part is made by process(): it takes torch, so the torch thread)
+            return UserState(self.engine.new_state(), None, {})
+        user = UserState.read(stored)
+        seen = user.seen
+        while seen:  # ids were added in time order, so the oldest come first
+            first = next(iter(seen))
+            if seen[first] >= forget_before:
+                break
+            del seen[first]
+        return user
+
+    # -- process (no state access: the torch thread in the job) ------------------------------
+    def process(self, a: Admitted) -> UserBatch:
+        """Features, then (with a learner) predictions, learning and recommendations, for admitted events."""
+        batch = UserBatch(a.users, a.out)
+        events = a.events
+        if not events:
+            return batch
+        learner = self.learner
+        inputs = self._featurise(events, a.users, batch)
+        if learner is not None:
+            models = {}
+            for u, s in a.users.items():
+                if s.model is None:  # a new user, or state written while models were off
+                    s.model = learner.new_user(u)
+                models[u] = s.model
+            result = learner.process(inputs, models)
+            self._emit(result.examples, result.recommendations, batch)
+            due = batch.impressions_due
+            for e in events:
+                if e.type == "impression" and e.item_id is not None:
+                    due.setdefault(e.ts + self.attribution_ms, []).append((e.user_id, e.item_id, e.event_id))
+            batch.delta = self.hand_over()
+        batch.newest_ts = max(e.ts for e in events)
+        return batch
+
+    def step(self, values: Sequence[bytes], partitions: Sequence[int], offsets: Sequence[int], watermark: int,
+             load: Callable[[str], dict | None], now_ms: int | None = None) -> UserBatch:
+        """:meth:`admit` then :meth:`process`: one whole batch."""
+        return self.process(self.admit(values, partitions, offsets, watermark, load, now_ms))
+
+    def _featurise(self, events: list[Event], users: dict[str, UserState], batch: UserBatch) -> list:
+        """Fold events into user features in arrival order; group them by item shard.
+
+        With a learner, returns per event what the models need of its user's
+        features before it (and after it, where the models score something then).
+        """
+        engine, shards, item_shards, by_shard = self.engine, self.shards, self.item_shards, batch.item_events
+        emit, every_event = self.emit_features, self.snapshot_every_event
+        features = batch.out.features
+        newest: dict[str, Event] = {}  # user -> their last event in the batch
+        learner = self.learner
+        inputs = []
+        if learner is not None:
+            from models.online import Inputs
+
+            ui, codes = self.inputs, self.user_codes
+            dense, buckets = ui.dense, ui.buckets
+            # Only the last interaction of a user is refreshed (unless every event is): features after
+            # the event are needed there and for candidate requests.
+            after_at: set[int] | None = None
+            if not learner.refresh_every_event:
+                last: dict[str, int] = {}
+                after_at = set()
+                for pos, e in enumerate(events):
+                    if e.candidates:
+                        after_at.add(pos)
+                    elif refreshes(e):
+                        last[e.user_id] = pos
+                after_at.update(last.values())
+        for pos, e in enumerate(events):
+            u = e.user_id
+            state = users[u].features
+            if learner is not None:
+                code = codes.get(u)
+                if code is None:
+                    code = codes[u] = id_code(u)
+                    if len(codes) > 1_000_000:
+                        codes.clear()
+                x = Inputs(e, dense(state, e.ts), buckets(state), code)
+                engine.update(state, e)
+                if pos in after_at if after_at is not None else refreshes(e):
+                    x.dense_after, x.buckets_after = dense(state, e.ts), buckets(state)
+                inputs.append(x)
+            else:
+                engine.update(state, e)
+            if emit:
+                if every_event:
+                    features.append(u, engine.record(u, state, e))
+                else:
+                    newest[u] = e
+            item = e.item_id
+            if item is not None:
+                shard = item_shards.get(item)
+                if shard is None:
+                    shard = item_shards[item] = shard_of(item, shards)
+                    if len(item_shards) > 1_000_000:
+                        item_shards.clear()
+                by_shard.setdefault(shard, []).append(e)
+        for u, e in newest.items():
+            features.append(u, self.engine.record(u, users[u].features, e))
+        return inputs
+
+    def _emit(self, examples: Predictions, recommendations: list[Recommendation], batch: UserBatch) -> None:
+        version = self.learner.version
+        encode_predictions(examples, version, self.subtask, batch.out.predictions)
+        encode_recommendations(recommendations, version, batch.out.recommendations)
+        batch.examples += len(examples)
+        batch.predictions = examples
+        batch.recommendations = recommendations
+
+    # -- impressions and hand-over --------------------------------------------------------
+    def expire(self, due: list[tuple[str, str, str]], load: Callable[[str], dict | None]) -> UserBatch:
+        """Impressions whose attribution window closed: the still open ones become negative examples.
+
+        Loads the users concerned through ``load`` (call it where state may be read)."""
+        users: dict[str, UserState] = {}
+        for user_id, _, _ in due:
+            if user_id not in users:
+                stored = load(user_id)
+                if stored is not None:
+                    users[user_id] = UserState.read(stored)
+        return self.expire_loaded(due, users)
+
+    def expire_loaded(self, due: list[tuple[str, str, str]], users: dict[str, UserState]) -> UserBatch:
+        batch = UserBatch(users, Outputs())
+        models = {u: s.model for u, s in users.items() if s.model is not None}
+        examples = self.learner.expire_impressions(due, models)
+        if len(examples):
+            self._emit(examples, [], batch)
+            batch.delta = self.hand_over()
+        return batch
+
+    def hand_over(self) -> DeltaMessage | None:
+        """This trainer's change since the last hand-over (every batch: nothing learned is left
+        outside a checkpoint)."""
+        handed = self.learner.take_delta()
+        if handed is None:
+            return None
+        seq, delta, heldout = handed
+        return DeltaMessage(self.learner.trainer_id, seq, delta_to_bytes(delta), heldout_to_bytes(heldout))

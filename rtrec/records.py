@@ -1,0 +1,90 @@
+"""The records on rtrec's output topics: written and read here, and nowhere else.
+
+Each topic's JSON Schema lies in ``rtrec/schema/`` (:data:`SCHEMAS`); the
+integration tests validate what the job writes against them. The job encodes
+a batch's columns (:func:`encode_predictions`, :func:`encode_recommendations`:
+one small dict and one ``orjson.dumps`` per record); the features topic's
+records come from rtrec.features.engine.FeatureEngine.record. Consumers (the
+serving store, ``rtrec eval``, the demo) decode with :func:`read_record`.
+
+    >>> read_record("recommendations", b'{"user_id": "7", "items": ["a"]}')["items"]
+    ['a']
+    >>> read_record("predictions", b'{"user_id": "7"}')
+    Traceback (most recent call last):
+    ...
+    ValueError: not a predictions record: missing event_id, item_id, ts, type, label, scores, fused
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import orjson
+
+if TYPE_CHECKING:
+    from models.online import Predictions, Recommendation
+    from rtrec.core.outputs import TopicRecords
+
+SCHEMA_DIR = Path(__file__).parent / "schema"
+#: Output topic -> its JSON Schema file.
+SCHEMAS = {"features": SCHEMA_DIR / "feature-v1.json", "recommendations": SCHEMA_DIR / "recommendation-v1.json",
+           "predictions": SCHEMA_DIR / "prediction-v1.json"}
+#: What a consumer needs of each topic's records (a subset of each schema's required fields: records of
+#: earlier releases lack some of the others).
+_NEEDED = {"features": ("entity", "id", "features"), "recommendations": ("user_id", "items"),
+           "predictions": ("event_id", "user_id", "item_id", "ts", "type", "label", "scores", "fused")}
+
+
+@cache
+def schema(topic: str) -> dict:
+    """The JSON Schema of an output topic's records (``features``, ``recommendations`` or ``predictions``)."""
+    return json.loads(SCHEMAS[topic].read_text())
+
+
+def read_record(topic: str, value: bytes) -> dict:
+    """A record of an output topic as a dict; ValueError (naming what is wrong) if it is not one."""
+    try:
+        d = orjson.loads(value)
+    except orjson.JSONDecodeError as e:
+        raise ValueError(f"not a {topic} record: {e}") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"not a {topic} record: a JSON {type(d).__name__}")
+    missing = [f for f in _NEEDED[topic] if f not in d]
+    if missing:
+        raise ValueError(f"not a {topic} record: missing {', '.join(missing)}")
+    return d
+
+
+def encode_predictions(p: Predictions, version: int, trainer: int, out: TopicRecords) -> None:
+    """One predictions-topic record per example (key: user id)."""
+    names = list(p.scores)
+    columns = [p.scores[n] for n in names]
+    dumps = orjson.dumps
+    for i, user in enumerate(p.user_id):
+        out.append(user, dumps({
+            "event_id": p.event_id[i], "user_id": user, "item_id": p.item_id[i], "ts": p.ts[i], "type": p.type[i],
+            "label": p.label[i], "model_version": version, "scores": {n: c[i] for n, c in zip(names, columns, strict=True)},
+            "fused": p.fused[i], "heldout": p.heldout[i], "trainer": trainer,
+        }))
+
+
+def request_of(r: Recommendation) -> dict:
+    """What a list answers: a user's top-k after an interaction, a request's candidates, or a search."""
+    e = r.event
+    if e.type == "search" and e.candidates:
+        return {"request": "search", "query": e.query}
+    return {"request": "candidates" if e.candidates else "refresh"}
+
+
+def encode_recommendations(recs: list[Recommendation], version: int, out: TopicRecords) -> None:
+    """One recommendations-topic record per list (key: user id)."""
+    dumps = orjson.dumps
+    for r in recs:
+        e = r.event
+        out.append(e.user_id, dumps({
+            "user_id": e.user_id, "event_id": e.event_id, "ts": e.ts, "items": r.items, "scores": r.scores,
+            "model_version": version, "feature_ts": e.ts, **request_of(r),
+        }))

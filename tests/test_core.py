@@ -1,0 +1,232 @@
+"""The per-batch core without Flink: admission, snapshots, coalesced top-k, state formats, records and schemas."""
+
+import jsonschema
+import numpy as np
+import orjson
+import pytest
+import torch
+
+from models.online import Inputs, OnlineLearner, OpenImpression
+from models.params import (
+    RowDelta,
+    delta_from_bytes,
+    delta_to_bytes,
+    delta_to_plain,
+    heldout_from_bytes,
+    to_bytes,
+)
+from rtrec.config import load_config
+from rtrec.core.item import ItemCore
+from rtrec.core.user import UserCore, UserState
+from rtrec.events import Event
+from rtrec.features.backfill import event_order
+from rtrec.features.model_inputs import id_code
+from rtrec.records import schema
+
+SCHEMAS = {"prediction": schema("predictions"), "recommendation": schema("recommendations"),
+           "feature": schema("features")}
+
+
+def _cfg(*overrides):
+    return load_config(overrides=["text.enabled=false", *overrides])
+
+
+def _core(*overrides):
+    cfg = _cfg(*overrides)
+    learner = OnlineLearner(cfg.model) if cfg.model.enabled else None
+    return UserCore(cfg, learner), cfg
+
+
+def _values(events):
+    return [e.to_json() for e in events], [0] * len(events), list(range(len(events)))
+
+
+def _step(core, events, store, watermark=0, now_ms=10_000):
+    values, parts, offsets = _values(events)
+    batch = core.step(values, parts, offsets, watermark, store.get, now_ms=now_ms)
+    store.update({u: s.to_state() for u, s in batch.users.items()})
+    return batch
+
+
+def _records(topic_records):
+    return [(k, orjson.loads(v)) for k, _, v in (r.partition("\x00") for r in topic_records)]
+
+
+def _session(user="u", start=1_000):
+    return [
+        Event(f"{user}-1", user, "a", "impression", start),
+        Event(f"{user}-2", user, "a", "click", start + 10),
+        Event(f"{user}-3", user, "b", "rating", start + 20, 4.0, "Drama"),
+        Event(f"{user}-4", user, None, "search", start + 30, query="space films", candidates=["a", "b", "c"]),
+        Event(f"{user}-5", user, "c", "view", start + 40),
+        Event(f"{user}-6", user, "d", "impression", start + 50),
+    ]
+
+
+def test_every_record_is_accepted_a_duplicate_or_a_dead_letter():
+    core, _ = _core()
+    store = {}
+    events = _session()
+    values, parts, offsets = _values(events)
+    values += [b"{not json", values[1]]  # a broken record and a duplicate of the click
+    parts += [0, 0]
+    offsets += [6, 7]
+    late = Event("late", "u", "x", "view", 1)  # far behind the watermark
+    values.append(late.to_json())
+    parts.append(0)
+    offsets.append(8)
+    a = core.admit(values, parts, offsets, 61_000, store.get, now_ms=10_000)  # late: before 1,000
+    assert a.records == 9 and len(a.events) == 6 and a.duplicates == 1 and a.late == 1
+    assert a.records == len(a.events) + a.duplicates + a.late + 1
+    assert [s for s in a.out.dead_stages] == ["validate", "dedup", "lateness"]
+    assert a.out.dead_sources[0] == "events/0@6"
+    # the same ids in a later batch are duplicates too (they live in the user's state)
+    store.update({u: s.to_state() for u, s in core.process(a).users.items()})
+    again = core.admit(values[:2], parts[:2], offsets[:2], 0, store.get, now_ms=20_000)
+    assert not again.events and again.duplicates == 2
+
+
+def test_one_feature_snapshot_per_user_and_batch_equals_the_last_per_event_one():
+    batch_core, _ = _core("features.snapshots=batch")
+    event_core, _ = _core("features.snapshots=event")
+    events = _session("u") + _session("w", 5_000) + [Event("u-7", "u", "e", "click", 9_000),
+                                                      Event("u-8", "u", "a", "impression", 8_000)]
+    per_batch = _records(_step(batch_core, events, {}).out.features)
+    per_event = _records(_step(event_core, events, {}).out.features)
+    assert len(per_event) == len(events) and sorted(k for k, _ in per_batch) == ["u", "w"]
+    last = {}
+    for k, f in per_event:
+        last[k] = f
+    assert dict(per_batch) == last
+    for _, f in per_batch:
+        jsonschema.validate(f, SCHEMAS["feature"])
+
+
+def test_item_snapshots_per_batch_equal_the_last_per_event_ones():
+    events = sorted(_session("u") + _session("w", 1_005), key=event_order)
+    events = [e for e in events if e.item_id is not None]
+    one = ItemCore(True, True, every_event=False).fold(events, {}.get)
+    every = ItemCore(True, True, every_event=True).fold(events, {}.get)
+    last = {}
+    for k, f in _records(every.out.features):
+        last[k] = f
+    assert dict(_records(one.out.features)) == last and len(one.out.features) == len(last) == 4
+    assert set(one.model_inputs) == {"a", "b", "c", "d"} and one.states.keys() == every.states.keys()
+
+
+def _learner_inputs(events):
+    return [Inputs(e, [0.1] * 7, (12, 2), id_code(e.user_id), [0.2] * 7, (13, 2)) for e in events]
+
+
+@pytest.mark.parametrize("text", [False, True])
+def test_the_coalesced_top_k_equals_the_last_per_event_refresh(text):
+    cfg = load_config(overrides=[f"text.enabled={str(text).lower()}", "model.heldout_fraction=0"])
+    search = None
+    if text:
+        from models.search import SearchRanker
+
+        search = SearchRanker.shared(cfg.text)
+    results = {}
+    for every in (True, False):
+        learner = OnlineLearner(cfg.model)
+        learner.search = search
+        learner.refresh_every_event = every
+        learner.models.rows([str(i) for i in range(1, 60)])
+        events = [Event(f"{u}-{i}", u, str(1 + (i * 7 + len(u)) % 50), "rating" if i % 3 else "click", 1000 + i,
+                        float(1 + i % 5) if i % 3 else None) for u in ("1", "2", "3") for i in range(8)]
+        events.insert(5, Event("req", "1", None, "view", 1003, candidates=["4", "5", "6"]))
+        events.append(Event("imp", "2", "9", "impression", 1100))  # not an interaction: no refresh after it
+        users = {u: learner.new_user(u) for u in ("1", "2", "3")}
+        results[every] = learner.process(_learner_inputs(events), users).recommendations
+    every, coalesced = results[True], results[False]
+    refreshes = [r for r in every if not r.event.candidates]
+    assert len(refreshes) == 24 and len([r for r in coalesced if not r.event.candidates]) == 3
+    last = {}
+    for r in refreshes:
+        last[r.event.user_id] = r
+    got = {r.event.user_id: r for r in coalesced if not r.event.candidates}
+    for u, r in last.items():
+        assert got[u].event == r.event and got[u].items == r.items and got[u].scores == r.scores
+    # a candidates request is still answered for its own event
+    assert [r.items for r in coalesced if r.event.event_id == "req"] == [r.items for r in every
+                                                                        if r.event.event_id == "req"]
+
+
+def test_todays_user_state_format_restores_and_learns():
+    """A user entry as releases up to 0.1.0 stored it: no format key, impressions as tuples (5 fields
+    before text features, 6 after)."""
+    core, cfg = _core()
+    learner = core.learner
+    learner.models.rows(["a", "b"])
+    model = learner.new_user("u")
+    model["recent"] = ["z"]
+    model["impressions"] = {
+        "a": (900, "old-imp-a", [0.0] * 7, (-1, 0), id_code("u")),
+        "b": (950, "old-imp-b", [0.0] * 7, (-1, 0), id_code("u"), [0.1, 0.2]),
+    }
+    features = core.engine.new_state()
+    core.engine.update(features, Event("x0", "u", "z", "view", 800))
+    stored = {"features": features, "model": model, "seen": {"x0": 9_000}}
+    state = UserState.read(stored)
+    assert state.model is model and state.seen == {"x0": 9_000}
+    store = {"u": stored}
+    expired = core.expire([("u", "a", "old-imp-a"), ("u", "b", "old-imp-b")], store.get)
+    assert sorted(expired.predictions.item_id) == ["a", "b"] and set(expired.predictions.label) == {0.0}
+    assert expired.users["u"].model["impressions"] == {}
+    store["u"] = expired.users["u"].to_state()
+    batch = _step(core, [Event("x0", "u", "c", "rating", 1000, 5.0), Event("x1", "u", "c", "rating", 1001, 5.0)],
+                  store)
+    assert batch.examples == 1  # x0 was seen: a duplicate
+    assert store["u"]["format"] == 2 and UserState.read(store["u"]).features[1] == 2
+    with pytest.raises(ValueError, match="newer"):
+        UserState.read({**store["u"], "format": 99})
+
+
+def test_open_impressions_are_typed_and_read_old_tuples():
+    old = OpenImpression.read((5, "e", [1.0], (1, 2), 7))
+    assert old == OpenImpression(5, "e", [1.0], (1, 2), 7, [0.0, 0.0])
+    assert OpenImpression.read(old) is old
+
+
+def test_deltas_as_bytes_round_trip_and_read_the_earlier_format():
+    d = {"mf.q": RowDelta("item", ["a", "b"], torch.ones(2, 3), torch.tensor([1.0, 2.0])),
+         "ftrl.z": RowDelta("hashed", torch.tensor([4, 9]), torch.ones(2), torch.ones(2))}
+    for data in (delta_to_bytes(d), to_bytes(delta_to_plain(d))):
+        back = delta_from_bytes(data)
+        assert back["mf.q"].keys == ["a", "b"] and torch.equal(back["ftrl.z"].keys, d["ftrl.z"].keys)
+        assert torch.equal(back["mf.q"].values, d["mf.q"].values) and torch.equal(back["mf.q"].counts, d["mf.q"].counts)
+    assert heldout_from_bytes(to_bytes([{"y": 1.0}])) == [{"y": 1.0}]
+
+
+def test_touched_rows_are_handed_over_without_scanning():
+    learner = OnlineLearner(_cfg().model)
+    users = {"u": learner.new_user("u")}
+    learner.process(_learner_inputs([Event("e1", "u", "a", "rating", 1, 4.0), Event("e2", "u", "b", "click", 2)]),
+                    users)
+    _, delta, _ = learner.take_delta()
+    assert sorted(delta["mf.q"].keys) == ["a", "b"] and delta["mf.mu"].counts.tolist() == [2.0]
+    assert delta["ftrl.z"].keys.numel() == int((learner.models.ftrl.z.data != 0).sum())
+    assert learner.take_delta() is None  # nothing since
+
+
+def test_a_batch_writes_records_that_match_their_schemas():
+    core, _ = _core()
+    store = {}
+    batch = _step(core, _session("u") + _session("w", 2_000), store)
+    preds = _records(batch.out.predictions)
+    recs = _records(batch.out.recommendations)
+    assert len(preds) == 4 and len(recs) == 4  # per user: a click and a rating; the search and the last refresh
+    for k, p in preds:
+        jsonschema.validate(p, SCHEMAS["prediction"])
+        assert k == p["user_id"]
+    for k, r in recs:
+        jsonschema.validate(r, SCHEMAS["recommendation"])
+        assert k == r["user_id"]
+    assert {r["request"] for _, r in recs} == {"refresh", "search"}
+    assert {r["event_id"] for _, r in recs if r["request"] == "refresh"} == {"u-5", "w-5"}
+    assert sorted(batch.impressions_due) == [1_000 + 1_800_000, 1_050 + 1_800_000, 2_000 + 1_800_000,
+                                             2_050 + 1_800_000]
+    assert batch.delta is not None and batch.delta.as_message()[0] == "delta"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**preds[0][1], "label": "5"}, SCHEMAS["prediction"])
+    assert np.isfinite([p["fused"] for _, p in preds]).all()
