@@ -260,10 +260,6 @@ class TextEncoder:
                 self._cache.popitem(last=False)
         return out
 
-    def encode_one(self, text: str) -> torch.Tensor:
-        """(dim,) vector of one text (cached)."""
-        return self.encode([text])[0]
-
     # -- cache and start-up -------------------------------------------------------------
     def cache_info(self) -> CacheInfo:
         return CacheInfo(self.hits, self.misses, len(self._cache), self.maxsize)

@@ -28,7 +28,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from rtrec.events import Event
 
@@ -260,37 +259,3 @@ def rank_search(personal: torch.Tensor, similarity: torch.Tensor, weight: float,
     """
     fused = fuse_search(personal, similarity, weight, valid, method)
     return torch.argsort(fused, dim=-1, descending=True, stable=True)
-
-
-# -- features for the models -------------------------------------------------------------
-
-
-def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Cosine similarity of two vectors as a float; 0.0 when either is all zeros."""
-    return float(F.cosine_similarity(a.reshape(1, -1).float(), b.reshape(1, -1).to(a.device).float(), eps=1e-12))
-
-
-def query_item_similarity(query_vec: torch.Tensor, item_vec: torch.Tensor) -> float:
-    """How well an item's text matches a search query (both vectors from models.text)."""
-    return cosine(query_vec, item_vec)
-
-
-def interest_item_similarity(interest_vec: torch.Tensor, item_vec: torch.Tensor) -> float:
-    """How close an item's text is to the user's text interest (models.text.decay_interest); 0 for no interest yet."""
-    return cosine(interest_vec, item_vec)
-
-
-def text_features(item_vecs: torch.Tensor, query_vecs: torch.Tensor | None = None,
-                  interest_vecs: torch.Tensor | None = None) -> list[list[float]]:
-    """Per row ``[query-item similarity, interest-item similarity]`` as floats (one transfer off the device).
-
-    ``item_vecs`` is (B, dim); ``query_vecs`` and ``interest_vecs`` (B, dim)
-    or None (0.0 for every row: no query, no interest).
-    """
-    cols = []
-    for other in (query_vecs, interest_vecs):
-        if other is None:
-            cols.append(torch.zeros(item_vecs.shape[0], device=item_vecs.device))
-        else:
-            cols.append(F.cosine_similarity(other.to(item_vecs.device).float(), item_vecs.float(), dim=-1, eps=1e-12))
-    return torch.stack(cols, dim=1).tolist()

@@ -14,18 +14,14 @@ from rtrec.datasets import Movie, load_movies, movielens_events
 from rtrec.events import Event
 from rtrec.search import (
     SEARCH_SUFFIX,
-    cosine,
     fuse_search,
-    interest_item_similarity,
     make_query,
     normalise_scores,
-    query_item_similarity,
     rank_search,
     rating_event_id,
     search_cases,
     search_sessions,
     search_targets,
-    text_features,
     title_words,
 )
 
@@ -191,21 +187,6 @@ def test_ties_keep_input_order():
     assert rank_search(torch.zeros(4), torch.zeros(4), 0.5).tolist() == [0, 1, 2, 3]
 
 
-# -- features ----------------------------------------------------------------------------
-
-
-def test_text_features_are_floats():
-    a, b = torch.tensor([1.0, 0.0]), torch.tensor([1.0, 1.0])
-    assert cosine(a, b) == pytest.approx(2**-0.5)
-    assert isinstance(query_item_similarity(a, b), float)
-    assert interest_item_similarity(torch.zeros(2), b) == 0.0  # no interest yet
-    items = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
-    feats = text_features(items, query_vecs=torch.tensor([[1.0, 0.0], [1.0, 0.0]]))
-    assert feats == [[pytest.approx(1.0), 0.0], [pytest.approx(0.0), 0.0]]
-    feats = text_features(items, torch.tensor([[1.0, 0.0], [1.0, 0.0]]), torch.tensor([[0.0, 1.0], [0.0, 0.0]]))
-    assert all(isinstance(v, float) for row in feats for v in row) and feats[0][1] == pytest.approx(0.0)
-
-
 # -- with the model ---------------------------------------------------------------------
 
 
@@ -226,10 +207,6 @@ def test_a_matching_title_ranks_above_unrelated_ones(encoder):
         order = rank_search(personal, sims, weight).tolist()
         assert candidates[order[0]] == "1", (weight, [candidates[i] for i in order])
     assert candidates[rank_search(personal, sims, 1.0)[0]] == "50"
-
-    feats = text_features(index.vectors(candidates), query.expand(len(candidates), -1))
-    assert max(range(len(candidates)), key=lambda i: feats[i][0]) == 2
-    assert feats[2][0] == pytest.approx(query_item_similarity(query[0], index.vectors(["1"])[0]), abs=1e-6)
     assert F.cosine_similarity(query, index.vectors(["1"])).item() > 0.5
 
 

@@ -4,7 +4,7 @@ The user part comes from the user's feature state as it was *before* the
 event (so an example never sees its own label); the item part from the item
 features the ItemStage computes, which travel to every scorer with each model
 version (so they may be a version old); the pair part (text similarities of
-the user's latest query and decayed text interest with the item, P7) from the
+the user's latest query and decayed text interest with the item) from the
 scorer's text index (0 where text is off, or for an item without text). Both are read straight from the
 engine's state slots, located once by feature name, because this runs per
 example.
