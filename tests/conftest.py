@@ -132,3 +132,18 @@ def same_values(a, b) -> bool:
 def committed_values(cfg: RtrecConfig, topic: str) -> list:
     """Every committed record of ``topic`` (read_committed), its JSON value parsed."""
     return [orjson.loads(m.value()) for m in topics.read_topic(cfg.kafka, topic, idle_s=0.5)]
+
+
+def assert_exactly_once(events: list, predictions: list[dict], recommendations: list[dict]) -> None:
+    """Each rating event of ``events`` predicted exactly once; top-k lists (one per user and micro-batch,
+    after the user's last event in it) never twice for one event, and always after each user's last event."""
+    from collections import Counter
+
+    ids = {e.event_id for e in events}
+    preds = Counter(p["event_id"] for p in predictions)
+    assert set(preds) == ids, f"predictions: {len(ids - set(preds))} events missing"
+    assert set(preds.values()) == {1}, f"predictions: duplicates {[k for k, v in preds.items() if v > 1][:5]}"
+    recs = Counter(r["event_id"] for r in recommendations)
+    assert set(recs) <= ids and set(recs.values()) == {1}, f"recommendations: duplicates or strangers {recs.most_common(3)}"
+    last = {e.user_id: e.event_id for e in events}
+    assert set(last.values()) <= set(recs), "a user's last event got no top-k"

@@ -16,7 +16,6 @@ import os
 import signal
 import subprocess
 import time
-from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -24,7 +23,15 @@ import pytest
 from rtrec import topics
 from rtrec.datasets import movielens_events
 from rtrec.replay import replay
-from tests.conftest import ROOT, LiveJob, committed_values, free_port, fresh_config, wait_for
+from tests.conftest import (
+    ROOT,
+    LiveJob,
+    assert_exactly_once,
+    committed_values,
+    free_port,
+    fresh_config,
+    wait_for,
+)
 
 HALF = 3_000
 DOWN_S = 8
@@ -75,8 +82,8 @@ def restarted(kafka, tmp_path_factory):
         replay(events[:HALF], cfg.kafka, progress=False)
         job = LiveJob(cfg)
         try:
-            wait_for(lambda: topics.count_committed(cfg.kafka, cfg.kafka.recommendations_topic) >= HALF,
-                     timeout_s=180, interval_s=2, what="the first half's recommendations")
+            wait_for(lambda: topics.count_committed(cfg.kafka, cfg.kafka.predictions_topic) >= HALF,
+                     timeout_s=180, interval_s=2, what="the first half's predictions")
             before = topics.end_offsets(cfg.kafka, cfg.kafka.events_topic)
             failed_before = job.rest.checkpoints(job.job_id)["counts"]["failed"]
             broker.kill()
@@ -85,8 +92,8 @@ def restarted(kafka, tmp_path_factory):
             broker.start()
             after_restart = topics.end_offsets(cfg.kafka, cfg.kafka.events_topic)
             replay(events[HALF:], cfg.kafka, progress=False)
-            wait_for(lambda: topics.count_committed(cfg.kafka, cfg.kafka.recommendations_topic) >= 2 * HALF,
-                     timeout_s=240, interval_s=2, what="the second half's recommendations after the restart")
+            wait_for(lambda: topics.count_committed(cfg.kafka, cfg.kafka.predictions_topic) >= 2 * HALF,
+                     timeout_s=240, interval_s=2, what="the second half's predictions after the restart")
             time.sleep(3)  # a late duplicate would show up after another checkpoint or two
             status = job.rest.get(f"/jobs/{job.job_id}")["state"]
             checkpoints = job.rest.checkpoints(job.job_id)
@@ -123,8 +130,6 @@ def test_the_job_felt_the_outage_and_recovered_by_itself(restarted):
 
 
 def test_every_event_is_processed_exactly_once_across_the_restart(restarted):
-    cfg, ids = restarted["cfg"], [e.event_id for e in restarted["events"]]
-    for topic in (cfg.kafka.recommendations_topic, cfg.kafka.predictions_topic):
-        counts = Counter(r["event_id"] for r in restarted[topic])
-        assert set(counts) == set(ids), f"{topic}: {len(set(ids) - set(counts))} events missing"
-        assert set(counts.values()) == {1}, f"{topic}: duplicates {[k for k, v in counts.items() if v > 1][:5]}"
+    cfg = restarted["cfg"]
+    assert_exactly_once(restarted["events"], restarted[cfg.kafka.predictions_topic],
+                        restarted[cfg.kafka.recommendations_topic])

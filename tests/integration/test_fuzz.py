@@ -67,7 +67,8 @@ def draw_records() -> list[bytes]:
 def test_ten_thousand_odd_records_fail_no_task_and_are_all_accounted_for(kafka):
     records = draw_records()
     assert len(records) == N
-    cfg = fresh_config(kafka, "fuzz", ["flink.parallelism=2"])
+    # (a snapshot per event, so that every processed event shows on the features topic)
+    cfg = fresh_config(kafka, "fuzz", ["flink.parallelism=2", "features.snapshots=event"])
     # Half of them with a record key, half without; all stamped near TS.
     replay([(f"k{i % 7}" if i % 2 else None, v, TS + i) for i, v in enumerate(records)], cfg.kafka, progress=False)
     proc = run_job(cfg, timeout_s=400)
