@@ -129,16 +129,19 @@ class ParameterSet:
         before = len(self.index)
         rows = self.index.rows(item_ids)
         if len(self.index) > before:
+            seeds = [item_seed(i, self.seed) for i in self.index.ids[before:]]
             for t in self.tables.values():
                 if t.kind == "item":
-                    self._grow_table(t, before)
+                    self._grow_table(t, before, seeds)
         return torch.tensor(rows, dtype=torch.long, device=self.device)
 
-    def _grow_table(self, t: Table, start: int) -> None:
+    def _grow_table(self, t: Table, start: int, seeds: list[int] | None = None) -> None:
         n = len(self.index)
         t.ensure_rows(n)
         if t.init is not None and n > start:
-            values = torch.stack([t.init(item_seed(i, self.seed)) for i in self.index.ids[start:n]]).to(self.device)
+            if seeds is None:
+                seeds = [item_seed(i, self.seed) for i in self.index.ids[start:n]]
+            values = torch.stack([t.init(seed) for seed in seeds]).to(self.device)
             t.data[start:n] = values
             t.base[start:n] = values
 
@@ -151,6 +154,14 @@ class ParameterSet:
         """What changed since the last call (touched rows only), then start counting afresh."""
         delta: dict[str, RowDelta] = {}
         for name, t in self.tables.items():
+            if t.kind == "dense":  # one row: no gathers
+                if not t.touched:
+                    continue
+                t.touched.clear()
+                delta[name] = RowDelta(t.kind, _ROW_ZERO, (t.data - t.base).cpu(), t.counts.cpu().clone())
+                t.base.copy_(t.data)
+                t.counts.zero_()
+                continue
             rows = t.take_touched()
             if rows.numel() == 0:
                 continue

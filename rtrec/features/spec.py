@@ -90,7 +90,7 @@ class WindowedCount:
         if col is None:
             return
         ts = e.ts
-        for w, win in zip(self.windows, slot, strict=True):
+        for w, win in zip(self.windows, slot, strict=False):  # (as many: init() made them)
             b = ts // w.width
             newest, totals, buckets = win
             if b == newest:  # the common case: same bucket as the newest event
@@ -99,9 +99,14 @@ class WindowedCount:
                 continue
             if b > newest:
                 oldest_kept = b - w.buckets + 1
-                for old in [k for k in buckets if k < oldest_kept]:
-                    for c, n in enumerate(buckets.pop(old)):
-                        totals[c] -= n
+                if newest < oldest_kept:  # every bucket is out of the window (keys <= newest)
+                    buckets.clear()
+                    for c in range(len(totals)):
+                        totals[c] = 0
+                else:
+                    for old in [k for k in buckets if k < oldest_kept]:
+                        for c, n in enumerate(buckets.pop(old)):
+                            totals[c] -= n
                 win[0] = newest = b
             elif b <= newest - w.buckets:
                 continue  # older than the whole window: it can never be counted again
@@ -119,6 +124,9 @@ class WindowedCount:
             else:
                 lo = b - w.buckets + 1
                 values = [0] * len(totals)
+                if newest < lo:  # every bucket is older than the window (keys <= newest)
+                    out.update(zip(names, values, strict=True))
+                    continue
                 for k, counts in buckets.items():
                     if lo <= k <= b:
                         for c, n in enumerate(counts):
