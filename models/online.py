@@ -374,11 +374,12 @@ class OnlineLearner:
         """Predict every example, then learn from all but the held-out share.
 
         The MF runs first, example by example in order (models.sequential): a
-        user's vector follows their examples exactly as one at a time. FTRL,
-        the ranker and the fusion then predict all rows (with each user's
-        vector as it was before the row) and take one step on the batch;
-        their view of the user is the feature vector computed before each
-        event. Returns the predictions and each row's user vector after it.
+        user's vector follows their examples exactly as one at a time. FTRL
+        (on the CPU) goes example by example too. The ranker and the fusion
+        then predict all rows (with each user's vector as it was before the
+        row) and take one step on the batch; their view of the user is the
+        feature vector computed before each event. Returns the predictions
+        and each row's user vector after it.
         """
         m, cfg, dev = self.models, self.cfg, self.device
         n = len(cols)
@@ -400,11 +401,22 @@ class OnlineLearner:
             torch.tensor(cols.buckets, dtype=torch.long, device=dev),
             torch.tensor(cols.pair, dtype=torch.float32, device=dev),
         )
-        y = y.to(dev)
         batch = m.batch(ex)
+        ftrl = m.ftrl
+        if self.compiled:  # FTRL too, example by example (models.sequential): predicted, then learned
+            ftrl_pred = torch.from_numpy(sequential.ftrl_pass(
+                ftrl.z.data.numpy(), ftrl.n.data.numpy(), batch.sparse.numpy(), y.numpy(), np.array(learn, np.bool_),
+                ftrl.alpha, ftrl.beta, ftrl.l1, ftrl.l2, ftrl.offset, cfg.grad_clip))
+            learned = [i for i, ok in enumerate(learn) if ok]
+            if learned:
+                rows = batch.sparse[torch.tensor(learned)].flatten()
+                ftrl.z.touch(rows)
+                ftrl.n.touch(rows)
+        y = y.to(dev)
         with torch.no_grad():
-            raw = {m.mf.name: mf_pred.to(dev), m.ftrl.name: m.ftrl.predict_many(batch),
-                   m.ranker.name: m.ranker.predict_many(batch)}
+            if not self.compiled:
+                ftrl_pred = ftrl.predict_many(batch)
+            raw = {m.mf.name: mf_pred.to(dev), ftrl.name: ftrl_pred, m.ranker.name: m.ranker.predict_many(batch)}
         fused = m.fusion.predict(raw).clamp(lo, hi)
 
         # Scores in the label's units: ratings as they are, binary feedback rescaled to 0..1.
@@ -426,7 +438,8 @@ class OnlineLearner:
             if train:
                 t = torch.tensor(train, device=dev)
                 sub = batch if len(train) == n else batch.subset(t)
-                m.learn(sub, y[t], {k: v[t] for k, v in raw.items()}, models=[m.ftrl, m.ranker])
+                m.learn(sub, y[t], {k: v[t] for k, v in raw.items()},
+                        models=[m.ranker] if self.compiled else [ftrl, m.ranker])
         return out, after
 
     # -- recommendations -------------------------------------------------------------

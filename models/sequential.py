@@ -1,4 +1,4 @@
-"""Exact-order passes over a batch, compiled: the MF's predict-then-learn and the text-interest fold.
+"""Exact-order passes over a batch, compiled: the MF's and FTRL's predict-then-learn, the text-interest fold.
 
 A user's examples must apply in order, and each must be predicted before
 anything learns from it. Batched torch ops can only keep that order in
@@ -171,8 +171,53 @@ def interest_pass(vecs: np.ndarray, mass: np.ndarray, last_ts: np.ndarray, known
     return out
 
 
+@_jit
+def _ftrl_pass(z, n, codes, y, learn, alpha, beta, l1, l2, offset, clip, pred):
+    k = codes.shape[1]
+    w = np.empty(k, np.float32)
+    for i in range(codes.shape[0]):
+        p = offset
+        for j in range(k):
+            c = codes[i, j]
+            zc = z[c]
+            if abs(zc) <= l1:
+                w[j] = 0.0
+            else:
+                sign = 1.0 if zc > 0 else -1.0
+                w[j] = -(zc - sign * l1) / ((beta + math.sqrt(n[c])) / alpha + l2)
+            p += w[j]
+        pred[i] = p
+        if learn[i]:
+            g = p - y[i]
+            if g > clip:
+                g = clip
+            elif g < -clip:
+                g = -clip
+            for j in range(k):
+                c = codes[i, j]
+                nc = n[c]
+                sigma = (math.sqrt(nc + g * g) - math.sqrt(nc)) / alpha
+                z[c] += g - sigma * w[j]
+                n[c] = nc + g * g
+
+
+def ftrl_pass(z: np.ndarray, n: np.ndarray, codes: np.ndarray, y: np.ndarray, learn: np.ndarray, alpha: float,
+              beta: float, l1: float, l2: float, offset: float, clip: float) -> np.ndarray:
+    """FTRL-Proximal (McMahan et al., 2013) over examples in order: predict each, then (where ``learn``)
+    update the per-coordinate state ``z`` and ``n`` of its hashed features ``codes`` (B, K), in place.
+
+    Returns each example's prediction (``offset`` + the sum of its features' weights) before it was
+    learned from. The error is clipped to ``clip``, as every model's is (models.ensemble).
+    """
+    pred = np.empty(len(codes), np.float32)
+    if len(codes):
+        _ftrl_pass(z, n, codes, y, learn, np.float32(alpha), np.float32(beta), np.float32(l1), np.float32(l2),
+                   np.float32(offset), np.float32(clip), pred)
+    return pred
+
+
 def warm_up() -> None:
-    """Compile both passes now (about 1-2 s), so the first batch does not pay for it."""
+    """Compile the passes now (about 1-2 s), so the first batch does not pay for it."""
     users = np.zeros((1, 3), np.float32)
     one = np.zeros(1, np.int64)
     mf_pass(users, one, one, np.zeros(1, np.float32), np.ones(1, np.bool_), np.zeros((1, 2), np.float32),
@@ -180,3 +225,5 @@ def warm_up() -> None:
     interest_pass(np.zeros((1, 2), np.float32), np.zeros(1, np.float32), np.zeros(1, np.int64),
                   np.zeros(1, np.bool_), one, np.ones((1, 2), np.float32), np.zeros(1, np.int64),
                   np.ones(1, np.float32), 1000.0)
+    ftrl_pass(np.zeros(4, np.float32), np.zeros(4, np.float32), np.zeros((1, 2), np.int64), np.zeros(1, np.float32),
+              np.ones(1, np.bool_), 0.1, 1.0, 0.1, 1.0, 3.0, 4.0)

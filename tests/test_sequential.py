@@ -123,3 +123,26 @@ def test_the_batched_gpu_form_stays_close_to_the_compiled_pass_on_the_cpu():
     assert abs(np.mean(err_c) - np.mean(err_w)) < 0.05
     for u in users_c:
         assert np.abs(users_c[u]["mf"] - users_w[u]["mf"]).max() < 0.5
+
+
+def test_ftrl_pass_equals_one_example_at_a_time_steps_of_the_torch_model():
+    from models.base import Batch
+    from models.ftrl import FTRLProximal
+    from models.params import ParameterSet
+
+    rng = np.random.default_rng(9)
+    n, k = 300, 5
+    codes = np.stack([rng.choice(64, k, replace=False) for _ in range(n)]).astype(np.int64)  # no repeats in a row
+    y = rng.integers(1, 6, n).astype(np.float32)
+    learn = rng.random(n) > 0.2
+    ref = FTRLProximal(ParameterSet(), bits=6, alpha=0.1, offset=3.0)
+    z, nn = np.zeros(64, np.float32), np.zeros(64, np.float32)
+    pred = sequential.ftrl_pass(z, nn, codes, y, learn, ref.alpha, ref.beta, ref.l1, ref.l2, ref.offset, 2.0)
+    for i in range(n):
+        batch = Batch(items=torch.zeros(1, dtype=torch.long), sparse=torch.from_numpy(codes[i : i + 1]))
+        p = ref.predict_many(batch)
+        assert float(pred[i]) == pytest.approx(float(p[0]), abs=1e-4), i
+        if learn[i]:
+            ref.learn_many(batch, torch.from_numpy(y[i : i + 1]), grad=(p - torch.from_numpy(y[i : i + 1])).clamp(-2, 2))
+    np.testing.assert_allclose(z, ref.z.data.numpy(), atol=1e-4)
+    np.testing.assert_allclose(nn, ref.n.data.numpy(), atol=1e-4)
