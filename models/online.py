@@ -177,11 +177,9 @@ class OnlineLearner:
         self.refresh_every_event = False
 
     def warm_up(self) -> None:
-        """Compile and import now what would otherwise be compiled or imported by the first batch."""
+        """Compile now what the first batch would otherwise compile (no model uses autograd, whose
+        first backward pass imports sympy: 0.35 s or more)."""
         sequential.warm_up()
-        # The first autograd.backward imports sympy (0.35 s or more).
-        w = torch.zeros(1, requires_grad=True)
-        torch.autograd.backward((w * 2).sum(), torch.ones(()))
 
     # -- users -------------------------------------------------------------------
     def new_user(self, user_id: str) -> dict:

@@ -153,6 +153,7 @@ class ParameterSet:
     def take_delta(self) -> dict[str, RowDelta]:
         """What changed since the last call (touched rows only), then start counting afresh."""
         delta: dict[str, RowDelta] = {}
+        shared: dict[tuple, tuple] = {}
         for name, t in self.tables.items():
             if t.kind == "dense":  # one row: no gathers
                 if not t.touched:
@@ -162,16 +163,26 @@ class ParameterSet:
                 t.base.copy_(t.data)
                 t.counts.zero_()
                 continue
-            rows = t.take_touched()
+            # Tables learned together (mf.q and mf.b, ftrl.z and ftrl.n, ...) were touched with the same
+            # row tensors: find their distinct rows and keys once.
+            memo = shared.get(tuple(map(id, t.touched)))
+            if memo is None:
+                signature = tuple(map(id, t.touched))
+                rows = t.take_touched()
+                keys: list[str] | torch.Tensor = (
+                    [self.index.ids[r] for r in rows.tolist()] if t.kind == "item" else rows.cpu()
+                )
+                memo = shared[signature] = (rows, keys)
+            else:
+                t.touched.clear()
+            rows, keys = memo
             if rows.numel() == 0:
                 continue
-            values = (t.data[rows] - t.base[rows]).cpu()
+            current = t.data[rows]
+            values = (current - t.base[rows]).cpu()
             counts = t.counts[rows].cpu()
-            keys: list[str] | torch.Tensor = (
-                [self.index.ids[r] for r in rows.tolist()] if t.kind == "item" else rows.cpu()
-            )
             delta[name] = RowDelta(t.kind, keys, values, counts)
-            t.base[rows] = t.data[rows]
+            t.base[rows] = current
             t.counts[rows] = 0
         return delta
 

@@ -41,20 +41,30 @@ class NeuralRanker:
         w1, b1, w2, b2 = (t.data[0] for t in self.layers)
         return self._forward(batch, w1, b1, w2, b2, self.emb.data[batch.items])
 
+    def gradients(self, batch: Batch, g: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Sum over examples of ``g`` (dLoss/dprediction, (B,)) times dprediction/dparameter: for
+        [w1, b1, w2, b2], and per example for its item embedding. Written out (autograd's bookkeeping
+        cost more than the maths at these sizes); tests check it against autograd."""
+        w1, b1, w2, _ = (t.data[0] for t in self.layers)
+        emb = self.emb.data[batch.items]
+        x = torch.cat([batch.dense, emb, batch.user_params["mf"][:, :-1]], dim=1)
+        pre = x @ w1 + b1
+        h = torch.relu(pre)
+        d_pre = (g[:, None] * w2[:, 0]) * (pre > 0)
+        d_x = d_pre @ w1.T
+        n_dense = batch.dense.shape[1]
+        grads = [x.T @ d_pre, d_pre.sum(0), h.T @ g[:, None], g.sum(0, keepdim=True)]
+        return grads, d_x[:, n_dense : n_dense + emb.shape[1]]
+
     def learn_many(self, batch: Batch, y: torch.Tensor, grad: torch.Tensor | None = None) -> None:
-        weights = [t.data[0].clone().requires_grad_(True) for t in self.layers]
-        emb = self.emb.data[batch.items].clone().requires_grad_(True)
-        with torch.enable_grad():
-            pred = self._forward(batch, *weights, emb)
-            g = grad if grad is not None else (pred - y).detach()
-            # sum over examples of dLoss/dpred * dpred/dparams
-            torch.autograd.backward(pred, g)
-        for t, acc, w in zip(self.layers, self.acc, weights, strict=True):
-            acc.data[0] += w.grad * w.grad
-            t.data[0] -= self.lr * w.grad / (acc.data[0].sqrt() + self.eps)
+        with torch.no_grad():
+            g = grad if grad is not None else self.predict_many(batch) - y
+            grads, ge = self.gradients(batch, g.float())
+        for t, acc, gw in zip(self.layers, self.acc, grads, strict=True):
+            acc.data[0] += gw * gw
+            t.data[0] -= self.lr * gw / (acc.data[0].sqrt() + self.eps)
             t.touch_dense(len(y))
             acc.touch_dense(len(y))
-        ge = emb.grad
         self.emb_acc.data.index_add_(0, batch.items, ge * ge)
         self.emb.data.index_add_(0, batch.items, -self.lr * ge / (self.emb_acc.data[batch.items].sqrt() + self.eps))
         self.emb.touch(batch.items)

@@ -278,3 +278,19 @@ def test_version_files_round_trip_and_keep_the_newest(tmp_path):
     for name, t in merger.models.params.tables.items():
         n = 2 if t.kind == "item" else t.data.shape[0]
         assert torch.equal(t.data[:n], warm.models.params[name].data[:n]), name
+
+
+def test_the_rankers_written_out_gradients_equal_autograds():
+    ps = ParameterSet(seed=4)
+    r = NeuralRanker(ps, n_dense=3, user_dim=4, item_dim=5, hidden=6)
+    items = ps.item_rows(["a", "b", "a"])
+    torch.manual_seed(0)
+    batch = Batch(items=items, user_params={"mf": torch.randn(3, 5)}, dense=torch.randn(3, 3))
+    g = torch.tensor([0.5, -1.0, 2.0])
+    weights = [t.data[0].clone().requires_grad_(True) for t in r.layers]
+    emb = ps["ranker.emb"].data[items].clone().requires_grad_(True)
+    torch.autograd.backward(r._forward(batch, *weights, emb), g)
+    grads, ge = r.gradients(batch, g)
+    for mine, theirs in zip(grads, weights, strict=True):
+        assert torch.allclose(mine, theirs.grad, atol=1e-6)
+    assert torch.allclose(ge, emb.grad, atol=1e-6)

@@ -81,7 +81,7 @@ class UserStage(KeyedBroadcastProcessFunction):
             # Sequence numbers of deltas must grow across restarts (the merger remembers them).
             self.learner = torch_call(OnlineLearner, cfg.model, self.info.index, resolve_device(cfg.model.device))
             self.learner.seq = int(time.time() * 1000) * 1000
-            # Compile the sequential passes and import what the first backward pass imports, now.
+            # Compile the sequential passes now (numba: on this thread, see models/worker.py).
             torch_call(self.learner.warm_up)
             if cfg.text.enabled:
                 # The text encoder and the encoded item catalogue, on the torch thread: made by the
