@@ -35,6 +35,7 @@ from models.params import Version, from_bytes, to_bytes
 from models.search import SearchRanker
 from models.worker import torch_call
 from rtrec.config import RtrecConfig
+from rtrec.core import heap
 from rtrec.core.user import UserBatch, UserCore, UserState
 from rtrec.topics import RecordFetcher
 from udfs.faults import FaultInjector
@@ -110,6 +111,7 @@ class UserStage(KeyedBroadcastProcessFunction):
         self.broadcast_latency_ms = Level(metrics, "broadcast_latency_ms")
         self.profile = OperatorProfile("UserStage", self.info.index)
         self.fault = FaultInjector(cfg, "user-stage", self.info.index)
+        heap.settle()  # the text model, torch, numba: out of the collector's walks from now on
 
     def close(self):
         if hasattr(self, "profile"):  # not when open() failed: let its error be the one reported

@@ -19,6 +19,7 @@ from models.merger import MergerCore
 from models.online import OnlineLearner, Predictions
 from models.params import delta_from_bytes, heldout_from_bytes
 from rtrec.config import RtrecConfig
+from rtrec.core import heap
 from rtrec.core.item import ItemCore
 from rtrec.core.user import UserCore
 from rtrec.events import Event
@@ -59,6 +60,7 @@ class LocalPipeline:
         self.recommendations: list = []
         self.timings = Timings()
         self.keep_outputs = True
+        heap.settle()  # as the operators do once open
 
     def run(self, events: list[Event], window: int, freeze_at: int | None = None) -> LocalPipeline:
         """Feed ``events`` in order, ``window`` records per batch interval; from ``freeze_at`` on nothing learns."""

@@ -51,7 +51,7 @@ class FeatureEngine:
         self.version = group.version
         self._key = group.key
         # Bound methods, looked up once: update() and snapshot() run per event.
-        self._updates = [f.update for f in self.features]
+        self._slots = [(f.update, SLOTS + i) for i, f in enumerate(self.features)]
         self._reads = [f.read for f in self.features]
 
     def new_state(self) -> list:
@@ -62,11 +62,12 @@ class FeatureEngine:
 
     def update(self, state: list, e: Event) -> None:
         """Fold one event in."""
-        if state[NEWEST] is None or e.ts > state[NEWEST]:
+        newest = state[NEWEST]
+        if newest is None or e.ts > newest:
             state[NEWEST] = e.ts
         state[COUNT] += 1
-        for update, slot in zip(self._updates, state[SLOTS:], strict=True):
-            update(slot, e)
+        for update, i in self._slots:
+            update(state[i], e)
 
     def snapshot(self, state: list, at_ts: int) -> dict:
         """Feature values as of ``at_ts`` over the events folded in so far."""

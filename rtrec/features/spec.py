@@ -86,13 +86,14 @@ class WindowedCount:
         return cols
 
     def update(self, slot: list, e: Event) -> None:
-        col = self._columns.get(e.type)
+        cached = self.__dict__.get("_columns_cache")
+        col = (cached if cached is not None else self._columns).get(e.type)
         if col is None:
             return
         ts = e.ts
         for w, win in zip(self.windows, slot, strict=False):  # (as many: init() made them)
-            b = ts // w.width
             newest, totals, buckets = win
+            b = ts // w.width
             if b == newest:  # the common case: same bucket as the newest event
                 buckets[b][col] += 1
                 totals[col] += 1

@@ -157,7 +157,9 @@ def test_a_top_k_per_user_and_batch_in_each_users_order(run):
     assert len(by_event) == len(recs), "no event recommended for twice"
     order = {e.event_id: i for i, e in enumerate(events)}
     last = {e.user_id: e.event_id for e in events}
-    assert set(last.values()) <= set(by_event), "every user's very last event is the last of its batch"
+    # (a late click taken in after a restore is the last event of its user then: see LATE_USERS)
+    assert {e for u, e in last.items() if u not in LATE_USERS} <= set(by_event), \
+        "every user's very last event is the last of its batch"
     users = len(last)
     assert users <= len(recs) < len(events) / 2, "(MovieLens users rate in bursts: a batch holds many of a user's)"
     for e in events:
@@ -171,7 +173,8 @@ def test_a_top_k_per_user_and_batch_in_each_users_order(run):
     for k, r in recs:
         per_user.setdefault(k, []).append(order[r["event_id"]])
     assert all(seq == sorted(seq) for seq in per_user.values())
-    assert sum(len(r["items"]) == run["cfg"].model.top_k for _, r in recs) >= 0.999 * len(recs)
+    # Shorter lists only at the very start, while the catalogue holds fewer unrated items than top_k.
+    assert sum(len(r["items"]) < run["cfg"].model.top_k for _, r in recs) <= 5
 
 
 def test_the_job_writes_records_that_match_their_schemas(run):
