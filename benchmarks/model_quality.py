@@ -40,6 +40,7 @@ from rtrec.config import load_config  # noqa: E402
 from rtrec.datasets import movielens_events  # noqa: E402
 from rtrec.flink_rest import FlinkRest  # noqa: E402
 from rtrec.metrics import auc, mae, rmse  # noqa: E402
+from rtrec.records import read_record  # noqa: E402
 from rtrec.replay import replay  # noqa: E402
 
 RIVER_REFERENCE = {"BiasedMF": {"mae": 0.750, "auc": 0.764}, "Baseline": {"mae": 0.808}}
@@ -68,7 +69,8 @@ def quality_through_flink(events, rate: float, parallelism: int) -> dict:
             raise RuntimeError(f"only {clock.count} of {len(events)} predictions after 600 s")
         clock.close()
         time.sleep(2 * cfg.flink.checkpoint_interval_ms / 1000)
-        predictions = [orjson.loads(m.value()) for m in topics.read_topic(cfg.kafka, cfg.kafka.predictions_topic)]
+        predictions = [read_record("predictions", m.value())
+                       for m in topics.read_topic(cfg.kafka, cfg.kafka.predictions_topic)]
     finally:
         proc.terminate()
         proc.wait(60)
@@ -101,9 +103,8 @@ def online_vs_frozen(events) -> dict:
     half = len(events) // 2
     out = {}
     for name, freeze in (("online", None), ("frozen_after_first_half", half)):
-        examples = simulate(cfg, events, freeze_at=freeze).predictions
-        second = [x for x in examples if int(x.event_id.split("-")[1]) >= half]
-        out[name] = report(second)
+        p = simulate(cfg, events, freeze_at=freeze).predictions
+        out[name] = report(p.where([int(e.split("-")[1]) >= half for e in p.event_id]))
     return out
 
 

@@ -6,12 +6,12 @@ The stream is MovieLens-100K with made-up searches (rtrec.search.search_sessions
 before a share of the 4- and 5-star ratings the user searches with words of
 the movie's title or genres and gets it among ``--n-candidates`` candidates.
 The stream is replayed offline in time order, cut into micro-batches as the
-job cuts them, through the code the job runs: the feature engine and
-models.online.OnlineLearner (one trainer, its merged versions applied after
-every batch as in benchmarks/model_quality_offline.py), which learns from the
-ratings as they pass and scores each search's candidates with the fused
-model. Within a batch the searches are scored before the batch's ratings are
-learned, so a search never sees its own target's rating.
+job cuts them, through the code the job runs (rtrec.core.local.LocalPipeline:
+the user and item cores, one trainer, a merged version after every batch
+interval), which learns from the ratings as they pass and scores each
+search's candidates with the fused model. Within a batch the searches are
+scored before the batch's ratings are learned, so a search never sees its
+own target's rating.
 
 Text similarity is models.text.TextEncoder (all-MiniLM-L6-v2) between the query
 and each item's "title (year); genres: ..." text. A search counts as a hit
@@ -38,17 +38,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from benchmarks.common import write_results  # noqa: E402
-from models.merger import MergerCore  # noqa: E402
-from models.online import Inputs, OnlineLearner  # noqa: E402
 from models.search import SearchRanker  # noqa: E402
 from models.text import ItemTextIndex, TextEncoder, decay_interest  # noqa: E402
 from rtrec.config import load_config  # noqa: E402
+from rtrec.core.local import LocalPipeline  # noqa: E402
 from rtrec.datasets import load_movies, movielens_events  # noqa: E402
-from rtrec.features.definitions import ITEM_FEATURES, USER_FEATURES  # noqa: E402
-from rtrec.features.engine import FeatureEngine  # noqa: E402
-from rtrec.features.model_inputs import ItemInputs, UserInputs, id_code  # noqa: E402
 from rtrec.search import rank_search, search_cases, search_sessions  # noqa: E402
-from rtrec.sharding import shard_of  # noqa: E402
 
 WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0)
 KS = (1, 10)
@@ -60,46 +55,11 @@ def personal_scores(cfg, stream, window: int = 4000, shards: int = 16, search=No
     ``search``: a models.search.SearchRanker whose personal weight is 1, so the models see the
     text features (t_query_sim, t_interest_sim) and a search's scores are theirs alone (z-scored).
     """
-    learner = OnlineLearner(cfg.model, 0)
-    learner.search = search
-    merger = MergerCore(cfg.model)
-    users_f, items_f = FeatureEngine(USER_FEATURES), FeatureEngine(ITEM_FEATURES)
-    ui, ii = UserInputs(), ItemInputs()
-    ustate, istate, umodel = {}, {}, {}
-    out: dict[str, dict[str, float]] = {}
-    for start in range(0, len(stream), window):
-        chunk = stream[start : start + window]
-        by_shard: dict[int, list] = {}
-        for e in chunk:
-            by_shard.setdefault(shard_of(e.user_id, shards), []).append(e)
-        for shard in sorted(by_shard):
-            searches, others, users = [], [], {}
-            for e in by_shard[shard]:
-                s = ustate.setdefault(e.user_id, users_f.new_state())
-                dense, buckets = ui.dense(s, e.ts), ui.buckets(s)
-                users_f.update(s, e)
-                x = Inputs(e, dense, buckets, id_code(e.user_id), ui.dense(s, e.ts), ui.buckets(s))
-                (searches if e.type == "search" else others).append(x)
-                users[e.user_id] = umodel.setdefault(e.user_id, learner.new_user(e.user_id))
-            if searches:  # before the batch's ratings: no search sees its target's rating
-                # A user's searches see their vector as of the batch start (stale by at most one batch).
-                for rec in learner.process(searches, users).recommendations:
-                    out[rec.event.event_id] = dict(zip(rec.items, rec.scores, strict=True))
-            if others:
-                learner.process(others, users)
-            handed = learner.take_delta()
-            if handed:
-                merger.add_delta(learner.trainer_id, *handed)
-        touched = {}
-        for e in chunk:  # the ItemStage, a batch behind
-            if e.item_id is None:
-                continue
-            s = istate.setdefault(e.item_id, items_f.new_state())
-            items_f.update(s, e)
-            touched[e.item_id] = ii.dense(s, e.ts)
-        merger.add_item_features(touched)
-        learner.apply_version(merger.merge())
-    return out
+    cfg.flink.shards = shards
+    pipe = LocalPipeline(cfg, search=search).run(stream, window)
+    # (the job ranks a batch's searches before it learns from the batch: no search sees its target's rating)
+    return {r.event.event_id: dict(zip(r.items, r.scores, strict=True)) for r in pipe.recommendations
+            if r.event.type == "search" and r.event.candidates}
 
 
 def interest_vectors(stream, index: ItemTextIndex, half_life_ms: float, min_rating: float = 4.0) -> dict:

@@ -41,6 +41,7 @@ from models.params import RowDelta, Version
 from models.search import TextContext
 from rtrec.config import ModelConfig
 from rtrec.events import INTERACTION_TYPES, POSITIVE_TYPES, RATING_TYPE, Event
+from rtrec.labels import LabelScale
 
 #: Pair features of an example without text signals (text off, or an impression stored before).
 NO_PAIR = [0.0, 0.0]
@@ -127,6 +128,13 @@ class Predictions:
     def __len__(self) -> int:
         return len(self.event_id)
 
+    def where(self, keep: list[bool]) -> Predictions:
+        """The examples whose ``keep`` is true."""
+        pick = lambda col: [v for v, k in zip(col, keep, strict=True) if k]  # noqa: E731
+        return Predictions(pick(self.event_id), pick(self.user_id), pick(self.item_id), pick(self.ts), pick(self.type),
+                           pick(self.label), {n: pick(c) for n, c in self.scores.items()}, pick(self.fused),
+                           pick(self.heldout))
+
     def extend(self, other: Predictions) -> None:
         for name in ("event_id", "user_id", "item_id", "ts", "type", "label", "fused", "heldout"):
             getattr(self, name).extend(getattr(other, name))
@@ -157,6 +165,7 @@ class OnlineLearner:
 
     def __init__(self, cfg: ModelConfig, trainer_id: int = 0, device: torch.device | str = "cpu"):
         self.cfg = cfg
+        self.scale = LabelScale.of(cfg)
         self.trainer_id = trainer_id
         self.models = ModelSet(cfg, device)
         self.device = self.models.device
@@ -184,15 +193,6 @@ class OnlineLearner:
     # -- users -------------------------------------------------------------------
     def new_user(self, user_id: str) -> dict:
         return {"mf": self.models.mf.new_user(user_id).numpy(), "recent": [], "impressions": {}}
-
-    # -- labels -------------------------------------------------------------------
-    @staticmethod
-    def _label(e: Event) -> float | None:
-        if e.type == RATING_TYPE:
-            return e.value
-        if e.type in POSITIVE_TYPES:
-            return 1.0
-        return None
 
     # -- per batch -------------------------------------------------------------------
     def process(self, inputs: list[Inputs], users: dict[str, dict]) -> BatchResult:
@@ -381,10 +381,11 @@ class OnlineLearner:
         """
         m, cfg, dev = self.models, self.cfg, self.device
         n = len(cols)
-        lo, hi = cfg.rating_min, cfg.rating_max
+        scale = self.scale
+        lo, hi = scale.lo, scale.hi
         items = m.rows(cols.item_id)
         is_rating = [t == RATING_TYPE for t in cols.type]
-        y = torch.tensor([v if r else (hi if v >= 0.5 else lo) for v, r in zip(cols.label, is_rating, strict=True)],
+        y = torch.tensor([scale.target(v, r) for v, r in zip(cols.label, is_rating, strict=True)],
                          dtype=torch.float32)
         fraction = cfg.heldout_fraction
         heldout = [is_heldout(e, fraction) for e in cols.event_id]
@@ -417,7 +418,8 @@ class OnlineLearner:
             raw = {m.mf.name: mf_pred.to(dev), ftrl.name: ftrl_pred, m.ranker.name: m.ranker.predict_many(batch)}
         fused = m.fusion.predict(raw).clamp(lo, hi)
 
-        # Scores in the label's units: ratings as they are, binary feedback rescaled to 0..1.
+        # Scores in the label's units (LabelScale.units, as one op per model): ratings clamped to the
+        # scale, binary feedback rescaled to 0..1.
         rating = torch.tensor(is_rating, device=dev)
 
         def units(v: torch.Tensor) -> list[float]:

@@ -49,10 +49,11 @@ from pathlib import Path
 
 import orjson
 
+from rtrec.labels import LabelScale
 from rtrec.metrics import auc, log_loss, mae, rmse
 from rtrec.records import read_record
 
-POSITIVE_RATING = 4.0
+_SCALE = LabelScale()  # (the positive threshold; scores are rescaled with the run's own bounds)
 WINDOW_MS = {"hour": 3_600_000, "day": 86_400_000, "week": 7 * 86_400_000}
 
 
@@ -84,8 +85,8 @@ class Example:
 
     @property
     def positive(self) -> bool:
-        """Rating >= 4, or a positive binary outcome."""
-        return self.label >= POSITIVE_RATING if self.is_rating else self.label >= 0.5
+        """Rating >= 4, or a positive binary outcome (rtrec.labels.LabelScale.positive)."""
+        return _SCALE.positive(self.label, self.is_rating)
 
 
 @dataclass(slots=True)
@@ -97,12 +98,12 @@ class Recommendation:
 
 # -- pure metric helpers ---------------------------------------------------------------
 def rescale(score: float, lo: float = 1.0, hi: float = 5.0) -> float:
-    """A rating-scale score as a probability of "positive", clamped to [0, 1].
+    """A rating-scale score as a probability of "positive", clamped to [0, 1] (rtrec.labels).
 
     >>> rescale(3.0), rescale(5.0), rescale(0.2), rescale(4.2)
     (0.5, 1.0, 0.0, 0.8)
     """
-    return min(1.0, max(0.0, (score - lo) / (hi - lo)))
+    return LabelScale(lo, hi).probability(score)
 
 
 def error_metrics(pred: Sequence[float], truth: Sequence[float]) -> dict:

@@ -92,8 +92,9 @@ class LocalPipeline:
             for evs in batch.item_events.values():
                 accepted.extend(evs)
             self._count(batch.out)
-            if self.keep_outputs and batch.predictions is not None:
-                self.predictions.extend(batch.predictions)
+            if self.keep_outputs:
+                if batch.predictions is not None:
+                    self.predictions.extend(batch.predictions)
                 self.recommendations.extend(batch.recommendations)
             if batch.delta is not None:
                 c0 = clock()
