@@ -86,14 +86,14 @@ class ItemInputs:
         self.ctr = group.features[self.ctr_slot - SLOTS]
         self.popularity = _slot(group, WindowedCount)
         self.pop_spec = group.features[self.popularity - SLOTS]
+        if self.pop_spec.per_type:
+            raise ValueError("item popularity must count all its event types together (per_type=False)")
 
     def dense(self, state: list, at_ts: int) -> list[float]:
         n, mean, m2 = state[self.rating]
         clicks, impressions = state[self.ctr_slot]
-        pop: dict = {}
-        self.pop_spec.read(state[self.popularity], at_ts, pop)
-        counts = list(pop.values())  # shortest window first, longest last
-        short, long = counts[-2] if len(counts) > 1 else counts[0], counts[-1]
+        counts = self.pop_spec.totals_at(state[self.popularity], at_ts)  # shortest window first, longest last
+        short, long = (counts[-2] if len(counts) > 1 else counts[0])[0], counts[-1][0]
         c = self.ctr
         return [
             1.0,

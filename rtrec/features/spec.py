@@ -117,6 +117,24 @@ class WindowedCount:
             counts[col] += 1
             totals[col] += 1
 
+    def totals_at(self, slot: list, at_ts: int) -> list[list[int]]:
+        """Per window (as declared), the counts per column as of ``at_ts``."""
+        out = []
+        for w, (newest, totals, buckets) in zip(self.windows, slot, strict=True):
+            b = at_ts // w.width
+            if b == newest:
+                out.append(totals)
+                continue
+            lo = b - w.buckets + 1
+            values = [0] * len(totals)
+            if newest >= lo:  # (else every bucket is older than the window: keys <= newest)
+                for k, counts in buckets.items():
+                    if lo <= k <= b:
+                        for c, n in enumerate(counts):
+                            values[c] += n
+            out.append(values)
+        return out
+
     def read(self, slot: list, at_ts: int, out: dict) -> None:
         for w, names, (newest, totals, buckets) in zip(self.windows, self._names, slot, strict=True):
             b = at_ts // w.width
