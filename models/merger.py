@@ -17,13 +17,56 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from models.ensemble import Examples, ModelSet
-from models.params import RowDelta, Version, delta_is_finite, merge, sum_deltas
+from models.params import (
+    RowDelta,
+    Version,
+    delta_from_bytes,
+    delta_is_finite,
+    heldout_from_bytes,
+    merge,
+    sum_deltas,
+)
 from rtrec.config import ModelConfig
+
+
+@dataclass(slots=True)
+class DeltaMessage:
+    """A trainer's change to the global parameters since its last hand-over."""
+
+    trainer: int
+    seq: int
+    delta: bytes  # models.params.delta_to_bytes
+    heldout: bytes  # the held-out examples gathered meanwhile (models.params.heldout_to_bytes)
+
+    def as_message(self) -> tuple:
+        return ("delta", self.trainer, self.seq, self.delta, self.heldout)
+
+
+@dataclass(slots=True)
+class ItemFeaturesMessage:
+    """The models' view of items the ItemStage just updated (rtrec.features.model_inputs.ITEM_DENSE)."""
+
+    features: dict[str, list[float]]
+
+    def as_message(self) -> tuple:
+        return ("items", self.features)
+
+
+def read_message(message: tuple) -> DeltaMessage | ItemFeaturesMessage:
+    """A message as the merger receives and checkpoints it: a tuple of plain values, so that its
+    state never depends on these classes' names (the same tuples since release 0.1.0)."""
+    kind = message[0]
+    if kind == "delta":
+        return DeltaMessage(*message[1:])
+    if kind == "items":
+        return ItemFeaturesMessage(message[1])
+    raise ValueError(f"unknown merger message {kind!r}")
 
 
 def _stack(rows: list, dtype: torch.dtype, device) -> torch.Tensor:
@@ -55,6 +98,14 @@ class MergerCore:
         self.pending.setdefault(trainer, []).append((seq, delta))
         if "fusion.A" in delta:
             self.pending_examples += int(delta["fusion.A"].counts.sum())
+
+    def add(self, message: DeltaMessage | ItemFeaturesMessage) -> None:
+        """Take a message of a trainer or of the ItemStage."""
+        if type(message) is DeltaMessage:
+            self.add_delta(message.trainer, message.seq, delta_from_bytes(message.delta),
+                           heldout_from_bytes(message.heldout))
+        else:
+            self.add_item_features(message.features)
 
     def add_item_features(self, features: dict[str, list[float]]) -> None:
         self.items.update(features)

@@ -230,3 +230,21 @@ def test_a_batch_writes_records_that_match_their_schemas():
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({**preds[0][1], "label": "5"}, SCHEMAS["prediction"])
     assert np.isfinite([p["fused"] for _, p in preds]).all()
+
+
+def test_merger_messages_travel_and_are_stored_as_plain_tuples():
+    from models.merger import DeltaMessage, ItemFeaturesMessage, MergerCore, read_message
+
+    core, _ = _core()
+    batch = _step(core, _session("u"), {})
+    message = batch.delta.as_message()
+    assert type(message) is tuple and all(type(v) in (str, int, bytes) for v in message)
+    assert read_message(message) == batch.delta and type(read_message(message)) is DeltaMessage
+    items = ItemFeaturesMessage({"a": [1.0] * 7})
+    assert read_message(items.as_message()) == items
+    merger = MergerCore(core.cfg.model)
+    merger.add(read_message(message))
+    merger.add(items)
+    assert merger.pending and merger.items == {"a": [1.0] * 7}
+    with pytest.raises(ValueError, match="unknown merger message"):
+        read_message(("model", 1))

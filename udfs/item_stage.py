@@ -23,6 +23,7 @@ from pyflink.common import Row, Types
 from pyflink.datastream import KeyedProcessFunction, OutputTag, RuntimeContext
 from pyflink.datastream.state import MapStateDescriptor
 
+from models.merger import ItemFeaturesMessage
 from rtrec.config import RtrecConfig
 from rtrec.core.item import ItemCore
 from rtrec.events import Event
@@ -107,5 +108,5 @@ class ItemStage(KeyedProcessFunction):
         self.items.put_all(batch.states)
         results: list = [stage_row(batch.out)] if batch.out else []
         if batch.model_inputs:
-            results.append((ITEMS_TO_MERGER, Row(0, ("items", batch.model_inputs))))
+            results.append((ITEMS_TO_MERGER, Row(0, ItemFeaturesMessage(batch.model_inputs).as_message())))
         return results

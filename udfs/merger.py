@@ -32,8 +32,8 @@ from pyflink.datastream import KeyedProcessFunction, RuntimeContext
 from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
 
 from models.device import resolve_device
-from models.merger import MergerCore
-from models.params import Version, delta_from_bytes, from_bytes, heldout_from_bytes, to_bytes
+from models.merger import MergerCore, read_message
+from models.params import Version, from_bytes, to_bytes
 from models.worker import torch_call
 from rtrec import topics
 from rtrec.config import RtrecConfig
@@ -153,15 +153,10 @@ class ModelMerger(KeyedProcessFunction):
         return []
 
     def _add(self, message: tuple, store: bool = True) -> None:
-        kind = message[0]
-        if kind == "delta":
-            _, trainer, seq, data, heldout = message
-            before = self.core.rejected
-            torch_call(lambda: self.core.add_delta(trainer, seq, delta_from_bytes(data), heldout_from_bytes(heldout)))
-            if self.core.rejected > before:
-                self.m_rejected.inc()
-        elif kind == "items":
-            self.core.add_item_features(message[1])
+        before = self.core.rejected
+        torch_call(self.core.add, read_message(message))
+        if self.core.rejected > before:
+            self.m_rejected.inc()
         if store:
             self.pending_state.add(message)
 

@@ -15,9 +15,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from models.merger import MergerCore
+from models.merger import ItemFeaturesMessage, MergerCore, read_message
 from models.online import OnlineLearner, Predictions
-from models.params import delta_from_bytes, heldout_from_bytes
 from rtrec.config import RtrecConfig
 from rtrec.core import heap
 from rtrec.core.item import ItemCore
@@ -98,8 +97,7 @@ class LocalPipeline:
                 self.recommendations.extend(batch.recommendations)
             if batch.delta is not None:
                 c0 = clock()
-                d = batch.delta
-                self.merger.add_delta(d.trainer, d.seq, delta_from_bytes(d.delta), heldout_from_bytes(d.heldout))
+                self.merger.add(read_message(batch.delta.as_message()))  # as the ModelMerger gets it
                 t.merge += clock() - c0
         t.events += len(events)
         c0 = clock()
@@ -109,7 +107,7 @@ class LocalPipeline:
         self._count(items.out)
         if self.merger is not None and self.learner.learning:
             c0 = clock()
-            self.merger.add_item_features(items.model_inputs)
+            self.merger.add(ItemFeaturesMessage(items.model_inputs))
             self.learner.apply_version(self.merger.merge())
             t.merge += clock() - c0
 

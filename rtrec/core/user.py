@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from models.merger import DeltaMessage
 from models.online import OnlineLearner, Predictions, Recommendation, refreshes
 from models.params import delta_to_bytes, heldout_to_bytes
 from rtrec.config import RtrecConfig
@@ -60,20 +61,6 @@ class UserState:
         if fmt > USER_STATE_FORMAT:
             raise ValueError(f"user state format {fmt} is newer than this release reads ({USER_STATE_FORMAT})")
         return UserState(value["features"], value["model"], value["seen"])
-
-
-@dataclass(slots=True)
-class DeltaMessage:
-    """A trainer's change to the global parameters since its last hand-over, for the merger."""
-
-    trainer: int
-    seq: int
-    delta: bytes  # models.params.delta_to_bytes
-    heldout: bytes  # the held-out examples gathered meanwhile (models.params.heldout_to_bytes)
-
-    def as_message(self) -> tuple:
-        """As the ModelMerger receives and checkpoints it (udfs/merger.py): a tuple of plain values."""
-        return ("delta", self.trainer, self.seq, self.delta, self.heldout)
 
 
 @dataclass
