@@ -94,6 +94,15 @@ class LiveJob:
             self.stop()
             pytest.fail(f"job did not start; log:\n{self.log.read_text()[-3000:]}", pytrace=False)
 
+    def wait_running(self, timeout_s: float = 180) -> None:
+        """Until every task runs: past INITIALIZING, so every operator has opened (the UserStage loads its
+        text model and compiles its loops there)."""
+        def running():
+            job = self.rest.get(f"/jobs/{self.job_id}")
+            return job["vertices"] and all(v["status"] == "RUNNING" for v in job["vertices"])
+
+        wait_for(running, timeout_s=timeout_s, what=f"the tasks of {self.cfg.flink.job_name} to run")
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()

@@ -56,6 +56,7 @@ def learned(kafka, tmp_path_factory):
     job = LiveJob(cfg)
     stream = _stream()
     try:
+        job.wait_running()  # then the stream arrives at a steady rate, not as a backlog the job bursts through
         feeder = threading.Thread(target=replay, args=(stream, cfg.kafka),
                                   kwargs={"rate": 1500, "progress": False})
         feeder.start()

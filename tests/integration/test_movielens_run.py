@@ -182,7 +182,7 @@ def test_the_job_writes_records_that_match_their_schemas(run):
                            ("features", [f for _, f in run["features"]])):
         validator = jsonschema.Draft202012Validator(schema(topic))
         assert records
-        for r in records:
+        for r in records[:: max(1, len(records) // 5_000)]:  # (5,000 of each, spread over the run)
             validator.validate(r)
 
 
