@@ -38,6 +38,12 @@ _jit = numba.njit(cache=True, nogil=True)
 
 
 @_jit
+def _clipped(g, clip):
+    """The error clipped to [-clip, clip] (model.grad_clip), as every model's is."""
+    return min(max(g, -clip), clip)
+
+
+@_jit
 def _mf_pass(users, user_of, items, y, learn, q, b, mu, lr_bias, lr_latent, l2_bias, l2_latent, clip,
              pred, before, after):
     n = items.shape[0]
@@ -51,12 +57,7 @@ def _mf_pass(users, user_of, items, y, learn, q, b, mu, lr_bias, lr_latent, l2_b
             p += u[k] * q[it, k]
         pred[i] = p
         if learn[i]:
-            g = p - y[i]
-            if g > clip:
-                g = clip
-            elif g < -clip:
-                g = -clip
-            err = -g
+            err = -_clipped(p - y[i], clip)
             bu = u[dim]
             bi = b[it]
             u[dim] = bu + lr_bias * (err - l2_bias * bu)
@@ -188,11 +189,7 @@ def _ftrl_pass(z, n, codes, y, learn, alpha, beta, l1, l2, offset, clip, pred):
             p += w[j]
         pred[i] = p
         if learn[i]:
-            g = p - y[i]
-            if g > clip:
-                g = clip
-            elif g < -clip:
-                g = -clip
+            g = _clipped(p - y[i], clip)
             for j in range(k):
                 c = codes[i, j]
                 nc = n[c]

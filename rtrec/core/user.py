@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from models.merger import DeltaMessage
-from models.online import OnlineLearner, Predictions, Recommendation, refreshes
+from models.online import Inputs, OnlineLearner, Predictions, Recommendation, refreshes
 from models.params import delta_to_bytes, heldout_to_bytes
 from rtrec.config import RtrecConfig
 from rtrec.core.outputs import Outputs
@@ -214,8 +214,6 @@ class UserCore:
         learner = self.learner
         inputs = []
         if learner is not None:
-            from models.online import Inputs
-
             ui, codes = self.inputs, self.user_codes
             dense, buckets = ui.dense, ui.buckets
             # Only the last interaction of a user is refreshed (unless every event is): features after
