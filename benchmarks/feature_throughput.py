@@ -5,7 +5,10 @@
 Replays MovieLens-100K ``repeat`` times (each copy a year later, new event
 ids) into fresh topics, runs the job with models off (``model.enabled=false``)
 bounded to that input, and times the committed feature records on the
-features topic (two per event: the user's and the item's). Writes
+features topic. It asks for a snapshot after every event
+(``features.snapshots=event``: two records per event, the user's and the
+item's), so that the count of records says how far the job has got; the
+default, one per entity and micro-batch, writes fewer. Writes
 benchmarks/results/feature_throughput.json.
 """
 
@@ -45,7 +48,8 @@ def main() -> None:
     events = movielens_times(args.repeat)
     runs = []
     for p in args.parallelism:
-        cfg = fresh(f"bench.features.p{p}.", ["model.enabled=false", f"flink.parallelism={p}"])
+        cfg = fresh(f"bench.features.p{p}.", ["model.enabled=false", "features.snapshots=event",
+                                              f"flink.parallelism={p}"])
         result = run_job_and_time(cfg, events, 2, cfg.kafka.features_topic)
         result["parallelism"] = p
         print(result, flush=True)
