@@ -75,9 +75,14 @@ class OpenImpression:
     code: int
     pair: list[float]
 
+    def __reduce__(self):
+        # Pickled (into keyed state) as the plain tuple releases up to 0.1.0 stored: state must not
+        # depend on this class's name. read() turns it back into one.
+        return (tuple, ((self.ts, self.event_id, self.dense, self.buckets, self.code, self.pair),))
+
     @staticmethod
     def read(value) -> OpenImpression:
-        """From state: this class, or the tuple older releases stored (without ``pair`` before text)."""
+        """From state: this class, or the tuple stored (without ``pair`` before text features)."""
         if type(value) is OpenImpression:
             return value
         ts, event_id, dense, buckets, code = value[:5]

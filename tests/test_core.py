@@ -182,10 +182,15 @@ def test_todays_user_state_format_restores_and_learns():
         UserState.read({**store["u"], "format": 99})
 
 
-def test_open_impressions_are_typed_and_read_old_tuples():
+def test_open_impressions_are_typed_and_stored_as_plain_tuples():
+    import pickle
+
     old = OpenImpression.read((5, "e", [1.0], (1, 2), 7))
     assert old == OpenImpression(5, "e", [1.0], (1, 2), 7, [0.0, 0.0])
     assert OpenImpression.read(old) is old
+    stored = pickle.loads(pickle.dumps(old))
+    assert type(stored) is tuple and b"OpenImpression" not in pickle.dumps(old)
+    assert OpenImpression.read(stored) == old
 
 
 def test_deltas_as_bytes_round_trip_and_read_the_earlier_format():
