@@ -36,7 +36,7 @@ from models.search import SearchRanker
 from models.worker import torch_call
 from rtrec.config import RtrecConfig
 from rtrec.core import heap
-from rtrec.core.user import UserBatch, UserCore, UserState
+from rtrec.core.user import UserBatch, UserCore
 from rtrec.topics import RecordFetcher
 from udfs.faults import FaultInjector
 from udfs.item_stage import KEYED_ITEM_EVENTS
@@ -185,12 +185,7 @@ class UserStage(KeyedBroadcastProcessFunction):
             results = []
             if due:
                 self.impressions.remove(timestamp)
-                users = {}
-                for user_id, _, _ in due:
-                    if user_id not in users:
-                        stored = self.users.get(user_id)
-                        if stored is not None:
-                            users[user_id] = UserState.read(stored)
+                users = self.core.users_of(due, self.users.get)
                 result = torch_call(self.core.expire_loaded, due, users)
                 results = self._route(result, None)
         yield from results

@@ -273,14 +273,21 @@ class UserCore:
     def expire(self, due: list[tuple[str, str, str]], load: Callable[[str], dict | None]) -> UserBatch:
         """Impressions whose attribution window closed: the still open ones become negative examples.
 
-        Loads the users concerned through ``load`` (call it where state may be read)."""
+        ``due`` holds (user id, item id, impression event id). :meth:`expire_loaded` is the same for
+        users loaded already (the operator loads them on its task thread, then calls that on the torch
+        thread)."""
+        return self.expire_loaded(due, self.users_of(due, load))
+
+    @staticmethod
+    def users_of(due: list[tuple[str, str, str]], load: Callable[[str], dict | None]) -> dict[str, UserState]:
+        """The stored state of the users in ``due`` (those without state left out)."""
         users: dict[str, UserState] = {}
         for user_id, _, _ in due:
             if user_id not in users:
                 stored = load(user_id)
                 if stored is not None:
                     users[user_id] = UserState.read(stored)
-        return self.expire_loaded(due, users)
+        return users
 
     def expire_loaded(self, due: list[tuple[str, str, str]], users: dict[str, UserState]) -> UserBatch:
         batch = UserBatch(users, Outputs())
