@@ -32,9 +32,16 @@ import math
 import numba
 import numpy as np
 
-# Cached on disk (beside this file, or numba's user-wide cache folder where that is read-only): a
-# compile costs seconds, a cache hit a fraction of one.
-_jit = numba.njit(cache=True, nogil=True)
+
+def _jit(fn):
+    """Compiled, and cached on disk (beside this file, or in numba's user-wide cache folder where that
+    is read-only; ``NUMBA_CACHE_DIR`` chooses another): a compile costs seconds, a cache hit a fraction
+    of one. With no writable folder at all, it compiles at every start instead of failing."""
+    try:
+        return numba.njit(cache=True, nogil=True)(fn)
+    except RuntimeError:  # numba: "cannot cache function ...: no locator available"
+        return numba.njit(nogil=True)(fn)
+
 
 
 @_jit
