@@ -307,34 +307,34 @@ class OnlineLearner:
                      open_.code, open_.pair)
         return self._learn(cols, users)[0] if len(cols) else Predictions()
 
-    def _mf(self, cols: ExampleColumns, items: torch.Tensor, y: torch.Tensor, learn: list[bool],
-            users: dict[str, dict]) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-        """The MF over the examples in order: raw predictions, and each row's user vector before and after it."""
+    def _mf(self, cols: ExampleColumns, items: torch.Tensor, y: torch.Tensor, learn: np.ndarray,
+            learned: torch.Tensor, users: dict[str, dict]) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+        """The MF over the examples in order: raw predictions, and each row's user vector before and after it.
+
+        ``learn`` is the (n,) mask of examples to learn from, ``learned`` their positions."""
         m, cfg = self.models, self.cfg
         mf = m.mf
         index: dict[str, int] = {}
         user_of = np.fromiter((index.setdefault(u, len(index)) for u in cols.user_id), np.int64, len(cols))
         vectors = np.stack([users[u]["mf"] for u in index]).astype(np.float32)
-        learned = [i for i, ok in enumerate(learn) if ok]
         if self.compiled:
             pred, before, after = sequential.mf_pass(
-                vectors, user_of, items.numpy(), y.numpy(), np.array(learn, np.bool_), mf.q.data.numpy(),
-                mf.b.data.numpy(), mf.mu.data.numpy()[0], cfg.mf_lr_bias, cfg.mf_lr_latent, cfg.mf_l2, cfg.mf_l2,
-                cfg.grad_clip)
+                vectors, user_of, items.numpy(), y.numpy(), learn, mf.q.data.numpy(), mf.b.data.numpy(),
+                mf.mu.data.numpy()[0], cfg.mf_lr_bias, cfg.mf_lr_latent, cfg.mf_l2, cfg.mf_l2, cfg.grad_clip)
             pred = torch.from_numpy(pred)
         else:
             pred, before, after = self._mf_waves(vectors, user_of, items, y, learn)
         for u, r in index.items():
             users[u]["mf"] = vectors[r].copy()
-        if learned:
-            rows = items[torch.tensor(learned, device=items.device)]
+        if len(learned):
+            rows = items[learned.to(items.device)]
             mf.q.touch(rows)
             mf.b.touch(rows)
             mf.mu.touch_dense(len(learned))
         return pred, before, after
 
     def _mf_waves(self, vectors: np.ndarray, user_of: np.ndarray, items: torch.Tensor, y: torch.Tensor,
-                  learn: list[bool]) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+                  learn: np.ndarray) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
         """:func:`models.sequential.mf_pass` as batched torch ops (for a GPU): the n-th example of every
         user forms wave n, so a user's vector follows their examples in order; an item that several users
         rated in one wave moves by the mean of their steps. ``vectors`` is updated in place."""
@@ -394,8 +394,10 @@ class OnlineLearner:
                          dtype=torch.float32)
         fraction = cfg.heldout_fraction
         heldout = [is_heldout(e, fraction) for e in cols.event_id]
-        learn = [not h for h in heldout] if self.learning else [False] * n
-        mf_pred, before, after = self._mf(cols, items, y.to(dev), learn, users)
+        # What every model learns from: all but the held-out share (nothing when frozen).
+        learn = ~np.array(heldout, np.bool_) if self.learning else np.zeros(n, np.bool_)
+        learned = torch.from_numpy(np.flatnonzero(learn))
+        mf_pred, before, after = self._mf(cols, items, y.to(dev), learn, learned, users)
 
         ex = Examples(
             items,
@@ -409,11 +411,10 @@ class OnlineLearner:
         ftrl = m.ftrl
         if self.compiled:  # FTRL too, example by example (models.sequential): predicted, then learned
             ftrl_pred = torch.from_numpy(sequential.ftrl_pass(
-                ftrl.z.data.numpy(), ftrl.n.data.numpy(), batch.sparse.numpy(), y.numpy(), np.array(learn, np.bool_),
+                ftrl.z.data.numpy(), ftrl.n.data.numpy(), batch.sparse.numpy(), y.numpy(), learn,
                 ftrl.alpha, ftrl.beta, ftrl.l1, ftrl.l2, ftrl.offset, cfg.grad_clip))
-            learned = [i for i, ok in enumerate(learn) if ok]
-            if learned:
-                rows = batch.sparse[torch.tensor(learned)].flatten()
+            if len(learned):
+                rows = batch.sparse[learned].flatten()
                 ftrl.z.touch(rows)
                 ftrl.n.touch(rows)
         y = y.to(dev)
@@ -439,10 +440,9 @@ class OnlineLearner:
                                      "user_dense": np.array(cols.dense[i], np.float32), "user_code": cols.code[i],
                                      "user_buckets": np.array(cols.buckets[i], np.int64),
                                      "pair": np.array(cols.pair[i], np.float32), "y": float(y[i])})
-            train = [i for i in range(n) if not heldout[i]]
-            if train:
-                t = torch.tensor(train, device=dev)
-                sub = batch if len(train) == n else batch.subset(t)
+            if len(learned):
+                t = learned.to(dev)
+                sub = batch if len(learned) == n else batch.subset(t)
                 m.learn(sub, y[t], {k: v[t] for k, v in raw.items()},
                         models=[m.ranker] if self.compiled else [ftrl, m.ranker])
         return out, after

@@ -90,12 +90,11 @@ class Table:
         self.touched.append(_ROW_ZERO)
 
     def take_touched(self) -> torch.Tensor:
-        """The distinct rows counted since the last call (no scan of the table)."""
+        """The distinct rows counted since the last call (no scan of the table; item and hashed tables:
+        take_delta hands dense ones over whole)."""
         touched, self.touched = self.touched, []
         if not touched:
             return _ROW_ZERO[:0]
-        if self.kind == "dense":
-            return _ROW_ZERO.to(self.device)
         return torch.unique(torch.cat([t.to(self.device) for t in touched]))
 
 

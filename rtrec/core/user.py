@@ -188,10 +188,6 @@ class UserCore:
                 models[u] = s.model
             result = learner.process(inputs, models)
             self._emit(result.examples, result.recommendations, batch)
-            due = batch.impressions_due
-            for e in events:
-                if e.type == "impression" and e.item_id is not None:
-                    due.setdefault(e.ts + self.attribution_ms, []).append((e.user_id, e.item_id, e.event_id))
             batch.delta = self.hand_over()
         batch.newest_ts = max(e.ts for e in events)
         return batch
@@ -215,6 +211,7 @@ class UserCore:
         inputs = []
         if learner is not None:
             ui, codes = self.inputs, self.user_codes
+            due, attribution = batch.impressions_due, self.attribution_ms
             dense, buckets = ui.dense, ui.buckets
             # Only the last interaction of a user is refreshed (unless every event is): features after
             # the event are needed there and for candidate requests.
@@ -238,6 +235,8 @@ class UserCore:
                     if len(codes) > 1_000_000:
                         codes.clear()
                 x = Inputs(e, dense(state, e.ts), buckets(state), code)
+                if e.type == "impression" and e.item_id is not None:  # a negative unless attributed in time
+                    due.setdefault(e.ts + attribution, []).append((u, e.item_id, e.event_id))
                 engine.update(state, e)
                 if pos in after_at if after_at is not None else refreshes(e):
                     x.dense_after, x.buckets_after = dense(state, e.ts), buckets(state)
