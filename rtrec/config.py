@@ -197,6 +197,10 @@ class ModelConfig:
     # version, how = broadcast or restored (from state, after a restart); benchmarks measure
     # broadcast latency with it.
     broadcast_log: str = ""
+    # Besides the broadcast notices (which queue behind a backlog of events), each scorer asks the
+    # broker at most this often, between two batches, whether a newer version is out, and adopts
+    # it at once. 0: notices only.
+    version_check_ms: int = 200
     # Start from the newest version on the model-updates topic (or in
     # versions_dir) when the job starts without state.
     warm_start: bool = True

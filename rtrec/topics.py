@@ -184,6 +184,14 @@ class RecordFetcher:
         finally:
             c.unassign()  # no fetch left waiting at the partition's end to hold up the next call
 
+    def newer(self, partition: int, offset: int, timeout_s: float = 1.0):
+        """The partition's last record if it lies past ``offset``, else None: one round trip to the
+        broker when nothing is newer (the scorers ask between batches)."""
+        end = self.consumer().get_watermark_offsets(TopicPartition(self.topic, partition), timeout=timeout_s)[1]
+        if end - 1 <= offset:
+            return None
+        return self.fetch(partition, end - 1, timeout_s=timeout_s)
+
     def consumer(self) -> Consumer:
         if self._consumer is None:
             # A fetch at the partition's end would wait up to fetch.wait.max.ms (500 ms) for more.
@@ -212,6 +220,12 @@ class RecordFetcher:
         if self._consumer is not None:
             self._consumer.close()
             self._consumer = None
+
+
+def header_int(record, name: str) -> int | None:
+    """An integer header of ``record`` (such as VERSION_HEADER), or None if it has none."""
+    value = dict(record.headers() or []).get(name)
+    return None if value is None else int(value)
 
 
 def count_committed(kafka: KafkaConfig, topic: str) -> int:

@@ -14,7 +14,11 @@ Merged model versions are announced on a broadcast input (a notice per
 record of the model-updates topic: its offset and version number); the
 subtask loads a newer version from the broker by its offset, keeps it in
 broadcast state and swaps its global parameters to it between two batches,
-so every output of a batch carries one version. An impression becomes a negative
+so every output of a batch carries one version. Notices queue behind the
+events while the job works through a backlog, so between two batches (at
+most every ``model.version_check_ms``) the subtask also asks the broker for
+the topic's end and adopts a newer version at once; ``model_staleness_ms``
+is the age of the newest version it had not adopted when it asked. An impression becomes a negative
 example when ``model.attribution_window_ms`` of event time passes without a
 click, cart or purchase of its item (an event-time timer per shard).
 """
@@ -34,10 +38,10 @@ from models.online import OnlineLearner
 from models.params import Version, from_bytes, to_bytes
 from models.search import SearchRanker
 from models.worker import torch_call
+from rtrec import topics
 from rtrec.config import RtrecConfig
 from rtrec.core import heap
 from rtrec.core.user import UserBatch, UserCore
-from rtrec.topics import RecordFetcher
 from udfs.faults import FaultInjector
 from udfs.item_stage import KEYED_ITEM_EVENTS
 from udfs.merger import MERGER_INPUT
@@ -91,7 +95,15 @@ class UserStage(KeyedBroadcastProcessFunction):
                 self.learner.search = torch_call(SearchRanker.shared, cfg.text)
             self.impressions = ctx.get_map_state(
                 MapStateDescriptor("impressions-due", Types.LONG(), Types.PICKLED_BYTE_ARRAY()))
-            self.versions = RecordFetcher(cfg.kafka, cfg.kafka.model_updates_topic)
+            self.versions = topics.RecordFetcher(cfg.kafka, cfg.kafka.model_updates_topic)
+        # Where the adopted version lies on the model-updates topic, and when to ask for a newer one.
+        self.version_at = (0, -1)
+        self._adopted: tuple[int, bytes] | None = None  # adopted between batches, not yet in broadcast state
+        self.check_s = cfg.model.version_check_ms / 1000
+        self._next_check = 0.0
+        # Versions published before this (a previous run's, or a failed attempt's after the checkpoint
+        # this one restored) come only through the merger or the restored broadcast state.
+        self.started_ms = int(time.time() * 1000) - 1000
         self.core = UserCore(cfg, self.learner, self.info.index)
         self._checked_broadcast = False
         self.broadcast_log = cfg.model.broadcast_log
@@ -109,6 +121,8 @@ class UserStage(KeyedBroadcastProcessFunction):
         self.model_version = Level(metrics, "model_version")
         # From a version's creation by the merger to this scorer using it.
         self.broadcast_latency_ms = Level(metrics, "broadcast_latency_ms")
+        # At a check between batches: the age of the newest version this scorer had not adopted (0: none).
+        self.staleness_ms = Level(metrics, "model_staleness_ms")
         self.profile = OperatorProfile("UserStage", self.info.index)
         self.fault = FaultInjector(cfg, "user-stage", self.info.index)
         heap.settle()  # the text model, torch, numba: out of the collector's walks from now on
@@ -126,7 +140,11 @@ class UserStage(KeyedBroadcastProcessFunction):
             return
         partition, offset, number = value[0], value[1], value[2]
         if number is not None and number <= self.learner.version:
-            return  # (after a restore, the versions the checkpoint already covered come again)
+            # (after a restore, the versions the checkpoint already covered come again; or this
+            # scorer found the version between two batches: keep it in broadcast state now)
+            self._keep(ctx, *(self._adopted or (0, b"")))
+            self._adopted = None
+            return
         try:
             # The newest version on the topic, not just the announced one: while the job is busy,
             # notices queue up, and the scorer then skips every version between (each costs a load).
@@ -143,15 +161,55 @@ class UserStage(KeyedBroadcastProcessFunction):
         except Exception as e:  # not ours; never fail the task on it
             log.warning("ignoring a record on the model-updates topic that is no rtrec version: %s", e)
             return
-        state = ctx.get_broadcast_state(MODEL_STATE)
-        # (get() of a missing key fails in PyFlink 2.2 for byte-array values: ask contains() first)
-        if not state.contains("number") or int(bytes(state.get("number"))) < version.number:
-            state.put("latest", data)
-            state.put("number", str(version.number).encode())
+        self._keep(ctx, version.number, data)
+        self.version_at = (record.partition(), record.offset())
         self._apply(version)
 
-    def _apply(self, version, how: str = "broadcast") -> None:
-        """Swap to ``version`` if it is newer; ``how`` it came: "broadcast", or "restored" from state."""
+    def _keep(self, ctx, number: int, data: bytes) -> None:
+        """Version ``number`` (``data``) into broadcast state, if newer than what it holds."""
+        state = ctx.get_broadcast_state(MODEL_STATE)
+        # (get() of a missing key fails in PyFlink 2.2 for byte-array values: ask contains() first)
+        if data and (not state.contains("number") or int(bytes(state.get("number"))) < number):
+            state.put("latest", data)
+            state.put("number", str(number).encode())
+
+    def _check_for_newer(self) -> None:
+        """Between two batches, at most every ``model.version_check_ms``: adopt the newest version on
+        the topic if this scorer does not hold it, without waiting for its notice (which queues behind
+        the events while the job works through a backlog)."""
+        now = time.monotonic()
+        if now < self._next_check:
+            return
+        self._next_check = now + self.check_s
+        partition, offset = self.version_at
+        try:
+            record = torch_call(self.versions.newer, partition, offset)
+        except Exception as e:  # the broker is away: notices and the next check try again
+            log.warning("could not check for a newer model version: %s", e)
+            return
+        number = None if record is None else topics.header_int(record, topics.VERSION_HEADER)
+        if (record is None or record.timestamp()[1] < self.started_ms
+                or (number is not None and number <= self.learner.version)):
+            self.staleness_ms.set(0)
+            if record is not None and record.timestamp()[1] >= self.started_ms:
+                self.version_at = (partition, record.offset())
+            return
+        created = topics.header_int(record, topics.CREATED_HEADER)
+        if created is not None:
+            self.staleness_ms.set(max(0, int(time.time() * 1000) - created))
+        try:
+            version = torch_call(Version.from_bytes, record.value())
+        except Exception as e:  # not ours: skip past it
+            log.warning("ignoring a record on the model-updates topic that is no rtrec version: %s", e)
+            self.version_at = (partition, record.offset())
+            return
+        self.version_at = (partition, record.offset())
+        if self._apply(version, "checked"):
+            self._adopted = (version.number, record.value())
+
+    def _apply(self, version, how: str = "broadcast") -> bool:
+        """Swap to ``version`` if it is newer; ``how`` it came: "broadcast", "checked" between batches,
+        or "restored" from state. True if it swapped."""
         if torch_call(self.learner.apply_version, version):
             now = int(time.time() * 1000)
             if how == "broadcast":  # (a restored version is as old as the outage)
@@ -161,6 +219,8 @@ class UserStage(KeyedBroadcastProcessFunction):
             if self.broadcast_log:
                 with open(self.broadcast_log, "a") as f:
                     f.write(f"{version.number},{self.info.index},{version.created_ms},{now},{how}\n")
+            return True
+        return False
 
     def _restore_version(self, ctx) -> None:
         """After a restart, take the version the broadcast state holds (it was checkpointed)."""
@@ -173,8 +233,11 @@ class UserStage(KeyedBroadcastProcessFunction):
     # -- per batch -------------------------------------------------------------
     def process_element(self, batch: Row, ctx: KeyedBroadcastProcessFunction.ReadOnlyContext):
         with self.profile:
-            if self.learner is not None and not self._checked_broadcast:
-                self._restore_version(ctx)
+            if self.learner is not None:
+                if not self._checked_broadcast:
+                    self._restore_version(ctx)
+                if self.check_s:
+                    self._check_for_newer()
             results = self.process_batch(batch, ctx.timer_service().current_watermark(), ctx.timer_service())
         yield from results
 

@@ -62,3 +62,28 @@ def test_read_last_gives_the_newest_record_or_none(kafka):
     producer.flush(10)
     assert topics.read_last(k, k.events_topic).value() == b"e2"
     assert dict(topics.read_last(k, k.model_updates_topic).headers())[topics.VERSION_HEADER] == b"7"
+
+
+def test_newer_gives_the_newest_record_past_an_offset_or_none(topic):
+    fetcher, publish = topic
+    assert fetcher.newer(0, -1) is None  # an empty topic
+    publish(b"v0", b"v1")
+    assert fetcher.newer(0, -1).value() == b"v1"
+    assert fetcher.newer(0, 1) is None  # the scorer holds the newest
+    publish(b"v2", b"v3")
+    newest = fetcher.newer(0, 1)
+    assert (newest.offset(), newest.value()) == (3, b"v3")
+    assert fetcher.newer(0, 3) is None
+
+
+def test_header_int_reads_a_number_or_none(kafka):
+    k = kafka.with_prefix(f"t.hdr-{uuid.uuid4().hex[:8]}.")
+    topics.ensure_topics(k, [k.model_updates_topic])
+    producer = Producer({"bootstrap.servers": k.bootstrap_servers})
+    producer.produce(k.model_updates_topic, b"m", key=b"rtrec-model",
+                     headers={topics.VERSION_HEADER: b"12", topics.CREATED_HEADER: b"1700000000000"})
+    producer.flush(10)
+    record = topics.read_last(k, k.model_updates_topic)
+    assert topics.header_int(record, topics.VERSION_HEADER) == 12
+    assert topics.header_int(record, topics.CREATED_HEADER) == 1_700_000_000_000
+    assert topics.header_int(record, "absent") is None
