@@ -68,6 +68,7 @@ def cmd_backfill(args) -> int:
 def cmd_run(args) -> int:
     from jobs import rtrec_job
     from rtrec import topics
+    from rtrec.progress import JobProgress
 
     cfg = _load(args)
     if args.bounded:
@@ -86,8 +87,18 @@ def cmd_run(args) -> int:
         flush=True,
     )
     start = time.perf_counter()
-    result = rtrec_job.run(cfg, on_start=lambda: print(
-        f"rtrec: Flink web UI and REST API at http://localhost:{cfg.flink.rest_port}", flush=True))
+    progress = JobProgress(cfg.flink.job_name,
+                           total=sum(before.values()) if cfg.flink.bounded and cfg.flink.startup_mode == "earliest"
+                           else None, enabled=not args.no_progress)
+
+    def started():
+        print(f"rtrec: Flink web UI and REST API at http://localhost:{cfg.flink.rest_port}", flush=True)
+        progress.start(f"http://127.0.0.1:{cfg.flink.rest_port}")
+
+    try:
+        result = rtrec_job.run(cfg, on_start=started)
+    finally:
+        progress.stop()
     wall = time.perf_counter() - start
     if cfg.flink.bounded:
         n = sum(before.values())
@@ -223,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from-savepoint", metavar="PATH",
                    help="start from this savepoint or retained checkpoint (state, offsets and model); "
                    "the parallelism may differ from the job that took it")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (events in, events/s, consumer lag, model version every 2 s)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser(

@@ -9,6 +9,7 @@ from rtrec import topics
 from rtrec.config import RtrecConfig
 from rtrec.datasets import load_movies, movielens_events
 from rtrec.metrics import auc, mae, rmse
+from rtrec.progress import JobProgress
 from rtrec.records import read_record
 from rtrec.replay import replay
 
@@ -32,8 +33,16 @@ def run_demo(cfg: RtrecConfig, limit: int = 0, show: int = 5) -> dict[str, int]:
 
     print(f"demo: running the job on a local MiniCluster (parallelism {cfg.flink.parallelism}) until the replay is consumed")
     start = time.perf_counter()
-    result = rtrec_job.run(cfg, on_start=lambda: print(
-        f"demo: Flink web UI and REST API at http://localhost:{cfg.flink.rest_port}", flush=True))
+    progress = JobProgress(cfg.flink.job_name, total=len(events))
+
+    def started():
+        print(f"demo: Flink web UI and REST API at http://localhost:{cfg.flink.rest_port}", flush=True)
+        progress.start(f"http://127.0.0.1:{cfg.flink.rest_port}")
+
+    try:
+        result = rtrec_job.run(cfg, on_start=started)
+    finally:
+        progress.stop()
     wall = time.perf_counter() - start
     job_s = result.get_net_runtime() / 1000
     print(

@@ -80,3 +80,18 @@ def test_freshness_is_a_flink_metric(live):
     values = wait_for(fresh, what="a freshness_ms value")
     # Events are stamped when sent, so freshness is the job's own delay: well under a minute.
     assert 0 < max(values.values()) < 60_000
+
+
+def test_progress_reads_events_in_and_lag_from_the_job(live):
+    from rtrec.progress import find_vertices, sample
+
+    send(live.cfg, "progress", 1)
+    vertices = find_vertices(live.rest, live.job_id)
+    assert {"user", "source"} <= set(vertices)
+
+    def seen():
+        s = sample(live.rest, live.job_id, vertices)
+        return s if s.events_in >= 1 and s.lag is not None else None
+
+    s = wait_for(seen, what="events_in and the source's pendingRecords")
+    assert s.lag >= 0 and s.model_version is None  # (models are off in this job)
