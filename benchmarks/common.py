@@ -50,6 +50,7 @@ def fresh(prefix: str, overrides: list[str] | None = None) -> RtrecConfig:
     cfg = load_config(overrides=overrides)
     cfg.kafka = cfg.kafka.with_prefix(prefix)
     cfg.flink.bounded = True
+    cfg.flink.startup_mode = "earliest"  # (fresh topics: offsets a group committed on an older one never apply)
     cfg.flink.job_name = prefix.strip(".") + f"-{int(time.time())}"
     with socket.socket() as s:  # the job's REST API, where the benchmark can find it
         s.bind(("127.0.0.1", 0))

@@ -68,6 +68,7 @@ def cmd_backfill(args) -> int:
 def cmd_run(args) -> int:
     from jobs import rtrec_job
     from rtrec import topics
+    from rtrec.lifecycle import local_run, start_position
     from rtrec.progress import JobProgress
 
     cfg = _load(args)
@@ -77,31 +78,52 @@ def cmd_run(args) -> int:
         # Flink 2.x's key (execution.savepoint.path before 2.0). Operators are
         # matched by uid; state the new job has no operator for is an error.
         cfg.flink.options["execution.state-recovery.path"] = args.from_savepoint
+    if args.from_beginning:
+        cfg.flink.startup_mode = "earliest"
     topics.ensure_topics(cfg.kafka)
     before = topics.end_offsets(cfg.kafka, cfg.kafka.events_topic)
+    position = None
+    if not args.from_savepoint:  # (a savepoint holds the source's offsets)
+        position = start_position(cfg.flink.startup_mode, before, topics.committed_offsets(
+            cfg.kafka, cfg.kafka.events_topic, cfg.kafka.consumer_group))
     print(
         f"rtrec: job '{cfg.flink.job_name}' on a local MiniCluster, parallelism {cfg.flink.parallelism}, "
         f"{cfg.flink.delivery_guarantee}, reading '{cfg.kafka.events_topic}' at {cfg.kafka.bootstrap_servers}"
+        + (f" {position.where}" if position else "")
         + (" until its current end" if cfg.flink.bounded else " (Ctrl-C stops)")
         + (f", restoring {args.from_savepoint}" if args.from_savepoint else ""),
         flush=True,
     )
+    if position and position.from_beginning and position.to_read and cfg.model.enabled and cfg.model.warm_start:
+        from udfs.merger import newest_published_number
+
+        number = newest_published_number(cfg)
+        if number:
+            print(f"rtrec: warning: the model warm-starts from version {number} on "
+                  f"'{cfg.kafka.model_updates_topic}', which may have learned from the events this run reads "
+                  "again from the beginning: their predictions are then not prequential (for a clean evaluation "
+                  "use a fresh model-updates topic, or --set model.warm_start=false)", file=sys.stderr, flush=True)
     start = time.perf_counter()
-    progress = JobProgress(cfg.flink.job_name,
-                           total=sum(before.values()) if cfg.flink.bounded and cfg.flink.startup_mode == "earliest"
-                           else None, enabled=not args.no_progress)
+    total = position.to_read if position else None
+    progress = JobProgress(cfg.flink.job_name, total=total if cfg.flink.bounded else None,
+                           enabled=not args.no_progress, models=cfg.model.enabled)
 
-    def started():
-        print(f"rtrec: Flink web UI and REST API at http://localhost:{cfg.flink.rest_port}", flush=True)
-        progress.start(f"http://127.0.0.1:{cfg.flink.rest_port}")
+    with local_run(cfg) as run:
+        def started():
+            url = f"http://127.0.0.1:{cfg.flink.rest_port}"
+            print(f"rtrec: Flink web UI and REST API at http://localhost:{cfg.flink.rest_port}", flush=True)
+            run.started(url)
+            progress.start(url)
 
-    try:
-        result = rtrec_job.run(cfg, on_start=started)
-    finally:
-        progress.stop()
+        try:
+            result = rtrec_job.run(cfg, on_start=started)
+        finally:
+            progress.stop()
+    if run.stopped:
+        return 0
     wall = time.perf_counter() - start
     if cfg.flink.bounded:
-        n = sum(before.values())
+        n = total if total is not None else sum(before.values())
         runtime = result.get_net_runtime() / 1000
         print(
             f"rtrec: job finished: {n:,} events in {runtime:.1f} s of job time ({n / runtime:,.0f} events/s), "
@@ -117,9 +139,12 @@ def cmd_stop(args) -> int:
     import urllib.error
 
     from rtrec.flink_rest import FlinkRest
+    from rtrec.lifecycle import read_run_record
 
     cfg = _load(args)
-    url = args.rest or f"http://localhost:{cfg.flink.rest_port}"
+    name = args.job or cfg.flink.job_name
+    record = None if args.rest else read_run_record(cfg, name)
+    url = args.rest or (record.rest_url if record else f"http://localhost:{cfg.flink.rest_port}")
     rest = FlinkRest(url)
     try:
         jobs = rest.running_jobs()
@@ -127,7 +152,6 @@ def cmd_stop(args) -> int:
         print(f"rtrec: error: no Flink REST API at {url}: `rtrec run` prints its address; pass it with --rest",
               file=sys.stderr)
         return 2
-    name = args.job or cfg.flink.job_name
     matching = [j for j in jobs if j["name"] == name]
     if not matching:
         running = ", ".join(repr(j["name"]) for j in jobs) or "none"
@@ -234,6 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from-savepoint", metavar="PATH",
                    help="start from this savepoint or retained checkpoint (state, offsets and model); "
                    "the parallelism may differ from the job that took it")
+    p.add_argument("--from-beginning", action="store_true",
+                   help="read the events topic from its start (flink.startup_mode=earliest); by default a job "
+                   "started without a savepoint continues from its consumer group's committed offsets")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bar (events in, events/s, consumer lag, model version every 2 s)")
     p.set_defaults(func=cmd_run)
@@ -245,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
         "prints the savepoint's path for `rtrec run --from-savepoint`.",
     )
     _common(p)
-    p.add_argument("--rest", metavar="URL", help="Flink REST API (default: http://localhost:<flink.rest_port>)")
+    p.add_argument("--rest", metavar="URL", help="Flink REST API (default: where `rtrec run` of this job recorded it, else http://localhost:<flink.rest_port>)")
     p.add_argument("--job", metavar="NAME", help="job name (default: flink.job_name)")
     p.add_argument("--savepoint-dir", metavar="DIR", help="where to write it (default: the cluster's state.savepoints.dir)")
     p.set_defaults(func=cmd_stop)

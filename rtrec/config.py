@@ -83,13 +83,17 @@ class FlinkConfig:
     # at-least-once: outputs are visible at once; after a failure some are
     # written again with the same key (idempotent for compacted consumers).
     delivery_guarantee: str = "exactly-once"
-    # earliest | latest | group-offsets (falls back to earliest).
-    startup_mode: str = "earliest"
+    # Where a job started without a savepoint begins to read: group-offsets (Kafka's convention: where
+    # the consumer group's last run committed, the beginning for a new group), earliest, or latest.
+    # `rtrec run --from-beginning` sets earliest.
+    startup_mode: str = "group-offsets"
     # Stop at the end offsets the events topic had when the job started
     # (replays, demos, tests) instead of running forever.
     bounded: bool = False
     # REST API and web UI of the local MiniCluster (rtrec run); 0 picks a free port.
     rest_port: int = 8081
+    # `rtrec run` and `rtrec demo` stopped by SIGTERM or SIGINT take a savepoint first (else they cancel).
+    savepoint_on_stop: bool = False
     # Flink configuration directory (config.yaml) merged under these settings.
     conf_dir: str = "flink-conf"
     # Extra Flink options, e.g. {"taskmanager.memory.process.size": "2g"}.

@@ -8,6 +8,7 @@ from collections import Counter
 from rtrec import topics
 from rtrec.config import RtrecConfig
 from rtrec.datasets import load_movies, movielens_events
+from rtrec.lifecycle import local_run
 from rtrec.metrics import auc, mae, rmse
 from rtrec.progress import JobProgress
 from rtrec.records import read_record
@@ -21,6 +22,7 @@ def run_demo(cfg: RtrecConfig, limit: int = 0, show: int = 5) -> dict[str, int]:
 
     cfg.kafka = cfg.kafka.with_prefix(DEMO_PREFIX)
     cfg.flink.bounded = True
+    cfg.flink.startup_mode = "earliest"  # (fresh topics: offsets a group committed on an older one never apply)
     cfg.flink.job_name = f"rtrec-demo-{int(time.time())}"
     k = cfg.kafka
     names = [k.events_topic, *k.output_topics()]
@@ -33,16 +35,21 @@ def run_demo(cfg: RtrecConfig, limit: int = 0, show: int = 5) -> dict[str, int]:
 
     print(f"demo: running the job on a local MiniCluster (parallelism {cfg.flink.parallelism}) until the replay is consumed")
     start = time.perf_counter()
-    progress = JobProgress(cfg.flink.job_name, total=len(events))
+    progress = JobProgress(cfg.flink.job_name, total=len(events), models=cfg.model.enabled)
 
-    def started():
-        print(f"demo: Flink web UI and REST API at http://localhost:{cfg.flink.rest_port}", flush=True)
-        progress.start(f"http://127.0.0.1:{cfg.flink.rest_port}")
+    with local_run(cfg, "demo") as run:
+        def started():
+            url = f"http://127.0.0.1:{cfg.flink.rest_port}"
+            print(f"demo: Flink web UI and REST API at http://localhost:{cfg.flink.rest_port}", flush=True)
+            run.started(url)
+            progress.start(url)
 
-    try:
-        result = rtrec_job.run(cfg, on_start=started)
-    finally:
-        progress.stop()
+        try:
+            result = rtrec_job.run(cfg, on_start=started)
+        finally:
+            progress.stop()
+    if run.stopped:
+        return {}
     wall = time.perf_counter() - start
     job_s = result.get_net_runtime() / 1000
     print(

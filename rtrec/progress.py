@@ -36,10 +36,11 @@ class Sample:
     model_version: int | None
 
 
-def sample(rest: FlinkRest, job_id: str, vertices: dict[str, str]) -> Sample:
-    """Read the metrics once; ``vertices`` maps "source", "user" to vertex ids (see :func:`find_vertices`)."""
+def sample(rest: FlinkRest, job_id: str, vertices: dict[str, str], models: bool = True) -> Sample:
+    """Read the metrics once; ``vertices`` maps "source", "user" to vertex ids (see :func:`find_vertices`);
+    ``models``: whether the job learns (a feature job has no model version)."""
     events = rest.metrics(job_id, vertices["user"], "rtrec.events_in")
-    versions = rest.metrics(job_id, vertices["user"], "rtrec.model_version")
+    versions = rest.metrics(job_id, vertices["user"], "rtrec.model_version") if models else {}
     lags = rest.metrics(job_id, vertices["source"], ".pendingRecords") if "source" in vertices else {}
     return Sample(time.monotonic(), int(sum(events.values())),
                   int(sum(lags.values())) if lags else None,
@@ -84,7 +85,8 @@ class JobProgress:
     """
 
     def __init__(self, job_name: str, total: int | None = None, interval_s: float = 2.0,
-                 file=None, enabled: bool = True):
+                 file=None, enabled: bool = True, models: bool = True):
+        self.models = models
         self.rest: FlinkRest | None = None
         self.job_name, self.total, self.interval_s = job_name, total, interval_s
         self.file = file or sys.stderr
@@ -118,7 +120,7 @@ class JobProgress:
             while not self._stop.wait(self.interval_s):
                 try:
                     vertices = vertices or find_vertices(self.rest, job_id)
-                    now = sample(self.rest, job_id, vertices)
+                    now = sample(self.rest, job_id, vertices, self.models)
                 except (urllib.error.URLError, OSError, KeyError):
                     continue  # the job is deploying, restarting or gone; stop() ends the loop
                 bar.n = now.events_in

@@ -107,6 +107,19 @@ _ELECTING = frozenset({KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NO
                        KafkaError._TRANSPORT, KafkaError._TIMED_OUT})
 
 
+def committed_offsets(kafka: KafkaConfig, topic: str, group: str) -> dict[int, int | None]:
+    """Partition -> the offset consumer group ``group`` committed on ``topic`` (None: nothing committed)."""
+    c = _consumer(kafka, group)
+    try:
+        md = c.list_topics(topic, timeout=10).topics[topic]
+        if md.error:
+            raise KafkaException(md.error)
+        parts = c.committed([TopicPartition(topic, p) for p in md.partitions], timeout=10)
+        return {tp.partition: (tp.offset if tp.offset >= 0 else None) for tp in parts}
+    finally:
+        c.close()
+
+
 def end_offsets(kafka: KafkaConfig, topic: str, timeout_s: float = 30.0) -> dict[int, int]:
     """Partition -> end offset as a read_committed consumer sees it (the last stable offset).
 

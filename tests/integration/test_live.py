@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import re
+import signal
 import time
 
 import orjson
@@ -90,8 +93,60 @@ def test_progress_reads_events_in_and_lag_from_the_job(live):
     assert {"user", "source"} <= set(vertices)
 
     def seen():
-        s = sample(live.rest, live.job_id, vertices)
+        s = sample(live.rest, live.job_id, vertices, models=False)
         return s if s.events_in >= 1 and s.lag is not None else None
 
     s = wait_for(seen, what="events_in and the source's pendingRecords")
     assert s.lag >= 0 and s.model_version is None  # (models are off in this job)
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def test_sigterm_stops_the_job_its_jvm_and_removes_its_files(live):
+    """Last in this module: it ends the module's job as systemd, Docker or Kubernetes would."""
+    from rtrec.lifecycle import read_run_record
+
+    record = read_run_record(live.cfg)
+    assert record is not None and record.pid == live.proc.pid
+    assert record.rest_url.endswith(f":{live.cfg.flink.rest_port}")
+    started = _descendants(live.proc.pid)
+    jvms = [p for p in started if "PythonGatewayServer" in _cmdline(p)]
+    assert jvms, "no MiniCluster JVM among the children of rtrec run"
+    tmp = re.search(r"-Djava\.io\.tmpdir=(\S+)", _cmdline(jvms[0])).group(1)
+    assert os.path.isdir(tmp)
+
+    t0 = time.monotonic()
+    live.proc.send_signal(signal.SIGTERM)
+    assert live.proc.wait(60) == 0
+    took = time.monotonic() - t0
+    left = [p for p in started if os.path.exists(f"/proc/{p}") and _cmdline(p)]
+    assert not left, f"still running after SIGTERM: {[_cmdline(p)[:120] for p in left]}"
+    assert not os.path.exists(tmp), "the JVM's temporary files were left behind"
+    assert read_run_record(live.cfg) is None
+    log = live.log.read_text()
+    assert "SIGTERM received" in log and "Traceback" not in log, log[-2000:]
+    assert took < 30, f"stopping took {took:.1f} s"

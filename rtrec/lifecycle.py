@@ -1,0 +1,296 @@
+"""How `rtrec run` starts and ends its local Flink: signals, the MiniCluster's JVM, temporary files.
+
+PyFlink runs the MiniCluster in a JVM it starts as a child process (the py4j
+gateway). Killed by SIGTERM with Python's default handler, `rtrec run` used
+to die at once and leave that JVM behind: parent PID 1, holding its REST
+port, stuck in its shutdown hooks. Now SIGTERM and SIGINT raise
+:class:`StopRequested` in the main thread; the command then cancels the job
+(or stops it with a savepoint when ``flink.savepoint_on_stop`` says so),
+ends the JVM (SIGTERM, then SIGKILL after a grace period) and removes the
+folder it gave the JVM for temporary files (``java.io.tmpdir``: the
+MiniCluster's working folders and the RPC jar it unpacks, about 50 MB).
+
+While it runs, `rtrec run` records its REST address in ``var/run/<job>.json``
+(beside the checkpoint folder), so `rtrec stop` finds the job without being
+told where it is.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import tempfile
+import time
+from pathlib import Path
+
+from rtrec.config import RtrecConfig
+
+
+class StopRequested(BaseException):
+    """SIGTERM or SIGINT arrived while a job ran.
+
+    A BaseException, like KeyboardInterrupt: py4j, blocked in a call to the
+    JVM when the signal arrives, turns any Exception into a network error and
+    logs it with a traceback."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def raise_on_stop_signals() -> None:
+    """From now on SIGTERM and SIGINT raise :class:`StopRequested` in the main thread (once each:
+    a second signal while stopping is ignored, so the clean-up is not cut short)."""
+
+    def handler(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        raise StopRequested(signum)
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def jvm_tmp_dir() -> Path:
+    """A fresh folder for the MiniCluster JVM's temporary files; it must be called before PyFlink starts
+    its JVM (the first environment made), which reads ``JVM_ARGS``."""
+    d = Path(tempfile.mkdtemp(prefix="rtrec-flink-"))
+    os.environ["JVM_ARGS"] = f"{os.environ.get('JVM_ARGS', '')} -Djava.io.tmpdir={d}".strip()
+    return d
+
+
+def gateway_pids() -> list[int]:
+    """This process's child JVMs running PyFlink's gateway (the MiniCluster)."""
+    me = str(os.getpid())
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            ppid = stat.rsplit(")", 1)[1].split()[1]
+            if ppid == me and b"PythonGatewayServer" in (entry / "cmdline").read_bytes():
+                out.append(int(entry.name))
+        except (OSError, IndexError):
+            continue
+    return out
+
+
+def end_processes(pids: list[int], grace_s: float = 10.0) -> list[int]:
+    """SIGTERM ``pids``, SIGKILL those still alive after ``grace_s``; returns the ones that needed it."""
+    for pid in pids:
+        _signal(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    alive = list(pids)
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.1)
+        alive = [p for p in alive if _alive(p)]
+    for pid in alive:
+        _signal(pid, signal.SIGKILL)
+    return alive
+
+
+def _signal(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # (a zombie has ended)
+    except OSError:
+        return False
+
+
+def remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunRecord:
+    """Where a running `rtrec run` serves its job's REST API (var/run/<job name>.json)."""
+
+    version: int
+    job_name: str
+    rest_url: str
+    pid: int
+    started_ms: int
+
+    def alive(self) -> bool:
+        return _alive(self.pid)
+
+
+def run_record_path(cfg: RtrecConfig, job_name: str | None = None) -> Path:
+    return cfg.resolve_path(cfg.flink.checkpoint_dir).parent / "run" / f"{job_name or cfg.flink.job_name}.json"
+
+
+def write_run_record(cfg: RtrecConfig, rest_url: str) -> Path:
+    path = run_record_path(cfg)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = RunRecord(1, cfg.flink.job_name, rest_url, os.getpid(), int(time.time() * 1000))
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(dataclasses.asdict(record)))
+    tmp.replace(path)
+    return path
+
+
+def read_run_record(cfg: RtrecConfig, job_name: str | None = None) -> RunRecord | None:
+    """The record of a `rtrec run` of ``job_name`` whose process is still alive, else None."""
+    path = run_record_path(cfg, job_name)
+    try:
+        data = json.loads(path.read_text())
+        record = RunRecord(**{f.name: data[f.name] for f in dataclasses.fields(RunRecord)})
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return record if record.alive() else None
+
+
+def remove_run_record(cfg: RtrecConfig) -> None:
+    path = run_record_path(cfg)
+    try:
+        record = json.loads(path.read_text())
+        if record.get("pid") == os.getpid():  # (not another run's of the same name)
+            path.unlink()
+    except (OSError, ValueError):
+        pass
+
+
+class LocalRun:
+    """One `rtrec run` (or demo) of a job on a MiniCluster in this process; see :func:`local_run`."""
+
+    def __init__(self, cfg: RtrecConfig):
+        self.cfg = cfg
+        self.rest_url: str | None = None
+        self.stopped: StopRequested | None = None
+        self.savepoint: str | None = None
+
+    def started(self, rest_url: str) -> None:
+        """The job was submitted: record where its REST API is."""
+        self.rest_url = rest_url
+        write_run_record(self.cfg, rest_url)
+
+    def stop_job(self, log) -> None:
+        """Cancel the job, or stop it with a savepoint if ``flink.savepoint_on_stop``."""
+        import urllib.error
+
+        from rtrec.flink_rest import FlinkRest
+
+        if self.rest_url is None:
+            return
+        rest = FlinkRest(self.rest_url)
+        try:
+            jobs = [j for j in rest.running_jobs() if j["name"] == self.cfg.flink.job_name]
+        except (urllib.error.URLError, OSError):
+            return
+        for job in jobs:
+            if self.cfg.flink.savepoint_on_stop:
+                try:
+                    self.savepoint = rest.stop_with_savepoint(job["jid"], timeout_s=120)
+                    log(f"savepoint at {self.savepoint}; resume with: rtrec run --from-savepoint {self.savepoint}")
+                    continue
+                except (RuntimeError, TimeoutError, urllib.error.URLError, OSError) as e:
+                    log(f"the savepoint failed ({str(e).splitlines()[0][:200]}); cancelling the job")
+            try:
+                rest.cancel(job["jid"])
+                deadline = time.monotonic() + 15
+                while time.monotonic() < deadline and rest.get(f"/jobs/{job['jid']}")["state"] != "CANCELED":
+                    time.sleep(0.2)
+            except (urllib.error.URLError, OSError):
+                pass
+
+
+class local_run:
+    """``with local_run(cfg) as run:`` around starting a job on a MiniCluster in this process.
+
+    SIGTERM and SIGINT inside the block stop the job (see :class:`LocalRun`) and
+    end the block; ``run.stopped`` then says which. On leaving the block, in
+    every case, the MiniCluster's JVM is ended and its temporary files and the
+    run record removed.
+    """
+
+    def __init__(self, cfg: RtrecConfig, name: str = "rtrec"):
+        self.cfg, self.name = cfg, name
+
+    def _log(self, text: str) -> None:
+        import sys
+
+        print(f"{self.name}: {text}", file=sys.stderr, flush=True)
+
+    def __enter__(self) -> LocalRun:
+        self.tmp = jvm_tmp_dir()
+        raise_on_stop_signals()
+        self.run = LocalRun(self.cfg)
+        # The JVM stays until the command has read what it needs through py4j (a bounded run's
+        # JobExecutionResult), so the normal path ends it when the interpreter exits.
+        atexit.register(self.cleanup)
+        return self.run
+
+    def cleanup(self) -> None:
+        """End the MiniCluster's JVM, remove its temporary files and the run record (idempotent)."""
+        close_gateway()
+        end_processes(gateway_pids())
+        remove_tree(self.tmp)
+        remove_run_record(self.cfg)
+
+    def __exit__(self, kind, error, tb) -> bool:
+        try:
+            if isinstance(error, StopRequested):
+                self.run.stopped = error
+                self._log(f"{error} received: stopping job '{self.cfg.flink.job_name}'")
+                self.run.stop_job(self._log)
+                self.cleanup()
+                self._log("stopped")
+        finally:
+            # From here on a stop signal just exits, so that cleanup() still runs (at exit).
+            signal.signal(signal.SIGTERM, _exit_on_signal)
+            signal.signal(signal.SIGINT, _exit_on_signal)
+        return isinstance(error, StopRequested)
+
+
+def _exit_on_signal(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+def close_gateway() -> None:
+    """Close PyFlink's py4j connections to its JVM, so that nothing tries them again once it has ended."""
+    try:
+        from pyflink import java_gateway
+    except ImportError:
+        return
+    gateway = getattr(java_gateway, "_gateway", None)
+    if gateway is not None:
+        with contextlib.suppress(Exception):
+            gateway.close()
+        java_gateway._gateway = None
+
+
+@dataclasses.dataclass(frozen=True)
+class StartPosition:
+    """Where a job started without a savepoint will begin on the events topic."""
+
+    to_read: int  # events between there and the topic's current end
+    where: str  # in words, for the start-up line
+    from_beginning: bool  # it reads from the start of the topic (events an existing model may have learned)
+
+
+def start_position(mode: str, end: dict[int, int], committed: dict[int, int | None]) -> StartPosition:
+    """``mode``: flink.startup_mode; ``end``: partition -> end offset; ``committed``: partition -> the
+    consumer group's committed offset or None (see topics.committed_offsets)."""
+    total = sum(end.values())
+    if mode == "latest":
+        return StartPosition(0, "from its end (new events only)", False)
+    if mode == "earliest":
+        return StartPosition(total, "from the beginning", True)
+    known = {p: o for p, o in committed.items() if o is not None}
+    if not known:
+        return StartPosition(total, "from the beginning (the consumer group has committed no offsets)", True)
+    to_read = sum(max(0, e - known.get(p, 0)) for p, e in end.items())
+    # (a partition the group never committed on is read from its start)
+    unread = any(e > 0 and p not in known for p, e in end.items())
+    return StartPosition(to_read, f"from the consumer group's committed offsets ({to_read:,} events behind)", unread)

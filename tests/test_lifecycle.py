@@ -1,0 +1,91 @@
+"""rtrec/lifecycle.py without Flink: the run record, signals, and ending child processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from rtrec import lifecycle
+from rtrec.config import load_config
+
+
+@pytest.fixture
+def cfg(tmp_path):
+    return load_config(overrides=[f"flink.checkpoint_dir={tmp_path / 'checkpoints'}", "flink.job_name=life"])
+
+
+def test_the_run_record_names_the_rest_api_while_its_process_lives(cfg):
+    assert lifecycle.read_run_record(cfg) is None
+    path = lifecycle.write_run_record(cfg, "http://127.0.0.1:41234")
+    assert path == lifecycle.run_record_path(cfg) and path.parent.name == "run"
+    record = lifecycle.read_run_record(cfg, "life")
+    assert (record.rest_url, record.pid, record.job_name) == ("http://127.0.0.1:41234", os.getpid(), "life")
+    lifecycle.remove_run_record(cfg)
+    assert not path.exists()
+
+
+def test_a_record_left_by_a_dead_process_is_ignored(cfg):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    path = lifecycle.write_run_record(cfg, "http://127.0.0.1:1")
+    path.write_text(path.read_text().replace(f'"pid": {os.getpid()}', f'"pid": {dead.pid}'))
+    assert lifecycle.read_run_record(cfg) is None
+    lifecycle.remove_run_record(cfg)  # not ours: left alone
+    assert path.exists()
+
+
+def test_stop_signals_raise_once_then_are_ignored():
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    try:
+        lifecycle.raise_on_stop_signals()
+        with pytest.raises(lifecycle.StopRequested) as e:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)
+        assert e.value.signum == signal.SIGTERM and str(e.value) == "SIGTERM"
+        os.kill(os.getpid(), signal.SIGINT)  # while stopping: ignored
+        time.sleep(0.1)
+    finally:
+        signal.signal(signal.SIGTERM, before[0])
+        signal.signal(signal.SIGINT, before[1])
+
+
+def test_end_processes_kills_what_ignores_sigterm():
+    polite = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    stubborn = subprocess.Popen([sys.executable, "-c",
+                                 "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                                 "print('ready', flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    assert stubborn.stdout.readline().strip() == "ready"
+    killed = lifecycle.end_processes([polite.pid, stubborn.pid], grace_s=1.0)
+    assert killed == [stubborn.pid]
+    assert polite.wait(5) == -signal.SIGTERM and stubborn.wait(5) == -signal.SIGKILL
+
+
+def test_jvm_tmp_dir_goes_to_the_gateways_jvm_args(monkeypatch):
+    monkeypatch.setenv("JVM_ARGS", "-Xss2m")
+    d = lifecycle.jvm_tmp_dir()
+    try:
+        assert d.is_dir() and os.environ["JVM_ARGS"] == f"-Xss2m -Djava.io.tmpdir={d}"
+    finally:
+        lifecycle.remove_tree(d)
+    assert not d.exists()
+
+
+def test_start_position_follows_the_startup_mode_and_the_groups_offsets():
+    end = {0: 100, 1: 50, 2: 0}
+    assert lifecycle.start_position("earliest", end, {0: 80, 1: 50, 2: None}) == lifecycle.StartPosition(
+        150, "from the beginning", True)
+    assert lifecycle.start_position("latest", end, {}).to_read == 0
+    continued = lifecycle.start_position("group-offsets", end, {0: 80, 1: 50, 2: None})
+    assert (continued.to_read, continued.from_beginning) == (20, False)
+    assert "committed offsets (20 events behind)" in continued.where
+    new_group = lifecycle.start_position("group-offsets", end, {0: None, 1: None, 2: None})
+    assert (new_group.to_read, new_group.from_beginning) == (150, True)
+    assert "committed no offsets" in new_group.where
+    # a partition the group never committed on is read from its start
+    partly = lifecycle.start_position("group-offsets", end, {0: 100, 1: None, 2: None})
+    assert (partly.to_read, partly.from_beginning) == (50, True)
