@@ -62,6 +62,12 @@ class FlinkRest:
         with urllib.request.urlopen(req, timeout=10) as r:
             return json.loads(r.read())
 
+    def cancel(self, job_id: str) -> None:
+        """Cancel the job (no savepoint)."""
+        req = urllib.request.Request(f"{self.url}/jobs/{job_id}?mode=cancel", method="PATCH")
+        with urllib.request.urlopen(req, timeout=10):
+            pass
+
     def running_jobs(self) -> list[dict]:
         return [j for j in self.get("/jobs/overview")["jobs"] if j["state"] == "RUNNING"]
 

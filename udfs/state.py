@@ -62,6 +62,9 @@ class CachedMapState:
         self.ttl_s = ttl_ms / 1000
         self.max_entries = max_entries
         self.cache: dict[str, tuple[float, object]] = {}
+        # PyFlink 2.2's process-mode MapState.put_all reads its argument as (key, value) pairs
+        # (``for k, v in dict_value``); thread mode's hands a dict to Java's putAll.
+        self._pairs = hasattr(state, "get_internal_state")
 
     def get(self, key: str):
         hit = self.cache.get(key)
@@ -75,7 +78,7 @@ class CachedMapState:
     def put_all(self, entries: dict) -> None:
         if not entries:
             return
-        self.state.put_all(entries)
+        self.state.put_all(entries.items() if self._pairs else entries)
         now = time.monotonic()
         cache = self.cache
         for k, v in entries.items():

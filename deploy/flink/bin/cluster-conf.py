@@ -45,6 +45,9 @@ for key, value in {
     "jobmanager.memory.process.size": "1200m",
     "taskmanager.memory.process.size": "2560m",
     "taskmanager.numberOfTaskSlots": slots,
+    # Spread a job's slots over the TaskManagers instead of filling the first one: each TaskManager is
+    # a JVM with its own Python interpreter (thread mode), so this is what spreads the Python work.
+    "taskmanager.load-balance.mode": "slots",
     # Notice a killed TaskManager within seconds (defaults: 10 s interval, 50 s timeout).
     "heartbeat.interval": 2000,
     "heartbeat.timeout": 15000,
