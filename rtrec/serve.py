@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
-from rtrec import topics
+from rtrec import kafka_clients, topics
 from rtrec.config import RtrecConfig
 from rtrec.store import (
     CANDIDATES,
@@ -83,9 +83,9 @@ class ServeStats:
 
 
 def _consumer(cfg: RtrecConfig) -> Consumer:
-    return Consumer(
-        {
-            "bootstrap.servers": cfg.kafka.bootstrap_servers,
+    return kafka_clients.consumer(
+        cfg.kafka,
+        **{
             # Required by the client; the consumer only ever uses assign(), never joins
             # the group and never commits: its offsets live in the store.
             "group.id": f"{cfg.kafka.consumer_group}-serve",
@@ -96,7 +96,7 @@ def _consumer(cfg: RtrecConfig) -> Consumer:
             # The broker answers an idle fetch after at most this long; lower than the
             # default 500 ms so that a commit reaches the store sooner.
             "fetch.wait.max.ms": 100,
-        }
+        },
     )
 
 
