@@ -250,6 +250,11 @@ class ServeConfig:
     # /items/{id}/features, /health, /metrics).
     host: str = "127.0.0.1"
     port: int = 8090
+    # A bearer token that every HTTP request must carry (Authorization: Bearer ...),
+    # read from this environment variable or file (its content, surrounding white
+    # space dropped); never written here. Required when host is not a loopback address.
+    token_env: str = ""
+    token_file: str = ""
     # Records per consume call, applied to the store as one atomic write batch
     # together with the offsets they advance.
     batch_size: int = 5_000
@@ -472,3 +477,27 @@ def validate(cfg: RtrecConfig) -> None:
     kafka_clients.validate(cfg.kafka)
     if cfg.serve.batch_size < 1 or not 0 <= cfg.serve.port < 65536:
         raise ConfigError("serve.batch_size must be at least 1 and serve.port a TCP port (0 picks a free one)")
+    s = cfg.serve
+    if s.token_env and s.token_file:
+        raise ConfigError("serve.token_env and serve.token_file: give one of them, not both")
+    if not (s.token_env or s.token_file) and not is_loopback(s.host):
+        raise ConfigError(
+            f"serve.host={s.host!r} opens the HTTP API to other machines: it then needs a bearer token, named by "
+            "serve.token_env (an environment variable) or serve.token_file; or keep the default 127.0.0.1"
+        )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only accepts connections from this machine.
+
+    >>> is_loopback("127.0.0.1"), is_loopback("localhost"), is_loopback("::1"), is_loopback("0.0.0.0"), is_loopback("")
+    (True, True, True, False, False)
+    """
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
