@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator
 
@@ -102,12 +103,20 @@ def ensure_topics(kafka: KafkaConfig, names: list[str] | None = None, timeout_s:
                 raise KafkaAccessDenied(
                     f"topic '{name}' is not visible to rtrec at {kafka.bootstrap_servers}, and it may not create it "
                     f"({e.args[0].name()}): have it created, or grant rtrec's principal access to it (DESCRIBE, and "
-                    "READ or WRITE); its name comes from kafka.*_topic"
+                    f"READ or WRITE); the name comes from {_topic_setting(kafka, name)}"
                 ) from None
             if code != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise
     _wait_for_metadata(client, created, timeout_s)
     return created
+
+
+def _topic_setting(kafka: KafkaConfig, name: str) -> str:
+    """The setting that names topic ``name`` (kafka.events_topic, ...)."""
+    for field in dataclasses.fields(kafka):
+        if field.name.endswith("_topic") and getattr(kafka, field.name) == name:
+            return f"kafka.{field.name}"
+    return "the command line"
 
 
 def delete_topics(kafka: KafkaConfig, names: list[str], timeout_s: float = 30.0) -> None:
