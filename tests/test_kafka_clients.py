@@ -169,11 +169,13 @@ def test_bad_security_settings_are_named(overrides, message):
         load_config(overrides=overrides)
 
 
-def test_the_configuration_never_holds_the_secret(monkeypatch):
+def test_the_configuration_never_holds_the_secret(monkeypatch, tmp_path):
+    from jobs.environment import flink_settings
+
     monkeypatch.setenv("RTREC_KAFKA_PASSWORD", SECRET)
-    cfg = load_config(overrides=SCRAM)
+    cfg = load_config(overrides=[*SCRAM, f"flink.checkpoint_dir={tmp_path / 'checkpoints'}"])
     for text in (repr(cfg), str(cfg), yaml.safe_dump(cfg.to_dict()), repr(kafka_clients.java_properties(cfg.kafka)),
-                 repr(kafka_clients.flink_sql_options(cfg.kafka))):
+                 repr(kafka_clients.flink_sql_options(cfg.kafka)), repr(flink_settings(cfg))):
         assert SECRET not in text
     assert kafka_clients.librdkafka_properties(cfg.kafka)["sasl.password"] == SECRET  # resolved only here
 
