@@ -5,6 +5,10 @@ per record, so the per-record work around Python (reading Kafka, hashing users
 onto shards, gathering each shard's records into one micro-batch, and writing
 each output record back to Kafka) runs in Java. Python sees one record per
 shard per batch interval.
+
+Every table gets the same client security and extra properties as ``properties.*``
+(rtrec.kafka_clients.flink_sql_options); secrets stay references that the Kafka client
+resolves on the task manager.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 from pyflink.table import StreamTableEnvironment, Table
 
 from rtrec.config import RtrecConfig
+from rtrec.kafka_clients import flink_sql_options
 from rtrec.topics import CREATED_HEADER, VERSION_HEADER
 
 _STARTUP = {"earliest": "earliest-offset", "latest": "latest-offset", "group-offsets": "group-offsets"}
@@ -62,6 +67,7 @@ def register_event_source(t_env: StreamTableEnvironment, cfg: RtrecConfig) -> No
         "properties.auto.offset.reset": "earliest",
         "scan.startup.mode": _STARTUP[f.startup_mode],
         "value.format": "raw",
+        **flink_sql_options(k),
     }
     if f.bounded:
         options["scan.bounded.mode"] = "latest-offset"
@@ -133,6 +139,7 @@ def _sink_options(cfg: RtrecConfig, topic: str, name: str) -> dict[str, str]:
         "properties.compression.type": "lz4",
         "properties.linger.ms": "5",
         "properties.max.request.size": str(64 * 1024 * 1024),
+        **flink_sql_options(k),
     }
     if f.delivery_guarantee == "exactly-once":
         # Stable across restarts of this job (so recovery can abort its
@@ -191,6 +198,7 @@ def model_updates_source(t_env: StreamTableEnvironment, cfg: RtrecConfig, start_
         "scan.startup.mode": "timestamp",
         "scan.startup.timestamp-millis": str(start_ms),
         "value.format": "raw",
+        **flink_sql_options(k),
     }
     t_env.execute_sql(f"""CREATE TEMPORARY TABLE rtrec_model_updates_in (
   `v` BYTES,

@@ -32,7 +32,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class KafkaConfig:
-    """Broker address and topic names."""
+    """Broker address, topic names, and how the clients connect and authenticate."""
 
     bootstrap_servers: str = "127.0.0.1:9092"
     events_topic: str = "events"
@@ -47,6 +47,29 @@ class KafkaConfig:
     # Exactly-once sinks keep a transaction open from one checkpoint to the next;
     # it must stay below the broker's transaction.max.timeout.ms (15 min by default).
     transaction_timeout_ms: int = 600_000
+
+    # How every client connects: the Flink job's Java clients and rtrec's own
+    # librdkafka clients alike (rtrec/kafka_clients.py translates the names).
+    # PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.
+    security_protocol: str = "PLAINTEXT"
+    # PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 with sasl_username and a password that
+    # is never written here: it is read from the environment variable named by
+    # sasl_password_env or from the file sasl_password_file (its whole content,
+    # no trailing line break). Other mechanisms: sasl.jaas.config in properties.
+    sasl_mechanism: str = ""
+    sasl_username: str = ""
+    sasl_password_env: str = ""
+    sasl_password_file: str = ""
+    # PEM file of the CA certificates that signed the brokers' ("": the system's / the JDK's).
+    ssl_ca_file: str = ""
+    # Any other client property, by its Java name, for every client; names that
+    # librdkafka spells differently are translated. A secret value is written as
+    # a reference, ${env:NAME} or ${dir:/folder:file}, never as itself.
+    properties: dict[str, str] = field(default_factory=dict)
+    # Properties for one family only: the Flink job's Java clients, or rtrec's
+    # librdkafka ones (replay, serve, eval, demo, topics, model versions).
+    java_properties: dict[str, str] = field(default_factory=dict)
+    librdkafka_properties: dict[str, str] = field(default_factory=dict)
 
     def with_prefix(self, prefix: str) -> KafkaConfig:
         """A copy whose topic names all start with ``prefix`` (demos and tests use their own)."""
@@ -235,6 +258,11 @@ class ServeConfig:
     # /items/{id}/features, /health, /metrics).
     host: str = "127.0.0.1"
     port: int = 8090
+    # A bearer token that every HTTP request must carry (Authorization: Bearer ...),
+    # read from this environment variable or file (its content, surrounding white
+    # space dropped); never written here. Required when host is not a loopback address.
+    token_env: str = ""
+    token_file: str = ""
     # Records per consume call, applied to the store as one atomic write batch
     # together with the offsets they advance.
     batch_size: int = 5_000
@@ -322,7 +350,7 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return {str(k): str(v) for k, v in value.items()}
+        return _flatten(value)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         return None if value is None else _coerce(value, args[0], where)
@@ -345,6 +373,21 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     return value
 
 
+def _flatten(mapping: dict, prefix: str = "") -> dict[str, str]:
+    """Dotted keys, as ``--set kafka.properties.client.id=x`` splits them, joined again.
+
+    >>> _flatten({"client": {"id": "x"}, "linger.ms": 5})
+    {'client.id': 'x', 'linger.ms': '5'}
+    """
+    out: dict[str, str] = {}
+    for k, v in mapping.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = "" if v is None else str(v)
+    return out
+
+
 def _apply(section: Any, values: dict[str, Any], where: str) -> None:
     hints = typing.get_type_hints(type(section))
     names = {f.name for f in dataclasses.fields(section)}
@@ -357,6 +400,9 @@ def _apply(section: Any, values: dict[str, Any], where: str) -> None:
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}.{key}: expected a mapping")
             _apply(current, value, f"{where}.{key}")
+        elif isinstance(current, dict):
+            # A mapping adds to (and overrides keys of) what the defaults or the file gave.
+            setattr(section, key, {**current, **_coerce(value, hints[key], f"{where}.{key}")})
         else:
             setattr(section, key, _coerce(value, hints[key], f"{where}.{key}"))
 
@@ -434,5 +480,32 @@ def validate(cfg: RtrecConfig) -> None:
             "replay.rate and replay.speedup are mutually exclusive: pace by events per second (rate) "
             "or by event time (speedup), not both"
         )
+    from rtrec import kafka_clients  # it imports this module
+
+    kafka_clients.validate(cfg.kafka)
     if cfg.serve.batch_size < 1 or not 0 <= cfg.serve.port < 65536:
         raise ConfigError("serve.batch_size must be at least 1 and serve.port a TCP port (0 picks a free one)")
+    s = cfg.serve
+    if s.token_env and s.token_file:
+        raise ConfigError("serve.token_env and serve.token_file: give one of them, not both")
+    if not (s.token_env or s.token_file) and not is_loopback(s.host):
+        raise ConfigError(
+            f"serve.host={s.host!r} opens the HTTP API to other machines: it then needs a bearer token, named by "
+            "serve.token_env (an environment variable) or serve.token_file; or keep the default 127.0.0.1"
+        )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only accepts connections from this machine.
+
+    >>> is_loopback("127.0.0.1"), is_loopback("localhost"), is_loopback("::1"), is_loopback("0.0.0.0"), is_loopback("")
+    (True, True, True, False, False)
+    """
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from confluent_kafka import KafkaException, Producer
 from tqdm import tqdm
 
+from rtrec import kafka_clients
 from rtrec.config import KafkaConfig
 from rtrec.events import Event
 
@@ -47,7 +48,6 @@ def _duration(seconds: float) -> str:
 
 def producer(kafka: KafkaConfig, **extra) -> Producer:
     conf = {
-        "bootstrap.servers": kafka.bootstrap_servers,
         "linger.ms": 20,
         "batch.size": 1_000_000,
         "compression.type": "lz4",
@@ -55,7 +55,7 @@ def producer(kafka: KafkaConfig, **extra) -> Producer:
         "queue.buffering.max.messages": 500_000,
     }
     conf.update(extra)
-    return Producer(conf)
+    return kafka_clients.producer(kafka, **conf)
 
 
 class _Errors:

@@ -26,11 +26,17 @@ HTTP JSON API (aiohttp), on ``serve.host:serve.port`` (127.0.0.1:8090):
     GET /metrics                      Prometheus text format
 
 Unknown ids answer 404 with ``{"error": ...}``.
+
+With a bearer token (``serve.token_env`` or ``serve.token_file``, required when ``serve.host``
+is not a loopback address), every request must carry ``Authorization: Bearer <token>``;
+others get 401.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
+import os
 import shutil
 import signal
 import sys
@@ -42,8 +48,8 @@ from dataclasses import dataclass, field
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
-from rtrec import topics
-from rtrec.config import RtrecConfig
+from rtrec import kafka_clients, topics
+from rtrec.config import ConfigError, RtrecConfig, is_loopback
 from rtrec.store import (
     CANDIDATES,
     ITEM_FEATURES,
@@ -83,9 +89,9 @@ class ServeStats:
 
 
 def _consumer(cfg: RtrecConfig) -> Consumer:
-    return Consumer(
-        {
-            "bootstrap.servers": cfg.kafka.bootstrap_servers,
+    return kafka_clients.consumer(
+        cfg.kafka,
+        **{
             # Required by the client; the consumer only ever uses assign(), never joins
             # the group and never commits: its offsets live in the store.
             "group.id": f"{cfg.kafka.consumer_group}-serve",
@@ -96,7 +102,7 @@ def _consumer(cfg: RtrecConfig) -> Consumer:
             # The broker answers an idle fetch after at most this long; lower than the
             # default 500 ms so that a commit reaches the store sooner.
             "fetch.wait.max.ms": 100,
-        }
+        },
     )
 
 
@@ -311,9 +317,43 @@ def metrics_text(store: ServeStore, stats: ServeStats) -> str:
     return "\n".join(lines) + "\n"
 
 
-def make_app(store: ServeStore, stats: ServeStats):
-    """The aiohttp application over ``store`` (lookups read it directly; RocksDB reads are thread-safe)."""
+def bearer_token(cfg: RtrecConfig) -> str | None:
+    """The token HTTP requests must carry (from serve.token_env or serve.token_file), or None for none."""
+    s = cfg.serve
+    if s.token_env:
+        token = os.environ.get(s.token_env, "").strip()
+        if not token:
+            raise ConfigError(f"serve.token_env: the environment variable {s.token_env} is not set or empty "
+                              "(it holds the HTTP API's bearer token)")
+        return token
+    if s.token_file:
+        path = cfg.resolve_path(s.token_file)
+        try:
+            token = path.read_text().strip()
+        except OSError as e:
+            raise ConfigError(f"serve.token_file: cannot read {path} ({e.strerror})") from None
+        if not token:
+            raise ConfigError(f"serve.token_file: {path} is empty")
+        return token
+    return None
+
+
+def make_app(store: ServeStore, stats: ServeStats, token: str | None = None):
+    """The aiohttp application over ``store`` (lookups read it directly; RocksDB reads are thread-safe).
+
+    With ``token``, a request without ``Authorization: Bearer <token>`` gets 401.
+    """
     from aiohttp import web
+
+    expected = token.encode() if token else None
+
+    @web.middleware
+    async def bearer(request, handler):
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), expected):
+            return await handler(request)
+        return web.json_response({"error": "this API needs Authorization: Bearer <token> (serve.token_env or "
+                                  "serve.token_file)"}, status=401, headers={"WWW-Authenticate": 'Bearer realm="rtrec"'})
 
     @web.middleware
     async def json_errors(request, handler):
@@ -353,7 +393,7 @@ def make_app(store: ServeStore, stats: ServeStats):
         return web.Response(text=metrics_text(store, stats), content_type="text/plain", charset="utf-8",
                             headers={"X-Prometheus-Format": "0.0.4"})
 
-    app = web.Application(middlewares=[json_errors])
+    app = web.Application(middlewares=([bearer] if expected else []) + [json_errors])
     app.add_routes([
         web.get("/users/{id}/recommendations", recommendations),
         web.get("/users/{id}/features", lookup("user_features", USER_FEATURES, "features", "user")),
@@ -377,6 +417,9 @@ def serve(cfg: RtrecConfig, *, http: bool = True, stop: threading.Event | None =
     ``on_ready(port)`` is called once the HTTP API listens (port 0 in the
     configuration picks a free one).
     """
+    token = bearer_token(cfg) if http else None  # before anything starts: a missing token fails at once
+    if http and token is None and not is_loopback(cfg.serve.host):
+        raise ConfigError(f"serve.host={cfg.serve.host!r} needs a bearer token: set serve.token_env or serve.token_file")
     path = cfg.resolve_path(cfg.serve.store_dir)
     if reset and path.exists():
         shutil.rmtree(path)
@@ -394,17 +437,17 @@ def serve(cfg: RtrecConfig, *, http: bool = True, stop: threading.Event | None =
             if on_ready:
                 on_ready(None)
         else:
-            asyncio.run(_serve_http(cfg, store, stats, mat, stop, max_records, until_caught_up, on_ready, log))
+            asyncio.run(_serve_http(cfg, token, store, stats, mat, stop, max_records, until_caught_up, on_ready, log))
     finally:
         mat.close()
         store.close()
     return stats
 
 
-async def _serve_http(cfg, store, stats, mat, stop, max_records, until_caught_up, on_ready, log) -> None:
+async def _serve_http(cfg, token, store, stats, mat, stop, max_records, until_caught_up, on_ready, log) -> None:
     from aiohttp import web
 
-    runner = web.AppRunner(make_app(store, stats), access_log=None)
+    runner = web.AppRunner(make_app(store, stats, token), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, cfg.serve.host, cfg.serve.port)
     try:
@@ -417,7 +460,7 @@ async def _serve_http(cfg, store, stats, mat, stop, max_records, until_caught_up
         ) from None
     port = runner.addresses[0][1]
     log(f"serve: HTTP API at http://{cfg.serve.host}:{port} (/users/ID/recommendations, /users/ID/features, "
-        "/items/ID/features, /health, /metrics)")
+        "/items/ID/features, /health, /metrics)" + (", bearer token required" if token else ""))
     loop = asyncio.get_running_loop()
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from rtrec import kafka_clients
 from rtrec.config import KafkaConfig
 
 # Model versions carry whole parameter sets; compaction keeps the newest per model.
@@ -22,18 +24,54 @@ class BrokerUnavailable(RuntimeError):
 
 
 def admin(kafka: KafkaConfig) -> AdminClient:
-    return AdminClient({"bootstrap.servers": kafka.bootstrap_servers})
+    return kafka_clients.admin(kafka)
+
+
+class KafkaAccessDenied(RuntimeError):
+    """The broker answered but refused rtrec: credentials, TLS trust or an ACL."""
 
 
 def check_broker(kafka: KafkaConfig, timeout_s: float = 5.0) -> None:
-    """Raise :class:`BrokerUnavailable` naming the fix when nothing answers."""
-    try:
-        admin(kafka).list_topics(timeout=timeout_s)
-    except KafkaException:
-        raise BrokerUnavailable(
-            f"no Kafka broker at {kafka.bootstrap_servers}: run `make kafka-up` to start the local one, "
-            "or point kafka.bootstrap_servers (or $RTREC_BOOTSTRAP_SERVERS) at yours"
-        ) from None
+    """Raise :class:`BrokerUnavailable` or :class:`KafkaAccessDenied` naming the fix.
+
+    A refused login or TLS handshake ends the wait at once (librdkafka itself would retry
+    until the timeout and only say that no broker answered).
+    """
+    errors: list[KafkaError] = []
+    client = kafka_clients.admin(kafka, error_cb=errors.append)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            client.list_topics(timeout=max(0.1, min(0.5, deadline - time.monotonic())))
+            return
+        except KafkaException:
+            pass
+        client.poll(0)  # serves error_cb
+        for err in errors:
+            if err.code() in (KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED, KafkaError._SSL):
+                raise KafkaAccessDenied(refusal(kafka, err)) from None
+        if time.monotonic() >= deadline:
+            raise BrokerUnavailable(
+                f"no Kafka broker at {kafka.bootstrap_servers}: run `make kafka-up` to start the local one, "
+                "or point kafka.bootstrap_servers (or $RTREC_BOOTSTRAP_SERVERS) at yours"
+            )
+
+
+def refusal(kafka: KafkaConfig, err: KafkaError) -> str:
+    """What a refused login or TLS handshake means, naming the settings to check (never a secret's value)."""
+    reason = err.str()
+    if err.code() == KafkaError._SSL:
+        return (f"TLS with the Kafka brokers at {kafka.bootstrap_servers} failed ({reason}): check "
+                "kafka.security_protocol and that kafka.ssl_ca_file holds the CA that signed their certificates")
+    if kafka.sasl_password_env:
+        where = f"the password in ${kafka.sasl_password_env} (kafka.sasl_password_env)"
+    elif kafka.sasl_password_file:
+        where = f"the password in {kafka.sasl_password_file} (kafka.sasl_password_file)"
+    else:
+        where = "sasl.jaas.config in kafka.properties"
+    who = f" as {kafka.sasl_username!r}" if kafka.sasl_username else ""
+    return (f"the Kafka brokers at {kafka.bootstrap_servers} refused rtrec's login ({kafka.sasl_mechanism}{who}: "
+            f"{reason}): check kafka.sasl_mechanism, kafka.sasl_username and {where}")
 
 
 def ensure_topics(kafka: KafkaConfig, names: list[str] | None = None, timeout_s: float = 30.0) -> list[str]:
@@ -60,10 +98,25 @@ def ensure_topics(kafka: KafkaConfig, names: list[str] | None = None, timeout_s:
             future.result()
             created.append(name)
         except KafkaException as e:
-            if "TOPIC_ALREADY_EXISTS" not in str(e):
+            code = e.args[0].code()
+            if code in (KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.CLUSTER_AUTHORIZATION_FAILED):
+                raise KafkaAccessDenied(
+                    f"topic '{name}' is not visible to rtrec at {kafka.bootstrap_servers}, and it may not create it "
+                    f"({e.args[0].name()}): have it created, or grant rtrec's principal access to it (DESCRIBE, and "
+                    f"READ or WRITE); the name comes from {_topic_setting(kafka, name)}"
+                ) from None
+            if code != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise
     _wait_for_metadata(client, created, timeout_s)
     return created
+
+
+def _topic_setting(kafka: KafkaConfig, name: str) -> str:
+    """The setting that names topic ``name`` (kafka.events_topic, ...)."""
+    for field in dataclasses.fields(kafka):
+        if field.name.endswith("_topic") and getattr(kafka, field.name) == name:
+            return f"kafka.{field.name}"
+    return "the command line"
 
 
 def delete_topics(kafka: KafkaConfig, names: list[str], timeout_s: float = 30.0) -> None:
@@ -89,16 +142,16 @@ def _wait_for_metadata(client: AdminClient, names: list[str], timeout_s: float) 
 
 
 def _consumer(kafka: KafkaConfig, group: str | None = None, **settings) -> Consumer:
-    return Consumer(
-        {
-            "bootstrap.servers": kafka.bootstrap_servers,
+    return kafka_clients.consumer(
+        kafka,
+        **{
             "group.id": group or f"rtrec-reader-{time.time_ns()}",
             "isolation.level": "read_committed",
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
             "enable.partition.eof": True,
             **settings,
-        }
+        },
     )
 
 

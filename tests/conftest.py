@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -73,6 +74,47 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+KAFKA_BIN = ROOT / "deploy" / "kafka" / "bin"
+
+
+class Broker:
+    """A broker of a test's own, on ``port`` with data in ``data`` (deploy/kafka/bin/kafka-up.sh).
+
+    ``sasl_port``: a SASL_SSL listener there too, with the SCRAM user, TLS files and ACLs of
+    deploy/kafka/bin/secure.sh (password in ``data/secrets``, CA in ``data/tls``).
+    """
+
+    def __init__(self, port: int, data: Path, sasl_port: int | None = None):
+        self.port, self.data, self.sasl_port = port, data, sasl_port
+        self.env = {**os.environ, "KAFKA_PORT": str(port), "CONTROLLER_PORT": str(free_port()),
+                    "KAFKA_DATA": str(data)}
+        if sasl_port:
+            self.env["KAFKA_SASL_PORT"] = str(sasl_port)
+
+    def start(self) -> None:
+        proc = subprocess.run([str(KAFKA_BIN / "kafka-up.sh")], env=self.env, capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    def pid(self) -> int:
+        return int((self.data / "kafka.pid").read_text())
+
+    def kill(self) -> None:
+        pid = self.pid()
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"broker {pid} still alive after SIGKILL")
+
+    def stop(self) -> None:
+        subprocess.run([str(KAFKA_BIN / "kafka-down.sh")], env=self.env, capture_output=True, timeout=60)
 
 
 class LiveJob:

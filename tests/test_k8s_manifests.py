@@ -536,6 +536,38 @@ def check_deployment(doc: dict, img: Image) -> list[str]:
     return problems
 
 
+def check_kafka_secrets(deployment: dict, cfg: RtrecConfig) -> list[str]:
+    """The Kafka secrets the configuration names are in every Flink pod, from a Kubernetes Secret.
+
+    The Flink job's Java clients run in the TaskManagers and rtrec's Python clients in both kinds
+    of pod, and both read the password themselves: its file must be mounted (or its variable set)
+    everywhere.
+    """
+    problems = []
+    files = {"kafka.sasl_password_file": cfg.kafka.sasl_password_file, "kafka.ssl_ca_file": cfg.kafka.ssl_ca_file}
+    for component in ("jobManager", "taskManager"):
+        volumes, mounts = pod_template(deployment, component)
+        secrets = {v["name"]: v["secret"] for v in volumes if "secret" in v}
+        for what, path in files.items():
+            if not path:
+                continue
+            mount = next((m for m in mounts if m["name"] in secrets and _is_under(path, m["mountPath"])), None)
+            if mount is None:
+                problems.append(f"{what} {path}: no Secret is mounted there in the {component} pods")
+                continue
+            items = secrets[mount["name"]].get("items")
+            key = str(PurePosixPath(path).relative_to(mount["mountPath"]))
+            if items and key not in {i["path"] for i in items}:
+                problems.append(f"{what} {path}: the Secret volume {mount['name']} does not project {key}")
+        if cfg.kafka.sasl_password_env:
+            env = [e for c in main_containers(deployment) for e in c.get("env", [])]
+            source = next((e for e in env if e["name"] == cfg.kafka.sasl_password_env), None)
+            if source is None or "secretKeyRef" not in source.get("valueFrom", {}):
+                problems.append(f"kafka.sasl_password_env {cfg.kafka.sasl_password_env}: not set from a Secret "
+                                "(valueFrom.secretKeyRef) in the Flink containers")
+    return problems
+
+
 # --------------------------------------------------------------------------- tests: schema
 
 RESOURCES = flink_resources()
@@ -748,6 +780,23 @@ def test_configmap_is_a_valid_rtrec_configuration():
         for key in cm["data"]:
             cfg = rtrec_config(cm, key, [])
             assert cfg.model.device == "cpu", "the image carries PyTorch's CPU build"
+
+
+def test_kafka_credentials_come_from_a_secret_in_every_flink_pod():
+    cfg = rtrec_config(configmaps()["rtrec-config"], "rtrec.yaml", [])
+    assert cfg.kafka.security_protocol == "SASL_SSL" and cfg.kafka.sasl_password_file
+    for name, deployment in deployments().items():
+        assert check_kafka_secrets(deployment, cfg) == [], name
+    broken = copy.deepcopy(deployments()["rtrec"])
+    broken["spec"]["podTemplate"]["spec"]["volumes"] = [
+        v for v in broken["spec"]["podTemplate"]["spec"]["volumes"] if "secret" not in v
+    ]
+    problems = check_kafka_secrets(broken, cfg)
+    assert "kafka.sasl_password_file /etc/rtrec-kafka/password: no Secret is mounted there in the taskManager pods" \
+        in problems
+    with_env = rtrec_config(configmaps()["rtrec-config"], "rtrec.yaml",
+                            ["kafka.sasl_password_file=", "kafka.sasl_password_env=RTREC_KAFKA_PASSWORD"])
+    assert any("not set from a Secret" in p for p in check_kafka_secrets(deployments()["rtrec"], with_env))
 
 
 def test_podmonitor_selects_the_flink_pods_and_their_metrics_port():

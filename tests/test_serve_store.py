@@ -192,3 +192,85 @@ def test_no_broker_names_the_fix(command, tmp_path, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "no Kafka broker at 127.0.0.1:9" in err and "make kafka-up" in err
+
+
+TOKEN = "tok-3f9a-not-for-logs"
+
+
+def _real_http(app, requests: list[tuple[str, dict]]) -> list[tuple[int, dict, bytes]]:
+    """Serve ``app`` on a real loopback socket and send ``requests`` (path, headers) with urllib."""
+    import threading
+    import urllib.error
+    import urllib.request
+
+    from aiohttp import web
+
+    ready, done = threading.Event(), threading.Event()
+    port: list[int] = []
+
+    async def run():
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        port.append(runner.addresses[0][1])
+        ready.set()
+        while not done.is_set():
+            await asyncio.sleep(0.02)
+        await runner.cleanup()
+
+    thread = threading.Thread(target=asyncio.run, args=(run(),), daemon=True)
+    thread.start()
+    assert ready.wait(10)
+    out = []
+    try:
+        for path, headers in requests:
+            req = urllib.request.Request(f"http://127.0.0.1:{port[0]}{path}", headers=headers)
+            try:
+                with urllib.request.urlopen(req, timeout=10) as r:
+                    out.append((r.status, dict(r.headers), r.read()))
+            except urllib.error.HTTPError as e:
+                out.append((e.code, dict(e.headers), e.read()))
+    finally:
+        done.set()
+        thread.join(10)
+    return out
+
+
+def test_http_api_with_a_bearer_token_answers_401_without_it(store):
+    store.apply([F(0, 0, feat("user", "7", 1))], {})
+    app = make_app(store, ServeStats(caught_up_once=True), TOKEN)
+    got = _real_http(app, [
+        ("/users/7/features", {}),
+        ("/users/7/features", {"Authorization": "Bearer wrong"}),
+        ("/users/7/features", {"Authorization": f"Basic {TOKEN}"}),
+        ("/health", {}),
+        ("/nope", {}),
+        ("/users/7/features", {"Authorization": f"Bearer {TOKEN}"}),
+        ("/metrics", {"Authorization": f"bearer {TOKEN}"}),
+    ])
+    for status, headers, body in got[:5]:
+        assert status == 401 and headers["WWW-Authenticate"].startswith("Bearer")
+        assert "Bearer <token>" in orjson.loads(body)["error"] and TOKEN not in body.decode()
+    assert got[5][0] == 200 and orjson.loads(got[5][2])["features"] == {"n": 1}
+    assert got[6][0] == 200
+
+
+def test_http_api_without_a_token_on_loopback_needs_none(store):
+    assert [s for s, _, _ in _real_http(make_app(store, ServeStats()), [("/health", {})])] == [200]
+
+
+def test_serve_beyond_loopback_needs_a_token(tmp_path, monkeypatch, capsys):
+    from rtrec.serve import bearer_token
+
+    with pytest.raises(ConfigError, match="serve.host='0.0.0.0' opens the HTTP API to other machines"):
+        load_config(overrides=["serve.host=0.0.0.0"])
+    assert main(["serve", "--host", "0.0.0.0", "--store", str(tmp_path / "s")]) == 2
+    assert "serve.token_env" in capsys.readouterr().err
+    cfg = load_config(overrides=["serve.host=0.0.0.0", "serve.token_env=RTREC_SERVE_TOKEN"])
+    with pytest.raises(ConfigError, match="serve.token_env: the environment variable RTREC_SERVE_TOKEN is not set"):
+        bearer_token(cfg)
+    monkeypatch.setenv("RTREC_SERVE_TOKEN", TOKEN)
+    assert bearer_token(cfg) == TOKEN and TOKEN not in repr(cfg)
+    f = tmp_path / "token"
+    f.write_text(TOKEN + "\n")
+    assert bearer_token(load_config(overrides=["serve.host=::", f"serve.token_file={f}"])) == TOKEN

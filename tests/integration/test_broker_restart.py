@@ -12,11 +12,7 @@ committed exactly once.
 from __future__ import annotations
 
 import dataclasses
-import os
-import signal
-import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
@@ -24,7 +20,7 @@ from rtrec import topics
 from rtrec.datasets import movielens_events
 from rtrec.replay import replay
 from tests.conftest import (
-    ROOT,
+    Broker,
     LiveJob,
     assert_exactly_once,
     committed_values,
@@ -35,39 +31,6 @@ from tests.conftest import (
 
 HALF = 3_000
 DOWN_S = 8
-KAFKA_BIN = ROOT / "deploy" / "kafka" / "bin"
-
-
-class Broker:
-    """A broker of this test's own, on ``port`` with data in ``data``."""
-
-    def __init__(self, port: int, data: Path):
-        self.port, self.data = port, data
-        self.env = {**os.environ, "KAFKA_PORT": str(port), "CONTROLLER_PORT": str(free_port()),
-                    "KAFKA_DATA": str(data)}
-
-    def start(self) -> None:
-        proc = subprocess.run([str(KAFKA_BIN / "kafka-up.sh")], env=self.env, capture_output=True, text=True,
-                              timeout=120)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-
-    def pid(self) -> int:
-        return int((self.data / "kafka.pid").read_text())
-
-    def kill(self) -> None:
-        pid = self.pid()
-        os.kill(pid, signal.SIGKILL)
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.1)
-        raise AssertionError(f"broker {pid} still alive after SIGKILL")
-
-    def stop(self) -> None:
-        subprocess.run([str(KAFKA_BIN / "kafka-down.sh")], env=self.env, capture_output=True, timeout=60)
 
 
 @pytest.fixture(scope="module")
