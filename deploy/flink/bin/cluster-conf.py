@@ -45,6 +45,9 @@ for key, value in {
     "jobmanager.memory.process.size": "1200m",
     "taskmanager.memory.process.size": "2560m",
     "taskmanager.numberOfTaskSlots": slots,
+    # pemja's classes come from flink-python in the cluster's lib/ (cluster.sh) even when a job ships
+    # the jar too, so its native library is loaded once per TaskManager, not once per job.
+    "classloader.parent-first-patterns.additional": "pemja.",
     # Spread a job's slots over the TaskManagers instead of filling the first one: each TaskManager is
     # a JVM with its own Python interpreter (thread mode), so this is what spreads the Python work.
     "taskmanager.load-balance.mode": "slots",

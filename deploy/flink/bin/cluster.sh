@@ -19,7 +19,9 @@ FLINK_HOME="$("$PY" -c 'import os, pyflink; print(os.path.dirname(pyflink.__file
 CLUSTER_DIR="${RTREC_CLUSTER_DIR:-$ROOT/var/cluster}"
 FLINK_REST_PORT="${FLINK_REST_PORT:-8081}"
 TASK_SLOTS="${TASK_SLOTS:-2}"
-export FLINK_HOME FLINK_CONF_DIR="$CLUSTER_DIR/conf" FLINK_LOG_DIR="$CLUSTER_DIR/log" FLINK_PID_DIR="$CLUSTER_DIR"
+# The cluster's class path: the wheel's lib/ plus flink-python from its opt/ (see `up`).
+export FLINK_HOME FLINK_CONF_DIR="$CLUSTER_DIR/conf" FLINK_LOG_DIR="$CLUSTER_DIR/log" FLINK_PID_DIR="$CLUSTER_DIR" \
+  FLINK_LIB_DIR="$CLUSTER_DIR/lib"
 REST="http://localhost:$FLINK_REST_PORT"
 
 rest_answers() { "$PY" -c "import urllib.request,sys; urllib.request.urlopen('$REST/overview', timeout=2)" 2>/dev/null; }
@@ -55,6 +57,12 @@ case "${1:-}" in
     mkdir -p "$FLINK_LOG_DIR"
     rm -f "$CLUSTER_DIR"/tm-*.started
     "$PY" "$ROOT/deploy/flink/bin/cluster-conf.py" "$FLINK_CONF_DIR" "$FLINK_REST_PORT" "$TASK_SLOTS"
+    # flink-python (and pemja in it) on the processes' own class path, as Flink's PyFlink docs
+    # have it: shipped with each job instead, pemja loaded its native library in the job's class
+    # loader, and a TaskManager that had run one Python job failed the next one (a resume from a
+    # savepoint) with NoSuchFieldException: loadedLibraryNames.
+    rm -rf "$FLINK_LIB_DIR" && mkdir -p "$FLINK_LIB_DIR"
+    ln -s "$FLINK_HOME"/lib/*.jar "$FLINK_HOME"/opt/flink-python-*.jar "$FLINK_LIB_DIR/"
     "$FLINK_HOME/bin/jobmanager.sh" start >/dev/null
     for _ in $(seq 1 "$n"); do start_taskmanager; done
     wait_for_taskmanagers "$n"
