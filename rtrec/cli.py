@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import re
 import sys
 import time
 
@@ -66,7 +68,6 @@ def cmd_backfill(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from jobs import rtrec_job
     from rtrec import topics
 
     cfg = _load(args)
@@ -76,8 +77,10 @@ def cmd_run(args) -> int:
         # Flink 2.x's key (execution.savepoint.path before 2.0). Operators are
         # matched by uid; state the new job has no operator for is an error.
         cfg.flink.options["execution.state-recovery.path"] = args.from_savepoint
-    topics.ensure_topics(cfg.kafka)
+    topics.ensure_topics(cfg.kafka)  # before importing Flink and torch: a missing broker fails in a second
     before = topics.end_offsets(cfg.kafka, cfg.kafka.events_topic)
+    from jobs import rtrec_job
+
     print(
         f"rtrec: job '{cfg.flink.job_name}' on a local MiniCluster, parallelism {cfg.flink.parallelism}, "
         f"{cfg.flink.delivery_guarantee}, reading '{cfg.kafka.events_topic}' at {cfg.kafka.bootstrap_servers}"
@@ -305,8 +308,54 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+class _OncePerMessage(logging.Filter):
+    """Lets each distinct librdkafka message through once (the client's name left out of the comparison):
+    a broker that goes away mid-command is one line, not one every few milliseconds."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = re.sub(r"\[rdkafka#\w+-\d+\] ", "", record.getMessage())
+        if text in self.seen:
+            return False
+        self.seen.add(text)
+        return True
+
+
+class _Stderr(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a message comes (tests swap it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value):
+        pass
+
+
+_ONCE = _OncePerMessage()
+
+
+def _kafka_log_to_stderr() -> None:
+    """librdkafka's messages (rtrec.topics.KAFKA_LOG) on stderr, each distinct one once per command."""
+    from rtrec.topics import KAFKA_LOG
+
+    _ONCE.seen.clear()
+    if not any(_ONCE in h.filters for h in KAFKA_LOG.handlers):
+        handler = _Stderr()
+        handler.setFormatter(logging.Formatter("rtrec: kafka: %(message)s"))
+        handler.addFilter(_ONCE)
+        KAFKA_LOG.addHandler(handler)
+    KAFKA_LOG.setLevel(logging.WARNING)
+    KAFKA_LOG.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _kafka_log_to_stderr()
     try:
         return args.func(args)
     except KeyboardInterrupt:

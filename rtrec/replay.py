@@ -46,8 +46,10 @@ def _duration(seconds: float) -> str:
 
 
 def producer(kafka: KafkaConfig, **extra) -> Producer:
+    from rtrec.topics import client_config
+
     conf = {
-        "bootstrap.servers": kafka.bootstrap_servers,
+        **client_config(kafka),
         "linger.ms": 20,
         "batch.size": 1_000_000,
         "compression.type": "lz4",

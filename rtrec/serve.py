@@ -83,21 +83,18 @@ class ServeStats:
 
 
 def _consumer(cfg: RtrecConfig) -> Consumer:
-    return Consumer(
-        {
-            "bootstrap.servers": cfg.kafka.bootstrap_servers,
-            # Required by the client; the consumer only ever uses assign(), never joins
-            # the group and never commits: its offsets live in the store.
-            "group.id": f"{cfg.kafka.consumer_group}-serve",
-            "isolation.level": "read_committed",
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "auto.offset.reset": "earliest",
-            # The broker answers an idle fetch after at most this long; lower than the
-            # default 500 ms so that a commit reaches the store sooner.
-            "fetch.wait.max.ms": 100,
-        }
-    )
+    return Consumer(topics.client_config(cfg.kafka, **{
+        # Required by the client; the consumer only ever uses assign(), never joins
+        # the group and never commits: its offsets live in the store.
+        "group.id": f"{cfg.kafka.consumer_group}-serve",
+        "isolation.level": "read_committed",
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        # The broker answers an idle fetch after at most this long; lower than the
+        # default 500 ms so that a commit reaches the store sooner.
+        "fetch.wait.max.ms": 100,
+    }))
 
 
 class Materializer:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import re
 import time
 from collections.abc import Iterator
 
@@ -17,23 +19,72 @@ MODEL_TOPIC_CONFIG = {"cleanup.policy": "compact", "max.message.bytes": str(64 *
 VERSION_HEADER, CREATED_HEADER = "rtrec.version", "rtrec.created_ms"
 
 
+#: librdkafka's log lines (a "Connection refused" every few milliseconds while a broker is away) go
+#: through Python logging here instead of straight to stderr: the commands show each distinct one
+#: once (rtrec.cli), the job's Python workers log them as any other warning.
+KAFKA_LOG = logging.getLogger("rtrec.kafka")
+# check_broker turns what it hears into its one-line error; its client's log is dropped.
+_PROBE_LOG = logging.getLogger("rtrec.kafka.probe")
+_PROBE_LOG.propagate = False
+_PROBE_LOG.addHandler(logging.NullHandler())
+
+
 class BrokerUnavailable(RuntimeError):
     """No Kafka broker answered at the configured address."""
 
 
+def client_config(kafka: KafkaConfig, **settings) -> dict:
+    """Properties of every confluent-kafka client rtrec makes: the broker, librdkafka's log through
+    :data:`KAFKA_LOG`, then ``settings``."""
+    return {"bootstrap.servers": kafka.bootstrap_servers, "logger": KAFKA_LOG, **settings}
+
+
 def admin(kafka: KafkaConfig) -> AdminClient:
-    return AdminClient({"bootstrap.servers": kafka.bootstrap_servers})
+    return AdminClient(client_config(kafka))
 
 
 def check_broker(kafka: KafkaConfig, timeout_s: float = 5.0) -> None:
-    """Raise :class:`BrokerUnavailable` naming the fix when nothing answers."""
-    try:
-        admin(kafka).list_topics(timeout=timeout_s)
-    except KafkaException:
-        raise BrokerUnavailable(
-            f"no Kafka broker at {kafka.bootstrap_servers}: run `make kafka-up` to start the local one, "
-            "or point kafka.bootstrap_servers (or $RTREC_BOOTSTRAP_SERVERS) at yours"
-        ) from None
+    """Raise :class:`BrokerUnavailable` naming the fix when nothing answers.
+
+    Gives up after about a second once librdkafka reports every broker down (a refused
+    connection, an unknown host), else after ``timeout_s``; logs nothing itself.
+    """
+    errors: list = []
+    client = AdminClient(client_config(kafka, logger=_PROBE_LOG, error_cb=errors.append))
+    start = time.monotonic()
+    deadline = start + timeout_s
+    while True:
+        try:
+            client.list_topics(timeout=max(0.05, min(0.5, deadline - time.monotonic())))
+            return
+        except KafkaException as e:
+            errors.append(e.args[0])
+        client.poll(0)  # serves error_cb
+        now = time.monotonic()
+        down = any(err.code() == KafkaError._ALL_BROKERS_DOWN for err in errors)
+        if now >= deadline or (down and now - start >= 1.0):
+            break
+    raise BrokerUnavailable(
+        f"no Kafka broker at {kafka.bootstrap_servers} ({_why(errors)}): run `make kafka-up` to start the "
+        "local one, or point kafka.bootstrap_servers (or $RTREC_BOOTSTRAP_SERVERS) at yours"
+    )
+
+
+def _why(errors: list) -> str:
+    """The first transport error librdkafka gave, without its broker prefix and timing suffix.
+
+    >>> from confluent_kafka import KafkaError
+    >>> _why([KafkaError(KafkaError._TRANSPORT, "127.0.0.1:1/bootstrap: Connect to ipv4#127.0.0.1:1 failed: "
+    ...                  "Connection refused (after 0ms in state CONNECT)")])
+    'Connect to ipv4#127.0.0.1:1 failed: Connection refused'
+    >>> _why([])
+    'no answer'
+    """
+    for err in errors:
+        if err.code() in (KafkaError._TRANSPORT, KafkaError._RESOLVE) and "/" in err.str():
+            text = err.str().split(": ", 1)[-1]
+            return re.sub(r"\s*\(after \d+ms in state \w+\)$", "", text)
+    return "no answer"
 
 
 def ensure_topics(kafka: KafkaConfig, names: list[str] | None = None, timeout_s: float = 30.0) -> list[str]:
@@ -90,15 +141,17 @@ def _wait_for_metadata(client: AdminClient, names: list[str], timeout_s: float) 
 
 def _consumer(kafka: KafkaConfig, group: str | None = None, **settings) -> Consumer:
     return Consumer(
-        {
-            "bootstrap.servers": kafka.bootstrap_servers,
-            "group.id": group or f"rtrec-reader-{time.time_ns()}",
-            "isolation.level": "read_committed",
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            "enable.partition.eof": True,
-            **settings,
-        }
+        client_config(
+            kafka,
+            **{
+                "group.id": group or f"rtrec-reader-{time.time_ns()}",
+                "isolation.level": "read_committed",
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "enable.partition.eof": True,
+                **settings,
+            },
+        )
     )
 
 
