@@ -11,7 +11,8 @@ import time
 from rtrec.config import ConfigError, RtrecConfig, load_config
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def config_arguments(p: argparse.ArgumentParser) -> None:
+    """--config, --set and --bootstrap-servers: every command takes them, and so does the job (jobs/rtrec_job.py)."""
     p.add_argument("--config", metavar="FILE", help="YAML configuration (default: built-in defaults, or $RTREC_CONFIG)")
     p.add_argument(
         "--set",
@@ -23,7 +24,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bootstrap-servers", metavar="HOST:PORT", help="shorthand for --set kafka.bootstrap_servers=...")
 
 
-def _load(args) -> RtrecConfig:
+def config_from(args) -> RtrecConfig:
+    """The configuration that :func:`config_arguments` describe: defaults, file, environment, --set."""
     overrides = list(args.set)
     if args.bootstrap_servers:
         overrides.append(f"kafka.bootstrap_servers={args.bootstrap_servers}")
@@ -35,7 +37,7 @@ def cmd_replay(args) -> int:
     from rtrec.replay import replay
     from rtrec.sources import load_events
 
-    cfg = _load(args)
+    cfg = config_from(args)
     # Pacing given on the command line replaces the configuration's (replay.rate, replay.speedup).
     if args.rate or args.speedup:
         rate, speedup = args.rate, args.speedup
@@ -56,11 +58,14 @@ def cmd_replay(args) -> int:
 
 
 def cmd_backfill(args) -> int:
+    from rtrec.events import EventParser
     from rtrec.features.backfill import training_rows, write_parquet
     from rtrec.sources import load_events
 
+    cfg = config_from(args)
     start = time.perf_counter()
-    events = load_events(args.input, limit=args.limit)
+    events = load_events(args.input or cfg.replay.dataset, limit=args.limit,
+                         parser=EventParser(cfg.events, cfg.model))
     n = write_parquet(training_rows(events), args.output)
     print(f"backfill: {n:,} point-in-time feature rows from {len(events):,} events -> {args.output} "
           f"({time.perf_counter() - start:.1f} s)")
@@ -70,7 +75,7 @@ def cmd_backfill(args) -> int:
 def cmd_run(args) -> int:
     from rtrec import topics
 
-    cfg = _load(args)
+    cfg = config_from(args)
     if args.bounded:
         cfg.flink.bounded = True
     if args.from_savepoint:
@@ -110,7 +115,7 @@ def cmd_stop(args) -> int:
 
     from rtrec.flink_rest import FlinkRest
 
-    cfg = _load(args)
+    cfg = config_from(args)
     url = args.rest or f"http://localhost:{cfg.flink.rest_port}"
     rest = FlinkRest(url)
     try:
@@ -138,7 +143,7 @@ def _serve_config(args) -> RtrecConfig:
 
     from rtrec.config import validate
 
-    cfg = _load(args)
+    cfg = config_from(args)
     if getattr(args, "store", None):  # relative to where the command runs, like any command-line path
         cfg.serve.store_dir = str(Path(args.store).resolve())
     for name in ("host", "port", "batch_size"):
@@ -179,7 +184,7 @@ def cmd_eval(args) -> int:
 
     from rtrec.evaluation import run_eval, summary_lines
 
-    cfg = _load(args)
+    cfg = config_from(args)
     out = Path(args.output_dir).resolve() if args.output_dir else cfg.resolve_path("var/eval")
     ev, paths = run_eval(cfg, out, k=args.k, window=args.window, idle_s=args.idle)
     for line in summary_lines(ev):
@@ -188,10 +193,18 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_config(args) -> int:
+    import yaml
+
+    cfg = config_from(args)
+    print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from rtrec.demo import run_demo
 
-    run_demo(_load(args), limit=args.limit)
+    run_demo(config_from(args), limit=args.limit)
     return 0
 
 
@@ -208,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("replay", help="produce a data set into the events topic", description="Produce a data set into the events topic: key = user id, value = event JSON, record timestamp = event time.")
-    _common(p)
+    config_arguments(p)
     p.add_argument("input", nargs="?", help="movielens-100k (default), movielens-100k-search (with made-up searches before some ratings) "
                    "or a .jsonl, .csv or .parquet file of events")
     p.add_argument("--topic", help="target topic (default: kafka.events_topic)")
@@ -221,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("run", help="run the Flink job on a local MiniCluster", description="Run the rtrec Flink job on a local MiniCluster.")
-    _common(p)
+    config_arguments(p)
     p.add_argument("--bounded", action="store_true", help="stop at the end the events topic has now (replays, demos)")
     p.add_argument("--from-savepoint", metavar="PATH",
                    help="start from this savepoint or retained checkpoint (state, offsets and model); "
@@ -234,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Take a savepoint of a running job and stop it, through Flink's REST API; "
         "prints the savepoint's path for `rtrec run --from-savepoint`.",
     )
-    _common(p)
+    config_arguments(p)
     p.add_argument("--rest", metavar="URL", help="Flink REST API (default: http://localhost:<flink.rest_port>)")
     p.add_argument("--job", metavar="NAME", help="job name (default: flink.job_name)")
     p.add_argument("--savepoint-dir", metavar="DIR", help="where to write it (default: the cluster's state.savepoints.dir)")
@@ -246,7 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the feature definitions offline over a replay and write one row per event: "
         "its label fields plus the user's and the item's features as of just before it.",
     )
-    p.add_argument("input", nargs="?", default="movielens-100k", help="movielens-100k (default) or an events file")
+    config_arguments(p)
+    p.add_argument("input", nargs="?", help="movielens-100k or an events file (default: replay.dataset, "
+                   "movielens-100k); rows are checked with the events.* and model.rating_* settings")
     p.add_argument("--output", "-o", default="features.parquet", help="Parquet file to write (default: features.parquet)")
     p.add_argument("--limit", type=int, default=0, help="only the first N events")
     p.set_defaults(func=cmd_backfill)
@@ -259,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
         "/users/ID/features, /items/ID/features, /health and /metrics. Ctrl-C stops; a restart resumes "
         "where it stopped.",
     )
-    _common(p)
+    config_arguments(p)
     _store_arg(p)
     p.add_argument("--host", help="HTTP address (default: serve.host, 127.0.0.1)")
     p.add_argument("--port", type=int, help="HTTP port (default: serve.port, 8090; 0 picks a free one)")
@@ -277,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
         "a user's newest features and recommendations, or an item's newest features, as JSON. "
         "Exit status 1 if the id is unknown.",
     )
-    _common(p)
+    config_arguments(p)
     _store_arg(p)
     p.add_argument("entity", choices=["user", "item"], help="user or item")
     p.add_argument("id", help="the user or item id")
@@ -291,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
         "label >= 4 positive, score rescaled to [0, 1]), recall@k of the newest top-k list before each "
         "positive interaction; overall and per window. See rtrec/evaluation.py for the definitions.",
     )
-    _common(p)
+    config_arguments(p)
     p.add_argument("--output-dir", metavar="DIR", help="where report.md, metrics.json and the plots go "
                    "(default: var/eval in the project)")
     p.add_argument("--k", type=int, help="recall@k cut-off (default: model.top_k)")
@@ -301,8 +316,18 @@ def build_parser() -> argparse.ArgumentParser:
                    "without new records at its end (default: 2)")
     p.set_defaults(func=cmd_eval)
 
+    p = sub.add_parser(
+        "config",
+        help="print the configuration a command would use, as YAML",
+        description="Load the defaults, --config FILE (or $RTREC_CONFIG), $RTREC_BOOTSTRAP_SERVERS and --set "
+        "overrides, check them, and print the result as YAML; exit status 2 and one line naming the setting "
+        "if something is wrong.",
+    )
+    config_arguments(p)
+    p.set_defaults(func=cmd_config)
+
     p = sub.add_parser("demo", help="replay MovieLens-100K through the job and summarise (make demo)", description="Reset the demo.* topics, replay MovieLens-100K, run the job until it has consumed the replay, and print what came out.")
-    _common(p)
+    config_arguments(p)
     p.add_argument("--limit", type=int, default=0, help="replay only the first N ratings")
     p.set_defaults(func=cmd_demo)
     return ap

@@ -79,7 +79,7 @@ def read_events(path: str | Path, parser: EventParser | None = None) -> Iterator
         yield e
 
 
-def load_events(source: str, limit: int = 0) -> list[Event]:
+def load_events(source: str, limit: int = 0, parser: EventParser | None = None) -> list[Event]:
     """``movielens-100k``, ``movielens-100k-search`` or a file path; the first ``limit`` events when limit > 0.
 
     ``movielens-100k-search`` is the ratings with made-up searches before some
@@ -97,7 +97,7 @@ def load_events(source: str, limit: int = 0) -> list[Event]:
         stream = search_sessions(movielens_events(), load_movies())
         return stream[:limit] if limit else stream
     events = []
-    for e in read_events(source):
+    for e in read_events(source, parser):
         events.append(e)
         if limit and len(events) >= limit:
             break
