@@ -390,9 +390,9 @@ def main(argv: list[str] | None = None) -> int:
         from rtrec.evaluation import EvalError
         from rtrec.sources import SourceError
         from rtrec.store import StoreError
-        from rtrec.topics import BrokerUnavailable
+        from rtrec.topics import BrokerUnavailable, TopicError
 
-        known = ConfigError | BrokerUnavailable | DatasetError | SourceError | StoreError | EvalError
+        known = ConfigError | BrokerUnavailable | TopicError | DatasetError | SourceError | StoreError | EvalError
         if isinstance(e, known) or type(e).__name__ == "SetupError":
             print(f"rtrec: error: {e}", file=sys.stderr)
             return 2

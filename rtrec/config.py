@@ -42,8 +42,16 @@ class KafkaConfig:
     predictions_topic: str = "predictions"
     dead_letter_topic: str = "dead-letter"
     model_updates_topic: str = "model-updates"
-    # Partitions for topics that rtrec creates; existing topics are left alone.
+    # Topics that rtrec creates when they are missing (existing ones are left alone): the
+    # events topic and the outputs get this many partitions each; model-updates always gets
+    # one, so that its versions stay in order.
     partitions: int = 4
+    # Copies of each partition, on different brokers: 1 suits the single local broker, 3 is
+    # usual on a production cluster; -1 takes the broker's default.replication.factor.
+    replication_factor: int = 1
+    # Create missing topics (every command and the job; `rtrec replay --topic` too). false: a
+    # missing topic is an error naming it, for clusters where topics are made by their admins.
+    create_topics: bool = True
     consumer_group: str = "rtrec"
     # Exactly-once sinks keep a transaction open from one checkpoint to the next;
     # it must stay below the broker's transaction.max.timeout.ms (15 min by default).
@@ -475,6 +483,10 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
 
 def validate(cfg: RtrecConfig) -> None:
     """Reject settings that would only fail later, deep inside a Flink task."""
+    k = cfg.kafka
+    if k.partitions < 1 or not (k.replication_factor >= 1 or k.replication_factor == -1):
+        raise ConfigError("kafka.partitions must be at least 1 and kafka.replication_factor at least 1 "
+                          "(or -1: the broker's default.replication.factor)")
     f = cfg.flink
     if f.delivery_guarantee not in ("exactly-once", "at-least-once"):
         raise ConfigError("flink.delivery_guarantee: expected exactly-once or at-least-once")

@@ -33,6 +33,10 @@ class BrokerUnavailable(RuntimeError):
     """No Kafka broker answered at the configured address."""
 
 
+class TopicError(RuntimeError):
+    """A topic that is missing and may not be created (kafka.create_topics), or that the broker would not create."""
+
+
 def client_config(kafka: KafkaConfig, **settings) -> dict:
     """Properties of every confluent-kafka client rtrec makes: the broker, librdkafka's log through
     :data:`KAFKA_LOG`, then ``settings``."""
@@ -87,32 +91,52 @@ def _why(errors: list) -> str:
     return "no answer"
 
 
+def new_topic(kafka: KafkaConfig, name: str) -> NewTopic:
+    """How rtrec creates ``name``: kafka.partitions (model-updates: one, compacted) and kafka.replication_factor.
+
+    >>> t = new_topic(KafkaConfig(partitions=6, replication_factor=3), "events")
+    >>> t.num_partitions, t.replication_factor
+    (6, 3)
+    """
+    if name == kafka.model_updates_topic:
+        # One partition: versions stay in order, and the job's reader of
+        # this topic has no empty splits to hold its watermark back.
+        return NewTopic(name, num_partitions=1, replication_factor=kafka.replication_factor, config=MODEL_TOPIC_CONFIG)
+    return NewTopic(name, num_partitions=kafka.partitions, replication_factor=kafka.replication_factor)
+
+
 def ensure_topics(kafka: KafkaConfig, names: list[str] | None = None, timeout_s: float = 30.0) -> list[str]:
-    """Create the rtrec topics that do not exist yet; returns the ones created."""
+    """Create the rtrec topics that do not exist yet (:func:`new_topic`); returns the ones created.
+
+    With ``kafka.create_topics`` false, a missing topic is a :class:`TopicError` naming it.
+    """
     check_broker(kafka)
     client = admin(kafka)
     names = names or [kafka.events_topic, *kafka.output_topics()]
     existing = set(client.list_topics(timeout=timeout_s).topics)
-    wanted = []
-    for name in dict.fromkeys(names):
-        if name in existing:
-            continue
-        if name == kafka.model_updates_topic:
-            # One partition: versions stay in order, and the job's reader of
-            # this topic has no empty splits to hold its watermark back.
-            wanted.append(NewTopic(name, num_partitions=1, replication_factor=1, config=MODEL_TOPIC_CONFIG))
-        else:
-            wanted.append(NewTopic(name, num_partitions=kafka.partitions, replication_factor=1))
-    if not wanted:
+    missing = [name for name in dict.fromkeys(names) if name not in existing]
+    if not missing:
         return []
+    if not kafka.create_topics:
+        raise TopicError(
+            f"no topic {', '.join(repr(n) for n in missing)} at {kafka.bootstrap_servers}, and kafka.create_topics "
+            "is false: create it, or check the kafka.*_topic settings (and --topic)"
+        )
     created = []
-    for name, future in client.create_topics(wanted, operation_timeout=timeout_s).items():
+    for name, future in client.create_topics([new_topic(kafka, n) for n in missing],
+                                             operation_timeout=timeout_s).items():
         try:
             future.result()
             created.append(name)
         except KafkaException as e:
-            if "TOPIC_ALREADY_EXISTS" not in str(e):
-                raise
+            err = e.args[0]
+            if err.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                continue
+            raise TopicError(
+                f"the broker at {kafka.bootstrap_servers} would not create topic {name!r} ({err.str()}); "
+                f"rtrec asked for kafka.partitions={kafka.partitions}, "
+                f"kafka.replication_factor={kafka.replication_factor}"
+            ) from None
     _wait_for_metadata(client, created, timeout_s)
     return created
 
