@@ -32,10 +32,24 @@ def config_from(args) -> RtrecConfig:
     return load_config(args.config, overrides)
 
 
+def positive_int(text: str) -> int:
+    """argparse type of --limit: a count of at least 1 (leave the flag out for no limit)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n} (leave --limit out to take every row)")
+    return n
+
+
 def cmd_replay(args) -> int:
+    from tqdm import tqdm
+
     from rtrec import topics
+    from rtrec.events import EventParser
     from rtrec.replay import replay
-    from rtrec.sources import load_events
+    from rtrec.sources import BadRow, SourceError, stream_rows
 
     cfg = config_from(args)
     # Pacing given on the command line replaces the configuration's (replay.rate, replay.speedup).
@@ -50,9 +64,39 @@ def cmd_replay(args) -> int:
             "--rate and --speedup are mutually exclusive: pace by events per second (--rate) "
             "or by event time (--speedup), not both"
         )
-    topics.ensure_topics(cfg.kafka)
-    events = load_events(args.input or cfg.replay.dataset, limit=args.limit or cfg.replay.limit)
-    summary = replay(events, cfg.kafka, topic=args.topic, rate=rate, speedup=speedup, total=len(events))
+    source = args.input or cfg.replay.dataset
+    limit = args.limit if args.limit is not None else cfg.replay.limit
+    policy = args.bad_rows or cfg.replay.bad_rows
+    topic = args.topic or cfg.kafka.events_topic
+    parser = EventParser(cfg.events, cfg.model)
+
+    def rows():
+        return stream_rows(source, limit, parser)
+
+    def report(bad: BadRow) -> None:
+        tqdm.write(f"replay: {source}, {bad}", file=sys.stderr)
+
+    topics.check_broker(cfg.kafka)
+    total = None
+    if policy == "fail":
+        # A first pass over the input, so that every bad row is listed before anything is sent.
+        total = bad = 0
+        for row in rows():
+            total += 1
+            if isinstance(row, BadRow):
+                bad += 1
+                report(row)
+        if bad:
+            raise SourceError(
+                f"{source}: {bad:,} of {total:,} rows are not valid events (listed above); nothing was sent. Fix "
+                "them, or replay with --bad-rows skip (leave them out) or --bad-rows send (the job dead-letters "
+                "them with their reasons)"
+            )
+    for name in topics.ensure_topics(cfg.kafka, [topic]):
+        print(f"replay: created topic '{name}' ({cfg.kafka.partitions} partitions, "
+              f"replication factor {cfg.kafka.replication_factor})", flush=True)
+    summary = replay(rows(), cfg.kafka, topic=topic, rate=rate, speedup=speedup, total=total,
+                     bad_rows=policy, on_bad_row=None if policy == "fail" else report)
     print(summary)
     return 0
 
@@ -64,7 +108,7 @@ def cmd_backfill(args) -> int:
 
     cfg = config_from(args)
     start = time.perf_counter()
-    events = load_events(args.input or cfg.replay.dataset, limit=args.limit,
+    events = load_events(args.input or cfg.replay.dataset, limit=args.limit or 0,
                          parser=EventParser(cfg.events, cfg.model))
     n = write_parquet(training_rows(events), args.output)
     print(f"backfill: {n:,} point-in-time feature rows from {len(events):,} events -> {args.output} "
@@ -204,7 +248,7 @@ def cmd_config(args) -> int:
 def cmd_demo(args) -> int:
     from rtrec.demo import run_demo
 
-    run_demo(config_from(args), limit=args.limit)
+    run_demo(config_from(args), limit=args.limit or 0)
     return 0
 
 
@@ -230,7 +274,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--speedup", type=float, default=0.0, metavar="X",
                    help="keep the gaps between event timestamps divided by X, e.g. 3600 = one hour of "
                    "event time per second (not with --rate)")
-    p.add_argument("--limit", type=int, default=0, help="replay only the first N events")
+    p.add_argument("--limit", type=positive_int, metavar="N",
+                   help="replay only the first N rows (default: replay.limit; 0 there means all)")
+    p.add_argument("--bad-rows", choices=["fail", "skip", "send"],
+                   help="rows that are not valid events, each reported with its line number: fail (default, "
+                   "replay.bad_rows) lists them all and sends nothing; skip sends the rest; send sends them too, "
+                   "as they are, for the job to dead-letter with its reasons")
     p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("run", help="run the Flink job on a local MiniCluster", description="Run the rtrec Flink job on a local MiniCluster.")
@@ -263,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", nargs="?", help="movielens-100k or an events file (default: replay.dataset, "
                    "movielens-100k); rows are checked with the events.* and model.rating_* settings")
     p.add_argument("--output", "-o", default="features.parquet", help="Parquet file to write (default: features.parquet)")
-    p.add_argument("--limit", type=int, default=0, help="only the first N events")
+    p.add_argument("--limit", type=positive_int, metavar="N", help="only the first N events (default: all)")
     p.set_defaults(func=cmd_backfill)
 
     p = sub.add_parser(
@@ -328,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="replay MovieLens-100K through the job and summarise (make demo)", description="Reset the demo.* topics, replay MovieLens-100K, run the job until it has consumed the replay, and print what came out.")
     config_arguments(p)
-    p.add_argument("--limit", type=int, default=0, help="replay only the first N ratings")
+    p.add_argument("--limit", type=positive_int, metavar="N", help="replay only the first N ratings (default: all)")
     p.set_defaults(func=cmd_demo)
     return ap
 
@@ -388,11 +437,13 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # errors at the edge: one line that names the fix
         from rtrec.datasets import DatasetError
         from rtrec.evaluation import EvalError
+        from rtrec.replay import ReplayError
         from rtrec.sources import SourceError
         from rtrec.store import StoreError
         from rtrec.topics import BrokerUnavailable, TopicError
 
-        known = ConfigError | BrokerUnavailable | TopicError | DatasetError | SourceError | StoreError | EvalError
+        known = (ConfigError | BrokerUnavailable | TopicError | DatasetError | SourceError | StoreError | EvalError
+                 | ReplayError)
         if isinstance(e, known) or type(e).__name__ == "SetupError":
             print(f"rtrec: error: {e}", file=sys.stderr)
             return 2

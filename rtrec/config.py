@@ -222,7 +222,12 @@ class ReplayConfig:
     # Or pace by event time: the gaps between event timestamps divided by this
     # (3600 = one hour of event time per second); 0 is off. Not with rate.
     speedup: float = 0.0
+    # Replay only the first this many rows of the input; 0: all of them.
     limit: int = 0
+    # Rows of a file that are not valid events (each is reported with its line number):
+    # fail: list them all and send nothing; skip: send the others; send: send them too,
+    # as they are, for the job to dead-letter with its reasons.
+    bad_rows: str = "fail"
 
 
 @dataclass
@@ -518,6 +523,10 @@ def validate(cfg: RtrecConfig) -> None:
     if t.interest_half_life_ms <= 0 or t.query_window_ms < 0:
         raise ConfigError("text.interest_half_life_ms must be positive and text.query_window_ms not negative")
     r = cfg.replay
+    if r.bad_rows not in ("fail", "skip", "send"):
+        raise ConfigError(f"replay.bad_rows: expected fail, skip or send, got {r.bad_rows!r}")
+    if r.limit < 0:
+        raise ConfigError("replay.limit must not be negative (0 replays every row)")
     if r.rate < 0 or r.speedup < 0:
         raise ConfigError("replay.rate and replay.speedup must not be negative")
     if r.rate > 0 and r.speedup > 0:
