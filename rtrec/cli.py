@@ -237,6 +237,28 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_dead_letters(args) -> int:
+    from collections import Counter
+
+    from rtrec import topics
+    from rtrec.dead_letters import read_newest
+
+    cfg = config_from(args)
+    k = cfg.kafka
+    topics.check_broker(k)
+    letters = read_newest(k, args.limit)
+    if not letters:
+        print(f"dead-letters: none in '{k.dead_letter_topic}' at {k.bootstrap_servers}")
+        return 0
+    print(f"dead-letters: the newest {len(letters):,} in '{k.dead_letter_topic}' at {k.bootstrap_servers} "
+          "(read_committed), oldest first:")
+    for d in letters:
+        print("\n".join(d.lines()))
+    stages = Counter(d.stage for d in letters)
+    print("dead-letters: by stage: " + ", ".join(f"{s} {n:,}" for s, n in stages.most_common()))
+    return 0
+
+
 def cmd_config(args) -> int:
     import yaml
 
@@ -364,6 +386,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--idle", type=float, default=2.0, help="stop reading a topic after this many seconds "
                    "without new records at its end (default: 2)")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser(
+        "dead-letters",
+        help="list the newest dead letters with their reasons and sources",
+        description="Read the end of the dead-letter topic (kafka.dead_letter_topic, read_committed) and print "
+        "the newest records: when, the stage that refused each (validate, dedup, lateness), its source "
+        "(topic/partition@offset), its key, the reason and the start of the original value.",
+    )
+    config_arguments(p)
+    p.add_argument("--limit", type=positive_int, default=20, metavar="N", help="how many (default: 20)")
+    p.set_defaults(func=cmd_dead_letters)
 
     p = sub.add_parser(
         "config",

@@ -17,6 +17,9 @@ MODEL_TOPIC_CONFIG = {"cleanup.policy": "compact", "max.message.bytes": str(64 *
 #: Headers of a model-updates record: its version number and creation time (decimal strings), so a
 #: reader can tell which version a record holds without loading it.
 VERSION_HEADER, CREATED_HEADER = "rtrec.version", "rtrec.created_ms"
+#: Headers of a dead-letter record: why it was refused, by which stage, and where it came from
+#: (topic/partition@offset). Its key is the user id when known, its value the original bytes.
+REASON_HEADER, STAGE_HEADER, SOURCE_HEADER = "rtrec.reason", "rtrec.stage", "rtrec.source"
 
 
 #: librdkafka's log lines (a "Connection refused" every few milliseconds while a broker is away) go

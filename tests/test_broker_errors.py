@@ -37,6 +37,7 @@ def test_check_broker_gives_up_quickly_and_says_why(nowhere, capfd):
     ["demo", "--limit", "5"],
     ["eval"],
     ["serve", "--no-http"],
+    ["dead-letters"],
 ])
 def test_every_command_fails_with_one_line(command, nowhere, capfd, tmp_path):
     if command[0] == "serve":
