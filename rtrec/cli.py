@@ -230,7 +230,10 @@ def cmd_eval(args) -> int:
 
     cfg = config_from(args)
     out = Path(args.output_dir).resolve() if args.output_dir else cfg.resolve_path("var/eval")
-    ev, paths = run_eval(cfg, out, k=args.k, window=args.window, idle_s=args.idle)
+    if args.min_examples is not None and args.min_examples < 0:
+        raise ConfigError("--min-examples must not be negative (0 plots every window)")
+    ev, paths = run_eval(cfg, out, k=args.k, window=args.window, idle_s=args.idle,
+                         min_window_examples=args.min_examples)
     for line in summary_lines(ev):
         print(f"eval: {line}")
     print(f"eval: report {paths['report']}; plots: {', '.join(p.name for n, p in paths.items() if p.suffix == '.png') or 'none'}")
@@ -383,6 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, help="recall@k cut-off (default: model.top_k)")
     p.add_argument("--window", default="day", help="windows over time: hour, day (default), week, or a number "
                    "of examples")
+    p.add_argument("--min-examples", type=int, metavar="N", help="leave windows with fewer examples out of "
+                   "the plots' lines, grey their bars (default: eval.min_window_examples, 100; 0: none)")
     p.add_argument("--idle", type=float, default=2.0, help="stop reading a topic after this many seconds "
                    "without new records at its end (default: 2)")
     p.set_defaults(func=cmd_eval)

@@ -280,6 +280,16 @@ class TextConfig:
     query_window_ms: int = 30 * 60_000
 
 
+@dataclass
+class EvalConfig:
+    """`rtrec eval`."""
+
+    # Windows with fewer examples than this are left out of the plots' lines (the bars
+    # under them still show their counts): a day of a dozen ratings gives an MAE of
+    # 0.01 or 1.5 that says nothing. 0 plots every window.
+    min_window_examples: int = 100
+
+
 FAULT_OPERATORS = ("user-stage", "item-stage", "model-merger")
 
 
@@ -312,6 +322,7 @@ class RtrecConfig:
     serve: ServeConfig = field(default_factory=ServeConfig)
     faults: FaultConfig = field(default_factory=FaultConfig)
     text: TextConfig = field(default_factory=TextConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -534,5 +545,7 @@ def validate(cfg: RtrecConfig) -> None:
             "replay.rate and replay.speedup are mutually exclusive: pace by events per second (rate) "
             "or by event time (speedup), not both"
         )
+    if cfg.eval.min_window_examples < 0:
+        raise ConfigError("eval.min_window_examples must not be negative (0 plots every window)")
     if cfg.serve.batch_size < 1 or not 0 <= cfg.serve.port < 65536:
         raise ConfigError("serve.batch_size must be at least 1 and serve.port a TCP port (0 picks a free one)")

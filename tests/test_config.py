@@ -214,3 +214,18 @@ def test_cluster_submit_refuses_bad_job_arguments_before_flink_starts(fake_flink
     assert proc.returncode == 2 and passed is None
     assert message in proc.stderr and "cluster: usage: cluster.sh submit" in proc.stderr
     assert "Exception" not in proc.stderr and len(proc.stderr.splitlines()) <= 4
+
+
+def test_a_written_configuration_loads_back_the_same(tmp_path, capsys, monkeypatch):
+    """`rtrec config` output (and tests' write_config) is itself a configuration the strict types take."""
+    from rtrec.cli import main
+
+    monkeypatch.delenv("RTREC_BOOTSTRAP_SERVERS", raising=False)
+    monkeypatch.delenv("RTREC_CONFIG", raising=False)
+    assert main(["config", "--set", "flink.options={a.b: 2}", "--set", "model.rating_max=10",
+                 "--bootstrap-servers", "h:1"]) == 0
+    f = tmp_path / "c.yaml"
+    f.write_text(capsys.readouterr().out)
+    again = load_config(f)
+    assert again == load_config(overrides=["flink.options={a.b: 2}", "model.rating_max=10",
+                                           "kafka.bootstrap_servers=h:1"])
