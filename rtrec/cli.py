@@ -49,7 +49,7 @@ def cmd_replay(args) -> int:
     from rtrec import topics
     from rtrec.events import EventParser
     from rtrec.replay import replay
-    from rtrec.sources import BadRow, SourceError, stream_rows
+    from rtrec.sources import BUILT_IN, BadRow, SourceError, check_rows, load_events, stream_rows
 
     cfg = config_from(args)
     # Pacing given on the command line replaces the configuration's (replay.rate, replay.speedup).
@@ -70,22 +70,22 @@ def cmd_replay(args) -> int:
     topic = args.topic or cfg.kafka.events_topic
     parser = EventParser(cfg.events, cfg.model)
 
-    def rows():
-        return stream_rows(source, limit, parser)
-
     def report(bad: BadRow) -> None:
         tqdm.write(f"replay: {source}, {bad}", file=sys.stderr)
 
     topics.check_broker(cfg.kafka)
     total = None
-    if policy == "fail":
-        # A first pass over the input, so that every bad row is listed before anything is sent.
-        total = bad = 0
-        for row in rows():
-            total += 1
-            if isinstance(row, BadRow):
-                bad += 1
-                report(row)
+    if source in BUILT_IN:  # events only, made in memory: nothing to check, and their number is known
+        events = load_events(source, limit)
+        total = len(events)
+
+        def rows():
+            return events
+    else:
+        def rows():
+            return stream_rows(source, limit, parser)
+    if policy == "fail" and total is None:  # a first pass: every bad row is listed before anything is sent
+        total, bad = check_rows(rows(), report)
         if bad:
             raise SourceError(
                 f"{source}: {bad:,} of {total:,} rows are not valid events (listed above); nothing was sent. Fix "

@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 import itertools
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,6 +130,22 @@ def read_events(path: str | Path, parser: EventParser | None = None) -> Iterator
         if isinstance(row, BadRow):
             raise SourceError(f"{path}, {row}")
         yield row
+
+
+def check_rows(rows: Iterable[Event | BadRow], report: Callable[[BadRow], None]) -> tuple[int, int]:
+    """How many rows there are and how many are bad, each bad one handed to ``report`` on the way.
+
+    >>> check_rows([BadRow("line 1", "empty payload", b""), Event("e", "u", "i", "click", 0)], print)
+    line 1: empty payload
+    (2, 1)
+    """
+    total = bad = 0
+    for row in rows:
+        total += 1
+        if isinstance(row, BadRow):
+            bad += 1
+            report(row)
+    return total, bad
 
 
 def stream_rows(source: str, limit: int = 0, parser: EventParser | None = None) -> Iterator[Event | BadRow]:

@@ -229,3 +229,14 @@ def test_a_written_configuration_loads_back_the_same(tmp_path, capsys, monkeypat
     again = load_config(f)
     assert again == load_config(overrides=["flink.options={a.b: 2}", "model.rating_max=10",
                                            "kafka.bootstrap_servers=h:1"])
+
+
+def test_every_command_takes_config_and_set():
+    from rtrec.cli import build_parser
+
+    ap = build_parser()
+    commands = next(a for a in ap._actions if isinstance(a, __import__("argparse")._SubParsersAction)).choices
+    assert {"replay", "run", "backfill", "eval", "dead-letters", "config", "demo"} <= set(commands)
+    for name, p in commands.items():
+        options = {o for a in p._actions for o in a.option_strings}
+        assert {"--config", "--set", "--bootstrap-servers"} <= options, name
