@@ -17,7 +17,7 @@ from pyflink.table import StreamTableEnvironment, Table
 
 from rtrec.config import RtrecConfig
 from rtrec.kafka_clients import flink_sql_options
-from rtrec.topics import CREATED_HEADER, VERSION_HEADER
+from rtrec.topics import CREATED_HEADER, REASON_HEADER, SOURCE_HEADER, STAGE_HEADER, VERSION_HEADER
 
 _STARTUP = {"earliest": "earliest-offset", "latest": "latest-offset", "group-offsets": "group-offsets"}
 
@@ -248,8 +248,8 @@ def insert_outputs(statements, view: str, tables: dict[str, str]) -> None:
             statements.add_insert_sql(
                 f"""INSERT INTO {table}
 SELECT d.k, v.dead_values[d.i],
-       MAP['rtrec.reason', ENCODE(v.dead_reasons[d.i], 'UTF-8'), 'rtrec.stage', ENCODE(v.dead_stages[d.i], 'UTF-8'),
-           'rtrec.source', ENCODE(v.dead_sources[d.i], 'UTF-8')]
+       MAP['{REASON_HEADER}', ENCODE(v.dead_reasons[d.i], 'UTF-8'), '{STAGE_HEADER}', ENCODE(v.dead_stages[d.i], 'UTF-8'),
+           '{SOURCE_HEADER}', ENCODE(v.dead_sources[d.i], 'UTF-8')]
 FROM {view} AS v CROSS JOIN UNNEST(v.dead_keys) WITH ORDINALITY AS d(k, i)"""
             )
         else:

@@ -29,7 +29,7 @@ from pyflink.table import StreamTableEnvironment
 from jobs import kafka_tables
 from jobs.environment import create_environments
 from rtrec import topics
-from rtrec.config import RtrecConfig, load_config
+from rtrec.config import RtrecConfig
 from rtrec.flink_rest import FlinkRest
 from udfs.event_time import BATCH, never_holding_back, with_batch_event_time
 from udfs.item_stage import ITEM_EVENTS, ITEMS_TO_MERGER, ItemStage
@@ -187,14 +187,15 @@ def run(cfg: RtrecConfig, wait: bool = True, on_start=None, local: bool = True):
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point for ``flink run --python``: ``[--config FILE] [--set key=value ...]``."""
+    """Entry point for ``flink run --python``: ``[--config FILE] [--set key=value ...] [--bootstrap-servers HOST:PORT]``,
+    as every rtrec command takes them (deploy/flink/bin/cluster.sh checks them with ``rtrec config`` first)."""
     import argparse
 
+    from rtrec.cli import config_arguments, config_from
+
     ap = argparse.ArgumentParser(prog="rtrec_job")
-    ap.add_argument("--config")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    args = ap.parse_args(argv)
-    run(load_config(args.config, args.set), local=False)
+    config_arguments(ap)
+    run(config_from(ap.parse_args(argv)), local=False)
 
 
 if __name__ == "__main__":

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import re
 import sys
 import time
 
 from rtrec.config import ConfigError, RtrecConfig, load_config
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def config_arguments(p: argparse.ArgumentParser) -> None:
+    """--config, --set and --bootstrap-servers: every command takes them, and so does the job (jobs/rtrec_job.py)."""
     p.add_argument("--config", metavar="FILE", help="YAML configuration (default: built-in defaults, or $RTREC_CONFIG)")
     p.add_argument(
         "--set",
@@ -21,19 +24,34 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bootstrap-servers", metavar="HOST:PORT", help="shorthand for --set kafka.bootstrap_servers=...")
 
 
-def _load(args) -> RtrecConfig:
+def config_from(args) -> RtrecConfig:
+    """The configuration that :func:`config_arguments` describe: defaults, file, environment, --set."""
     overrides = list(args.set)
     if args.bootstrap_servers:
         overrides.append(f"kafka.bootstrap_servers={args.bootstrap_servers}")
     return load_config(args.config, overrides)
 
 
-def cmd_replay(args) -> int:
-    from rtrec import topics
-    from rtrec.replay import replay
-    from rtrec.sources import load_events
+def positive_int(text: str) -> int:
+    """argparse type of --limit: a count of at least 1 (leave the flag out for no limit)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n} (leave --limit out to take every row)")
+    return n
 
-    cfg = _load(args)
+
+def cmd_replay(args) -> int:
+    from tqdm import tqdm
+
+    from rtrec import topics
+    from rtrec.events import EventParser
+    from rtrec.replay import replay
+    from rtrec.sources import BUILT_IN, BadRow, SourceError, check_rows, load_events, stream_rows
+
+    cfg = config_from(args)
     # Pacing given on the command line replaces the configuration's (replay.rate, replay.speedup).
     if args.rate or args.speedup:
         rate, speedup = args.rate, args.speedup
@@ -46,19 +64,52 @@ def cmd_replay(args) -> int:
             "--rate and --speedup are mutually exclusive: pace by events per second (--rate) "
             "or by event time (--speedup), not both"
         )
-    topics.ensure_topics(cfg.kafka)
-    events = load_events(args.input or cfg.replay.dataset, limit=args.limit or cfg.replay.limit)
-    summary = replay(events, cfg.kafka, topic=args.topic, rate=rate, speedup=speedup, total=len(events))
+    source = args.input or cfg.replay.dataset
+    limit = args.limit if args.limit is not None else cfg.replay.limit
+    policy = args.bad_rows or cfg.replay.bad_rows
+    topic = args.topic or cfg.kafka.events_topic
+    parser = EventParser(cfg.events, cfg.model)
+
+    def report(bad: BadRow) -> None:
+        tqdm.write(f"replay: {source}, {bad}", file=sys.stderr)
+
+    topics.check_broker(cfg.kafka)
+    total = None
+    if source in BUILT_IN:  # events only, made in memory: nothing to check, and their number is known
+        events = load_events(source, limit)
+        total = len(events)
+
+        def rows():
+            return events
+    else:
+        def rows():
+            return stream_rows(source, limit, parser)
+    if policy == "fail" and total is None:  # a first pass: every bad row is listed before anything is sent
+        total, bad = check_rows(rows(), report)
+        if bad:
+            raise SourceError(
+                f"{source}: {bad:,} of {total:,} rows are not valid events (listed above); nothing was sent. Fix "
+                "them, or replay with --bad-rows skip (leave them out) or --bad-rows send (the job dead-letters "
+                "them with their reasons)"
+            )
+    for name in topics.ensure_topics(cfg.kafka, [topic]):
+        print(f"replay: created topic '{name}' ({cfg.kafka.partitions} partitions, "
+              f"replication factor {cfg.kafka.replication_factor})", flush=True)
+    summary = replay(rows(), cfg.kafka, topic=topic, rate=rate, speedup=speedup, total=total,
+                     bad_rows=policy, on_bad_row=None if policy == "fail" else report)
     print(summary)
     return 0
 
 
 def cmd_backfill(args) -> int:
+    from rtrec.events import EventParser
     from rtrec.features.backfill import training_rows, write_parquet
     from rtrec.sources import load_events
 
+    cfg = config_from(args)
     start = time.perf_counter()
-    events = load_events(args.input, limit=args.limit)
+    events = load_events(args.input or cfg.replay.dataset, limit=args.limit or 0,
+                         parser=EventParser(cfg.events, cfg.model))
     n = write_parquet(training_rows(events), args.output)
     print(f"backfill: {n:,} point-in-time feature rows from {len(events):,} events -> {args.output} "
           f"({time.perf_counter() - start:.1f} s)")
@@ -66,12 +117,11 @@ def cmd_backfill(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from jobs import rtrec_job
     from rtrec import topics
     from rtrec.lifecycle import local_run, start_position
     from rtrec.progress import JobProgress
 
-    cfg = _load(args)
+    cfg = config_from(args)
     if args.bounded:
         cfg.flink.bounded = True
     if args.from_savepoint:
@@ -80,12 +130,14 @@ def cmd_run(args) -> int:
         cfg.flink.options["execution.state-recovery.path"] = args.from_savepoint
     if args.from_beginning:
         cfg.flink.startup_mode = "earliest"
-    topics.ensure_topics(cfg.kafka)
+    topics.ensure_topics(cfg.kafka)  # before importing Flink and torch: a missing broker fails in a second
     before = topics.end_offsets(cfg.kafka, cfg.kafka.events_topic)
     position = None
     if not args.from_savepoint:  # (a savepoint holds the source's offsets)
         position = start_position(cfg.flink.startup_mode, before, topics.committed_offsets(
             cfg.kafka, cfg.kafka.events_topic, cfg.kafka.consumer_group))
+    from jobs import rtrec_job
+
     print(
         f"rtrec: job '{cfg.flink.job_name}' on a local MiniCluster, parallelism {cfg.flink.parallelism}, "
         f"{cfg.flink.delivery_guarantee}, reading '{cfg.kafka.events_topic}' at {cfg.kafka.bootstrap_servers}"
@@ -141,7 +193,7 @@ def cmd_stop(args) -> int:
     from rtrec.flink_rest import FlinkRest
     from rtrec.lifecycle import read_run_record
 
-    cfg = _load(args)
+    cfg = config_from(args)
     name = args.job or cfg.flink.job_name
     record = None if args.rest else read_run_record(cfg, name)
     url = args.rest or (record.rest_url if record else f"http://localhost:{cfg.flink.rest_port}")
@@ -170,7 +222,7 @@ def _serve_config(args) -> RtrecConfig:
 
     from rtrec.config import validate
 
-    cfg = _load(args)
+    cfg = config_from(args)
     if getattr(args, "store", None):  # relative to where the command runs, like any command-line path
         cfg.serve.store_dir = str(Path(args.store).resolve())
     for name in ("host", "port", "batch_size"):
@@ -211,19 +263,52 @@ def cmd_eval(args) -> int:
 
     from rtrec.evaluation import run_eval, summary_lines
 
-    cfg = _load(args)
+    cfg = config_from(args)
     out = Path(args.output_dir).resolve() if args.output_dir else cfg.resolve_path("var/eval")
-    ev, paths = run_eval(cfg, out, k=args.k, window=args.window, idle_s=args.idle)
+    if args.min_examples is not None and args.min_examples < 0:
+        raise ConfigError("--min-examples must not be negative (0 plots every window)")
+    ev, paths = run_eval(cfg, out, k=args.k, window=args.window, idle_s=args.idle,
+                         min_window_examples=args.min_examples)
     for line in summary_lines(ev):
         print(f"eval: {line}")
     print(f"eval: report {paths['report']}; plots: {', '.join(p.name for n, p in paths.items() if p.suffix == '.png') or 'none'}")
     return 0
 
 
+def cmd_dead_letters(args) -> int:
+    from collections import Counter
+
+    from rtrec import topics
+    from rtrec.dead_letters import read_newest
+
+    cfg = config_from(args)
+    k = cfg.kafka
+    topics.check_broker(k)
+    letters = read_newest(k, args.limit)
+    if not letters:
+        print(f"dead-letters: none in '{k.dead_letter_topic}' at {k.bootstrap_servers}")
+        return 0
+    print(f"dead-letters: the newest {len(letters):,} in '{k.dead_letter_topic}' at {k.bootstrap_servers} "
+          "(read_committed), oldest first:")
+    for d in letters:
+        print("\n".join(d.lines()))
+    stages = Counter(d.stage for d in letters)
+    print("dead-letters: by stage: " + ", ".join(f"{s} {n:,}" for s, n in stages.most_common()))
+    return 0
+
+
+def cmd_config(args) -> int:
+    import yaml
+
+    cfg = config_from(args)
+    print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from rtrec.demo import run_demo
 
-    run_demo(_load(args), limit=args.limit)
+    run_demo(config_from(args), limit=args.limit or 0)
     return 0
 
 
@@ -240,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("replay", help="produce a data set into the events topic", description="Produce a data set into the events topic: key = user id, value = event JSON, record timestamp = event time.")
-    _common(p)
+    config_arguments(p)
     p.add_argument("input", nargs="?", help="movielens-100k (default), movielens-100k-search (with made-up searches before some ratings) "
                    "or a .jsonl, .csv or .parquet file of events")
     p.add_argument("--topic", help="target topic (default: kafka.events_topic)")
@@ -249,11 +334,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--speedup", type=float, default=0.0, metavar="X",
                    help="keep the gaps between event timestamps divided by X, e.g. 3600 = one hour of "
                    "event time per second (not with --rate)")
-    p.add_argument("--limit", type=int, default=0, help="replay only the first N events")
+    p.add_argument("--limit", type=positive_int, metavar="N",
+                   help="replay only the first N rows (default: replay.limit; 0 there means all)")
+    p.add_argument("--bad-rows", choices=["fail", "skip", "send"],
+                   help="rows that are not valid events, each reported with its line number: fail (default, "
+                   "replay.bad_rows) lists them all and sends nothing; skip sends the rest; send sends them too, "
+                   "as they are, for the job to dead-letter with its reasons")
     p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("run", help="run the Flink job on a local MiniCluster", description="Run the rtrec Flink job on a local MiniCluster.")
-    _common(p)
+    config_arguments(p)
     p.add_argument("--bounded", action="store_true", help="stop at the end the events topic has now (replays, demos)")
     p.add_argument("--from-savepoint", metavar="PATH",
                    help="start from this savepoint or retained checkpoint (state, offsets and model); "
@@ -271,8 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Take a savepoint of a running job and stop it, through Flink's REST API; "
         "prints the savepoint's path for `rtrec run --from-savepoint`.",
     )
-    _common(p)
-    p.add_argument("--rest", metavar="URL", help="Flink REST API (default: where `rtrec run` of this job recorded it, else http://localhost:<flink.rest_port>)")
+    config_arguments(p)
+    p.add_argument("--rest", metavar="URL", help="Flink REST API (default: where `rtrec run` of this job "
+                   "recorded it, else http://localhost:<flink.rest_port>)")
     p.add_argument("--job", metavar="NAME", help="job name (default: flink.job_name)")
     p.add_argument("--savepoint-dir", metavar="DIR", help="where to write it (default: the cluster's state.savepoints.dir)")
     p.set_defaults(func=cmd_stop)
@@ -283,9 +374,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the feature definitions offline over a replay and write one row per event: "
         "its label fields plus the user's and the item's features as of just before it.",
     )
-    p.add_argument("input", nargs="?", default="movielens-100k", help="movielens-100k (default) or an events file")
+    config_arguments(p)
+    p.add_argument("input", nargs="?", help="movielens-100k or an events file (default: replay.dataset, "
+                   "movielens-100k); rows are checked with the events.* and model.rating_* settings")
     p.add_argument("--output", "-o", default="features.parquet", help="Parquet file to write (default: features.parquet)")
-    p.add_argument("--limit", type=int, default=0, help="only the first N events")
+    p.add_argument("--limit", type=positive_int, metavar="N", help="only the first N events (default: all)")
     p.set_defaults(func=cmd_backfill)
 
     p = sub.add_parser(
@@ -296,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
         "/users/ID/features, /items/ID/features, /health and /metrics. Ctrl-C stops; a restart resumes "
         "where it stopped.",
     )
-    _common(p)
+    config_arguments(p)
     _store_arg(p)
     p.add_argument("--host", help="HTTP address (default: serve.host, 127.0.0.1)")
     p.add_argument("--port", type=int, help="HTTP port (default: serve.port, 8090; 0 picks a free one)")
@@ -314,7 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
         "a user's newest features and recommendations, or an item's newest features, as JSON. "
         "Exit status 1 if the id is unknown.",
     )
-    _common(p)
+    config_arguments(p)
     _store_arg(p)
     p.add_argument("entity", choices=["user", "item"], help="user or item")
     p.add_argument("id", help="the user or item id")
@@ -328,25 +421,94 @@ def build_parser() -> argparse.ArgumentParser:
         "label >= 4 positive, score rescaled to [0, 1]), recall@k of the newest top-k list before each "
         "positive interaction; overall and per window. See rtrec/evaluation.py for the definitions.",
     )
-    _common(p)
+    config_arguments(p)
     p.add_argument("--output-dir", metavar="DIR", help="where report.md, metrics.json and the plots go "
                    "(default: var/eval in the project)")
     p.add_argument("--k", type=int, help="recall@k cut-off (default: model.top_k)")
     p.add_argument("--window", default="day", help="windows over time: hour, day (default), week, or a number "
                    "of examples")
+    p.add_argument("--min-examples", type=int, metavar="N", help="leave windows with fewer examples out of "
+                   "the plots' lines, grey their bars (default: eval.min_window_examples, 100; 0: none)")
     p.add_argument("--idle", type=float, default=2.0, help="stop reading a topic after this many seconds "
                    "without new records at its end (default: 2)")
     p.set_defaults(func=cmd_eval)
 
+    p = sub.add_parser(
+        "dead-letters",
+        help="list the newest dead letters with their reasons and sources",
+        description="Read the end of the dead-letter topic (kafka.dead_letter_topic, read_committed) and print "
+        "the newest records: when, the stage that refused each (validate, dedup, lateness), its source "
+        "(topic/partition@offset), its key, the reason and the start of the original value.",
+    )
+    config_arguments(p)
+    p.add_argument("--limit", type=positive_int, default=20, metavar="N", help="how many (default: 20)")
+    p.set_defaults(func=cmd_dead_letters)
+
+    p = sub.add_parser(
+        "config",
+        help="print the configuration a command would use, as YAML",
+        description="Load the defaults, --config FILE (or $RTREC_CONFIG), $RTREC_BOOTSTRAP_SERVERS and --set "
+        "overrides, check them, and print the result as YAML; exit status 2 and one line naming the setting "
+        "if something is wrong.",
+    )
+    config_arguments(p)
+    p.set_defaults(func=cmd_config)
+
     p = sub.add_parser("demo", help="replay MovieLens-100K through the job and summarise (make demo)", description="Reset the demo.* topics, replay MovieLens-100K, run the job until it has consumed the replay, and print what came out.")
-    _common(p)
-    p.add_argument("--limit", type=int, default=0, help="replay only the first N ratings")
+    config_arguments(p)
+    p.add_argument("--limit", type=positive_int, metavar="N", help="replay only the first N ratings (default: all)")
     p.set_defaults(func=cmd_demo)
     return ap
 
 
+class _OncePerMessage(logging.Filter):
+    """Lets each distinct librdkafka message through once (the client's name left out of the comparison):
+    a broker that goes away mid-command is one line, not one every few milliseconds."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = re.sub(r"\[rdkafka#\w+-\d+\] ", "", record.getMessage())
+        if text in self.seen:
+            return False
+        self.seen.add(text)
+        return True
+
+
+class _Stderr(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a message comes (tests swap it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value):
+        pass
+
+
+_ONCE = _OncePerMessage()
+
+
+def _kafka_log_to_stderr() -> None:
+    """librdkafka's messages (rtrec.topics.KAFKA_LOG) on stderr, each distinct one once per command."""
+    from rtrec.topics import KAFKA_LOG
+
+    _ONCE.seen.clear()
+    if not any(_ONCE in h.filters for h in KAFKA_LOG.handlers):
+        handler = _Stderr()
+        handler.setFormatter(logging.Formatter("rtrec: kafka: %(message)s"))
+        handler.addFilter(_ONCE)
+        KAFKA_LOG.addHandler(handler)
+    KAFKA_LOG.setLevel(logging.WARNING)
+    KAFKA_LOG.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _kafka_log_to_stderr()
     try:
         return args.func(args)
     except KeyboardInterrupt:
@@ -354,11 +516,13 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # errors at the edge: one line that names the fix
         from rtrec.datasets import DatasetError
         from rtrec.evaluation import EvalError
+        from rtrec.replay import ReplayError
         from rtrec.sources import SourceError
         from rtrec.store import StoreError
-        from rtrec.topics import BrokerUnavailable, KafkaAccessDenied
+        from rtrec.topics import BrokerUnavailable, KafkaAccessDenied, TopicError
 
-        known = ConfigError | BrokerUnavailable | KafkaAccessDenied | DatasetError | SourceError | StoreError | EvalError
+        known = (ConfigError | BrokerUnavailable | KafkaAccessDenied | TopicError | DatasetError | SourceError
+                 | StoreError | EvalError | ReplayError)
         if isinstance(e, known) or type(e).__name__ == "SetupError":
             print(f"rtrec: error: {e}", file=sys.stderr)
             return 2

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -41,8 +42,16 @@ class KafkaConfig:
     predictions_topic: str = "predictions"
     dead_letter_topic: str = "dead-letter"
     model_updates_topic: str = "model-updates"
-    # Partitions for topics that rtrec creates; existing topics are left alone.
+    # Topics that rtrec creates when they are missing (existing ones are left alone): the
+    # events topic and the outputs get this many partitions each; model-updates always gets
+    # one, so that its versions stay in order.
     partitions: int = 4
+    # Copies of each partition, on different brokers: 1 suits the single local broker, 3 is
+    # usual on a production cluster; -1 takes the broker's default.replication.factor.
+    replication_factor: int = 1
+    # Create missing topics (every command and the job; `rtrec replay --topic` too). false: a
+    # missing topic is an error naming it, for clusters where topics are made by their admins.
+    create_topics: bool = True
     consumer_group: str = "rtrec"
     # Exactly-once sinks keep a transaction open from one checkpoint to the next;
     # it must stay below the broker's transaction.max.timeout.ms (15 min by default).
@@ -244,7 +253,12 @@ class ReplayConfig:
     # Or pace by event time: the gaps between event timestamps divided by this
     # (3600 = one hour of event time per second); 0 is off. Not with rate.
     speedup: float = 0.0
+    # Replay only the first this many rows of the input; 0: all of them.
     limit: int = 0
+    # Rows of a file that are not valid events (each is reported with its line number):
+    # fail: list them all and send nothing; skip: send the others; send: send them too,
+    # as they are, for the job to dead-letter with its reasons.
+    bad_rows: str = "fail"
 
 
 @dataclass
@@ -302,6 +316,16 @@ class TextConfig:
     query_window_ms: int = 30 * 60_000
 
 
+@dataclass
+class EvalConfig:
+    """`rtrec eval`."""
+
+    # Windows with fewer examples than this are left out of the plots' lines (the bars
+    # under them still show their counts): a day of a dozen ratings gives an MAE of
+    # 0.01 or 1.5 that says nothing. 0 plots every window.
+    min_window_examples: int = 100
+
+
 FAULT_OPERATORS = ("user-stage", "item-stage", "model-merger")
 
 
@@ -334,6 +358,7 @@ class RtrecConfig:
     serve: ServeConfig = field(default_factory=ServeConfig)
     faults: FaultConfig = field(default_factory=FaultConfig)
     text: TextConfig = field(default_factory=TextConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -344,75 +369,132 @@ class RtrecConfig:
         return p if p.is_absolute() else PROJECT_ROOT / p
 
 
+#: What ``model.device`` and ``text.device`` take (models/device.py resolves them): ``auto`` (CUDA when
+#: torch sees a GPU, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``.
+DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def _shown(value: Any) -> str:
+    """A value as an error message names it, with its YAML type where that is the problem."""
+    if isinstance(value, bool):
+        return f"{str(value).lower()} (a boolean)"
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, list):
+        return f"a list {value!r}"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, float):
+        return f"{value!r} (a decimal number)"
+    return repr(value)
+
+
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
-    """Convert a YAML or command-line value to the annotated field type."""
+    """Check a YAML or command-line value against the annotated field type.
+
+    Strict: a value is taken only as what it is (an int where an int goes, and so
+    on), never rounded or reinterpreted: no float -> int, bool -> int, int -> bool,
+    or list -> str. Strings of the right form are accepted (they come from the
+    environment or a quoted YAML value), and an int where a float or a string goes.
+
+    >>> _coerce(2, int, "flink.parallelism"), _coerce("1_000", int, "x"), _coerce(3, float, "x")
+    (2, 1000, 3.0)
+    >>> _coerce(1.7, int, "flink.parallelism")
+    Traceback (most recent call last):
+    ...
+    rtrec.config.ConfigError: flink.parallelism: expected a whole number, got 1.7 (a decimal number)
+    """
     origin = typing.get_origin(annotation)
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return _flatten(value)
+            raise ConfigError(f"{where}: expected a mapping, got {_shown(value)}")
+        return _flatten(value, where)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         return None if value is None else _coerce(value, args[0], where)
     if annotation is bool:
         if isinstance(value, bool):
             return value
-        text = str(value).strip().lower()
-        if text in ("1", "true", "yes", "on"):
+        text = value.strip().lower() if isinstance(value, str) else None
+        if text in ("true", "yes", "on"):
             return True
-        if text in ("0", "false", "no", "off"):
+        if text in ("false", "no", "off"):
             return False
-        raise ConfigError(f"{where}: expected true or false, got {value!r}")
-    if annotation in (int, float, str):
-        try:
-            if annotation is int and isinstance(value, str):
-                return int(value.replace("_", ""))
-            return annotation(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{where}: expected {annotation.__name__}, got {value!r}") from None
+        raise ConfigError(f"{where}: expected true or false, got {_shown(value)}")
+    if annotation is int:
+        if type(value) is int:
+            return value
+        if isinstance(value, str) and re.fullmatch(r"\s*[-+]?\d[\d_]*\s*", value):
+            return int(value.replace("_", ""))
+        raise ConfigError(f"{where}: expected a whole number, got {_shown(value)}")
+    if annotation is float:
+        if type(value) in (int, float):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected a number, got {_shown(value)}")
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        if type(value) is int:  # YAML reads 2024 as a number; as a name it is the same text
+            return str(value)
+        hint = ("; give several brokers as one comma-separated string, e.g. host1:9092,host2:9092"
+                if where.endswith("bootstrap_servers") and isinstance(value, list) else "")
+        raise ConfigError(f"{where}: expected a string, got {_shown(value)}{hint}")
     return value
 
 
-def _flatten(mapping: dict, prefix: str = "") -> dict[str, str]:
-    """Dotted keys, as ``--set kafka.properties.client.id=x`` splits them, joined again.
+def _flatten(mapping: dict, where: str, prefix: str = "") -> dict[str, str]:
+    """Dotted keys, as ``--set kafka.properties.client.id=x`` splits them, joined again; single values
+    only (a list is refused), booleans spelt as Flink and Kafka spell them.
 
-    >>> _flatten({"client": {"id": "x"}, "linger.ms": 5})
-    {'client.id': 'x', 'linger.ms': '5'}
+    >>> _flatten({"client": {"id": "x"}, "linger.ms": 5, "enable.idempotence": True}, "kafka.properties")
+    {'client.id': 'x', 'linger.ms': '5', 'enable.idempotence': 'true'}
     """
     out: dict[str, str] = {}
     for k, v in mapping.items():
         if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
+            out.update(_flatten(v, where, f"{prefix}{k}."))
+        elif isinstance(v, list):
+            raise ConfigError(f"{where}.{prefix}{k}: expected a single value, got {_shown(v)}")
         else:
-            out[f"{prefix}{k}"] = "" if v is None else str(v)
+            out[f"{prefix}{k}"] = "" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
     return out
 
 
-def _apply(section: Any, values: dict[str, Any], where: str) -> None:
+def _apply(section: Any, values: dict[str, Any], where: str = "") -> None:
     hints = typing.get_type_hints(type(section))
     names = {f.name for f in dataclasses.fields(section)}
     for key, value in values.items():
         key = str(key).replace("-", "_")
+        name = f"{where}.{key}" if where else key
         if key not in names:
-            raise ConfigError(f"{where}.{key}: unknown setting; known: {', '.join(sorted(names))}")
+            known = ", ".join(sorted(names))
+            raise ConfigError(f"{name}: unknown setting; known{' in ' + where if where else ' sections'}: {known}")
         current = getattr(section, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
-                raise ConfigError(f"{where}.{key}: expected a mapping")
-            _apply(current, value, f"{where}.{key}")
+                raise ConfigError(f"{name}: expected a mapping of its settings, got {_shown(value)}")
+            _apply(current, value, name)
         elif isinstance(current, dict):
             # A mapping adds to (and overrides keys of) what the defaults or the file gave.
-            setattr(section, key, {**current, **_coerce(value, hints[key], f"{where}.{key}")})
+            setattr(section, key, {**current, **_coerce(value, hints[key], name)})
         else:
-            setattr(section, key, _coerce(value, hints[key], f"{where}.{key}"))
+            setattr(section, key, _coerce(value, hints[key], name))
 
 
 def parse_override(text: str) -> dict[str, Any]:
     """``a.b=c`` -> ``{"a": {"b": "c"}}`` (the value is parsed as YAML, so 2 is an int)."""
     if "=" not in text:
-        raise ConfigError(f"override {text!r}: expected section.key=value")
+        raise ConfigError(f"--set {text!r}: expected section.key=value")
     dotted, raw = text.split("=", 1)
-    value = yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {text!r}: the value is not valid YAML ({getattr(e, 'problem', None) or e})") from None
     tree: dict[str, Any] = {}
     node = tree
     parts = dotted.strip().split(".")
@@ -420,6 +502,23 @@ def parse_override(text: str) -> dict[str, Any]:
         node = node.setdefault(part, {})
     node[parts[-1]] = value
     return tree
+
+
+def _read_yaml(p: Path) -> Any:
+    """The YAML document in ``p``; a syntax error is one line naming the file and line."""
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ConfigError(f"config file {p}: cannot read it ({e.strerror})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark, context = getattr(e, "problem_mark", None), getattr(e, "context_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        if context is not None and mark is not None and context.line != mark.line and getattr(e, "context", None):
+            problem += f" ({e.context} at line {context.line + 1})"
+        raise ConfigError(f"config file {p}{where}: not valid YAML: {problem}") from None
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> RtrecConfig:
@@ -430,21 +529,32 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
         p = Path(path)
         if not p.exists():
             raise ConfigError(f"config file {p} does not exist")
-        data = yaml.safe_load(p.read_text()) or {}
+        data = _read_yaml(p) or {}
         if not isinstance(data, dict):
-            raise ConfigError(f"config file {p}: expected a mapping at the top level")
-        _apply(cfg, data, "config")
+            raise ConfigError(f"config file {p}: expected a mapping of sections at the top level")
+        try:
+            _apply(cfg, data)
+        except ConfigError as e:
+            raise ConfigError(f"config file {p}: {e}") from None
     bootstrap = os.environ.get("RTREC_BOOTSTRAP_SERVERS")
     if bootstrap:
         cfg.kafka.bootstrap_servers = bootstrap
     for text in overrides or []:
-        _apply(cfg, parse_override(text), "override")
+        tree = parse_override(text)
+        try:
+            _apply(cfg, tree)
+        except ConfigError as e:
+            raise ConfigError(f"--set {text}: {e}") from None
     validate(cfg)
     return cfg
 
 
 def validate(cfg: RtrecConfig) -> None:
     """Reject settings that would only fail later, deep inside a Flink task."""
+    k = cfg.kafka
+    if k.partitions < 1 or not (k.replication_factor >= 1 or k.replication_factor == -1):
+        raise ConfigError("kafka.partitions must be at least 1 and kafka.replication_factor at least 1 "
+                          "(or -1: the broker's default.replication.factor)")
     f = cfg.flink
     if f.delivery_guarantee not in ("exactly-once", "at-least-once"):
         raise ConfigError("flink.delivery_guarantee: expected exactly-once or at-least-once")
@@ -467,12 +577,19 @@ def validate(cfg: RtrecConfig) -> None:
         raise ConfigError("features.snapshots: expected batch (one per entity and micro-batch) or event")
     if cfg.model.top_k < 1 or cfg.model.dim < 1:
         raise ConfigError("model.top_k and model.dim must be at least 1")
+    for name, device in (("model.device", cfg.model.device), ("text.device", cfg.text.device)):
+        if not DEVICE.fullmatch(device):
+            raise ConfigError(f"{name}: expected auto, cpu, cuda or cuda:N (a GPU's index), got {device!r}")
     t = cfg.text
     if not 0.0 <= t.search_personal_weight <= 1.0:
         raise ConfigError("text.search_personal_weight must be between 0 (text alone) and 1 (models alone)")
     if t.interest_half_life_ms <= 0 or t.query_window_ms < 0:
         raise ConfigError("text.interest_half_life_ms must be positive and text.query_window_ms not negative")
     r = cfg.replay
+    if r.bad_rows not in ("fail", "skip", "send"):
+        raise ConfigError(f"replay.bad_rows: expected fail, skip or send, got {r.bad_rows!r}")
+    if r.limit < 0:
+        raise ConfigError("replay.limit must not be negative (0 replays every row)")
     if r.rate < 0 or r.speedup < 0:
         raise ConfigError("replay.rate and replay.speedup must not be negative")
     if r.rate > 0 and r.speedup > 0:
@@ -480,6 +597,8 @@ def validate(cfg: RtrecConfig) -> None:
             "replay.rate and replay.speedup are mutually exclusive: pace by events per second (rate) "
             "or by event time (speedup), not both"
         )
+    if cfg.eval.min_window_examples < 0:
+        raise ConfigError("eval.min_window_examples must not be negative (0 plots every window)")
     from rtrec import kafka_clients  # it imports this module
 
     kafka_clients.validate(cfg.kafka)

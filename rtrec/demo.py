@@ -18,9 +18,11 @@ DEMO_PREFIX = "demo."
 
 
 def run_demo(cfg: RtrecConfig, limit: int = 0, show: int = 5) -> dict[str, int]:
+    cfg.kafka = cfg.kafka.with_prefix(DEMO_PREFIX)
+    topics.check_broker(cfg.kafka)  # one clear line, before deleting anything or starting Flink
+
     from jobs import rtrec_job
 
-    cfg.kafka = cfg.kafka.with_prefix(DEMO_PREFIX)
     cfg.flink.bounded = True
     cfg.flink.startup_mode = "earliest"  # (fresh topics: offsets a group committed on an older one never apply)
     cfg.flink.job_name = f"rtrec-demo-{int(time.time())}"

@@ -32,7 +32,18 @@ Metrics, per model (each key of ``scores``) and for ``fused``:
 
 Over time: the same metrics per window of event time (``--window day``,
 ``hour`` or ``week``; windows in UTC) or per ``N`` consecutive examples
-(``--window 5000``), each window on its own (not cumulative).
+(``--window 5000``), each window on its own (not cumulative). The plots show
+the examples per window as bars under the metrics; a window with fewer than
+``eval.min_window_examples`` (``--min-examples``, 100) is left out of the
+metrics' lines, its bar greyed (with ``--window N`` the minimum is at most N,
+so only a short last window can fall below it).
+
+Each event is one example: if ``predictions`` holds several records with one
+``event_id`` (the job ran twice over the same events, or an at-least-once sink
+repeated some after a restart), the first one read is kept and the others are
+counted and left out, which the report says. Every copy of an event has the
+same key (its user id), so they share a partition and the first read is the
+first written: the one scored before any model had learned from the event.
 
 Writes ``report.md``, ``metrics.json`` and PNG plots to ``--output-dir``.
 """
@@ -49,6 +60,7 @@ from pathlib import Path
 
 import orjson
 
+from rtrec.config import EvalConfig
 from rtrec.labels import LabelScale
 from rtrec.metrics import auc, log_loss, mae, rmse
 from rtrec.records import read_record
@@ -211,6 +223,29 @@ class Evaluation:
     overall: dict
     windows: list[dict] = field(default_factory=list)
     counts: dict = field(default_factory=dict)
+    # Windows with fewer examples are not plotted (each window's "plotted" says).
+    min_window_examples: int = 0
+
+
+def first_per_event(predictions: Iterable[dict]) -> tuple[list[dict], int, int]:
+    """The first record of each ``event_id``, in the order given; and how many records and events repeated.
+
+    >>> kept, records, events = first_per_event([{"event_id": "a", "v": 1}, {"event_id": "b"},
+    ...                                          {"event_id": "a", "v": 2}, {"event_id": "a", "v": 3}])
+    >>> [d.get("v") for d in kept], records, events
+    ([1, None], 2, 1)
+    """
+    seen: dict[str, int] = {}
+    kept = []
+    for d in predictions:
+        eid = d["event_id"]
+        if eid in seen:
+            seen[eid] += 1
+            continue
+        seen[eid] = 1
+        kept.append(d)
+    repeats = [n - 1 for n in seen.values() if n > 1]
+    return kept, sum(repeats), len(repeats)
 
 
 def _metrics(examples: list[Example], recs: RecommendationIndex, models: list[str],
@@ -245,9 +280,15 @@ def _decoded(topic: str, messages) -> list[dict]:
 
 
 def evaluate(predictions: Iterable[dict], recommendations: Iterable[dict], k: int = 10,
-             window: str | int = "day", rating_min: float = 1.0, rating_max: float = 5.0) -> Evaluation:
-    """Every metric overall and per window, from decoded records of the two topics."""
-    examples = sorted((Example.from_record(d) for d in predictions), key=lambda e: e.ts)
+             window: str | int = "day", rating_min: float = 1.0, rating_max: float = 5.0,
+             min_window_examples: int = EvalConfig.min_window_examples) -> Evaluation:
+    """Every metric overall and per window, from decoded records of the two topics (in the order read).
+
+    One example per ``event_id``: the first record of each (:func:`first_per_event`).
+    """
+    predictions = list(predictions)
+    firsts, repeated_records, repeated_events = first_per_event(predictions)
+    examples = sorted((Example.from_record(d) for d in firsts), key=lambda e: e.ts)
     recs = [Recommendation(int(d["ts"]), str(d["user_id"]), [str(i) for i in d.get("items", [])])
             for d in recommendations if d.get("request", "refresh") != "candidates"]
     index = RecommendationIndex(recs, k)
@@ -260,6 +301,8 @@ def evaluate(predictions: Iterable[dict], recommendations: Iterable[dict], k: in
         models.remove("fused")
         models.append("fused")
     key = window_of(window)
+    if isinstance(window, int) or str(window).isdigit():  # every window but the last has N examples
+        min_window_examples = min(min_window_examples, int(window))
     overall = _metrics(examples, index, models, rating_min, rating_max)
     windows = []
     groups: dict[int, list[Example]] = {}
@@ -270,9 +313,11 @@ def evaluate(predictions: Iterable[dict], recommendations: Iterable[dict], k: in
         w = _metrics(group, index, models, rating_min, rating_max)
         w["start"] = start
         w["first_ts"], w["last_ts"] = group[0].ts, group[-1].ts
+        w["plotted"] = len(group) >= min_window_examples
         windows.append(w)
-    counts = {"predictions": len(examples), "recommendations": len(recs)}
-    return Evaluation(k, str(window), models, overall, windows, counts)
+    counts = {"predictions": len(examples), "recommendations": len(recs), "prediction_records": len(predictions),
+              "repeated_records": repeated_records, "repeated_events": repeated_events}
+    return Evaluation(k, str(window), models, overall, windows, counts, min_window_examples)
 
 
 # -- report ----------------------------------------------------------------------------
@@ -292,8 +337,10 @@ def _window_label(ev: Evaluation, w: dict) -> str:
     return f"#{w['start']:,}"
 
 
-def plot(ev: Evaluation, out_dir: Path) -> list[Path]:
-    """PNG plots of the per-window metrics: errors, AUC, recall@k (only those with data)."""
+def window_figure(ev: Evaluation, title: str, ylabel: str, series: dict[str, list[float]]):
+    """A matplotlib figure: ``series`` (one value per window) as lines over a bar chart of the examples per
+    window; windows below ``ev.min_window_examples`` are left out of the lines and their bars greyed.
+    None when no window has a value to draw."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -302,24 +349,52 @@ def plot(ev: Evaluation, out_dir: Path) -> list[Path]:
     if ev.window in WINDOW_MS:
         xs = [datetime.fromtimestamp(w["start"] / 1000, UTC) for w in ev.windows]
         xlabel = f"event time (windows of one {ev.window}, UTC)"
+        width = WINDOW_MS[ev.window] / 86_400_000 * 0.8  # (matplotlib's dates are in days)
     else:
         xs = [w["start"] for w in ev.windows]
         xlabel = f"examples (windows of {ev.window})"
+        width = int(ev.window) * 0.8
+    plotted = [w["plotted"] for w in ev.windows]
+    series = {label: [v if keep else math.nan for v, keep in zip(ys, plotted, strict=True)]
+              for label, ys in series.items()}
+    if not any(not math.isnan(v) for ys in series.values() for v in ys):
+        return None
+    fig, (ax, bars) = plt.subplots(2, 1, figsize=(9, 6), dpi=100, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    for label, ys in series.items():
+        ax.plot(xs, ys, marker="." if len(xs) < 60 else None, linewidth=1.2, label=label)
+    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize="small")
+    bars.bar(xs, [w["examples"] for w in ev.windows], width=width, align="center",  # (under the line's points)
+             color=[BAR_COLOUR if p else BELOW_COLOUR for p in plotted])
+    bars.set_ylabel("examples")
+    bars.set_xlabel(xlabel)
+    bars.grid(alpha=0.3, axis="y")
+    below = plotted.count(False)
+    if below:
+        bars.axhline(ev.min_window_examples, color="0.4", linestyle="--", linewidth=0.8)
+        bars.set_title(f"grey: {below:,} window{'s' * (below != 1)} with fewer than {ev.min_window_examples:,} "
+                       "examples, left out of the lines above", fontsize="small", loc="left")
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    return fig
+
+
+#: Bars of the windows that are plotted, and of those with too few examples.
+BAR_COLOUR, BELOW_COLOUR = "tab:blue", "0.75"
+
+
+def plot(ev: Evaluation, out_dir: Path) -> list[Path]:
+    """PNG plots of the per-window metrics: errors, AUC, recall@k (only those with data), see :func:`window_figure`."""
+    import matplotlib.pyplot as plt
+
     paths = []
 
     def figure(name: str, title: str, ylabel: str, series: dict[str, list[float]]) -> None:
-        if not any(not math.isnan(v) for ys in series.values() for v in ys):
+        fig = window_figure(ev, title, ylabel, series)
+        if fig is None:
             return
-        fig, ax = plt.subplots(figsize=(9, 4.5), dpi=100)
-        for label, ys in series.items():
-            ax.plot(xs, ys, marker="." if len(xs) < 60 else None, linewidth=1.2, label=label)
-        ax.set_title(title)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3)
-        ax.legend(loc="best", fontsize="small")
-        fig.autofmt_xdate()
-        fig.tight_layout()
         path = out_dir / name
         fig.savefig(path, format="png")
         plt.close(fig)
@@ -339,14 +414,31 @@ def plot(ev: Evaluation, out_dir: Path) -> list[Path]:
     return paths
 
 
+def repeats_line(ev: Evaluation) -> str:
+    """What the report says about repeated event_ids.
+
+    >>> ev = Evaluation(10, "day", [], {}, counts={"prediction_records": 4, "predictions": 2,
+    ...                 "repeated_records": 2, "repeated_events": 1})
+    >>> repeats_line(ev)
+    '4 predictions records for 2 events: 1 event_id came more than once (2 repeated records; the job ran twice over the same events, or an at-least-once sink repeated them); only the first of each is used.'
+    """
+    c = ev.counts
+    if not c.get("repeated_records"):
+        return f"{c['predictions']:,} predictions records, one per event_id."
+    n = c["repeated_events"]
+    return (f"{c['prediction_records']:,} predictions records for {c['predictions']:,} events: {n:,} "
+            f"event_id{'s' * (n != 1)} came more than once ({c['repeated_records']:,} repeated records; the job ran "
+            "twice over the same events, or an at-least-once sink repeated them); only the first of each is used.")
+
+
 def markdown(ev: Evaluation, source: str = "", plots: Sequence[Path] = ()) -> str:
     o = ev.overall
     lines = [
         "# rtrec prequential evaluation",
         "",
         f"{source}{ev.counts['predictions']:,} predictions ({o['ratings']:,} ratings, {o['binary']:,} binary), "
-        f"{ev.counts['recommendations']:,} top-k lists. Every example was scored before any model learned "
-        "from it. Ratings: AUC and log-loss with label >= 4 positive and the score rescaled to "
+        f"{ev.counts['recommendations']:,} top-k lists. {repeats_line(ev)} Every example was scored before any "
+        "model learned from it. Ratings: AUC and log-loss with label >= 4 positive and the score rescaled to "
         "(score - min) / (max - min), clamped to [0, 1]. recall@k: the newest top-k list issued for the "
         "user strictly before each positive interaction holds its item (hits / positives that had a list).",
         "",
@@ -368,6 +460,11 @@ def markdown(ev: Evaluation, source: str = "", plots: Sequence[Path] = ()) -> st
         f"## Over time (windows: {ev.window if ev.window in WINDOW_MS else ev.window + ' examples'})",
         "",
     ]
+    below = sum(1 for w in ev.windows if not w["plotted"])
+    if below:
+        lines += [f"{below:,} of {len(ev.windows):,} windows have fewer than {ev.min_window_examples:,} examples "
+                  "(eval.min_window_examples, --min-examples): the plots leave them out of their lines and grey their "
+                  "bars; the table marks them.", ""]
     lines += [f"![{p.stem}]({p.name})" for p in plots]
     fused = "fused" if "fused" in ev.models else (ev.models[-1] if ev.models else None)
     lines += [
@@ -379,7 +476,8 @@ def markdown(ev: Evaluation, source: str = "", plots: Sequence[Path] = ()) -> st
     for w in ev.windows:
         mm = w["models"].get(fused, {"rating": {}, "binary": {}})
         lines.append(
-            f"| {_window_label(ev, w)} | {w['examples']:,} | {_fmt(mm['rating'].get('mae'))} | "
+            f"| {_window_label(ev, w)} | {w['examples']:,}{'' if w['plotted'] else ' (few)'} | "
+            f"{_fmt(mm['rating'].get('mae'))} | "
             f"{_fmt(mm['rating'].get('rmse'))} | {_fmt(mm['rating'].get('auc'))} | "
             f"{_fmt(mm['binary'].get('auc'))} | {_fmt(w['recall']['recall'])} |"
         )
@@ -407,6 +505,7 @@ def write_report(ev: Evaluation, out_dir: str | Path, source: str = "") -> dict[
     report.write_text(markdown(ev, source, plots))
     data = out / "metrics.json"
     data.write_bytes(orjson.dumps(_json_safe({"k": ev.k, "window": ev.window, "models": ev.models,
+                                              "min_window_examples": ev.min_window_examples,
                                               "counts": ev.counts, "overall": ev.overall,
                                               "windows": ev.windows}), option=orjson.OPT_INDENT_2))
     return {"report": report, "metrics": data, **{p.stem: p for p in plots}}
@@ -423,6 +522,8 @@ def summary_lines(ev: Evaluation) -> list[str]:
         if b["n"]:
             parts.append(f"binary AUC {_fmt(b['auc'], 3)}  log-loss {_fmt(b['log_loss'], 3)}")
         lines.append("  ".join(parts))
+    if ev.counts.get("repeated_records"):
+        lines.append(repeats_line(ev))
     rc = o["recall"]
     lines.append(f"recall@{ev.k} {_fmt(rc['recall'], 3)} ({rc['hits']:,}/{rc['positives']:,}; "
                  f"{rc['no_list']:,} positives without an earlier list)")
@@ -430,7 +531,8 @@ def summary_lines(ev: Evaluation) -> list[str]:
 
 
 def run_eval(cfg, output_dir: str | Path, k: int | None = None, window: str | int = "day",
-             idle_s: float = 2.0, max_s: float = 3600.0) -> tuple[Evaluation, dict[str, Path]]:
+             idle_s: float = 2.0, max_s: float = 3600.0,
+             min_window_examples: int | None = None) -> tuple[Evaluation, dict[str, Path]]:
     """Read both topics (read_committed, from the beginning), evaluate, write the report."""
     from rtrec import topics
 
@@ -447,7 +549,8 @@ def run_eval(cfg, output_dir: str | Path, k: int | None = None, window: str | in
             "first (`rtrec replay` then `rtrec run --bounded`), or point --set kafka.predictions_topic=... at yours"
         )
     recs = _decoded("recommendations", topics.read_topic(kafka, kafka.recommendations_topic, idle_s, max_s))
-    ev = evaluate(preds, recs, k or cfg.model.top_k, window, cfg.model.rating_min, cfg.model.rating_max)
+    ev = evaluate(preds, recs, k or cfg.model.top_k, window, cfg.model.rating_min, cfg.model.rating_max,
+                  cfg.eval.min_window_examples if min_window_examples is None else min_window_examples)
     source = (f"From '{kafka.predictions_topic}' and '{kafka.recommendations_topic}' at {kafka.bootstrap_servers} "
               f"(read_committed, read in {time.perf_counter() - start:.1f} s): ")
     return ev, write_report(ev, cfg.resolve_path(str(output_dir)), source)

@@ -31,6 +31,7 @@ is built. Error messages name the setting, never the value.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -299,8 +300,10 @@ def _absolute(path: str) -> Path:
 
 # -- building clients --------------------------------------------------------------------
 def settings(k: KafkaConfig, **extra) -> dict:
-    """The whole librdkafka configuration of a client: broker, security, then ``extra``."""
-    return {"bootstrap.servers": k.bootstrap_servers, **librdkafka_properties(k), **extra}
+    """The whole librdkafka configuration of a client: broker, security, librdkafka's log through the
+    ``rtrec.kafka`` logger (rtrec.topics.KAFKA_LOG), then ``extra``."""
+    return {"bootstrap.servers": k.bootstrap_servers, **librdkafka_properties(k),
+            "logger": logging.getLogger("rtrec.kafka"), **extra}
 
 
 def producer(k: KafkaConfig, **extra) -> Producer:

@@ -2,22 +2,26 @@
 
 Files hold one event per line (JSON Lines) or per row (CSV, Parquet), with
 the fields of event schema v1 as columns. In CSV, ``candidates`` is a JSON
-array and empty cells are absent fields. Rows that do not parse are reported
-with their line number, never skipped silently.
+array and empty cells are absent fields. Files are read as a stream, a row at
+a time (Parquet a batch of rows at a time), never whole. A row that is not a
+valid event comes out as a :class:`BadRow` naming its line (JSON Lines, CSV)
+or row (Parquet) and the reason, never skipped silently.
 """
 
 from __future__ import annotations
 
 import csv
+import itertools
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
 
 from rtrec.events import Event, EventParser, Rejection
 
-BUILT_IN = ("movielens-100k",)
+BUILT_IN = ("movielens-100k", "movielens-100k-search")
 _INT_FIELDS = ("ts", "dwell_ms")
 _FLOAT_FIELDS = ("value",)
 
@@ -26,60 +30,136 @@ class SourceError(ValueError):
     """An input file that cannot be read, or a row in it that is not a valid event."""
 
 
+@dataclass(frozen=True, slots=True)
+class BadRow:
+    """A row of an input file that is not a valid event: where it is, why, and its bytes as they would be sent.
+
+    ``value`` is the line itself for JSON Lines, the row as a JSON object for CSV and
+    Parquet; ``user_id`` is the row's user when that much of it was valid.
+    """
+
+    where: str  # "line 7" (JSON Lines, CSV) or "row 7" (Parquet)
+    reason: str
+    value: bytes
+    user_id: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.reason}"
+
+
 def _clean_row(row: dict) -> dict:
+    """A CSV or Parquet row as event fields: numbers and the candidates list parsed where they parse;
+    a value that does not stays as it is, for the parser to name."""
     d = {}
     for k, v in row.items():
         if v is None or v == "" or (isinstance(v, float) and math.isnan(v)):
             continue
-        if k in _INT_FIELDS and isinstance(v, str):
-            v = int(float(v))
-        elif k in _FLOAT_FIELDS and isinstance(v, str):
-            v = float(v)
-        elif k == "candidates" and isinstance(v, str):
-            v = orjson.loads(v)
-        elif k in _INT_FIELDS and isinstance(v, float) and v.is_integer():
-            v = int(v)
+        try:
+            if k in _INT_FIELDS and isinstance(v, str):
+                f = float(v)
+                v = int(f) if f.is_integer() else f
+            elif k in _FLOAT_FIELDS and isinstance(v, str):
+                v = float(v)
+            elif k == "candidates" and isinstance(v, str):
+                v = orjson.loads(v)
+            elif k in _INT_FIELDS and isinstance(v, float) and v.is_integer():
+                v = int(v)
+        except (ValueError, orjson.JSONDecodeError):
+            pass
         d[k] = v
     return d
 
 
-def _records(path: Path) -> Iterator[tuple[int, dict | bytes]]:
+def _records(path: Path) -> Iterator[tuple[str, dict | bytes]]:
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json", ".ndjson"):
         with open(path, "rb") as f:
             for n, line in enumerate(f, 1):
                 if line.strip():
-                    yield n, line.strip()
+                    yield f"line {n}", line.strip()
     elif suffix == ".csv":
         with open(path, newline="", encoding="utf-8") as f:
-            for n, row in enumerate(csv.DictReader(f), 2):
-                yield n, _clean_row(row)
+            reader = csv.DictReader(f)
+            try:
+                while True:
+                    start = reader.line_num + 1  # (a quoted cell may span lines: name the row's first)
+                    row = next(reader, None)
+                    if row is None:
+                        return
+                    yield f"line {max(start, 2)}", _clean_row(row)
+            except (UnicodeDecodeError, csv.Error) as e:
+                raise SourceError(f"{path}, line {reader.line_num + 1}: not readable as CSV ({e})") from None
     elif suffix == ".parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        table = pq.read_table(path)
-        for n, row in enumerate(table.to_pylist(), 1):
-            yield n, _clean_row(row)
+        try:
+            batches = pq.ParquetFile(path).iter_batches(batch_size=10_000)
+            n = 0
+            for batch in batches:
+                for row in batch.to_pylist():
+                    n += 1
+                    yield f"row {n}", _clean_row(row)
+        except (pa.ArrowException, OSError) as e:
+            raise SourceError(f"{path}: not readable as Parquet ({e})") from None
     else:
         raise SourceError(f"{path}: unknown format {suffix!r}; use .jsonl, .csv or .parquet")
 
 
-def read_events(path: str | Path, parser: EventParser | None = None) -> Iterator[Event]:
-    """Parse every row of ``path`` as an event; a bad row raises :class:`SourceError` naming it."""
+def read_rows(path: str | Path, parser: EventParser | None = None) -> Iterator[Event | BadRow]:
+    """Every row of ``path``, in order, as an :class:`Event` or a :class:`BadRow`."""
     path = Path(path)
     if not path.exists():
         raise SourceError(f"{path} does not exist")
+    if path.is_dir():
+        raise SourceError(f"{path} is a folder, not a file of events")
     parser = parser or EventParser()
-    far_future = 2**62
-    for n, rec in _records(path):
-        raw = rec if isinstance(rec, bytes) else orjson.dumps(rec)
+    far_future = 2**62  # (a file's events may be of any age; the job bounds them by its clock)
+    for where, rec in _records(path):
+        raw = rec if isinstance(rec, bytes) else orjson.dumps(rec, default=str)
         e = parser.parse(raw, now_ms=far_future)
         if isinstance(e, Rejection):
-            raise SourceError(f"{path}, row {n}: {e.reason}")
-        yield e
+            yield BadRow(where, e.reason, raw, e.user_id)
+        else:
+            yield e
 
 
-def load_events(source: str, limit: int = 0) -> list[Event]:
+def read_events(path: str | Path, parser: EventParser | None = None) -> Iterator[Event]:
+    """Parse every row of ``path`` as an event; a bad row raises :class:`SourceError` naming it."""
+    for row in read_rows(path, parser):
+        if isinstance(row, BadRow):
+            raise SourceError(f"{path}, {row}")
+        yield row
+
+
+def check_rows(rows: Iterable[Event | BadRow], report: Callable[[BadRow], None]) -> tuple[int, int]:
+    """How many rows there are and how many are bad, each bad one handed to ``report`` on the way.
+
+    >>> check_rows([BadRow("line 1", "empty payload", b""), Event("e", "u", "i", "click", 0)], print)
+    line 1: empty payload
+    (2, 1)
+    """
+    total = bad = 0
+    for row in rows:
+        total += 1
+        if isinstance(row, BadRow):
+            bad += 1
+            report(row)
+    return total, bad
+
+
+def stream_rows(source: str, limit: int = 0, parser: EventParser | None = None) -> Iterator[Event | BadRow]:
+    """The first ``limit`` rows (all when 0) of a built-in data set or a file (:func:`read_rows`), one at a time.
+
+    The built-in data sets are events only, built in memory (MovieLens-100K is small).
+    """
+    if source in BUILT_IN:
+        yield from load_events(source, limit)
+        return
+    yield from itertools.islice(read_rows(source, parser), limit or None)
+
+
+def load_events(source: str, limit: int = 0, parser: EventParser | None = None) -> list[Event]:
     """``movielens-100k``, ``movielens-100k-search`` or a file path; the first ``limit`` events when limit > 0.
 
     ``movielens-100k-search`` is the ratings with made-up searches before some
@@ -97,7 +177,7 @@ def load_events(source: str, limit: int = 0) -> list[Event]:
         stream = search_sessions(movielens_events(), load_movies())
         return stream[:limit] if limit else stream
     events = []
-    for e in read_events(source):
+    for e in read_events(source, parser):
         events.append(e)
         if limit and len(events) >= limit:
             break

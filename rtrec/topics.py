@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
+import re
 import time
 from collections.abc import Iterator
 
@@ -17,10 +19,33 @@ MODEL_TOPIC_CONFIG = {"cleanup.policy": "compact", "max.message.bytes": str(64 *
 #: Headers of a model-updates record: its version number and creation time (decimal strings), so a
 #: reader can tell which version a record holds without loading it.
 VERSION_HEADER, CREATED_HEADER = "rtrec.version", "rtrec.created_ms"
+#: Headers of a dead-letter record: why it was refused, by which stage, and where it came from
+#: (topic/partition@offset). Its key is the user id when known, its value the original bytes.
+REASON_HEADER, STAGE_HEADER, SOURCE_HEADER = "rtrec.reason", "rtrec.stage", "rtrec.source"
+
+
+#: librdkafka's log lines (a "Connection refused" every few milliseconds while a broker is away) go
+#: through Python logging here instead of straight to stderr: the commands show each distinct one
+#: once (rtrec.cli), the job's Python workers log them as any other warning.
+KAFKA_LOG = logging.getLogger("rtrec.kafka")
+# check_broker turns what it hears into its one-line error; its client's log is dropped.
+_PROBE_LOG = logging.getLogger("rtrec.kafka.probe")
+_PROBE_LOG.propagate = False
+_PROBE_LOG.addHandler(logging.NullHandler())
 
 
 class BrokerUnavailable(RuntimeError):
     """No Kafka broker answered at the configured address."""
+
+
+class TopicError(RuntimeError):
+    """A topic that is missing and may not be created (kafka.create_topics), or that the broker would not create."""
+
+
+def client_config(kafka: KafkaConfig, **settings) -> dict:
+    """Properties of every confluent-kafka client rtrec makes (see rtrec.kafka_clients.settings): the
+    broker, its security settings, librdkafka's log through :data:`KAFKA_LOG`, then ``settings``."""
+    return kafka_clients.settings(kafka, **settings)
 
 
 def admin(kafka: KafkaConfig) -> AdminClient:
@@ -35,26 +60,32 @@ def check_broker(kafka: KafkaConfig, timeout_s: float = 5.0) -> None:
     """Raise :class:`BrokerUnavailable` or :class:`KafkaAccessDenied` naming the fix.
 
     A refused login or TLS handshake ends the wait at once (librdkafka itself would retry
-    until the timeout and only say that no broker answered).
+    until the timeout and only say that no broker answered); when librdkafka reports every
+    broker down (a refused connection, an unknown host) it gives up after about a second,
+    else after ``timeout_s``. Logs nothing itself.
     """
-    errors: list[KafkaError] = []
-    client = kafka_clients.admin(kafka, error_cb=errors.append)
-    deadline = time.monotonic() + timeout_s
+    errors: list = []
+    client = kafka_clients.admin(kafka, logger=_PROBE_LOG, error_cb=errors.append)
+    start = time.monotonic()
+    deadline = start + timeout_s
     while True:
         try:
-            client.list_topics(timeout=max(0.1, min(0.5, deadline - time.monotonic())))
+            client.list_topics(timeout=max(0.05, min(0.5, deadline - time.monotonic())))
             return
-        except KafkaException:
-            pass
+        except KafkaException as e:
+            errors.append(e.args[0])
         client.poll(0)  # serves error_cb
         for err in errors:
             if err.code() in (KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED, KafkaError._SSL):
                 raise KafkaAccessDenied(refusal(kafka, err)) from None
-        if time.monotonic() >= deadline:
-            raise BrokerUnavailable(
-                f"no Kafka broker at {kafka.bootstrap_servers}: run `make kafka-up` to start the local one, "
-                "or point kafka.bootstrap_servers (or $RTREC_BOOTSTRAP_SERVERS) at yours"
-            )
+        now = time.monotonic()
+        down = any(err.code() == KafkaError._ALL_BROKERS_DOWN for err in errors)
+        if now >= deadline or (down and now - start >= 1.0):
+            break
+    raise BrokerUnavailable(
+        f"no Kafka broker at {kafka.bootstrap_servers} ({_why(errors)}): run `make kafka-up` to start the "
+        "local one, or point kafka.bootstrap_servers (or $RTREC_BOOTSTRAP_SERVERS) at yours"
+    )
 
 
 def refusal(kafka: KafkaConfig, err: KafkaError) -> str:
@@ -74,39 +105,75 @@ def refusal(kafka: KafkaConfig, err: KafkaError) -> str:
             f"{reason}): check kafka.sasl_mechanism, kafka.sasl_username and {where}")
 
 
+def _why(errors: list) -> str:
+    """The first transport error librdkafka gave, without its broker prefix and timing suffix.
+
+    >>> from confluent_kafka import KafkaError
+    >>> _why([KafkaError(KafkaError._TRANSPORT, "127.0.0.1:1/bootstrap: Connect to ipv4#127.0.0.1:1 failed: "
+    ...                  "Connection refused (after 0ms in state CONNECT)")])
+    'Connect to ipv4#127.0.0.1:1 failed: Connection refused'
+    >>> _why([])
+    'no answer'
+    """
+    for err in errors:
+        if err.code() in (KafkaError._TRANSPORT, KafkaError._RESOLVE) and "/" in err.str():
+            text = err.str().split(": ", 1)[-1]
+            return re.sub(r"\s*\(after \d+ms in state \w+\)$", "", text)
+    return "no answer"
+
+
+def new_topic(kafka: KafkaConfig, name: str) -> NewTopic:
+    """How rtrec creates ``name``: kafka.partitions (model-updates: one, compacted) and kafka.replication_factor.
+
+    >>> t = new_topic(KafkaConfig(partitions=6, replication_factor=3), "events")
+    >>> t.num_partitions, t.replication_factor
+    (6, 3)
+    """
+    if name == kafka.model_updates_topic:
+        # One partition: versions stay in order, and the job's reader of
+        # this topic has no empty splits to hold its watermark back.
+        return NewTopic(name, num_partitions=1, replication_factor=kafka.replication_factor, config=MODEL_TOPIC_CONFIG)
+    return NewTopic(name, num_partitions=kafka.partitions, replication_factor=kafka.replication_factor)
+
+
 def ensure_topics(kafka: KafkaConfig, names: list[str] | None = None, timeout_s: float = 30.0) -> list[str]:
-    """Create the rtrec topics that do not exist yet; returns the ones created."""
+    """Create the rtrec topics that do not exist yet (:func:`new_topic`); returns the ones created.
+
+    With ``kafka.create_topics`` false, a missing topic is a :class:`TopicError` naming it.
+    """
     check_broker(kafka)
     client = admin(kafka)
     names = names or [kafka.events_topic, *kafka.output_topics()]
     existing = set(client.list_topics(timeout=timeout_s).topics)
-    wanted = []
-    for name in dict.fromkeys(names):
-        if name in existing:
-            continue
-        if name == kafka.model_updates_topic:
-            # One partition: versions stay in order, and the job's reader of
-            # this topic has no empty splits to hold its watermark back.
-            wanted.append(NewTopic(name, num_partitions=1, replication_factor=1, config=MODEL_TOPIC_CONFIG))
-        else:
-            wanted.append(NewTopic(name, num_partitions=kafka.partitions, replication_factor=1))
-    if not wanted:
+    missing = [name for name in dict.fromkeys(names) if name not in existing]
+    if not missing:
         return []
+    if not kafka.create_topics:
+        raise TopicError(
+            f"no topic {', '.join(repr(n) for n in missing)} at {kafka.bootstrap_servers}, and kafka.create_topics "
+            "is false: create it, or check the kafka.*_topic settings (and --topic)"
+        )
     created = []
-    for name, future in client.create_topics(wanted, operation_timeout=timeout_s).items():
+    for name, future in client.create_topics([new_topic(kafka, n) for n in missing],
+                                             operation_timeout=timeout_s).items():
         try:
             future.result()
             created.append(name)
         except KafkaException as e:
-            code = e.args[0].code()
-            if code in (KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.CLUSTER_AUTHORIZATION_FAILED):
+            err = e.args[0]
+            if err.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                continue
+            if err.code() in (KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.CLUSTER_AUTHORIZATION_FAILED):
                 raise KafkaAccessDenied(
                     f"topic '{name}' is not visible to rtrec at {kafka.bootstrap_servers}, and it may not create it "
-                    f"({e.args[0].name()}): have it created, or grant rtrec's principal access to it (DESCRIBE, and "
+                    f"({err.name()}): have it created, or grant rtrec's principal access to it (DESCRIBE, and "
                     f"READ or WRITE); the name comes from {_topic_setting(kafka, name)}"
                 ) from None
-            if code != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise
+            raise TopicError(
+                f"the broker at {kafka.bootstrap_servers} would not create topic {name!r} ({err.str()}); "
+                f"rtrec asked for kafka.partitions={kafka.partitions}, "
+                f"kafka.replication_factor={kafka.replication_factor}"
+            ) from None
     _wait_for_metadata(client, created, timeout_s)
     return created
 

@@ -76,7 +76,8 @@ def test_recall_at_k_uses_the_newest_list_strictly_before():
 def test_evaluate_overall():
     ev = evaluate(PREDICTIONS, RECOMMENDATIONS, k=2, window="day")
     assert ev.models == ["mf", "ftrl", "fused"]
-    assert ev.counts == {"predictions": 7, "recommendations": 3}
+    assert ev.counts == {"predictions": 7, "recommendations": 3, "prediction_records": 7, "repeated_records": 0,
+                         "repeated_events": 0}
     o = ev.overall
     assert (o["examples"], o["ratings"], o["binary"]) == (7, 4, 3)
     fused, mf, ftrl = (o["models"][m] for m in ("fused", "mf", "ftrl"))
@@ -118,7 +119,7 @@ def test_windows():
 
 
 def test_report_files(tmp_path):
-    ev = evaluate(PREDICTIONS, RECOMMENDATIONS, k=2, window="day")
+    ev = evaluate(PREDICTIONS, RECOMMENDATIONS, k=2, window="day", min_window_examples=2)
     paths = write_report(ev, tmp_path / "out")
     md = paths["report"].read_text()
     assert "| fused | 4 | 0.2500 | 0.3536 | 1.0000 |" in md
@@ -131,3 +132,59 @@ def test_report_files(tmp_path):
     metrics = orjson.loads(paths["metrics"].read_bytes())
     assert metrics["overall"]["models"]["fused"]["rating"]["mae"] == 0.25
     assert metrics["windows"][1]["models"]["mf"]["binary"]["auc"] is None  # NaN as null
+
+
+def test_a_repeated_event_id_counts_once_and_the_report_says_so(tmp_path):
+    # The job ran twice: the second run's records come later (higher offsets) with other scores.
+    again = [{**p, "fused": p["label"], "scores": {"mf": p["label"], "ftrl": p["label"]}} for p in PREDICTIONS[:3]]
+    ev = evaluate(PREDICTIONS + again + again[:1], RECOMMENDATIONS, k=2, window="day", min_window_examples=1)
+    assert (ev.counts["prediction_records"], ev.counts["predictions"]) == (11, 7)
+    assert (ev.counts["repeated_records"], ev.counts["repeated_events"]) == (4, 3)
+    # the first prediction of each is kept: the same metrics as without the repeats
+    assert ev.overall == evaluate(PREDICTIONS, RECOMMENDATIONS, k=2, window="day").overall
+    md = write_report(ev, tmp_path)["report"].read_text()
+    assert ("11 predictions records for 7 events: 3 event_ids came more than once (4 repeated records; the job "
+            "ran twice over the same events, or an at-least-once sink repeated them); only the first of each is used."
+            ) in md
+    from rtrec.evaluation import summary_lines
+
+    assert any("3 event_ids came more than once" in line for line in summary_lines(ev))
+    assert "one per event_id" in write_report(evaluate(PREDICTIONS, RECOMMENDATIONS), tmp_path)["report"].read_text()
+
+
+def test_windows_below_the_minimum_are_counted_marked_and_not_drawn(tmp_path):
+    import matplotlib.colors as mcolors
+
+    from rtrec.evaluation import BELOW_COLOUR, window_figure
+
+    ev = evaluate(PREDICTIONS, RECOMMENDATIONS, k=2, window="day", min_window_examples=3)
+    assert [(w["examples"], w["plotted"]) for w in ev.windows] == [(5, True), (2, False)]
+    fig = window_figure(ev, "t", "MAE", {"fused": [w["models"]["fused"]["rating"]["mae"] for w in ev.windows]})
+    lines, bars = fig.axes
+    ys = lines.get_lines()[0].get_ydata()
+    assert ys[0] == approx(0.5) and math.isnan(ys[1]), "day 1 (2 examples) is left out of the line"
+    assert [r.get_height() for r in bars.patches] == [5, 2], "every window's examples are shown"
+    assert [mcolors.to_hex(r.get_facecolor()) == mcolors.to_hex(BELOW_COLOUR) for r in bars.patches] == [False, True]
+    assert "1 window with fewer than 3 examples" in bars.get_title(loc="left")
+    md = write_report(ev, tmp_path)["report"].read_text()
+    assert "| 1970-01-02 00:00 | 2 (few) |" in md and "| 1970-01-01 00:00 | 5 |" in md
+    assert "1 of 2 windows have fewer than 3 examples" in md
+    # none reaches the minimum: nothing to draw (the table still has them)
+    none = evaluate(PREDICTIONS, RECOMMENDATIONS, k=2, window="day", min_window_examples=100)
+    paths = write_report(none, tmp_path / "none")
+    assert not [p for p in paths.values() if p.suffix == ".png"] and "2 of 2 windows" in paths["report"].read_text()
+    # with windows of N examples the minimum is at most N: only a short last window can fall below it
+    by_count = evaluate(PREDICTIONS, RECOMMENDATIONS, k=2, window=4, min_window_examples=100)
+    assert [w["plotted"] for w in by_count.windows] == [True, False] and by_count.min_window_examples == 4
+
+
+def test_the_minimum_is_a_setting_and_a_flag(capsys):
+    from rtrec.cli import main
+    from rtrec.config import ConfigError, load_config
+
+    assert load_config().eval.min_window_examples == 100
+    assert load_config(overrides=["eval.min_window_examples=0"]).eval.min_window_examples == 0
+    with pytest.raises(ConfigError, match="eval.min_window_examples must not be negative"):
+        load_config(overrides=["eval.min_window_examples=-1"])
+    assert main(["eval", "--min-examples", "-5"]) == 2  # refused before the broker is asked
+    assert "--min-examples must not be negative" in capsys.readouterr().err

@@ -273,4 +273,4 @@ def test_serve_beyond_loopback_needs_a_token(tmp_path, monkeypatch, capsys):
     assert bearer_token(cfg) == TOKEN and TOKEN not in repr(cfg)
     f = tmp_path / "token"
     f.write_text(TOKEN + "\n")
-    assert bearer_token(load_config(overrides=["serve.host=::", f"serve.token_file={f}"])) == TOKEN
+    assert bearer_token(load_config(overrides=["serve.host='::'", f"serve.token_file={f}"])) == TOKEN

@@ -30,7 +30,7 @@ def test_parquet(tmp_path):
 def test_a_bad_row_is_named(tmp_path):
     path = tmp_path / "ev.jsonl"
     path.write_bytes(EVENTS[0].to_json() + b"\n" + b'{"event_id": "x", "user_id": "u"}\n')
-    with pytest.raises(SourceError, match=r"row 2: missing field type"):
+    with pytest.raises(SourceError, match=r"line 2: missing field type"):
         list(read_events(path))
 
 

@@ -289,7 +289,8 @@ def test_eval_from_the_topics(cfg, tmp_path, capsys):
         p.produce(cfg.kafka.recommendations_topic, key=d["user_id"].encode(), value=orjson.dumps(d))
     p.flush(30)
     out = tmp_path / "eval"
-    args = ["eval", "--config", str(write_config(cfg)), "--output-dir", str(out), "--k", "2", "--idle", "0.5"]
+    args = ["eval", "--config", str(write_config(cfg)), "--output-dir", str(out), "--k", "2", "--idle", "0.5",
+            "--min-examples", "2"]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "eval: fused" in printed and "MAE 0.250" in printed and "recall@2 0.667" in printed
@@ -298,7 +299,8 @@ def test_eval_from_the_topics(cfg, tmp_path, capsys):
     assert fused["rating"]["mae"] == pytest.approx(0.25) and fused["rating"]["rmse"] == pytest.approx(0.125 ** 0.5)
     assert fused["rating"]["auc"] == 1.0 and m["overall"]["models"]["mf"]["rating"]["auc"] == 0.875
     assert m["overall"]["recall"]["hits"] == 2 and m["overall"]["recall"]["positives"] == 3
-    assert m["counts"] == {"predictions": 7, "recommendations": 3}
+    assert m["counts"] == {"predictions": 7, "recommendations": 3, "prediction_records": 7, "repeated_records": 0,
+                           "repeated_events": 0}
     for name in ("mae_over_time.png", "auc_over_time.png", "recall_over_time.png"):
         data = (out / name).read_bytes()
         assert len(data) > 0 and data.startswith(PNG)

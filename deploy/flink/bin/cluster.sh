@@ -3,7 +3,8 @@
 # configured from flink-conf/ (folders under var/cluster/).
 #
 #   cluster.sh up [TASKMANAGERS]      JobManager + TaskManagers (default 1), wait until registered
-#   cluster.sh submit [RTREC ARGS]    flink run -d --pyModule jobs.rtrec_job (e.g. --set flink.parallelism=2)
+#   cluster.sh submit [FLINK OPTS] [--config F] [--set K=V] [--bootstrap-servers H:P]
+#                                     flink run -d --pyModule jobs.rtrec_job (e.g. --set flink.parallelism=2)
 #   cluster.sh list                   flink list
 #   cluster.sh list-taskmanagers      resource id, slots, free slots
 #   cluster.sh stop JOB_ID            stop with a savepoint (printed; resume with submit -s PATH)
@@ -70,12 +71,29 @@ case "${1:-}" in
     ;;
   submit)
     shift
+    # flink run's own options (-s SAVEPOINT, -n, ...) come first; the job's (--config FILE,
+    # --set KEY=VALUE, --bootstrap-servers HOST:PORT, as every rtrec command takes them) from
+    # the first of those on. The job's are checked here by `rtrec config` before Flink starts,
+    # so a mistake is one line naming the setting or the flags, not a Java stack trace.
+    flink_args=()
+    while [ $# -gt 0 ]; do
+      case "$1" in
+        --config|--config=*|--set|--set=*|--bootstrap-servers|--bootstrap-servers=*) break ;;
+        *) flink_args+=("$1"); shift ;;
+      esac
+    done
+    cd "$ROOT"
+    if ! "$PY" -m rtrec.cli config "$@" >/dev/null; then
+      echo "cluster: usage: cluster.sh submit [FLINK RUN OPTIONS, e.g. -s SAVEPOINT] [--config FILE]" \
+        "[--set KEY=VALUE ...] [--bootstrap-servers HOST:PORT]" >&2
+      exit 2
+    fi
     # --pyModule: the job's entry point; --pyFiles: the project's packages for the
     # client; --jarfile: the Kafka connector. The TaskManagers run the same code
     # in thread mode from python.pythonpath (see cluster-conf.py).
-    cd "$ROOT"
     "$FLINK_HOME/bin/flink" run -d \
       -pyclientexec "$PY" -pyexec "$PY" \
+      ${flink_args[@]+"${flink_args[@]}"} \
       --pyModule jobs.rtrec_job --pyFiles "$ROOT/rtrec,$ROOT/jobs,$ROOT/udfs,$ROOT/models" \
       --jarfile "$(connector)" \
       "$@"
@@ -111,7 +129,7 @@ for tm in json.load(urllib.request.urlopen('$REST/taskmanagers', timeout=5))['ta
     echo "cluster: stopped"
     ;;
   *)
-    sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac

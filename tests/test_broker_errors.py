@@ -1,0 +1,60 @@
+"""A missing broker: every command fails within seconds with one line, and librdkafka's log stays quiet."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+from confluent_kafka import Producer
+
+from rtrec import topics
+from rtrec.cli import _kafka_log_to_stderr, main
+from rtrec.config import KafkaConfig
+
+
+@pytest.fixture
+def nowhere() -> str:
+    """A loopback address where nothing listens (connections are refused)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"127.0.0.1:{port}"
+
+
+def test_check_broker_gives_up_quickly_and_says_why(nowhere, capfd):
+    start = time.monotonic()
+    with pytest.raises(topics.BrokerUnavailable, match="Connection refused") as e:
+        topics.check_broker(KafkaConfig(bootstrap_servers=nowhere), timeout_s=30)
+    assert time.monotonic() - start < 5, "a refused connection must not wait out the timeout"
+    assert nowhere in str(e.value) and "make kafka-up" in str(e.value)
+    assert capfd.readouterr().err == "", "librdkafka's connection errors must not reach stderr"
+
+
+@pytest.mark.parametrize("command", [
+    ["replay", "--limit", "5"],
+    ["run", "--bounded"],
+    ["demo", "--limit", "5"],
+    ["eval"],
+    ["serve", "--no-http"],
+    ["dead-letters"],
+])
+def test_every_command_fails_with_one_line(command, nowhere, capfd, tmp_path):
+    if command[0] == "serve":
+        command = [*command, "--store", str(tmp_path / "store")]
+    start = time.monotonic()
+    assert main([*command, "--bootstrap-servers", nowhere]) == 2
+    assert time.monotonic() - start < 8
+    err = capfd.readouterr().err
+    assert err.splitlines() == [err.strip()], err
+    assert err.startswith(f"rtrec: error: no Kafka broker at {nowhere} (") and "Traceback" not in err
+
+
+def test_librdkafka_messages_are_shown_once(nowhere, capfd):
+    _kafka_log_to_stderr()  # what main() does first
+    p = Producer(topics.client_config(KafkaConfig(bootstrap_servers=nowhere)))
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline:
+        p.poll(0.1)  # librdkafka retries the connection every few hundred ms
+    lines = [line for line in capfd.readouterr().err.splitlines() if line]
+    assert len(lines) == 1 and lines[0].startswith("rtrec: kafka: ") and "Connection refused" in lines[0], lines
