@@ -227,15 +227,28 @@ _ELECTING = frozenset({KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NO
                        KafkaError._TRANSPORT, KafkaError._TIMED_OUT})
 
 
-def committed_offsets(kafka: KafkaConfig, topic: str, group: str) -> dict[int, int | None]:
+_COORDINATOR_BUSY = (KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+                     KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError._TIMED_OUT, KafkaError.REQUEST_TIMED_OUT)
+
+
+def committed_offsets(kafka: KafkaConfig, topic: str, group: str, timeout_s: float = 30.0) -> dict[int, int | None]:
     """Partition -> the offset consumer group ``group`` committed on ``topic`` (None: nothing committed)."""
     c = _consumer(kafka, group)
+    deadline = time.monotonic() + timeout_s
     try:
-        md = c.list_topics(topic, timeout=10).topics[topic]
-        if md.error:
-            raise KafkaException(md.error)
-        parts = c.committed([TopicPartition(topic, p) for p in md.partitions], timeout=10)
-        return {tp.partition: (tp.offset if tp.offset >= 0 else None) for tp in parts}
+        while True:
+            try:
+                md = c.list_topics(topic, timeout=10).topics[topic]
+                if md.error:
+                    raise KafkaException(md.error)
+                parts = c.committed([TopicPartition(topic, p) for p in md.partitions], timeout=10)
+                return {tp.partition: (tp.offset if tp.offset >= 0 else None) for tp in parts}
+            except KafkaException as e:
+                # (a broker just started is still loading its group coordinator: NOT_COORDINATOR,
+                # COORDINATOR_LOAD_IN_PROGRESS, both retriable)
+                if e.args[0].code() not in _COORDINATOR_BUSY or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
     finally:
         c.close()
 
