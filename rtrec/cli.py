@@ -155,6 +155,10 @@ def cmd_run(args) -> int:
                   f"'{cfg.kafka.model_updates_topic}', which may have learned from the events this run reads "
                   "again from the beginning: their predictions are then not prequential (for a clean evaluation "
                   "use a fresh model-updates topic, or --set model.warm_start=false)", file=sys.stderr, flush=True)
+    outputs = {"predictions": cfg.kafka.predictions_topic, "recommendations": cfg.kafka.recommendations_topic,
+               "features": cfg.kafka.features_topic}
+    written_before = {name: sum(topics.end_offsets(cfg.kafka, t).values()) for name, t in outputs.items()}
+    dead_before = topics.end_offsets(cfg.kafka, cfg.kafka.dead_letter_topic)
     start = time.perf_counter()
     total = position.to_read if position else None
     progress = JobProgress(cfg.flink.job_name, total=total if cfg.flink.bounded else None,
@@ -171,8 +175,27 @@ def cmd_run(args) -> int:
             result = rtrec_job.run(cfg, on_start=started)
         finally:
             progress.stop()
+
+    def summarise() -> None:
+        from rtrec.dead_letters import reasons_since
+        from rtrec.progress import summary
+
+        written = {name: sum(topics.end_offsets(cfg.kafka, t).values()) - written_before[name]
+                   for name, t in outputs.items()}
+        last = progress.last
+        # A bounded run read what was there when it started; the job's counters are sampled every 2 s,
+        # and a job that finished by itself takes its last few seconds' counts with it.
+        events_in = max(last.events_in if last else 0, total if cfg.flink.bounded and total is not None else 0)
+        print("rtrec: run summary: " + summary(events_in, last.duplicates if last else 0,
+                                               reasons_since(cfg.kafka, dead_before), written)
+              + " (records written: end offsets, transaction markers included; duplicates as the job last "
+              "reported them)", flush=True)
+
     if run.stopped:
+        summarise()
         return 0
+    if not cfg.flink.bounded:
+        run.linger_s = 5.0  # (stopped from outside, e.g. by `rtrec stop`, which still asks for the savepoint)
     wall = time.perf_counter() - start
     if cfg.flink.bounded:
         n = total if total is not None else sum(before.values())
@@ -184,6 +207,7 @@ def cmd_run(args) -> int:
         failures = getattr(result, "failures", None)
         if failures is not None:
             print(f"rtrec: task failures recovered from during the run: {failures}")
+        summarise()
     return 0
 
 

@@ -10,6 +10,7 @@ with ``isolation.level=read_committed``, as the job commits them.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -146,3 +147,18 @@ def _read_range(c: Consumer, topic: str, partition: int, start: int, end: int, t
     finally:
         c.unassign()
     return out
+
+
+def reasons_since(kafka: KafkaConfig, start: dict[int, int], timeout_s: float = 10.0) -> Counter:
+    """Reason -> how many committed dead letters ``kafka.dead_letter_topic`` got after ``start``
+    (partition -> offset, as topics.end_offsets gave it when a run began)."""
+    topic = kafka.dead_letter_topic
+    c = topics._consumer(kafka)
+    try:
+        reasons: Counter = Counter()
+        for p, high in topics.end_offsets(kafka, topic).items():
+            if high > start.get(p, 0):
+                reasons.update(d.reason for d in _read_range(c, topic, p, start.get(p, 0), high, timeout_s))
+        return reasons
+    finally:
+        c.close()

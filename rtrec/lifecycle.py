@@ -169,6 +169,9 @@ class LocalRun:
         self.rest_url: str | None = None
         self.stopped: StopRequested | None = None
         self.savepoint: str | None = None
+        # Seconds the REST API stays up after the job ended by itself: an unbounded job ends when
+        # `rtrec stop` stopped it with a savepoint, and that command still reads the savepoint's path.
+        self.linger_s = 0.0
 
     def started(self, rest_url: str) -> None:
         """The job was submitted: record where its REST API is."""
@@ -233,6 +236,8 @@ class local_run:
 
     def cleanup(self) -> None:
         """End the MiniCluster's JVM, remove its temporary files and the run record (idempotent)."""
+        if self.run.linger_s and not self.run.stopped and gateway_pids():
+            time.sleep(self.run.linger_s)
         close_gateway()
         end_processes(gateway_pids())
         remove_tree(self.tmp)

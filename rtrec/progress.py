@@ -34,17 +34,37 @@ class Sample:
     events_in: int
     lag: int | None
     model_version: int | None
+    accepted: int = 0
+    duplicates: int = 0
+    late: int = 0
+    dead_letters: int = 0
 
 
 def sample(rest: FlinkRest, job_id: str, vertices: dict[str, str], models: bool = True) -> Sample:
     """Read the metrics once; ``vertices`` maps "source", "user" to vertex ids (see :func:`find_vertices`);
     ``models``: whether the job learns (a feature job has no model version)."""
-    events = rest.metrics(job_id, vertices["user"], "rtrec.events_in")
-    versions = rest.metrics(job_id, vertices["user"], "rtrec.model_version") if models else {}
+    user = _by_suffix(rest, job_id, vertices["user"], [f"rtrec.{n}" for n in _COUNTERS] + ["rtrec.model_version"])
     lags = rest.metrics(job_id, vertices["source"], ".pendingRecords") if "source" in vertices else {}
-    return Sample(time.monotonic(), int(sum(events.values())),
-                  int(sum(lags.values())) if lags else None,
-                  int(max(versions.values())) if versions else None)
+    counts = {n: int(sum(user.get(f"rtrec.{n}", []))) for n in _COUNTERS}
+    versions = user.get("rtrec.model_version") if models else None
+    return Sample(time.monotonic(), counts["events_in"], int(sum(lags.values())) if lags else None,
+                  int(max(versions)) if versions else None, counts["events_accepted"], counts["duplicates"],
+                  counts["late_events"], counts["dead_letters"])
+
+
+_COUNTERS = ("events_in", "events_accepted", "duplicates", "late_events", "dead_letters")
+
+
+def _by_suffix(rest: FlinkRest, job_id: str, vertex_id: str, suffixes: list[str]) -> dict[str, list[float]]:
+    """Suffix -> the values of a vertex's metrics (one per subtask) whose id ends with it: two requests."""
+    path = f"/jobs/{job_id}/vertices/{vertex_id}/metrics"
+    names = [m["id"] for m in rest.get(path) if any(m["id"].endswith(x) for x in suffixes)]
+    out: dict[str, list[float]] = {}
+    if names:
+        for m in rest.get(f"{path}?get={','.join(names)}"):
+            suffix = next(x for x in suffixes if m["id"].endswith(x))
+            out.setdefault(suffix, []).append(float(m["value"]))
+    return out
 
 
 def find_vertices(rest: FlinkRest, job_id: str) -> dict[str, str]:
@@ -77,6 +97,22 @@ def describe(now: Sample, per_s: float) -> str:
     return ", ".join(parts)
 
 
+def summary(events_in: int, duplicates: int, dead_by_reason: dict[str, int], outputs: dict[str, int]) -> str:
+    """The run's summary line: what came in and what became of it, and the records written per topic.
+    Records in = accepted + duplicates + dead letters (late events are dead letters too).
+
+    >>> summary(100, 2, {"malformed JSON": 3, "late by 5 s": 1}, {"predictions": 94})
+    'events in 100: accepted 94, duplicates 2, dead letters 4 (malformed JSON 3, late by 5 s 1); outputs: predictions 94'
+    """
+    dead = sum(dead_by_reason.values())
+    head = f"events in {events_in:,}: accepted {events_in - duplicates - dead:,}, duplicates {duplicates:,}, " \
+           f"dead letters {dead:,}"
+    if dead_by_reason:
+        ranked = sorted(dead_by_reason.items(), key=lambda kv: (-kv[1], kv[0]))
+        head += " (" + ", ".join(f"{r} {n:,}" for r, n in ranked) + ")"
+    return head + "; outputs: " + ", ".join(f"{t} {n:,}" for t, n in outputs.items())
+
+
 class JobProgress:
     """A thread that shows a job's progress until :meth:`stop` (or the job is gone).
 
@@ -98,8 +134,7 @@ class JobProgress:
     def start(self, rest_url: str) -> JobProgress:
         """Follow the job at ``rest_url`` (known once the job's environment chose its REST port)."""
         self.rest = FlinkRest(rest_url)
-        if self.enabled:
-            self._thread.start()
+        self._thread.start()  # (without the bar too: the run's summary takes the last sample)
         return self
 
     def stop(self) -> None:
@@ -113,6 +148,7 @@ class JobProgress:
         except (TimeoutError, OSError):
             return
         bar = tqdm(total=self.total, unit="ev", desc="rtrec job", file=self.file, mininterval=0,
+                   disable=not self.enabled,
                    bar_format=("{l_bar}{bar}| {n_fmt}/{total_fmt} ev [{elapsed}, {postfix}]" if self.total
                                else "{desc}: {n_fmt} ev [{elapsed}, {postfix}]"))
         vertices = None

@@ -227,6 +227,8 @@ _ELECTING = frozenset({KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NO
                        KafkaError._TRANSPORT, KafkaError._TIMED_OUT})
 
 
+_NO_LEADER_YET = (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+                  KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_PARTITION)
 _COORDINATOR_BUSY = (KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
                      KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError._TIMED_OUT, KafkaError.REQUEST_TIMED_OUT)
 
@@ -330,10 +332,22 @@ class RecordFetcher:
         finally:
             c.unassign()  # no fetch left waiting at the partition's end to hold up the next call
 
+    def _end(self, c: Consumer, partition: int, timeout_s: float) -> int:
+        """The partition's end offset, waiting out a leader not yet elected or moved (a topic just
+        created, a broker restarting) for up to ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                return c.get_watermark_offsets(TopicPartition(self.topic, partition), timeout=timeout_s)[1]
+            except KafkaException as e:
+                if e.args[0].code() not in _NO_LEADER_YET or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
     def newer(self, partition: int, offset: int, timeout_s: float = 1.0):
         """The partition's last record if it lies past ``offset``, else None: one round trip to the
         broker when nothing is newer (the scorers ask between batches)."""
-        end = self.consumer().get_watermark_offsets(TopicPartition(self.topic, partition), timeout=timeout_s)[1]
+        end = self._end(self.consumer(), partition, timeout_s)
         if end - 1 <= offset:
             return None
         return self.fetch(partition, end - 1, timeout_s=timeout_s)
@@ -346,8 +360,7 @@ class RecordFetcher:
 
     def _fetch(self, c: Consumer, partition: int, offset: int, newest: bool, timeout_s: float):
         if newest:
-            offset = max(offset, c.get_watermark_offsets(TopicPartition(self.topic, partition),
-                                                         timeout=timeout_s)[1] - 1)
+            offset = max(offset, self._end(c, partition, timeout_s) - 1)
         c.assign([TopicPartition(self.topic, partition, offset)])
         deadline = time.time() + timeout_s
         while time.time() < deadline:

@@ -101,9 +101,12 @@ class UserStage(KeyedBroadcastProcessFunction):
         self._adopted: tuple[int, bytes] | None = None  # adopted between batches, not yet in broadcast state
         self.check_s = cfg.model.version_check_ms / 1000
         self._next_check = 0.0
-        # Versions published before this (a previous run's, or a failed attempt's after the checkpoint
-        # this one restored) come only through the merger or the restored broadcast state.
-        self.started_ms = int(time.time() * 1000) - 1000
+        # A fresh start or a resume from a savepoint takes versions published before it only through
+        # the merger (which warm-starts from the newest, or not: model.warm_start) or the restored
+        # broadcast state. After a failover (attempt > 0) the newest on the topic is this job's own,
+        # and may be newer than the broadcast state holds (a version adopted between batches reaches
+        # it with the next notice): the scorer takes it at once rather than score on an older one.
+        self.started_ms = 0 if self.info.attempt > 0 else int(time.time() * 1000) - 1000
         self.core = UserCore(cfg, self.learner, self.info.index)
         self._checked_broadcast = False
         self.broadcast_log = cfg.model.broadcast_log

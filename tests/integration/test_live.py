@@ -28,6 +28,7 @@ def live(kafka):
             "flink.batch_interval_ms=100",
             "events.partition_idle_ms=2000",
             "model.enabled=false",
+            "flink.savepoint_on_stop=true",  # (test_sigterm_...: SIGTERM stops it with a savepoint)
         ],
     )
     job = LiveJob(cfg)
@@ -149,4 +150,7 @@ def test_sigterm_stops_the_job_its_jvm_and_removes_its_files(live):
     assert read_run_record(live.cfg) is None
     log = live.log.read_text()
     assert "SIGTERM received" in log and "Traceback" not in log, log[-2000:]
+    savepoint = re.search(r"savepoint at (\S+);", log).group(1)
+    assert os.path.isdir(savepoint.removeprefix("file:")), savepoint
+    assert "run summary: events in " in log
     assert took < 30, f"stopping took {took:.1f} s"

@@ -74,6 +74,10 @@ def _prometheus_pages():
 
 def test_flink_run_survives_a_killed_taskmanager_stops_with_a_savepoint_and_resumes(kafka, cluster):
     cfg = fresh_config(kafka, "cluster", ["flink.parallelism=2"])
+    # The cluster's own restart strategy (exponential delay, no limit), not the tests' two quick attempts:
+    # until the JobManager notices the killed TaskManager (heartbeat timeout, 15 s), deploying to it fails.
+    for key in [k for k in cfg.flink.options if k.startswith("restart-strategy")]:
+        del cfg.flink.options[key]
     events = movielens_events(limit=3 * N)
     replay(events[:N], cfg.kafka, progress=False)
     out = cluster.sh("submit", "--config", str(write_config(cfg)), timeout=240)
