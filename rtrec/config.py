@@ -236,7 +236,7 @@ class ModelConfig:
     # Besides the broadcast notices (which queue behind a backlog of events), each scorer asks the
     # broker at most this often, between two batches, whether a newer version is out, and adopts
     # it at once. 0: notices only.
-    version_check_ms: int = 200
+    version_check_ms: int = 1_000
     # Start from the newest version on the model-updates topic (or in
     # versions_dir) when the job starts without state.
     warm_start: bool = True
