@@ -118,7 +118,7 @@ def cmd_backfill(args) -> int:
 
 def cmd_run(args) -> int:
     from rtrec import topics
-    from rtrec.lifecycle import local_run, start_position
+    from rtrec.lifecycle import run_locally, start_position
     from rtrec.progress import JobProgress
 
     cfg = config_from(args)
@@ -136,7 +136,6 @@ def cmd_run(args) -> int:
     if not args.from_savepoint:  # (a savepoint holds the source's offsets)
         position = start_position(cfg.flink.startup_mode, before, topics.committed_offsets(
             cfg.kafka, cfg.kafka.events_topic, cfg.kafka.consumer_group))
-    from jobs import rtrec_job
 
     print(
         f"rtrec: job '{cfg.flink.job_name}' on a local MiniCluster, parallelism {cfg.flink.parallelism}, "
@@ -164,17 +163,7 @@ def cmd_run(args) -> int:
     progress = JobProgress(cfg.flink.job_name, total=total if cfg.flink.bounded else None,
                            enabled=not args.no_progress, models=cfg.model.enabled)
 
-    with local_run(cfg) as run:
-        def started():
-            url = f"http://127.0.0.1:{cfg.flink.rest_port}"
-            print(f"rtrec: Flink web UI and REST API at http://localhost:{cfg.flink.rest_port}", flush=True)
-            run.started(url)
-            progress.start(url)
-
-        try:
-            result = rtrec_job.run(cfg, on_start=started)
-        finally:
-            progress.stop()
+    result, run = run_locally(cfg, progress)
 
     def summarise() -> None:
         from rtrec.dead_letters import reasons_since

@@ -8,7 +8,7 @@ from collections import Counter
 from rtrec import topics
 from rtrec.config import RtrecConfig
 from rtrec.datasets import load_movies, movielens_events
-from rtrec.lifecycle import local_run
+from rtrec.lifecycle import run_locally
 from rtrec.metrics import auc, mae, rmse
 from rtrec.progress import JobProgress
 from rtrec.records import read_record
@@ -21,7 +21,6 @@ def run_demo(cfg: RtrecConfig, limit: int = 0, show: int = 5) -> dict[str, int]:
     cfg.kafka = cfg.kafka.with_prefix(DEMO_PREFIX)
     topics.check_broker(cfg.kafka)  # one clear line, before deleting anything or starting Flink
 
-    from jobs import rtrec_job
 
     cfg.flink.bounded = True
     cfg.flink.startup_mode = "earliest"  # (fresh topics: offsets a group committed on an older one never apply)
@@ -39,17 +38,7 @@ def run_demo(cfg: RtrecConfig, limit: int = 0, show: int = 5) -> dict[str, int]:
     start = time.perf_counter()
     progress = JobProgress(cfg.flink.job_name, total=len(events), models=cfg.model.enabled)
 
-    with local_run(cfg, "demo") as run:
-        def started():
-            url = f"http://127.0.0.1:{cfg.flink.rest_port}"
-            print(f"demo: Flink web UI and REST API at http://localhost:{cfg.flink.rest_port}", flush=True)
-            run.started(url)
-            progress.start(url)
-
-        try:
-            result = rtrec_job.run(cfg, on_start=started)
-        finally:
-            progress.stop()
+    result, run = run_locally(cfg, progress, "demo")
     if run.stopped:
         return {}
     wall = time.perf_counter() - start

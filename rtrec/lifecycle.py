@@ -299,3 +299,24 @@ def start_position(mode: str, end: dict[int, int], committed: dict[int, int | No
     # (a partition the group never committed on is read from its start)
     unread = any(e > 0 and p not in known for p, e in end.items())
     return StartPosition(to_read, f"from the consumer group's committed offsets ({to_read:,} events behind)", unread)
+
+
+def run_locally(cfg: RtrecConfig, progress, name: str = "rtrec"):
+    """The job on a MiniCluster in this process (jobs.rtrec_job.run) inside :class:`local_run`, with
+    ``progress`` (a rtrec.progress.JobProgress) following it; returns ``(result, run)``: the job's
+    result (None when a signal stopped it) and the :class:`LocalRun`."""
+    from jobs import rtrec_job
+
+    result = None
+    with local_run(cfg, name) as run:
+        def started():
+            url = f"http://127.0.0.1:{cfg.flink.rest_port}"
+            print(f"{name}: Flink web UI and REST API at http://localhost:{cfg.flink.rest_port}", flush=True)
+            run.started(url)
+            progress.start(url)
+
+        try:
+            result = rtrec_job.run(cfg, on_start=started)
+        finally:
+            progress.stop()
+    return result, run
