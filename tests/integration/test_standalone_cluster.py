@@ -34,7 +34,7 @@ from tests.conftest import (
     write_config,
 )
 
-N = 4_000  # events before and after the TaskManager is killed
+N = 2_500  # events before and after the TaskManager is killed, and after the resume
 CLUSTER = ROOT / "deploy" / "flink" / "bin" / "cluster.sh"
 
 
