@@ -222,35 +222,48 @@ def _consumer(kafka: KafkaConfig, group: str | None = None, **settings) -> Consu
     )
 
 
-#: Errors a partition answers with while its leader is being elected.
+#: Errors a partition answers with while its leader is being elected (a topic just created, a broker
+#: restarting).
 _ELECTING = frozenset({KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+                       KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_PARTITION,
                        KafkaError._TRANSPORT, KafkaError._TIMED_OUT})
+#: Errors of a group coordinator a broker just started is still loading.
+_COORDINATOR_BUSY = frozenset({KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+                               KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError._TIMED_OUT,
+                               KafkaError.REQUEST_TIMED_OUT})
 
 
-_NO_LEADER_YET = (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
-                  KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_PARTITION)
-_COORDINATOR_BUSY = (KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
-                     KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError._TIMED_OUT, KafkaError.REQUEST_TIMED_OUT)
+def _retrying(call, transient: frozenset, timeout_s: float, pause_s: float = 0.2):
+    """``call()``, again while it raises a KafkaException whose error is retriable or in ``transient``,
+    for up to ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return call()
+        except KafkaException as e:
+            err = e.args[0]
+            if not (err.retriable() or err.code() in transient) or time.monotonic() > deadline:
+                raise
+            time.sleep(pause_s)
+
+
+def _partitions(c: Consumer, topic: str) -> list[int]:
+    md = c.list_topics(topic, timeout=10).topics[topic]
+    if md.error:
+        raise KafkaException(md.error)
+    return list(md.partitions)
 
 
 def committed_offsets(kafka: KafkaConfig, topic: str, group: str, timeout_s: float = 30.0) -> dict[int, int | None]:
     """Partition -> the offset consumer group ``group`` committed on ``topic`` (None: nothing committed)."""
     c = _consumer(kafka, group)
-    deadline = time.monotonic() + timeout_s
+
+    def committed():
+        parts = c.committed([TopicPartition(topic, p) for p in _partitions(c, topic)], timeout=10)
+        return {tp.partition: (tp.offset if tp.offset >= 0 else None) for tp in parts}
+
     try:
-        while True:
-            try:
-                md = c.list_topics(topic, timeout=10).topics[topic]
-                if md.error:
-                    raise KafkaException(md.error)
-                parts = c.committed([TopicPartition(topic, p) for p in md.partitions], timeout=10)
-                return {tp.partition: (tp.offset if tp.offset >= 0 else None) for tp in parts}
-            except KafkaException as e:
-                # (a broker just started is still loading its group coordinator: NOT_COORDINATOR,
-                # COORDINATOR_LOAD_IN_PROGRESS, both retriable)
-                if e.args[0].code() not in _COORDINATOR_BUSY or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
+        return _retrying(committed, _COORDINATOR_BUSY | _ELECTING, timeout_s, pause_s=0.5)
     finally:
         c.close()
 
@@ -263,19 +276,9 @@ def end_offsets(kafka: KafkaConfig, topic: str, timeout_s: float = 30.0) -> dict
     broker restarted) for up to ``timeout_s``.
     """
     c = _consumer(kafka)
-    deadline = time.time() + timeout_s
     try:
-        while True:
-            try:
-                md = c.list_topics(topic, timeout=10).topics[topic]
-                if md.error:
-                    raise KafkaException(md.error)
-                return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in md.partitions}
-            except KafkaException as e:
-                err = e.args[0]
-                if not (err.retriable() or err.code() in _ELECTING) or time.time() > deadline:
-                    raise
-                time.sleep(0.2)
+        return _retrying(lambda: {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                                  for p in _partitions(c, topic)}, _ELECTING, timeout_s)
     finally:
         c.close()
 
@@ -335,14 +338,8 @@ class RecordFetcher:
     def _end(self, c: Consumer, partition: int, timeout_s: float) -> int:
         """The partition's end offset, waiting out a leader not yet elected or moved (a topic just
         created, a broker restarting) for up to ``timeout_s``."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                return c.get_watermark_offsets(TopicPartition(self.topic, partition), timeout=timeout_s)[1]
-            except KafkaException as e:
-                if e.args[0].code() not in _NO_LEADER_YET or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+        return _retrying(lambda: c.get_watermark_offsets(TopicPartition(self.topic, partition),
+                                                         timeout=timeout_s)[1], _ELECTING, timeout_s, pause_s=0.1)
 
     def newer(self, partition: int, offset: int, timeout_s: float = 1.0):
         """The partition's last record if it lies past ``offset``, else None: one round trip to the
