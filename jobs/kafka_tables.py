@@ -17,6 +17,7 @@ from pyflink.table import StreamTableEnvironment, Table
 
 from rtrec.config import RtrecConfig
 from rtrec.kafka_clients import flink_sql_options
+from rtrec.model_updates import CHUNK_HEADER, CHUNKS_HEADER
 from rtrec.topics import CREATED_HEADER, REASON_HEADER, SOURCE_HEADER, STAGE_HEADER, VERSION_HEADER
 
 _STARTUP = {"earliest": "earliest-offset", "latest": "latest-offset", "group-offsets": "group-offsets"}
@@ -194,7 +195,6 @@ def model_updates_source(t_env: StreamTableEnvironment, cfg: RtrecConfig, start_
         "topic": k.model_updates_topic,
         "properties.bootstrap.servers": k.bootstrap_servers,
         "properties.group.id": f"{k.consumer_group}-model-updates",
-        "properties.max.partition.fetch.bytes": str(64 * 1024 * 1024),
         "scan.startup.mode": "timestamp",
         "scan.startup.timestamp-millis": str(start_ms),
         "value.format": "raw",
@@ -207,11 +207,16 @@ def model_updates_source(t_env: StreamTableEnvironment, cfg: RtrecConfig, start_
   `headers` MAP<STRING, BYTES> METADATA VIRTUAL
 ) WITH (\n  {_with(options)}\n)""")
     # (a record without the headers, written by an older rtrec, gives NULLs: the scorer loads it to see)
+    # One notice per version: its last chunk (rtrec.model_updates); a record without chunk headers
+    # holds a whole version.
     return t_env.sql_query(f"""
 SELECT `partition`, `offset`,
        CAST(DECODE(headers['{VERSION_HEADER}'], 'UTF-8') AS BIGINT) AS `number`,
        CAST(DECODE(headers['{CREATED_HEADER}'], 'UTF-8') AS BIGINT) AS created_ms
-FROM rtrec_model_updates_in""")
+FROM rtrec_model_updates_in
+WHERE headers['{CHUNKS_HEADER}'] IS NULL
+   OR CAST(DECODE(headers['{CHUNK_HEADER}'], 'UTF-8') AS INT)
+      = CAST(DECODE(headers['{CHUNKS_HEADER}'], 'UTF-8') AS INT) - 1""")
 
 
 def register_model_updates_sink(t_env: StreamTableEnvironment, cfg: RtrecConfig) -> str:
@@ -223,6 +228,11 @@ def register_model_updates_sink(t_env: StreamTableEnvironment, cfg: RtrecConfig)
     options.pop("sink.transactional-id-prefix", None)
     options.pop("properties.transaction.timeout.ms", None)
     options["properties.linger.ms"] = "0"
+    options["properties.compression.type"] = "none"  # (versions are zlib-compressed already)
+    # One writer, so a version's chunks reach the topic in order, one after another.
+    options["sink.parallelism"] = "1"
+    # A chunk and its headers must fit one request (the broker's limit is the topic's max.message.bytes).
+    options["properties.max.request.size"] = str(cfg.kafka.version_chunk_bytes + 64 * 1024)
     t_env.execute_sql(f"""CREATE TEMPORARY TABLE rtrec_sink_model_updates (
   k STRING, v BYTES, headers MAP<STRING, BYTES> METADATA
 ) WITH (\n  {_with(options)}\n)""")
@@ -230,10 +240,13 @@ def register_model_updates_sink(t_env: StreamTableEnvironment, cfg: RtrecConfig)
 
 
 def insert_model_updates(statements, view: str, table: str) -> None:
-    """Write the merger's versions (``k, v, number, created_ms`` rows of ``view``) with their headers."""
+    """Write the merger's versions (``k, v, number, created_ms, chunk, chunks`` rows of ``view``, one
+    per chunk: rtrec.model_updates) with their headers."""
     statements.add_insert_sql(f"""INSERT INTO {table}
 SELECT k, v, MAP['{VERSION_HEADER}', ENCODE(CAST(`number` AS STRING), 'UTF-8'),
-                 '{CREATED_HEADER}', ENCODE(CAST(created_ms AS STRING), 'UTF-8')]
+                 '{CREATED_HEADER}', ENCODE(CAST(created_ms AS STRING), 'UTF-8'),
+                 '{CHUNK_HEADER}', ENCODE(CAST(chunk AS STRING), 'UTF-8'),
+                 '{CHUNKS_HEADER}', ENCODE(CAST(chunks AS STRING), 'UTF-8')]
 FROM {view}""")
 
 

@@ -195,7 +195,11 @@ def main(argv: list[str] | None = None) -> None:
 
     ap = argparse.ArgumentParser(prog="rtrec_job")
     config_arguments(ap)
-    run(config_from(ap.parse_args(argv)), local=False)
+    cfg = config_from(ap.parse_args(argv))
+    # A missing broker, a topic the job may not write or an unsuitable model-updates topic: one clear
+    # line now, rather than a job restarting on the cluster.
+    topics.prepare_job_topics(cfg.kafka, cfg.model.enabled)
+    run(cfg, local=False)
 
 
 if __name__ == "__main__":

@@ -130,7 +130,7 @@ def cmd_run(args) -> int:
         cfg.flink.options["execution.state-recovery.path"] = args.from_savepoint
     if args.from_beginning:
         cfg.flink.startup_mode = "earliest"
-    topics.ensure_topics(cfg.kafka)  # before importing Flink and torch: a missing broker fails in a second
+    topics.prepare_job_topics(cfg.kafka, cfg.model.enabled)  # before importing Flink and torch: fails in a second
     before = topics.end_offsets(cfg.kafka, cfg.kafka.events_topic)
     position = None
     if not args.from_savepoint:  # (a savepoint holds the source's offsets)

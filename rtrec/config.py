@@ -53,6 +53,10 @@ class KafkaConfig:
     # missing topic is an error naming it, for clusters where topics are made by their admins.
     create_topics: bool = True
     consumer_group: str = "rtrec"
+    # A model version goes to model_updates_topic in records of at most this many bytes (chunks,
+    # rtrec.model_updates), so it fits brokers with the usual 1 MB limit whatever the model's size.
+    # The topic's max.message.bytes must exceed it by the headers (rtrec run checks).
+    version_chunk_bytes: int = 900_000
     # Exactly-once sinks keep a transaction open from one checkpoint to the next;
     # it must stay below the broker's transaction.max.timeout.ms (15 min by default).
     transaction_timeout_ms: int = 600_000
@@ -577,6 +581,8 @@ def validate(cfg: RtrecConfig) -> None:
         raise ConfigError("features.snapshots: expected batch (one per entity and micro-batch) or event")
     if cfg.model.top_k < 1 or cfg.model.dim < 1:
         raise ConfigError("model.top_k and model.dim must be at least 1")
+    if cfg.kafka.version_chunk_bytes < 1024:
+        raise ConfigError("kafka.version_chunk_bytes must be at least 1024")
     for name, device in (("model.device", cfg.model.device), ("text.device", cfg.text.device)):
         if not DEVICE.fullmatch(device):
             raise ConfigError(f"{name}: expected auto, cpu, cuda or cuda:N (a GPU's index), got {device!r}")

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import re
 import time
 from collections.abc import Iterator
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicCollection, TopicPartition
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from rtrec import kafka_clients
 from rtrec.config import KafkaConfig
 
-# Model versions carry whole parameter sets; compaction keeps the newest per model.
-MODEL_TOPIC_CONFIG = {"cleanup.policy": "compact", "max.message.bytes": str(64 * 1024 * 1024)}
+# Model versions carry whole parameter sets, in chunks of kafka.version_chunk_bytes (under the
+# brokers' usual 1 MB limit: rtrec.model_updates); compaction keeps the newest version's chunks.
+MODEL_TOPIC_CONFIG = {"cleanup.policy": "compact"}
 #: Headers of a model-updates record: its version number and creation time (decimal strings), so a
 #: reader can tell which version a record holds without loading it.
 VERSION_HEADER, CREATED_HEADER = "rtrec.version", "rtrec.created_ms"
@@ -24,6 +26,7 @@ VERSION_HEADER, CREATED_HEADER = "rtrec.version", "rtrec.created_ms"
 REASON_HEADER, STAGE_HEADER, SOURCE_HEADER = "rtrec.reason", "rtrec.stage", "rtrec.source"
 
 
+log = logging.getLogger(__name__)
 #: librdkafka's log lines (a "Connection refused" every few milliseconds while a broker is away) go
 #: through Python logging here instead of straight to stderr: the commands show each distinct one
 #: once (rtrec.cli), the job's Python workers log them as any other warning.
@@ -178,6 +181,75 @@ def ensure_topics(kafka: KafkaConfig, names: list[str] | None = None, timeout_s:
     return created
 
 
+def prepare_job_topics(kafka: KafkaConfig, models: bool) -> list[str]:
+    """What a job needs before it starts (``rtrec run``, a cluster submission): every topic exists
+    (:func:`ensure_topics`) and suits it (:func:`check_topics`). Returns the topics created."""
+    created = ensure_topics(kafka)
+    model = [kafka.model_updates_topic] if models else []
+    check_topics(kafka, reads=[kafka.events_topic, *model],
+                 writes=[kafka.features_topic, kafka.recommendations_topic, kafka.predictions_topic,
+                         kafka.dead_letter_topic, *model])
+    return created
+
+
+#: What a record of model_updates_topic carries besides its chunk (key, headers, batch framing).
+CHUNK_OVERHEAD = 64 * 1024
+
+
+def check_topics(kafka: KafkaConfig, reads: list[str], writes: list[str], timeout_s: float = 30.0) -> None:
+    """Before a job starts: rtrec's principal may read ``reads`` and write ``writes``, and an existing
+    model-updates topic (made beforehand by an administrator, say) suits the job. Raises
+    :class:`KafkaAccessDenied` or :class:`TopicError` naming what to change; a Flink job would
+    otherwise restart over and over on a refused write."""
+    client = admin(kafka)
+    names = list(dict.fromkeys([*reads, *writes]))
+    need = {n: [op for op, group in (("READ", reads), ("WRITE", writes)) if n in group] for n in names}
+    futures = client.describe_topics(TopicCollection(names), request_timeout=timeout_s,
+                                     include_authorized_operations=True)
+    for name, future in futures.items():
+        try:
+            described = future.result()
+        except KafkaException as e:
+            raise TopicError(f"could not describe topic {name!r} at {kafka.bootstrap_servers} "
+                             f"({e.args[0].str()}); the name comes from {_topic_setting(kafka, name)}") from None
+        allowed = {op.name for op in described.authorized_operations or []}
+        missing = [op for op in need[name] if op not in allowed]
+        if described.authorized_operations is not None and missing:
+            raise KafkaAccessDenied(
+                f"rtrec's principal may not {' and '.join(missing)} topic {name!r} at {kafka.bootstrap_servers} "
+                f"(its ACLs allow {', '.join(sorted(allowed)) or 'nothing'}): grant it {' and '.join(missing)} on "
+                f"the topic, or check {_topic_setting(kafka, name)}")
+        if name == kafka.model_updates_topic:
+            _check_model_topic(client, kafka, name, len(described.partitions), timeout_s)
+
+
+def _check_model_topic(client: AdminClient, kafka: KafkaConfig, name: str, partitions: int, timeout_s: float) -> None:
+    """model-updates: one partition (versions in order), compacted (the newest version's chunks stay),
+    records large enough for a chunk."""
+    if partitions != 1:
+        raise TopicError(f"topic {name!r} has {partitions} partitions; model versions need exactly one (in order): "
+                         f"recreate it with one partition, or name another in kafka.model_updates_topic")
+    resource = ConfigResource(ConfigResource.Type.TOPIC, name)
+    try:
+        config = client.describe_configs([resource], request_timeout=timeout_s)[resource].result()
+    except KafkaException as e:  # (DESCRIBE_CONFIGS may be withheld: nothing to check then)
+        log.warning("could not read the settings of topic %r (%s): not checked", name, e.args[0].str())
+        return
+    policy = config["cleanup.policy"].value if "cleanup.policy" in config else "delete"
+    if "compact" not in policy.split(","):
+        raise TopicError(
+            f"topic {name!r} has cleanup.policy={policy}; model versions need compaction (else the newest "
+            f"version expires with the retention time and no job can warm-start from it): "
+            f"kafka-configs.sh --alter --entity-type topics --entity-name {name} --add-config cleanup.policy=compact")
+    if "max.message.bytes" in config:
+        limit = int(config["max.message.bytes"].value)
+        if limit < kafka.version_chunk_bytes + CHUNK_OVERHEAD:
+            raise TopicError(
+                f"topic {name!r} takes records of at most {limit:,} bytes (max.message.bytes); model versions go in "
+                f"chunks of kafka.version_chunk_bytes={kafka.version_chunk_bytes:,} plus up to {CHUNK_OVERHEAD:,} "
+                f"of headers: set kafka.version_chunk_bytes to at most {max(1024, limit - CHUNK_OVERHEAD):,}")
+
+
 def _topic_setting(kafka: KafkaConfig, name: str) -> str:
     """The setting that names topic ``name`` (kafka.events_topic, ...)."""
     for field in dataclasses.fields(kafka):
@@ -329,11 +401,11 @@ class RecordFetcher:
         """The record at ``offset`` or, if compaction removed it, the first one after it; with
         ``newest``, the partition's last record if that is further on. None if the partition ends
         before it or nothing arrives within ``timeout_s``."""
-        c = self.consumer()
-        try:
-            return self._fetch(c, partition, offset, newest, timeout_s)
-        finally:
-            c.unassign()  # no fetch left waiting at the partition's end to hold up the next call
+        if newest:
+            offset = max(offset, self._end(self.consumer(), partition, timeout_s) - 1)
+        with contextlib.closing(self.records(partition, offset, timeout_s)) as records:
+            # (unassigned after: no fetch left waiting at the partition's end to hold up the next call)
+            return next((m for m in records if m.offset() >= offset), None)
 
     def _end(self, c: Consumer, partition: int, timeout_s: float) -> int:
         """The partition's end offset, waiting out a leader not yet elected or moved (a topic just
@@ -349,28 +421,29 @@ class RecordFetcher:
             return None
         return self.fetch(partition, end - 1, timeout_s=timeout_s)
 
+    def records(self, partition: int, start: int, timeout_s: float = 10.0) -> Iterator:
+        """The partition's records from offset ``start`` on, until its end or ``timeout_s``."""
+        c = self.consumer()
+        c.assign([TopicPartition(self.topic, partition, start)])
+        try:
+            deadline = time.time() + timeout_s
+            while time.time() < deadline:
+                m = c.poll(min(0.5, max(0.01, deadline - time.time())))
+                if m is None:
+                    continue
+                if m.error():
+                    if m.error().code() == KafkaError._PARTITION_EOF:
+                        return
+                    raise KafkaException(m.error())
+                yield m
+        finally:
+            c.unassign()
+
     def consumer(self) -> Consumer:
         if self._consumer is None:
             # A fetch at the partition's end would wait up to fetch.wait.max.ms (500 ms) for more.
             self._consumer = _consumer(self.kafka, **{"fetch.wait.max.ms": 10})
         return self._consumer
-
-    def _fetch(self, c: Consumer, partition: int, offset: int, newest: bool, timeout_s: float):
-        if newest:
-            offset = max(offset, self._end(c, partition, timeout_s) - 1)
-        c.assign([TopicPartition(self.topic, partition, offset)])
-        deadline = time.time() + timeout_s
-        while time.time() < deadline:
-            m = c.poll(min(0.5, max(0.01, deadline - time.time())))
-            if m is None:
-                continue
-            if m.error():
-                if m.error().code() == KafkaError._PARTITION_EOF:
-                    return None
-                raise KafkaException(m.error())
-            if m.offset() >= offset:
-                return m
-        return None
 
     def close(self) -> None:
         if self._consumer is not None:

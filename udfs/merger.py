@@ -37,6 +37,7 @@ from models.params import Version, from_bytes, to_bytes
 from models.worker import torch_call
 from rtrec import topics
 from rtrec.config import RtrecConfig
+from rtrec.model_updates import VersionReader, split
 from udfs.faults import FaultInjector
 from udfs.metrics import Level
 from udfs.records import BYTES
@@ -46,11 +47,11 @@ log = logging.getLogger(__name__)
 
 #: What trainers and the ItemStage send: Row(0, pickled message), keyed in Java on the 0.
 MERGER_INPUT = Types.ROW_NAMED(["key", "value"], [Types.INT(), Types.PICKLED_BYTE_ARRAY()])
-#: What the merger emits: the model-updates topic's key and value, and the version's number and
-#: creation time for the record's headers (jobs/kafka_tables.insert_model_updates).
-MODEL_UPDATE = Types.ROW_NAMED(["k", "v", "number", "created_ms"],
-                               [Types.STRING(), BYTES, Types.LONG(), Types.LONG()])
-MODEL_KEY = "rtrec-model"
+#: What the merger emits, one row per chunk of a version (rtrec.model_updates.VersionChunk): the
+#: model-updates topic's key and value, and the version's number, creation time, the chunk's index
+#: and the number of chunks for the record's headers (jobs/kafka_tables.insert_model_updates).
+MODEL_UPDATE = Types.ROW_NAMED(["k", "v", "number", "created_ms", "chunk", "chunks"],
+                               [Types.STRING(), BYTES, Types.LONG(), Types.LONG(), Types.INT(), Types.INT()])
 
 
 def versions_dir(cfg: RtrecConfig) -> Path:
@@ -79,28 +80,35 @@ def newest_version_file(directory: Path) -> Version | None:
     return None
 
 
-def _newest_published(cfg: RtrecConfig):
+def _newest_published(cfg: RtrecConfig, load: bool) -> tuple[object, bytes | None] | None:
+    """The newest version's last record on the model-updates topic, and (with ``load``) its bytes."""
+    reader = VersionReader(cfg.kafka, cfg.kafka.model_updates_topic)
     try:
-        return topics.read_last(cfg.kafka, cfg.kafka.model_updates_topic)
+        head = reader.newest()
+        return None if head is None else (head, reader.data(head) if load else None)
     except Exception as e:  # no broker or no topic: fall back to files
         log.warning("could not read %s: %s", cfg.kafka.model_updates_topic, e)
         return None
+    finally:
+        reader.close()
 
 
 def newest_published_version(cfg: RtrecConfig) -> Version | None:
     """The newest version on the model-updates topic, if any."""
-    record = _newest_published(cfg)
-    return Version.from_bytes(record.value()) if record is not None else None
+    found = _newest_published(cfg, load=True)
+    if found is None or found[1] is None:
+        return None
+    return Version.from_bytes(found[1])
 
 
 def newest_published_number(cfg: RtrecConfig) -> int | None:
     """The number of the newest version on the model-updates topic, from its header (without loading
     the parameters; a record written without the header is loaded)."""
-    record = _newest_published(cfg)
-    if record is None:
+    found = _newest_published(cfg, load=False)
+    if found is None:
         return None
-    header = dict(record.headers() or []).get(topics.VERSION_HEADER)
-    return int(header) if header is not None else Version.from_bytes(record.value()).number
+    number = topics.header_int(found[0], topics.VERSION_HEADER)
+    return number if number is not None else Version.from_bytes(found[0].value()).number
 
 
 class ModelMerger(KeyedProcessFunction):
@@ -170,7 +178,8 @@ class ModelMerger(KeyedProcessFunction):
         if v.rolled_back:
             self.m_rollbacks.inc()
         write_version(self.dir, v, data, self.cfg.model.keep_versions)
-        return [Row(MODEL_KEY, data, v.number, v.created_ms)]
+        return [Row(c.key, c.value, c.number, c.created_ms, c.chunk, c.chunks)
+                for c in split(data, v.number, v.created_ms, self.cfg.kafka.version_chunk_bytes)]
 
     def process_element(self, value, ctx: KeyedProcessFunction.Context):
         self.fault.count(1)

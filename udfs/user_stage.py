@@ -42,6 +42,7 @@ from rtrec import topics
 from rtrec.config import RtrecConfig
 from rtrec.core import heap
 from rtrec.core.user import UserBatch, UserCore
+from rtrec.model_updates import VersionReader
 from udfs.faults import FaultInjector
 from udfs.item_stage import KEYED_ITEM_EVENTS
 from udfs.merger import MERGER_INPUT
@@ -95,7 +96,7 @@ class UserStage(KeyedBroadcastProcessFunction):
                 self.learner.search = torch_call(SearchRanker.shared, cfg.text)
             self.impressions = ctx.get_map_state(
                 MapStateDescriptor("impressions-due", Types.LONG(), Types.PICKLED_BYTE_ARRAY()))
-            self.versions = topics.RecordFetcher(cfg.kafka, cfg.kafka.model_updates_topic)
+            self.versions = VersionReader(cfg.kafka, cfg.kafka.model_updates_topic)
         # Where the adopted version lies on the model-updates topic, and when to ask for a newer one.
         self.version_at = (0, -1)
         self._adopted: tuple[int, bytes] | None = None  # adopted between batches, not yet in broadcast state
@@ -151,14 +152,14 @@ class UserStage(KeyedBroadcastProcessFunction):
         try:
             # The newest version on the topic, not just the announced one: while the job is busy,
             # notices queue up, and the scorer then skips every version between (each costs a load).
-            record = torch_call(self.versions.fetch, partition, offset, newest=True)
+            record = torch_call(self.versions.head, partition, offset, newest=True)
+            data = None if record is None else torch_call(self.versions.data, record)
         except Exception as e:  # the broker is away: the next notice tries again
             log.warning("could not load model version %s at offset %s: %s", number, offset, e)
             return
-        if record is None:
+        if data is None:
             log.warning("model version %s at offset %s is no longer on the topic", number, offset)
             return
-        data = record.value()
         try:
             version = torch_call(Version.from_bytes, data)
         except Exception as e:  # not ours; never fail the task on it
@@ -201,14 +202,17 @@ class UserStage(KeyedBroadcastProcessFunction):
         if created is not None:
             self.staleness_ms.set(max(0, int(time.time() * 1000) - created))
         try:
-            version = torch_call(Version.from_bytes, record.value())
-        except Exception as e:  # not ours: skip past it
+            data = torch_call(self.versions.data, record)
+            if data is None:  # a chunk is gone (compacted: a newer version is out), the next check finds that
+                return
+            version = torch_call(Version.from_bytes, data)
+        except Exception as e:  # not ours (or the broker is away): skip past it
             log.warning("ignoring a record on the model-updates topic that is no rtrec version: %s", e)
             self.version_at = (partition, record.offset())
             return
         self.version_at = (partition, record.offset())
         if self._apply(version, "checked"):
-            self._adopted = (version.number, record.value())
+            self._adopted = (version.number, data)
 
     def _apply(self, version, how: str = "broadcast") -> bool:
         """Swap to ``version`` if it is newer; ``how`` it came: "broadcast", "checked" between batches,

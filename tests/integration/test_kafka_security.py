@@ -101,6 +101,16 @@ def test_a_topic_outside_the_acl_fails_fast(cfg, capsys):
     assert "kafka.events_topic" in out
 
 
+def test_a_job_told_to_write_where_the_acl_only_lets_it_read_fails_before_it_starts(cfg, capsys):
+    """Without the check, the job's exactly-once sink fails on its first write and Flink restarts it over
+    and over; the check asks the broker which operations rtrec's principal may do on each topic."""
+    cfg.kafka.predictions_topic = "readonly"
+    rc, out, seconds = rtrec(cfg, "run", "--bounded", "--no-progress", capsys=capsys)
+    assert rc == 2 and seconds < 15, out
+    assert "rtrec's principal may not WRITE topic 'readonly'" in out and "kafka.predictions_topic" in out
+    assert "its ACLs allow DESCRIBE, READ" in out
+
+
 def test_the_flink_jobs_kafka_client_works_with_rtrecs_properties(cfg, broker, tmp_path, monkeypatch):
     """The shaded Java client of the SQL connector, configured as the SQL tables are: password by reference."""
     java = shutil.which("java")

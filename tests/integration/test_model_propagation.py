@@ -22,6 +22,7 @@ from models.merger import MergerCore
 from models.params import Version
 from rtrec import topics
 from rtrec.features.model_inputs import USER_DENSE
+from rtrec.model_updates import CHUNKS_HEADER, VersionReader
 from rtrec.replay import replay
 from rtrec.search import rating_event_id, search_targets
 from rtrec.sources import load_events
@@ -53,6 +54,9 @@ def learned(kafka, tmp_path_factory):
         "model.merge_interval_ms=500",
         f"model.broadcast_log={log}",
     ])
+    # Versions (a few hundred kB here) in several records each: the path a version over a broker's
+    # 1 MB record limit takes (rtrec.model_updates; tests/integration/test_model_updates.py).
+    cfg.kafka.version_chunk_bytes = 65_536
     job = LiveJob(cfg)
     stream = _stream()
     try:
@@ -102,6 +106,22 @@ def test_both_scorers_move_through_many_merged_versions(learned):
     for subtask in (0, 1):
         numbers = [int(a[0]) for a in applied if int(a[1]) == subtask]
         assert numbers == sorted(numbers) and len(numbers) >= 5
+
+
+def test_versions_travel_in_chunks_and_read_back_whole(learned):
+    cfg = learned[0]
+    records = list(topics.read_topic(cfg.kafka, cfg.kafka.model_updates_topic, idle_s=0.3))
+    chunks = [topics.header_int(m, CHUNKS_HEADER) for m in records]
+    assert max(chunks) >= 3, "versions should span several 64 kB chunks"
+    assert all(len(m.value()) <= cfg.kafka.version_chunk_bytes for m in records)
+    reader = VersionReader(cfg.kafka, cfg.kafka.model_updates_topic)
+    try:
+        head = reader.newest()
+        v = Version.from_bytes(reader.data(head))
+    finally:
+        reader.close()
+    assert v.number == topics.header_int(head, topics.VERSION_HEADER) == max(
+        topics.header_int(m, topics.VERSION_HEADER) for m in records)
 
 
 def test_merged_versions_change_the_scores(learned):

@@ -24,7 +24,8 @@ import org.apache.kafka.common.resource.ResourceType;
  * User:USER may read and write (and describe) its topics (TOPIC_PREFIX + rtrec's default names),
  * read with consumer groups and write with transactional ids whose names start with "rtrec"
  * (the default consumer group and job name), and nothing else: no other topic, no topic creation,
- * no cluster operation. Run again, it adds nothing twice.
+ * no cluster operation. It may only read (and describe) TOPIC_PREFIX + "readonly". Run again, it
+ * adds nothing twice.
  */
 public class SecureSetup {
     static final String[] TOPICS = {"events", "features", "recommendations", "predictions", "dead-letter", "model-updates"};
@@ -37,13 +38,19 @@ public class SecureSetup {
             List<AclBinding> acls = new ArrayList<>();
             for (String name : TOPICS) {
                 String topic = prefix + name;
+                // (model versions travel in chunks under the broker's default 1 MB record limit)
                 topics.add(name.equals("model-updates")
-                        ? new NewTopic(topic, 1, (short) 1).configs(Map.of("cleanup.policy", "compact",
-                                "max.message.bytes", String.valueOf(64 * 1024 * 1024)))
+                        ? new NewTopic(topic, 1, (short) 1).configs(Map.of("cleanup.policy", "compact"))
                         : new NewTopic(topic, partitions, (short) 1));
                 for (AclOperation op : List.of(AclOperation.READ, AclOperation.WRITE, AclOperation.DESCRIBE)) {
                     acls.add(allow(ResourceType.TOPIC, topic, PatternType.LITERAL, principal, op));
                 }
+            }
+            // A topic the user may read but not write (tests: a job told to write there fails before it starts).
+            String readonly = prefix + "readonly";
+            topics.add(new NewTopic(readonly, partitions, (short) 1));
+            for (AclOperation op : List.of(AclOperation.READ, AclOperation.DESCRIBE)) {
+                acls.add(allow(ResourceType.TOPIC, readonly, PatternType.LITERAL, principal, op));
             }
             acls.add(allow(ResourceType.GROUP, "rtrec", PatternType.PREFIXED, principal, AclOperation.READ));
             acls.add(allow(ResourceType.GROUP, "rtrec", PatternType.PREFIXED, principal, AclOperation.DESCRIBE));
