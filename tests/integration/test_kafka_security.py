@@ -79,7 +79,7 @@ def test_replay_then_read_back_over_sasl_ssl(cfg, broker, tmp_path, capsys):
     assert password(broker) not in out
 
 
-def test_a_bounded_exactly_once_run_over_sasl_ssl_predicts_every_labelled_event_once(cfg, broker, capsys):
+def test_a_bounded_exactly_once_run_over_sasl_ssl_predicts_every_labelled_event_once(cfg, broker, tmp_path, capsys):
     """The Flink job itself (MiniCluster): its Kafka source, exactly-once sinks and model-updates reader and
     writer take rtrec's security settings; the password reaches the Java clients by reference only."""
     rc, out, _ = rtrec(cfg, "replay", "--limit", "1500", capsys=capsys)
@@ -100,6 +100,10 @@ def test_a_bounded_exactly_once_run_over_sasl_ssl_predicts_every_labelled_event_
         cfg.kafka, cfg.kafka.dead_letter_topic, idle_s=0.3)}
     assert len(predicted) == len(set(predicted)) >= 1400  # each once
     assert set(predicted) == labelled - dead
+    # and rtrec eval reads them back over the same listener
+    rc, out, _ = rtrec(cfg, "eval", "--idle", "0.5", "--output-dir", str(tmp_path / "eval"), capsys=capsys)
+    assert rc == 0 and "eval: report" in out, out
+    assert (tmp_path / "eval" / "metrics.json").exists()
 
 
 def test_wrong_password_fails_fast_naming_the_setting(cfg, broker, capsys, monkeypatch):
