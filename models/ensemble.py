@@ -69,7 +69,8 @@ class ModelSet:
         # Item features from the ItemStage: set by the merger, read by everyone.
         self.item_features = self.params.add("items.features", "item", (len(ITEM_DENSE),))
         self.mf = BiasedMF(self.params, dim=cfg.dim, lr_bias=cfg.mf_lr_bias, lr_latent=cfg.mf_lr_latent,
-                           l2_bias=cfg.mf_l2, l2_latent=cfg.mf_l2, mu=mid)
+                           l2_bias=cfg.mf_l2, l2_latent=cfg.mf_l2, mu=mid, warm_bias=cfg.mf_warm_bias,
+                           warm_latent=cfg.mf_warm_latent, warm_latent_c=cfg.mf_warm_latent_c)
         self.ftrl = FTRLProximal(self.params, bits=cfg.ftrl_bits, alpha=cfg.ftrl_alpha, offset=mid)
         self.ranker = NeuralRanker(self.params, n_dense=N_DENSE, user_dim=cfg.dim, lr=cfg.ranker_lr, offset=mid,
                                    seed=cfg.seed)

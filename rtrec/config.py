@@ -193,6 +193,12 @@ class ModelConfig:
     mf_lr_bias: float = 0.05
     mf_lr_latent: float = 0.1
     mf_l2: float = 0.0
+    # Warm-up steps: a user's or item's bias steps by max(mf_lr_bias, 1 / (n + mf_warm_bias)) after n
+    # examples of it (a shrunk running mean of its errors at first), its factors by max(mf_lr_latent,
+    # mf_warm_latent / (n + mf_warm_latent_c)). 0 turns either off (the fixed rates throughout).
+    mf_warm_bias: float = 5.0
+    mf_warm_latent: float = 2.0
+    mf_warm_latent_c: float = 10.0
     # FTRL-Proximal over hashed features: 2**ftrl_bits weights.
     ftrl_bits: int = 16
     ftrl_alpha: float = 0.05
