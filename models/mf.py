@@ -29,10 +29,14 @@ class BiasedMF:
 
     def __init__(self, params: ParameterSet, dim: int = 10, lr_bias: float = 0.05, lr_latent: float = 0.1,
                  l2_bias: float = 0.0, l2_latent: float = 0.0, init_std: float = 0.1, mu: float = 3.0,
-                 warm_bias: float = 0.0, warm_latent: float = 0.0, warm_latent_c: float = 1.0):
+                 warm_bias: float = 0.0, warm_latent: float = 0.0, warm_latent_c: float = 1.0,
+                 lr_item_bias: float | None = None, lr_item_latent: float | None = None):
         self.params, self.dim = params, dim
         self.lr_bias, self.lr_latent, self.l2_bias, self.l2_latent = lr_bias, lr_latent, l2_bias, l2_latent
         self.warm_bias, self.warm_latent, self.warm_latent_c = warm_bias, warm_latent, warm_latent_c
+        # an item's steps settle to these (None: the user's)
+        self.lr_item_bias = lr_bias if lr_item_bias is None else lr_item_bias
+        self.lr_item_latent = lr_latent if lr_item_latent is None else lr_item_latent
         self.init_std = init_std
         self.q = params.add("mf.q", "item", (dim,), init=lambda seed: torch.randn(
             dim, generator=torch.Generator().manual_seed(seed)) * init_std)
@@ -72,8 +76,11 @@ class BiasedMF:
         if n_user is None:
             n_user = torch.zeros(len(items), device=u.device)
         n_item = self.n.data[items]
-        lr_bu, lr_bi = self._step(self.lr_bias, float(self.warm_bias > 0), self.warm_bias, n_user, n_item)
-        lr_u, lr_i = self._step(self.lr_latent, self.warm_latent, self.warm_latent_c, n_user, n_item)
+        bias_on = float(self.warm_bias > 0)
+        lr_bu = self._step(self.lr_bias, bias_on, self.warm_bias, n_user)
+        lr_bi = self._step(self.lr_item_bias, bias_on, self.warm_bias, n_item)
+        lr_u = self._step(self.lr_latent, self.warm_latent, self.warm_latent_c, n_user)
+        lr_i = self._step(self.lr_item_latent, self.warm_latent, self.warm_latent_c, n_item)
         u[:, -1] += lr_bu * (err - self.l2_bias * bu)
         u[:, :-1] += lr_u[:, None] * (err[:, None] * q - self.l2_latent * p)
         # An item several users rated in the same step gets the mean of their
@@ -94,11 +101,9 @@ class BiasedMF:
             self.mu.touch_dense(len(items))
 
     @staticmethod
-    def _step(lr: float, warm: float, c: float, n_user: torch.Tensor, n_item: torch.Tensor):
-        """Per example, the user's and the item's step size (models.sequential's warm-up steps)."""
-        if warm <= 0:
-            return torch.full_like(n_user, lr), torch.full_like(n_item, lr)
-        return (warm / (n_user + c)).clamp_min(lr), (warm / (n_item + c)).clamp_min(lr)
+    def _step(lr: float, warm: float, c: float, n: torch.Tensor) -> torch.Tensor:
+        """Per example, the step size after ``n`` examples (models.sequential's warm-up steps)."""
+        return (warm / (n + c)).clamp_min(lr) if warm > 0 else torch.full_like(n, lr)
 
     def score_catalogue(self, user_params: torch.Tensor) -> torch.Tensor:
         """(B, n_items) predicted ratings of every catalogue item for each user row."""

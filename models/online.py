@@ -329,7 +329,8 @@ class OnlineLearner:
             pred, before, after = sequential.mf_pass(
                 vectors, user_of, items.numpy(), y.numpy(), learn, mf.q.data.numpy(), mf.b.data.numpy(),
                 mf.mu.data.numpy()[0], cfg.mf_lr_bias, cfg.mf_lr_latent, cfg.mf_l2, cfg.mf_l2, cfg.grad_clip,
-                counts, mf.n.data.numpy(), cfg.mf_warm_bias, cfg.mf_warm_latent, cfg.mf_warm_latent_c)
+                counts, mf.n.data.numpy(), cfg.mf_warm_bias, cfg.mf_warm_latent, cfg.mf_warm_latent_c,
+                mf.lr_item_bias, mf.lr_item_latent)
             pred = torch.from_numpy(pred)
         else:
             pred, before, after = self._mf_waves(vectors, counts, user_of, items, y, learn)

@@ -72,7 +72,7 @@ def test_mf_pass_equals_the_python_reference_on_a_random_stream():
     np.testing.assert_allclose(mu_c, ref_mu, atol=1e-4)
 
 
-WARM = dict(warm_bias=5.0, warm_latent=2.0, warm_latent_c=10.0)
+WARM = dict(warm_bias=5.0, warm_latent=2.0, warm_latent_c=10.0, lr_item_bias=0.01, lr_item_latent=0.05)
 
 
 def test_mf_pass_warm_up_steps_hand_worked():
