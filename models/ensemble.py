@@ -82,7 +82,8 @@ class ModelSet:
         self.ranker = NeuralRanker(self.params, n_dense=N_DENSE, user_dim=cfg.dim, lr=cfg.ranker_lr, offset=mid,
                                    seed=cfg.seed)
         self.models = [self.mf, self.ftrl, self.ranker]
-        self.fusion = OnlineFusion(self.params, [m.name for m in self.models], forget=cfg.fusion_forget)
+        self.fusion = OnlineFusion(self.params, [m.name for m in self.models], forget=cfg.fusion_forget,
+                                   robust=cfg.fusion_robust)
         self._item_codes = torch.zeros(0, dtype=torch.long, device=self.device)
 
     # -- inputs ------------------------------------------------------------------

@@ -210,6 +210,9 @@ class ModelConfig:
     ranker_lr: float = 0.02
     # The fusion's weights fit the recent past: each example's weight fades by this factor per later example.
     fusion_forget: float = 0.9999
+    # Each example's weight in the fusion's fit is 1 / max(|error|, fusion_robust): towards the least
+    # absolute error (MAE) rather than least squares (0). 1.0 chosen on the first half of MovieLens-100K.
+    fusion_robust: float = 1.0
     # Per-example error is clipped to this many rating points before any gradient.
     grad_clip: float = 4.0
 

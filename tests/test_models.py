@@ -86,6 +86,32 @@ def test_ftrl_l1_keeps_rare_weights_at_exactly_zero():
     assert f.predict_many(batch).item() == 0.0
 
 
+def test_robust_fusion_weights_each_example_by_its_error_before_the_step():
+    f = OnlineFusion(ParameterSet(), ["a", "b"], forget=1.0, ridge=1.0, robust=0.5)
+    x = {"a": torch.tensor([3.0, 4.0]), "b": torch.tensor([2.0, 5.0])}
+    y = torch.tensor([5.0, 4.4])
+    # before any example: the even average, 2.5 and 4.5: errors 2.5 and 0.1 -> weights 1/2.5 and 1/0.5
+    f.learn(x, y)
+    rows = torch.tensor([[1.0, 3.0, 2.0], [1.0, 4.0, 5.0]])
+    w = torch.tensor([0.4, 2.0])
+    assert torch.allclose(f.a.data[0], (rows * w[:, None]).T @ rows)
+    assert torch.allclose(f.b.data[0], (rows * w[:, None]).T @ y)
+
+
+def test_robust_fusion_resists_outliers_that_pull_least_squares():
+    g = torch.Generator().manual_seed(0)
+    plain = OnlineFusion(ParameterSet(), ["a"], forget=1.0, ridge=1e-3)
+    robust = OnlineFusion(ParameterSet(), ["a"], forget=1.0, ridge=1e-3, robust=0.1)
+    for _ in range(40):
+        a = torch.rand(100, generator=g) * 4 + 1
+        y = a + 0.5
+        y[:10] += 4.0  # one in ten labels far above the line: the median stays on it, the mean does not
+        plain.learn({"a": a}, y)
+        robust.learn({"a": a}, y)
+    assert abs(plain.weights()["bias"] - 0.9) < 0.05  # least squares: 0.5 + 4 / 10
+    assert abs(robust.weights()["bias"] - 0.5) < 0.1 and abs(robust.weights()["a"] - 1.0) < 0.05
+
+
 def test_fusion_recovers_a_linear_combination():
     f = OnlineFusion(ParameterSet(), ["a", "b"], forget=1.0, ridge=1e-6)
     g = torch.Generator().manual_seed(1)
