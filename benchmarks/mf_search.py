@@ -24,14 +24,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from models import sequential  # noqa: E402
 from models.ensemble import ModelSet  # noqa: E402
-from models.online import is_heldout  # noqa: E402
+from models.online import is_heldout, mf_clip  # noqa: E402
 from rtrec.config import ModelConfig, load_config  # noqa: E402
 from rtrec.datasets import movielens_events  # noqa: E402
 from rtrec.metrics import auc  # noqa: E402
 
 #: The rates searched, and the factors each is scaled by in a round.
 SEARCHED = ("mf_lr_bias", "mf_lr_latent", "mf_lr_item_bias", "mf_lr_item_latent", "mf_warm_bias", "mf_warm_latent",
-            "mf_warm_latent_c", "mf_l2")
+            "mf_warm_latent_c", "mf_l2", "mf_grad_clip")
 FACTORS = (0.5, 0.75, 1.33, 2.0)
 
 
@@ -47,7 +47,7 @@ def mf_predictions(cfg: ModelConfig, events) -> np.ndarray:
     learn = ~np.array([is_heldout(e.event_id, cfg.heldout_fraction) for e in events], np.bool_)
     pred, _, _ = sequential.mf_pass(users, user_of, rows, y, learn, mf.q.data.numpy(), mf.b.data.numpy(),
                                     mf.mu.data.numpy()[0], cfg.mf_lr_bias, cfg.mf_lr_latent, cfg.mf_l2, cfg.mf_l2,
-                                    cfg.grad_clip, np.zeros(len(index), np.float32), mf.n.data.numpy(),
+                                    mf_clip(cfg), np.zeros(len(index), np.float32), mf.n.data.numpy(),
                                     cfg.mf_warm_bias, cfg.mf_warm_latent, cfg.mf_warm_latent_c, mf.lr_item_bias,
                                     mf.lr_item_latent)
     return np.clip(pred, cfg.rating_min, cfg.rating_max)
@@ -68,6 +68,8 @@ def search(cfg: ModelConfig, events, rounds: int) -> ModelConfig:
     for name in ("mf_lr_item_bias", "mf_lr_item_latent"):
         if getattr(best, name) < 0:
             best = dataclasses.replace(best, **{name: getattr(best, name.replace("_item", ""))})
+    if best.mf_grad_clip < 0:
+        best = dataclasses.replace(best, mf_grad_clip=best.grad_clip)
     best_mae = scores(mf_predictions(best, events), y, False)["mae"]
     print(f"start: MAE {best_mae:.4f}", flush=True)
     for r in range(rounds):

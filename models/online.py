@@ -160,6 +160,11 @@ class BatchResult:
     recommendations: list[Recommendation] = field(default_factory=list)
 
 
+def mf_clip(cfg: ModelConfig) -> float:
+    """The MF's error clip: model.mf_grad_clip, or grad_clip where that is negative."""
+    return cfg.grad_clip if cfg.mf_grad_clip < 0 else cfg.mf_grad_clip
+
+
 def _mf_count(user: dict) -> float:
     """How many examples the user's MF parameters learned from (the warm-up steps'). State written
     before it was kept: the user's recent items stand in (a lower bound once the list is full)."""
@@ -328,7 +333,7 @@ class OnlineLearner:
         if self.compiled:
             pred, before, after = sequential.mf_pass(
                 vectors, user_of, items.numpy(), y.numpy(), learn, mf.q.data.numpy(), mf.b.data.numpy(),
-                mf.mu.data.numpy()[0], cfg.mf_lr_bias, cfg.mf_lr_latent, cfg.mf_l2, cfg.mf_l2, cfg.grad_clip,
+                mf.mu.data.numpy()[0], cfg.mf_lr_bias, cfg.mf_lr_latent, cfg.mf_l2, cfg.mf_l2, mf_clip(cfg),
                 counts, mf.n.data.numpy(), cfg.mf_warm_bias, cfg.mf_warm_latent, cfg.mf_warm_latent_c,
                 mf.lr_item_bias, mf.lr_item_latent)
             pred = torch.from_numpy(pred)
@@ -380,8 +385,8 @@ class OnlineLearner:
                 t = torch.tensor(train, device=dev)
                 n_u = torch.from_numpy(counts[rows[train]]).to(dev)
                 sub = Batch(items=batch.items[t], user_params={"mf": u[t], "mf_n": n_u})
-                m.mf.learn_many(sub, y[idx][t], grad=(p[t] - y[idx][t]).clamp(-cfg.grad_clip, cfg.grad_clip),
-                                touch=False)
+                clip = mf_clip(cfg)
+                m.mf.learn_many(sub, y[idx][t], grad=(p[t] - y[idx][t]).clamp(-clip, clip), touch=False)
                 counts[rows[train]] = n_u.cpu().numpy()
                 vecs[train] = np.nan_to_num(sub.user_params["mf"].cpu().numpy(), nan=0.0, posinf=0.0, neginf=0.0)
             after[wave] = vecs

@@ -192,8 +192,8 @@ class ModelConfig:
     # (benchmarks/mf_search.py); River's BiasedMF example settings were 0.05, 0.1 and 0, no warm-up.
     dim: int = 10
     mf_lr_bias: float = 0.0665
-    mf_lr_latent: float = 0.133
-    mf_l2: float = 0.005
+    mf_lr_latent: float = 0.1769
+    mf_l2: float = 0.01
     # Warm-up steps: a user's or item's bias steps by max(mf_lr_bias, 1 / (n + mf_warm_bias)) after n
     # examples of it (a shrunk running mean of its errors at first), its factors by max(mf_lr_latent,
     # mf_warm_latent / (n + mf_warm_latent_c)). 0 turns either off (the fixed rates throughout).
@@ -203,7 +203,10 @@ class ModelConfig:
     # An item's steps settle to these instead of mf_lr_bias and mf_lr_latent (negative: the same as the
     # user's). An item's bias is stable and seen by many users: a small step averages over more of them.
     mf_lr_item_bias: float = 0.01
-    mf_lr_item_latent: float = -1.0
+    mf_lr_item_latent: float = 0.133
+    # The MF's error is clipped to this (a Huber loss: towards the median, which MAE rewards, for larger
+    # errors); negative: grad_clip, as every other model's.
+    mf_grad_clip: float = 1.5
     # FTRL-Proximal over hashed features: 2**ftrl_bits weights.
     ftrl_bits: int = 16
     ftrl_alpha: float = 0.05

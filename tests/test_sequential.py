@@ -226,3 +226,16 @@ def test_ftrl_pass_equals_one_example_at_a_time_steps_of_the_torch_model():
             ref.learn_many(batch, torch.from_numpy(y[i : i + 1]), grad=(p - torch.from_numpy(y[i : i + 1])).clamp(-2, 2))
     np.testing.assert_allclose(z, ref.z.data.numpy(), atol=1e-4)
     np.testing.assert_allclose(nn, ref.n.data.numpy(), atol=1e-4)
+
+
+def test_the_mf_error_clip_is_its_own_or_everyone_s():
+    x = [Inputs(Event("e1", "u1", "i1", "rating", 1, 5.0), [0.0] * 7, (-1, 0), id_code("u1"))]
+    bias = {}
+    for clip in (0.5, -1.0):
+        learner = OnlineLearner(ModelConfig(mf_grad_clip=clip, mf_warm_bias=0.0, heldout_fraction=0.0))
+        users = {"u1": learner.new_user("u1")}
+        pred = learner.process(x, users).examples.scores["mf"][0]
+        bias[clip] = (users["u1"]["mf"][-1], pred)
+    lr = ModelConfig().mf_lr_bias
+    assert bias[0.5][0] == pytest.approx(lr * 0.5)  # error about 2, clipped to 0.5
+    assert bias[-1.0][0] == pytest.approx(lr * (5.0 - bias[-1.0][1]), rel=1e-4)  # grad_clip 4: not clipped
