@@ -31,9 +31,11 @@ def simulate(cfg, events, window: int = 4000, freeze_at: int | None = None, sear
     return LocalPipeline(cfg, search=search).run(events, window, freeze_at)
 
 
-def report(p) -> dict:
-    """MAE, RMSE and AUC (rating >= 4) per model and fused, over the rating examples of predictions ``p``."""
+def report(p, start: float = 0.0) -> dict:
+    """MAE, RMSE and AUC (rating >= 4) per model and fused, over the rating examples of predictions ``p``
+    (from the share ``start`` of them on: 0.5, the second half)."""
     rows = [i for i, t in enumerate(p.type) if t == "rating"]
+    rows = rows[int(len(rows) * start):]
     truth = [p.label[i] for i in rows]
     positive = [int(y >= 4) for y in truth]
     out = {}
@@ -58,8 +60,12 @@ def main() -> None:
     dt = time.perf_counter() - t
     print(f"{len(events):,} events in {dt:.1f} s ({len(events) / dt:,.0f}/s), versions {run.merger.version}, "
           f"rollbacks {run.merger.rollbacks}, fusion {run.learner.models.fusion.weights()}")
-    for name, m in report(run.predictions).items():
-        print(f"  {name:<8} MAE {m['mae']:.4f}  RMSE {m['rmse']:.4f}  AUC {m['auc']:.4f}")
+    whole, second = report(run.predictions), report(run.predictions, 0.5)
+    print(f"  {'':<8} {'whole stream':<35} second half")
+    for name, m in whole.items():
+        h = second[name]
+        print(f"  {name:<8} MAE {m['mae']:.4f}  RMSE {m['rmse']:.4f}  AUC {m['auc']:.4f}   "
+              f"MAE {h['mae']:.4f}  RMSE {h['rmse']:.4f}  AUC {h['auc']:.4f}")
 
 
 if __name__ == "__main__":

@@ -58,6 +58,11 @@ def similarity_buckets(pair: torch.Tensor | None, n: int, device) -> list[torch.
     return [torch.where(pair[:, j] == 0, 21, tenths[:, j]) for j in range(pair.shape[1])]
 
 
+def _or_none(rate: float) -> float | None:
+    """A configured rate, or None where it is negative ("the same as the user's")."""
+    return None if rate < 0 else rate
+
+
 class ModelSet:
     """MF + FTRL + neural ranker + fusion over one parameter set."""
 
@@ -69,12 +74,16 @@ class ModelSet:
         # Item features from the ItemStage: set by the merger, read by everyone.
         self.item_features = self.params.add("items.features", "item", (len(ITEM_DENSE),))
         self.mf = BiasedMF(self.params, dim=cfg.dim, lr_bias=cfg.mf_lr_bias, lr_latent=cfg.mf_lr_latent,
-                           l2_bias=cfg.mf_l2, l2_latent=cfg.mf_l2, mu=mid)
+                           l2_bias=cfg.mf_l2, l2_latent=cfg.mf_l2, mu=mid, warm_bias=cfg.mf_warm_bias,
+                           warm_latent=cfg.mf_warm_latent, warm_latent_c=cfg.mf_warm_latent_c,
+                           lr_item_bias=_or_none(cfg.mf_lr_item_bias),
+                           lr_item_latent=_or_none(cfg.mf_lr_item_latent))
         self.ftrl = FTRLProximal(self.params, bits=cfg.ftrl_bits, alpha=cfg.ftrl_alpha, offset=mid)
         self.ranker = NeuralRanker(self.params, n_dense=N_DENSE, user_dim=cfg.dim, lr=cfg.ranker_lr, offset=mid,
                                    seed=cfg.seed)
         self.models = [self.mf, self.ftrl, self.ranker]
-        self.fusion = OnlineFusion(self.params, [m.name for m in self.models], forget=cfg.fusion_forget)
+        self.fusion = OnlineFusion(self.params, [m.name for m in self.models], forget=cfg.fusion_forget,
+                                   robust=cfg.fusion_robust)
         self._item_codes = torch.zeros(0, dtype=torch.long, device=self.device)
 
     # -- inputs ------------------------------------------------------------------

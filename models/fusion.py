@@ -9,6 +9,12 @@ state: a batch of examples adds to them in one step, and merging trainers'
 updates (an average of their increments) scales A and b alike, which leaves
 the solved weights as they would be had one trainer seen everything.
 
+With ``robust`` > 0 each example counts with weight ``1 / max(|y - fused|,
+robust)`` (its error under the weights before the step): one pass of
+iteratively reweighted least squares, which moves the fit from the mean
+towards the median of the labels, i.e. towards least absolute error (MAE)
+for errors larger than ``robust``; 0 is plain least squares.
+
     >>> import torch
     >>> from models.params import ParameterSet
     >>> f = OnlineFusion(ParameterSet(), ["a", "b"], forget=1.0, ridge=1e-6)
@@ -28,8 +34,9 @@ from models.params import ParameterSet
 class OnlineFusion:
     name = "fusion"
 
-    def __init__(self, params: ParameterSet, models: list[str], forget: float = 0.9999, ridge: float = 1.0):
-        self.models, self.forget, self.ridge = list(models), forget, ridge
+    def __init__(self, params: ParameterSet, models: list[str], forget: float = 0.9999, ridge: float = 1.0,
+                 robust: float = 0.0):
+        self.models, self.forget, self.ridge, self.robust = list(models), forget, ridge, robust
         n = len(models) + 1
         self.a = params.add("fusion.A", "dense", (n, n))
         self.b = params.add("fusion.b", "dense", (n,))
@@ -53,9 +60,13 @@ class OnlineFusion:
 
     def learn(self, predictions: dict[str, torch.Tensor], y: torch.Tensor) -> None:
         x = self._x(predictions)
+        y = y.float()
         fade = self.forget ** len(y)
-        self.a.data[0] = self.a.data[0] * fade + x.T @ x
-        self.b.data[0] = self.b.data[0] * fade + x.T @ y.float()
+        xw = x
+        if self.robust > 0:
+            xw = x / (y - x @ self._w).abs().clamp_min(self.robust)[:, None]
+        self.a.data[0] = self.a.data[0] * fade + xw.T @ x
+        self.b.data[0] = self.b.data[0] * fade + xw.T @ y
         self.a.touch_dense(len(y))
         self.b.touch_dense(len(y))
         self.solve()

@@ -9,6 +9,11 @@ of the parameter set.
 
 Learning rates are per unit of (prediction - label): River's ``optim.SGD(lr)``
 on its squared loss, whose gradient carries a factor 2, matches ``2 * lr`` here.
+With warm-up steps (``warm_bias``, ``warm_latent``: see
+models.sequential.mf_pass) a user or item seen ``n`` times steps by at least
+``1 / (n + warm_bias)`` (biases) and ``warm_latent / (n + warm_latent_c)``
+(factors); ``n`` is the item table ``mf.n`` and, for users, the count kept
+beside their vector (``user_params["mf_n"]``, the user state's ``"mf_n"``).
 """
 
 from __future__ import annotations
@@ -23,13 +28,22 @@ class BiasedMF:
     name = "mf"
 
     def __init__(self, params: ParameterSet, dim: int = 10, lr_bias: float = 0.05, lr_latent: float = 0.1,
-                 l2_bias: float = 0.0, l2_latent: float = 0.0, init_std: float = 0.1, mu: float = 3.0):
+                 l2_bias: float = 0.0, l2_latent: float = 0.0, init_std: float = 0.1, mu: float = 3.0,
+                 warm_bias: float = 0.0, warm_latent: float = 0.0, warm_latent_c: float = 1.0,
+                 lr_item_bias: float | None = None, lr_item_latent: float | None = None):
         self.params, self.dim = params, dim
         self.lr_bias, self.lr_latent, self.l2_bias, self.l2_latent = lr_bias, lr_latent, l2_bias, l2_latent
+        self.warm_bias, self.warm_latent, self.warm_latent_c = warm_bias, warm_latent, warm_latent_c
+        # an item's steps settle to these (None: the user's)
+        self.lr_item_bias = lr_bias if lr_item_bias is None else lr_item_bias
+        self.lr_item_latent = lr_latent if lr_item_latent is None else lr_item_latent
         self.init_std = init_std
         self.q = params.add("mf.q", "item", (dim,), init=lambda seed: torch.randn(
             dim, generator=torch.Generator().manual_seed(seed)) * init_std)
         self.b = params.add("mf.b", "item", ())
+        # Examples learned per item (the warm-up steps'; merged trainers' counts average, as the ranker's
+        # Adagrad sums do).
+        self.n = params.add("mf.n", "item", ())
         # [running mean of the labels, how many]
         self.mu = params.add("mf.mu", "dense", (2,), value=torch.tensor([mu, 0.0]))
 
@@ -58,13 +72,24 @@ class BiasedMF:
         p, bu = u[:, :-1].clone(), u[:, -1].clone()  # the step uses the values before it
         q = self.q.data[items]
         err = -(grad if grad is not None else self._raw(u, items) - y)
-        u[:, -1] += self.lr_bias * (err - self.l2_bias * bu)
-        u[:, :-1] += self.lr_latent * (err[:, None] * q - self.l2_latent * p)
+        n_user = batch.user_params.get("mf_n")
+        if n_user is None:
+            n_user = torch.zeros(len(items), device=u.device)
+        n_item = self.n.data[items]
+        bias_on = float(self.warm_bias > 0)
+        lr_bu = self._step(self.lr_bias, bias_on, self.warm_bias, n_user)
+        lr_bi = self._step(self.lr_item_bias, bias_on, self.warm_bias, n_item)
+        lr_u = self._step(self.lr_latent, self.warm_latent, self.warm_latent_c, n_user)
+        lr_i = self._step(self.lr_item_latent, self.warm_latent, self.warm_latent_c, n_item)
+        u[:, -1] += lr_bu * (err - self.l2_bias * bu)
+        u[:, :-1] += lr_u[:, None] * (err[:, None] * q - self.l2_latent * p)
         # An item several users rated in the same step gets the mean of their
         # updates: summing steps all taken from the same stale vector overshoots.
         share = 1.0 / torch.bincount(items)[items].float()
-        self.b.data.index_add_(0, items, share * self.lr_bias * (err - self.l2_bias * self.b.data[items]))
-        self.q.data.index_add_(0, items, share[:, None] * self.lr_latent * (err[:, None] * p - self.l2_latent * q))
+        self.b.data.index_add_(0, items, share * lr_bi * (err - self.l2_bias * self.b.data[items]))
+        self.q.data.index_add_(0, items, (share * lr_i)[:, None] * (err[:, None] * p - self.l2_latent * q))
+        self.n.data.index_add_(0, items, torch.ones_like(share))
+        n_user += 1.0
         mean, n = self.mu.data[0]
         k = len(items)
         self.mu.data[0, 0] = mean + (float(y.sum()) - k * mean) / (n + k)
@@ -72,7 +97,13 @@ class BiasedMF:
         if touch:
             self.q.touch(items)
             self.b.touch(items)
+            self.n.touch(items)
             self.mu.touch_dense(len(items))
+
+    @staticmethod
+    def _step(lr: float, warm: float, c: float, n: torch.Tensor) -> torch.Tensor:
+        """Per example, the step size after ``n`` examples (models.sequential's warm-up steps)."""
+        return (warm / (n + c)).clamp_min(lr) if warm > 0 else torch.full_like(n, lr)
 
     def score_catalogue(self, user_params: torch.Tensor) -> torch.Tensor:
         """(B, n_items) predicted ratings of every catalogue item for each user row."""

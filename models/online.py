@@ -160,6 +160,18 @@ class BatchResult:
     recommendations: list[Recommendation] = field(default_factory=list)
 
 
+def mf_clip(cfg: ModelConfig) -> float:
+    """The MF's error clip: model.mf_grad_clip, or grad_clip where that is negative."""
+    return cfg.grad_clip if cfg.mf_grad_clip < 0 else cfg.mf_grad_clip
+
+
+def _mf_count(user: dict) -> float:
+    """How many examples the user's MF parameters learned from (the warm-up steps'). State written
+    before it was kept: the user's recent items stand in (a lower bound once the list is full)."""
+    n = user.get("mf_n")
+    return float(len(user["recent"])) if n is None else n
+
+
 def is_heldout(event_id: str, fraction: float) -> bool:
     """A stable draw per event id, the same on every run."""
     return (zlib.crc32(event_id.encode()) % 10_000) < fraction * 10_000
@@ -197,7 +209,7 @@ class OnlineLearner:
 
     # -- users -------------------------------------------------------------------
     def new_user(self, user_id: str) -> dict:
-        return {"mf": self.models.mf.new_user(user_id).numpy(), "recent": [], "impressions": {}}
+        return {"mf": self.models.mf.new_user(user_id).numpy(), "mf_n": 0.0, "recent": [], "impressions": {}}
 
     # -- per batch -------------------------------------------------------------------
     def process(self, inputs: list[Inputs], users: dict[str, dict]) -> BatchResult:
@@ -317,27 +329,33 @@ class OnlineLearner:
         index: dict[str, int] = {}
         user_of = np.fromiter((index.setdefault(u, len(index)) for u in cols.user_id), np.int64, len(cols))
         vectors = np.stack([users[u]["mf"] for u in index]).astype(np.float32)
+        counts = np.array([_mf_count(users[u]) for u in index], np.float32)
         if self.compiled:
             pred, before, after = sequential.mf_pass(
                 vectors, user_of, items.numpy(), y.numpy(), learn, mf.q.data.numpy(), mf.b.data.numpy(),
-                mf.mu.data.numpy()[0], cfg.mf_lr_bias, cfg.mf_lr_latent, cfg.mf_l2, cfg.mf_l2, cfg.grad_clip)
+                mf.mu.data.numpy()[0], cfg.mf_lr_bias, cfg.mf_lr_latent, cfg.mf_l2, cfg.mf_l2, mf_clip(cfg),
+                counts, mf.n.data.numpy(), cfg.mf_warm_bias, cfg.mf_warm_latent, cfg.mf_warm_latent_c,
+                mf.lr_item_bias, mf.lr_item_latent)
             pred = torch.from_numpy(pred)
         else:
-            pred, before, after = self._mf_waves(vectors, user_of, items, y, learn)
+            pred, before, after = self._mf_waves(vectors, counts, user_of, items, y, learn)
         for u, r in index.items():
             users[u]["mf"] = vectors[r].copy()
+            users[u]["mf_n"] = float(counts[r])
         if len(learned):
             rows = items[learned.to(items.device)]
             mf.q.touch(rows)
             mf.b.touch(rows)
+            mf.n.touch(rows)
             mf.mu.touch_dense(len(learned))
         return pred, before, after
 
-    def _mf_waves(self, vectors: np.ndarray, user_of: np.ndarray, items: torch.Tensor, y: torch.Tensor,
-                  learn: np.ndarray) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    def _mf_waves(self, vectors: np.ndarray, counts: np.ndarray, user_of: np.ndarray, items: torch.Tensor,
+                  y: torch.Tensor, learn: np.ndarray) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
         """:func:`models.sequential.mf_pass` as batched torch ops (for a GPU): the n-th example of every
         user forms wave n, so a user's vector follows their examples in order; an item that several users
-        rated in one wave moves by the mean of their steps. ``vectors`` is updated in place."""
+        rated in one wave moves by the mean of their steps. ``vectors`` and ``counts`` (the users' example
+        counts) are updated in place."""
         m, cfg, dev = self.models, self.cfg, self.device
         n = len(user_of)
         width = vectors.shape[1]
@@ -365,9 +383,11 @@ class OnlineLearner:
             train = [j for j, i in enumerate(wave) if learn[i]]
             if train:
                 t = torch.tensor(train, device=dev)
-                sub = Batch(items=batch.items[t], user_params={"mf": u[t]})
-                m.mf.learn_many(sub, y[idx][t], grad=(p[t] - y[idx][t]).clamp(-cfg.grad_clip, cfg.grad_clip),
-                                touch=False)
+                n_u = torch.from_numpy(counts[rows[train]]).to(dev)
+                sub = Batch(items=batch.items[t], user_params={"mf": u[t], "mf_n": n_u})
+                clip = mf_clip(cfg)
+                m.mf.learn_many(sub, y[idx][t], grad=(p[t] - y[idx][t]).clamp(-clip, clip), touch=False)
+                counts[rows[train]] = n_u.cpu().numpy()
                 vecs[train] = np.nan_to_num(sub.user_params["mf"].cpu().numpy(), nan=0.0, posinf=0.0, neginf=0.0)
             after[wave] = vecs
             vectors[rows] = vecs

@@ -51,12 +51,24 @@ def _clipped(g, clip):
 
 
 @_jit
+def _step(lr, warm, c, n):
+    """The step size of a parameter seen in ``n`` examples so far: ``lr``, or ``warm / (n + c)`` while that is
+    larger (``warm`` 0: always ``lr``). With ``warm`` 1 a bias starts as a running mean of its errors (shrunk
+    by ``c`` pseudo-examples), then settles to ``lr`` once ``n + c`` reaches ``1 / lr``."""
+    if warm > 0:
+        return max(lr, warm / (n + c))
+    return lr
+
+
+@_jit
 def _mf_pass(users, user_of, items, y, learn, q, b, mu, lr_bias, lr_latent, l2_bias, l2_latent, clip,
-             pred, before, after):
+             n_user, n_item, warm_bias, warm_latent, warm_latent_c, lr_item_bias, lr_item_latent, pred, before,
+             after):
     n = items.shape[0]
     dim = q.shape[1]
     for i in range(n):
-        u = users[user_of[i]]
+        r = user_of[i]
+        u = users[r]
         it = items[i]
         before[i, :] = u
         p = mu[0] + u[dim] + b[it]
@@ -67,13 +79,19 @@ def _mf_pass(users, user_of, items, y, learn, q, b, mu, lr_bias, lr_latent, l2_b
             err = -_clipped(p - y[i], clip)
             bu = u[dim]
             bi = b[it]
-            u[dim] = bu + lr_bias * (err - l2_bias * bu)
+            nu = n_user[r]
+            ni = n_item[it]
+            lr_u = _step(lr_latent, warm_latent, warm_latent_c, nu)
+            lr_i = _step(lr_item_latent, warm_latent, warm_latent_c, ni)
+            u[dim] = bu + _step(lr_bias, 1.0 if warm_bias > 0 else 0.0, warm_bias, nu) * (err - l2_bias * bu)
             for k in range(dim):
                 pk = u[k]
                 qk = q[it, k]
-                u[k] = pk + lr_latent * (err * qk - l2_latent * pk)
-                q[it, k] = qk + lr_latent * (err * pk - l2_latent * qk)
-            b[it] = bi + lr_bias * (err - l2_bias * bi)
+                u[k] = pk + lr_u * (err * qk - l2_latent * pk)
+                q[it, k] = qk + lr_i * (err * pk - l2_latent * qk)
+            b[it] = bi + _step(lr_item_bias, 1.0 if warm_bias > 0 else 0.0, warm_bias, ni) * (err - l2_bias * bi)
+            n_user[r] = nu + 1.0
+            n_item[it] = ni + 1.0
             mu[1] += 1.0
             mu[0] += (y[i] - mu[0]) / mu[1]
             for k in range(dim + 1):  # a diverged user vector is reset, not stored
@@ -84,13 +102,26 @@ def _mf_pass(users, user_of, items, y, learn, q, b, mu, lr_bias, lr_latent, l2_b
 
 def mf_pass(users: np.ndarray, user_of: np.ndarray, items: np.ndarray, y: np.ndarray, learn: np.ndarray,
             q: np.ndarray, b: np.ndarray, mu: np.ndarray, lr_bias: float, lr_latent: float, l2_bias: float,
-            l2_latent: float, clip: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            l2_latent: float, clip: float, n_user: np.ndarray | None = None, n_item: np.ndarray | None = None,
+            warm_bias: float = 0.0, warm_latent: float = 0.0, warm_latent_c: float = 1.0,
+            lr_item_bias: float | None = None,
+            lr_item_latent: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Biased MF over examples in order: predict each, then (where ``learn``) take one SGD step.
 
     ``users`` (U, dim + 1, the bias last) holds the batch's user vectors and
     ``user_of`` each example's row in it; ``q`` (items, dim), ``b`` (items,)
     and ``mu`` ([mean, count]) are the global tables. All are updated in
     place, as :class:`models.mf.BiasedMF` would one example at a time.
+
+    ``n_user`` (U,) and ``n_item`` (items,) count the examples each user and
+    item was learned from (updated in place; None: zeros, thrown away). A
+    bias's step is ``max(lr_bias, 1 / (n + warm_bias))`` (``warm_bias`` 0:
+    ``lr_bias``), a factor's ``max(lr_latent, warm_latent / (n +
+    warm_latent_c))`` (``warm_latent`` 0: ``lr_latent``): large first steps
+    for a new user or item, the configured ones once it is known. An item's
+    steps settle to ``lr_item_bias`` and ``lr_item_latent`` instead (None:
+    the users' rates).
+
     Returns each example's raw prediction and its user's vector before and
     after it.
     """
@@ -98,28 +129,51 @@ def mf_pass(users: np.ndarray, user_of: np.ndarray, items: np.ndarray, y: np.nda
     pred = np.empty(n, np.float32)
     before = np.empty((n, users.shape[1]), np.float32)
     after = np.empty_like(before)
+    if n_user is None:
+        n_user = np.zeros(len(users), np.float32)
+    if n_item is None:
+        n_item = np.zeros(len(q), np.float32)
     _mf_pass(users, user_of, items, y, learn, q, b, mu, np.float32(lr_bias), np.float32(lr_latent),
-             np.float32(l2_bias), np.float32(l2_latent), np.float32(clip), pred, before, after)
+             np.float32(l2_bias), np.float32(l2_latent), np.float32(clip), n_user, n_item, np.float32(warm_bias),
+             np.float32(warm_latent), np.float32(warm_latent_c),
+             np.float32(lr_bias if lr_item_bias is None else lr_item_bias),
+             np.float32(lr_latent if lr_item_latent is None else lr_item_latent), pred, before, after)
     return pred, before, after
 
 
-def mf_reference(users, user_of, items, y, learn, q, b, mu, lr_bias, lr_latent, l2_bias, l2_latent, clip):
+def warm_step(lr: float, warm: float, c: float, n: float) -> float:
+    """:func:`_step` in plain Python (the reference's)."""
+    return max(lr, warm / (n + c)) if warm > 0 else lr
+
+
+def mf_reference(users, user_of, items, y, learn, q, b, mu, lr_bias, lr_latent, l2_bias, l2_latent, clip,
+                 n_user=None, n_item=None, warm_bias=0.0, warm_latent=0.0, warm_latent_c=1.0, lr_item_bias=None,
+                 lr_item_latent=None):
     """:func:`mf_pass` in plain Python on lists of floats (the tests' reference; same in-place contract)."""
     pred, before, after = [], [], []
     dim = len(q[0])
+    n_user = n_user if n_user is not None else [0.0] * len(users)
+    n_item = n_item if n_item is not None else [0.0] * len(q)
+    lr_item_bias = lr_bias if lr_item_bias is None else lr_item_bias
+    lr_item_latent = lr_latent if lr_item_latent is None else lr_item_latent
     for i, it in enumerate(items):
-        u = users[user_of[i]]
+        r = user_of[i]
+        u = users[r]
         before.append(list(u))
         p = mu[0] + u[dim] + b[it] + sum(u[k] * q[it][k] for k in range(dim))
         pred.append(p)
         if learn[i]:
             err = -max(-clip, min(clip, p - y[i]))
             pu, qi, bu, bi = list(u[:dim]), list(q[it]), u[dim], b[it]
-            u[dim] = bu + lr_bias * (err - l2_bias * bu)
+            nu, ni = n_user[r], n_item[it]
+            bias_on = 1.0 if warm_bias > 0 else 0.0
+            u[dim] = bu + warm_step(lr_bias, bias_on, warm_bias, nu) * (err - l2_bias * bu)
             for k in range(dim):
-                u[k] = pu[k] + lr_latent * (err * qi[k] - l2_latent * pu[k])
-                q[it][k] = qi[k] + lr_latent * (err * pu[k] - l2_latent * qi[k])
-            b[it] = bi + lr_bias * (err - l2_bias * bi)
+                u[k] = pu[k] + warm_step(lr_latent, warm_latent, warm_latent_c, nu) * (err * qi[k] - l2_latent * pu[k])
+                q[it][k] = qi[k] + (warm_step(lr_item_latent, warm_latent, warm_latent_c, ni)
+                                    * (err * pu[k] - l2_latent * qi[k]))
+            b[it] = bi + warm_step(lr_item_bias, bias_on, warm_bias, ni) * (err - l2_bias * bi)
+            n_user[r], n_item[it] = nu + 1.0, ni + 1.0
             mu[1] += 1.0
             mu[0] += (y[i] - mu[0]) / mu[1]
         after.append(list(u))

@@ -191,18 +191,35 @@ class ModelConfig:
     rating_min: float = 1.0
     rating_max: float = 5.0
 
-    # Matrix factorisation (River's BiasedMF example settings; its SGD(0.025)
-    # and SGD(0.05) on a squared loss with a factor 2 in the gradient: the same steps).
+    # Matrix factorisation: SGD steps per unit of error (River's SGD(lr) on its squared loss is 2 * lr
+    # here). The rates below were searched on the first half of MovieLens-100K only
+    # (benchmarks/mf_search.py); River's BiasedMF example settings were 0.05, 0.1 and 0, no warm-up.
     dim: int = 10
-    mf_lr_bias: float = 0.05
-    mf_lr_latent: float = 0.1
-    mf_l2: float = 0.0
+    mf_lr_bias: float = 0.0665
+    mf_lr_latent: float = 0.1769
+    mf_l2: float = 0.01
+    # Warm-up steps: a user's or item's bias steps by max(mf_lr_bias, 1 / (n + mf_warm_bias)) after n
+    # examples of it (a shrunk running mean of its errors at first), its factors by max(mf_lr_latent,
+    # mf_warm_latent / (n + mf_warm_latent_c)). 0 turns either off (the fixed rates throughout).
+    mf_warm_bias: float = 3.75
+    mf_warm_latent: float = 2.0
+    mf_warm_latent_c: float = 10.0
+    # An item's steps settle to these instead of mf_lr_bias and mf_lr_latent (negative: the same as the
+    # user's). An item's bias is stable and seen by many users: a small step averages over more of them.
+    mf_lr_item_bias: float = 0.01
+    mf_lr_item_latent: float = 0.133
+    # The MF's error is clipped to this (a Huber loss: towards the median, which MAE rewards, for larger
+    # errors); negative: grad_clip, as every other model's.
+    mf_grad_clip: float = 1.5
     # FTRL-Proximal over hashed features: 2**ftrl_bits weights.
     ftrl_bits: int = 16
     ftrl_alpha: float = 0.05
     ranker_lr: float = 0.02
     # The fusion's weights fit the recent past: each example's weight fades by this factor per later example.
     fusion_forget: float = 0.9999
+    # Each example's weight in the fusion's fit is 1 / max(|error|, fusion_robust): towards the least
+    # absolute error (MAE) rather than least squares (0). 1.0 chosen on the first half of MovieLens-100K.
+    fusion_robust: float = 1.0
     # Per-example error is clipped to this many rating points before any gradient.
     grad_clip: float = 4.0
 

@@ -72,6 +72,86 @@ def test_mf_pass_equals_the_python_reference_on_a_random_stream():
     np.testing.assert_allclose(mu_c, ref_mu, atol=1e-4)
 
 
+WARM = dict(warm_bias=5.0, warm_latent=2.0, warm_latent_c=10.0, lr_item_bias=0.01, lr_item_latent=0.05)
+
+
+def test_mf_pass_warm_up_steps_hand_worked():
+    # p = q = 0, biases 0, mu 3 (seen 0); lr_bias 0.05 -> warm-up 1 / (n + 4): 1/4 for the first example,
+    # then 1/5 for the user (n = 1) and 1/5 for the item; the user's count starts at 0, the item's at 0
+    hyper = dict(lr_bias=0.05, lr_latent=0.0, l2_bias=0.0, l2_latent=0.0, clip=4.0)
+    n_user, n_item = np.zeros(1, np.float32), np.zeros(1, np.float32)
+    pred, _, after, (_, _, b, _) = _compiled([[0.0, 0.0]], [0, 0], [0, 0], [5.0, 5.0], [True, True], [[0.0]], [0.0],
+                                             [3.0, 0.0], n_user=n_user, n_item=n_item, warm_bias=4.0, **hyper)
+    # 1st: pred 3, error 2: b_u = b_i = 2/4 = 0.5, mu = 5 (1); 2nd: pred 5 + 1 = 6, error -1: b_u = 0.5 - 1/5
+    assert pred.tolist() == pytest.approx([3.0, 6.0])
+    assert after[1].tolist() == pytest.approx([0.0, 0.3]) and b[0] == pytest.approx(0.3)
+    assert n_user.tolist() == [2.0] and n_item.tolist() == [2.0]
+    # once n + 4 >= 1 / lr_bias (n = 16) the configured rate is back
+    assert sequential.warm_step(0.05, 1.0, 4.0, 16.0) == 0.05 and sequential.warm_step(0.05, 1.0, 4.0, 15.0) > 0.05
+    assert sequential.warm_step(0.05, 0.0, 4.0, 0.0) == 0.05  # off
+
+
+def test_mf_pass_with_warm_up_steps_equals_the_python_reference():
+    rng = np.random.default_rng(6)
+    n_users, n_items, dim, n = 6, 9, 3, 500
+    users = rng.normal(0, 0.1, (n_users, dim + 1)).astype(np.float32)
+    q = rng.normal(0, 0.1, (n_items, dim)).astype(np.float32)
+    b, mu = np.zeros(n_items, np.float32), np.array([3.0, 0.0], np.float32)
+    n_user = rng.integers(0, 4, n_users).astype(np.float32)
+    n_item = rng.integers(0, 4, n_items).astype(np.float32)
+    user_of, items = rng.integers(0, n_users, n), rng.integers(0, n_items, n)
+    y, learn = rng.integers(1, 6, n).astype(np.float32), rng.random(n) > 0.1
+    ref = dict(users=users.tolist(), q=q.tolist(), b=b.tolist(), mu=mu.tolist(), n_user=n_user.tolist(),
+               n_item=n_item.tolist())
+    pred, before, after, (u_c, q_c, b_c, mu_c) = _compiled(users, user_of, items, y, learn, q, b, mu, n_user=n_user,
+                                                           n_item=n_item, **HYPER, **WARM)
+    r_pred, r_before, r_after = sequential.mf_reference(
+        ref["users"], user_of.tolist(), items.tolist(), y.tolist(), learn.tolist(), ref["q"], ref["b"], ref["mu"],
+        **HYPER, n_user=ref["n_user"], n_item=ref["n_item"], **WARM)
+    np.testing.assert_allclose(pred, r_pred, atol=1e-4)
+    np.testing.assert_allclose(before, r_before, atol=1e-4)
+    np.testing.assert_allclose(after, r_after, atol=1e-4)
+    for got, want in ((u_c, "users"), (q_c, "q"), (b_c, "b"), (mu_c, "mu"), (n_user, "n_user"), (n_item, "n_item")):
+        np.testing.assert_allclose(got, ref[want], atol=1e-4)
+
+
+def test_mf_torch_step_with_warm_up_equals_the_compiled_pass_one_example_at_a_time():
+    from models.base import Batch
+    from models.mf import BiasedMF
+    from models.params import ParameterSet
+
+    rng = np.random.default_rng(3)
+    mf = BiasedMF(ParameterSet(), dim=3, lr_bias=0.05, lr_latent=0.1, l2_bias=0.01, l2_latent=0.02, **WARM)
+    rows = mf.params.item_rows([str(i) for i in range(4)])
+    q, b = mf.q.data.numpy().copy(), mf.b.data.numpy().copy()
+    mu, n_item = mf.mu.data.numpy()[0].copy(), mf.n.data.numpy().copy()
+    user = rng.normal(0, 0.1, (1, 4)).astype(np.float32)
+    n_user = np.zeros(1, np.float32)
+    torch_user, torch_n = torch.from_numpy(user.copy()), torch.zeros(1)
+    items, y = rng.integers(0, 4, 30), rng.integers(1, 6, 30).astype(np.float32)
+    for it, label in zip(items, y, strict=True):
+        batch = Batch(items=rows[[int(it)]], user_params={"mf": torch_user, "mf_n": torch_n})
+        mf.learn_many(batch, torch.tensor([label]))
+        sequential.mf_pass(user, np.zeros(1, np.int64), np.array([it]), np.array([label], np.float32),
+                           np.ones(1, np.bool_), q, b, mu, 0.05, 0.1, 0.01, 0.02, 100.0, n_user, n_item, **WARM)
+    np.testing.assert_allclose(torch_user.numpy(), user, atol=1e-4)
+    np.testing.assert_allclose(mf.q.data.numpy(), q, atol=1e-4)
+    np.testing.assert_allclose(mf.b.data.numpy(), b, atol=1e-4)
+    np.testing.assert_allclose(mf.n.data.numpy(), n_item)
+    assert float(torch_n[0]) == float(n_user[0]) == 30.0
+
+
+def test_user_state_written_before_the_warm_up_counts_is_read():
+    learner = OnlineLearner(ModelConfig())
+    old = learner.new_user("u1")
+    del old["mf_n"]  # as stored before
+    old["recent"] = ["a", "b", "c"]
+    x = [Inputs(Event("e1", "u1", "i1", "rating", 1, 4.0), [0.0] * 7, (-1, 0), id_code("u1"))]
+    learner.process(x, {"u1": old})
+    # the recent items as of the batch (i1, a, b, c) stood in, plus this example (not held out)
+    assert old["mf_n"] == 5.0 and learner.new_user("u2")["mf_n"] == 0.0
+
+
 def test_interest_pass_equals_decay_interest_one_at_a_time():
     rng = np.random.default_rng(2)
     dim, n = 8, 60
@@ -146,3 +226,16 @@ def test_ftrl_pass_equals_one_example_at_a_time_steps_of_the_torch_model():
             ref.learn_many(batch, torch.from_numpy(y[i : i + 1]), grad=(p - torch.from_numpy(y[i : i + 1])).clamp(-2, 2))
     np.testing.assert_allclose(z, ref.z.data.numpy(), atol=1e-4)
     np.testing.assert_allclose(nn, ref.n.data.numpy(), atol=1e-4)
+
+
+def test_the_mf_error_clip_is_its_own_or_everyone_s():
+    x = [Inputs(Event("e1", "u1", "i1", "rating", 1, 5.0), [0.0] * 7, (-1, 0), id_code("u1"))]
+    bias = {}
+    for clip in (0.5, -1.0):
+        learner = OnlineLearner(ModelConfig(mf_grad_clip=clip, mf_warm_bias=0.0, heldout_fraction=0.0))
+        users = {"u1": learner.new_user("u1")}
+        pred = learner.process(x, users).examples.scores["mf"][0]
+        bias[clip] = (users["u1"]["mf"][-1], pred)
+    lr = ModelConfig().mf_lr_bias
+    assert bias[0.5][0] == pytest.approx(lr * 0.5)  # error about 2, clipped to 0.5
+    assert bias[-1.0][0] == pytest.approx(lr * (5.0 - bias[-1.0][1]), rel=1e-4)  # grad_clip 4: not clipped
