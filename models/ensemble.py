@@ -49,13 +49,13 @@ class Examples:
                         self.user_buckets[idx], None if self.pair is None else self.pair[idx])
 
 
-def similarity_buckets(pair: torch.Tensor | None, n: int, device) -> list[torch.Tensor]:
-    """Per pair column, the similarity in tenths (0..20 for -1..1), or 21 for "no signal" (exactly 0:
-    no query in the window, no interest yet, or an item without text)."""
+def similarity_buckets(pair: torch.Tensor | None, n: int, device) -> torch.Tensor:
+    """(n, len(PAIR_DENSE)): per pair column, the similarity in tenths (0..20 for -1..1), or 21 for
+    "no signal" (exactly 0: no query in the window, no interest yet, or an item without text)."""
     if pair is None:
-        return [torch.full((n,), 21, dtype=torch.long, device=device) for _ in PAIR_DENSE]
+        return torch.full((n, len(PAIR_DENSE)), 21, dtype=torch.long, device=device)
     tenths = torch.round((pair.clamp(-1, 1) + 1) * 10).long()
-    return [torch.where(pair[:, j] == 0, 21, tenths[:, j]) for j in range(pair.shape[1])]
+    return torch.where(pair == 0, 21, tenths)
 
 
 def _or_none(rate: float) -> float | None:
@@ -85,6 +85,8 @@ class ModelSet:
         self.fusion = OnlineFusion(self.params, [m.name for m in self.models], forget=cfg.fusion_forget,
                                    robust=cfg.fusion_robust)
         self._item_codes = torch.zeros(0, dtype=torch.long, device=self.device)
+        #: sparse_codes' field numbers 1..10 (0, the bias, hashes to 0)
+        self._field_keys = torch.arange(1, 11, dtype=torch.long, device=self.device)
 
     # -- inputs ------------------------------------------------------------------
     def rows(self, item_ids: list[str]) -> torch.Tensor:
@@ -104,24 +106,21 @@ class ModelSet:
 
     def sparse_codes(self, rows: torch.Tensor, user_codes: torch.Tensor, user_buckets: torch.Tensor,
                      pair: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, 11) hashed feature ids (fields as in rtrec.features.model_inputs.SPARSE_FIELDS)."""
+        """(B, 11) hashed feature ids (fields as in rtrec.features.model_inputs.SPARSE_FIELDS).
+
+        Field k > 0 hashes its value v as ``_mix(k, v)``, the two crosses as ``_mix(_mix(k, v), i_mean)``:
+        all fields in one op each over a (B, 10) table of values."""
         item_codes = self._item_codes[rows]
         u_mean, u_count = user_buckets[:, 0] + 10, user_buckets[:, 1]
         i_mean, i_count = self._item_buckets(rows)
         i_mean = i_mean + 10
-        fields = [
-            torch.zeros_like(item_codes),
-            _mix(1, item_codes),
-            _mix(2, user_codes),
-            _mix(3, u_mean),
-            _mix(4, u_count),
-            _mix(5, i_mean),
-            _mix(6, i_count),
-            _mix(_mix(7, u_mean), i_mean),
-            _mix(_mix(8, user_codes), i_mean),
-            *(_mix(9 + j, b) for j, b in enumerate(similarity_buckets(pair, len(item_codes), self.device))),
-        ]
-        return torch.stack(fields, dim=1) % self.ftrl.size
+        similarity = similarity_buckets(pair, len(item_codes), self.device)
+        values = torch.cat([torch.stack([item_codes, user_codes, u_mean, u_count, i_mean, i_count, u_mean, user_codes],
+                                        dim=1), similarity], dim=1)
+        mixed = _mix(self._field_keys, values)  # fields 1..10
+        crosses = mixed[:, 6:8]  # u_mean x i_mean, user x i_mean
+        crosses.copy_(_mix(crosses, i_mean[:, None]))
+        return torch.cat([torch.zeros_like(item_codes)[:, None], mixed], dim=1) % self.ftrl.size
 
     def batch(self, ex: Examples) -> Batch:
         pair = ex.pair if ex.pair is not None else torch.zeros(len(ex.rows), len(PAIR_DENSE), device=self.device)

@@ -63,8 +63,10 @@ class Table:
         self.init = init  # callable(n_rows, start_row) -> tensor for new item rows, or None for zeros
         self.data = torch.zeros((rows, *self.shape), device=device)
         self.base = self.data.clone()  # the values at the last hand-over
-        self.counts = torch.zeros(rows, device=device)  # examples per row since then
+        self.counts = torch.zeros(rows, device=device)  # examples per row since then (item and hashed tables)
         self.touched: list[torch.Tensor] = []  # rows counted since then (repeats allowed)
+        #: Examples since then of a dense table (a number: no tensor op per learning step), None if none.
+        self.dense_examples: float | None = None
 
     def ensure_rows(self, n: int) -> None:
         """Grow to at least ``n`` rows (item tables), initialising the new ones."""
@@ -86,8 +88,7 @@ class Table:
         self.touched.append(rows)
 
     def touch_dense(self, n: float) -> None:
-        self.counts[0] += n
-        self.touched.append(_ROW_ZERO)
+        self.dense_examples = (self.dense_examples or 0.0) + n
 
     def take_touched(self) -> torch.Tensor:
         """The distinct rows counted since the last call (no scan of the table; item and hashed tables:
@@ -151,16 +152,23 @@ class ParameterSet:
     # -- deltas ----------------------------------------------------------------
     def take_delta(self) -> dict[str, RowDelta]:
         """What changed since the last call (touched rows only), then start counting afresh."""
+        # Dense tables (one row each: no gathers), all in a few list-wide ops.
+        dense = [(name, t) for name, t in self.tables.items() if t.kind == "dense" and t.dense_examples is not None]
+        dense_delta: dict[str, RowDelta] = {}
+        if dense:
+            data, base = [t.data for _, t in dense], [t.base for _, t in dense]
+            values = torch._foreach_sub(data, base)
+            torch._foreach_copy_(base, data)
+            counts = torch.tensor([t.dense_examples for _, t in dense], dtype=torch.float32).split(1)
+            for (name, t), v, c in zip(dense, values, counts, strict=True):
+                dense_delta[name] = RowDelta(t.kind, _ROW_ZERO, v.cpu(), c)
+                t.dense_examples = None
         delta: dict[str, RowDelta] = {}
         shared: dict[tuple, tuple] = {}
         for name, t in self.tables.items():
-            if t.kind == "dense":  # one row: no gathers
-                if not t.touched:
-                    continue
-                t.touched.clear()
-                delta[name] = RowDelta(t.kind, _ROW_ZERO, (t.data - t.base).cpu(), t.counts.cpu().clone())
-                t.base.copy_(t.data)
-                t.counts.zero_()
+            if t.kind == "dense":
+                if name in dense_delta:
+                    delta[name] = dense_delta[name]
                 continue
             # Tables learned together (mf.q and mf.b, ftrl.z and ftrl.n, ...) were touched with the same
             # row tensors: find their distinct rows and keys once.
@@ -221,6 +229,7 @@ class ParameterSet:
                 t.base.copy_(values)
             t.counts.zero_()
             t.touched.clear()
+            t.dense_examples = None
 
 
 def _union_rows(parts: list[RowDelta]) -> tuple[list[str] | torch.Tensor, list[torch.Tensor], int]:

@@ -60,9 +60,16 @@ class NeuralRanker:
         with torch.no_grad():
             g = grad if grad is not None else self.predict_many(batch) - y
             grads, ge = self.gradients(batch, g.float())
-        for t, acc, gw in zip(self.layers, self.acc, grads, strict=True):
-            acc.data[0] += gw * gw
-            t.data[0] -= self.lr * gw / (acc.data[0].sqrt() + self.eps)
+        # Adagrad on [w1, b1, w2, b2] as list-wide ops (the same arithmetic as per layer:
+        # acc += g * g; w -= lr * g / (sqrt(acc) + eps)).
+        weights, accs = [t.data[0] for t in self.layers], [a.data[0] for a in self.acc]
+        torch._foreach_add_(accs, torch._foreach_mul(grads, grads))
+        denom = torch._foreach_sqrt(accs)
+        torch._foreach_add_(denom, self.eps)
+        step = torch._foreach_mul(grads, self.lr)
+        torch._foreach_div_(step, denom)
+        torch._foreach_sub_(weights, step)
+        for t, acc in zip(self.layers, self.acc, strict=True):
             t.touch_dense(len(y))
             acc.touch_dense(len(y))
         self.emb_acc.data.index_add_(0, batch.items, ge * ge)

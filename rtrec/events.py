@@ -169,33 +169,44 @@ class EventParser:
             return Rejection(f"malformed JSON: {msg.split(':', 1)[0].strip().lower() or 'parse error'}")
         if type(d) is not dict:
             return Rejection(f"payload must be a JSON object, got {_jtype(d)}")
+        # A JSON string cannot hold a raw control character (orjson refuses them) save DEL, only escapes
+        # (\n, \u0001, ...): without a backslash or a DEL byte, no string in the payload holds one.
+        plain = type(raw) is bytes and raw.find(b"\\") < 0 and raw.find(b"\x7f") < 0  # (find: memchr)
+        return self.fields(d, now_ms, plain)
 
-        version = d.get("schema_version", SCHEMA_VERSION)
+    def fields(self, d: dict, now_ms: int | None = None, plain: bool = False) -> Event | Rejection:
+        """The event in a decoded payload; ``plain``: its strings are known to hold no control characters
+        (so they are not searched for any)."""
+        get = d.get
+        max_id = self.max_id
+        version = get("schema_version", SCHEMA_VERSION)
         if version != SCHEMA_VERSION or type(version) is not int:
             return Rejection(f"unsupported schema_version {version!r} (this job reads {SCHEMA_VERSION})")
 
-        raw_user = d.get("user_id")
-        if raw_user is None:
-            return Rejection("missing field user_id")
-        user = self._id(raw_user, "user_id")
-        if type(user) is Rejection:
-            return user
+        user = get("user_id")
+        if not (type(user) is str and 0 < len(user) <= max_id and (plain or not _CONTROL.search(user))):
+            if user is None:
+                return Rejection("missing field user_id")
+            user = self._id(user, "user_id")
+            if type(user) is Rejection:
+                return user
 
-        event_id = d.get("event_id")
+        event_id = get("event_id")
         if event_id is None:
             return Rejection("missing field event_id", user_id=user)
-        if type(event_id) is not str or not event_id or len(event_id) > self.max_id or _CONTROL.search(event_id):
+        if (type(event_id) is not str or not event_id or len(event_id) > max_id
+                or (not plain and _CONTROL.search(event_id))):
             return Rejection(
-                f"event_id must be a string of 1..{self.max_id} characters without control characters", user_id=user
+                f"event_id must be a string of 1..{max_id} characters without control characters", user_id=user
             )
 
-        etype = d.get("type")
+        etype = get("type")
         if etype is None:
             return Rejection("missing field type", user_id=user)
         if type(etype) is not str or etype not in _EVENT_TYPES:
             return Rejection(f"unknown event type {str(etype)[:40]!r}", user_id=user)
 
-        ts = d.get("ts")
+        ts = get("ts")
         if ts is None:
             return Rejection("missing field ts", user_id=user)
         if type(ts) is float and math.isfinite(ts) and ts == int(ts):
@@ -208,16 +219,17 @@ class EventParser:
         if ts > now + self.max_future_ms:
             return Rejection(f"ts {ts} is more than events.max_future_ms ahead of the clock", user_id=user)
 
-        item = d.get("item_id")
+        item = get("item_id")
         if item is not None:
-            item = self._id(item, "item_id")
-            if type(item) is Rejection:
-                item.user_id = user
-                return item
+            if not (type(item) is str and 0 < len(item) <= max_id and (plain or not _CONTROL.search(item))):
+                item = self._id(item, "item_id")
+                if type(item) is Rejection:
+                    item.user_id = user
+                    return item
         elif etype != "search":
             return Rejection(f"missing field item_id (required for {etype} events)", user_id=user)
 
-        value = d.get("value")
+        value = get("value")
         if value is not None:
             if type(value) not in (int, float):
                 return Rejection(f"value must be a number, got {_jtype(value)}", user_id=user)
@@ -234,29 +246,33 @@ class EventParser:
                     user_id=user,
                 )
 
-        category = self._opt_str(d, "category", self.max_id)
-        if type(category) is Rejection:
+        # Optional strings: absent, or 1..limit characters (checked by _opt_str when not plainly so).
+        category = get("category")
+        if category is not None and not (type(category) is str and 0 < len(category) <= max_id):
+            category = self._opt_str(d, "category", max_id)
             category.user_id = user
             return category
-        session_id = self._opt_str(d, "session_id", self.max_id)
-        if type(session_id) is Rejection:
+        session_id = get("session_id")
+        if session_id is not None and not (type(session_id) is str and 0 < len(session_id) <= max_id):
+            session_id = self._opt_str(d, "session_id", max_id)
             session_id.user_id = user
             return session_id
-        query = self._opt_str(d, "query", self.max_query)
-        if type(query) is Rejection:
+        query = get("query")
+        if query is not None and not (type(query) is str and 0 < len(query) <= self.max_query):
+            query = self._opt_str(d, "query", self.max_query)
             query.user_id = user
             return query
         if etype == "search" and query is None:
             return Rejection("missing field query (required for search events)", user_id=user)
 
-        dwell = d.get("dwell_ms")
+        dwell = get("dwell_ms")
         if dwell is not None:
             if type(dwell) is float and math.isfinite(dwell) and dwell == int(dwell):
                 dwell = int(dwell)
             if type(dwell) is not int or not 0 <= dwell <= 86_400_000:
                 return Rejection("dwell_ms must be an integer in 0..86400000", user_id=user)
 
-        candidates = d.get("candidates")
+        candidates = get("candidates")
         if candidates is not None:
             if type(candidates) is not list:
                 return Rejection(f"candidates must be a list, got {_jtype(candidates)}", user_id=user)
@@ -267,11 +283,12 @@ class EventParser:
                 )
             ids = []
             for c in candidates:
-                cid = self._id(c, "candidate id")
-                if type(cid) is Rejection:
-                    cid.user_id = user
-                    return cid
-                ids.append(cid)
+                if not (type(c) is str and 0 < len(c) <= max_id and (plain or not _CONTROL.search(c))):
+                    c = self._id(c, "candidate id")
+                    if type(c) is Rejection:
+                        c.user_id = user
+                        return c
+                ids.append(c)
             candidates = ids
 
         return Event(event_id, user, item, etype, ts, value, category, dwell, query, candidates, session_id)

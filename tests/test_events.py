@@ -5,6 +5,8 @@ import json
 import jsonschema
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rtrec.events import SCHEMA_PATH, Event, EventParser, Rejection, parse_event
 
@@ -80,3 +82,23 @@ def test_rules_beyond_json_schema():
 def test_canonical_json_round_trips():
     e = parse(good(type="rating", value=3.5, category="Drama", candidates=["a"]))
     assert EventParser().parse(e.to_json(), now_ms=NOW) == e
+
+
+_ids = st.one_of(st.sampled_from(["u1", "i1", "", "a\nb", "a\x7fb", "a\x00b", "tab\tbed", "back\\slash", "é"]),
+                 st.text(max_size=4), st.integers(-2, 3), st.booleans(), st.none())
+_events = st.fixed_dictionaries(
+    {"event_id": _ids, "user_id": _ids, "type": st.sampled_from(["click", "rating", "search", "teleport"]),
+     "ts": st.sampled_from([1_000, -1, 2.0, "x"])},
+    optional={"item_id": _ids, "value": st.sampled_from([4, 3.5, -1, "5"]), "category": _ids, "session_id": _ids,
+              "query": _ids, "dwell_ms": st.sampled_from([5, -5, 1.5]), "candidates": st.lists(_ids, max_size=3)},
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_events)
+def test_parse_equals_the_checks_on_every_string(d):
+    """parse() skips the control-character search on payloads without a backslash or DEL byte; the
+    outcome is the same as with every string searched."""
+    raw = orjson.dumps(d)
+    parser = EventParser()
+    assert parser.parse(raw, now_ms=NOW) == parser.fields(orjson.loads(raw), NOW, plain=False)

@@ -215,3 +215,24 @@ def test_an_event_decades_older_than_the_users_newest_is_folded_in_and_read():
     snap = engine.snapshot(state, old.ts)
     affinity = snap["category_affinity"] if "category_affinity" in snap else snap["features"]["category_affinity"]
     assert affinity["Drama"] == pytest.approx(1.0) and 0.0 <= affinity["Comedy"] < 1e-300
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3 * 86_400_000), st.sampled_from(EVENT_TYPES), st.sampled_from("ab"),
+                          st.sampled_from([None, "Drama", "Comedy"]), st.sampled_from([None, 1.0, 4.5]),
+                          st.sampled_from([None, "s1", "s2"])), min_size=1, max_size=40))
+def test_engine_updates_only_the_features_an_event_type_touches_with_the_same_result(raw):
+    """FeatureEngine.update skips the features outside an event type's touched_by(): the state equals
+    folding every event into every feature (events in any order)."""
+    events = [Event(f"e{n}", "u1", item, t, ts, value, category, None, None, None, session)
+              for n, (ts, t, item, category, value, session) in enumerate(raw)]
+    for group in (USER_FEATURES, ITEM_FEATURES):
+        engine = FeatureEngine(group)
+        state, reference = engine.new_state(), engine.new_state()
+        for e in events:
+            engine.update(state, e)
+            reference[0] = e.ts if reference[0] is None or e.ts > reference[0] else reference[0]
+            reference[1] += 1
+            for i, f in enumerate(group.features):
+                f.update(reference[2 + i], e)
+        assert pickle.dumps(state) == pickle.dumps(reference)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from rtrec.events import Event
+from rtrec.events import EVENT_TYPES, Event
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,9 @@ class FeatureEngine:
         # Bound methods, looked up once: update() and snapshot() run per event.
         self._slots = [(f.update, SLOTS + i) for i, f in enumerate(self.features)]
         self._reads = [f.read for f in self.features]
+        # Per event type, only the features it can change (others' update() would do nothing).
+        self._slots_of = {t: [(f.update, SLOTS + i) for i, f in enumerate(self.features)
+                              if f.touched_by() is None or t in f.touched_by()] for t in EVENT_TYPES}
 
     def new_state(self) -> list:
         return [None, 0, *(f.init() for f in self.features)]
@@ -66,7 +69,7 @@ class FeatureEngine:
         if newest is None or e.ts > newest:
             state[NEWEST] = e.ts
         state[COUNT] += 1
-        for update, i in self._slots:
+        for update, i in self._slots_of.get(e.type, self._slots):
             update(state[i], e)
 
     def snapshot(self, state: list, at_ts: int) -> dict:

@@ -1,8 +1,9 @@
 """Feature declarations: each is data (which events, which aggregation, which window).
 
 A declaration also knows how to aggregate: ``init()`` makes its slot of an
-entity's state, ``update(slot, event)`` folds one event in, and
-``read(slot, at_ts, out)`` writes its values as of ``at_ts`` into ``out``. The
+entity's state, ``update(slot, event)`` folds one event in (a no-op for event
+types outside ``touched_by()``), and ``read(slot, at_ts, out)`` writes its
+values as of ``at_ts`` into ``out``. The
 engine (rtrec.features.engine) runs the same declarations for the streaming
 job and for the offline backfill, so the two agree by construction.
 
@@ -70,6 +71,10 @@ class WindowedCount:
                 names = [[f"{self.name}_{w.name}"] for w in self.windows]
             object.__setattr__(self, "_names_cache", names)
         return names
+
+    def touched_by(self) -> tuple[str, ...] | None:
+        """The event types whose events can change the slot (None: any)."""
+        return self.event_types
 
     def init(self) -> list:
         # per window: [newest bucket, running totals per column, {bucket: counts per column}]
@@ -172,6 +177,9 @@ class DecayedAffinity:
     def outputs(self) -> list[str]:
         return [self.name]
 
+    def touched_by(self) -> tuple[str, ...] | None:
+        return self.event_types
+
     def init(self) -> list:
         return [0, {}]  # [reference time, {value: score at the reference time}]
 
@@ -220,6 +228,9 @@ class LastN:
     def outputs(self) -> list[str]:
         return [self.name]
 
+    def touched_by(self) -> tuple[str, ...] | None:
+        return None
+
     def init(self) -> list:
         return []
 
@@ -249,6 +260,9 @@ class Session:
 
     def outputs(self) -> list[str]:
         return [f"{self.name}_{s}" for s in ("events", "duration_ms", "start_ts", "count")]
+
+    def touched_by(self) -> tuple[str, ...] | None:
+        return None
 
     def init(self) -> list:
         return [0, 0, 0, 0, None]  # start, last ts, events, sessions, session id
@@ -286,6 +300,9 @@ class Recency:
             object.__setattr__(self, "_names_cache", names)
         return names
 
+    def touched_by(self) -> tuple[str, ...] | None:
+        return self.event_types
+
     def init(self) -> list:
         return [None] * len(self.event_types)
 
@@ -317,6 +334,9 @@ class SmoothedCTR:
     def outputs(self) -> list[str]:
         return [self.name, f"{self.name}_clicks", f"{self.name}_impressions"]
 
+    def touched_by(self) -> tuple[str, ...] | None:
+        return self.click_types + self.impression_types
+
     def init(self) -> list:
         return [0, 0]
 
@@ -342,6 +362,9 @@ class RatingStats:
 
     def outputs(self) -> list[str]:
         return [f"{self.name}_count", f"{self.name}_mean", f"{self.name}_var"]
+
+    def touched_by(self) -> tuple[str, ...] | None:
+        return (self.event_type,)
 
     def init(self) -> list:
         return [0, 0.0, 0.0]
@@ -378,6 +401,9 @@ class Trend:
 
     def outputs(self) -> list[str]:
         return [self.name]
+
+    def touched_by(self) -> tuple[str, ...] | None:
+        return ()
 
     def init(self) -> None:
         return None
