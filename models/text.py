@@ -29,7 +29,9 @@ happens at start-up too.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import math
 import os
 
@@ -50,6 +52,8 @@ from tokenizers import Tokenizer
 
 from models.device import resolve_device
 from rtrec.config import TextConfig
+
+log = logging.getLogger(__name__)
 
 #: Width of all-MiniLM-L6-v2's vectors.
 DIM = 384
@@ -224,6 +228,54 @@ class TextEncoder:
                 out[torch.tensor(idx, device=self.device)] = vecs
         return out
 
+    def catalogue_cache(self) -> Path | None:
+        """The folder of encoded catalogues (text.catalogue_cache_dir), or None when off."""
+        where = self.cfg.catalogue_cache_dir
+        if where == "none":
+            return None
+        if where:
+            return Path(where)
+        return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rtrec" / "text"
+
+    def _catalogue_key(self, texts: list[str]) -> str:
+        """What the vectors depend on: the model's files, the token limit, the device kind and the texts."""
+        h = hashlib.sha256()
+        for f in sorted(self.path.iterdir()):
+            if f.is_file():
+                st = f.stat()
+                h.update(f"{f.name}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+        h.update(f"{self.max_length}\0{self.device.type}\0".encode())
+        for t in texts:
+            h.update(t.encode())
+            h.update(b"\0")
+        return h.hexdigest()[:32]
+
+    def encode_catalogue(self, texts: list[str]) -> torch.Tensor:
+        """:meth:`encode_uncached` for a catalogue, kept on disk (:meth:`catalogue_cache`): encoded
+        once per model, catalogue and machine, then loaded (a restarted job's start-up)."""
+        folder = self.catalogue_cache()
+        texts = [normalise_text(t) for t in texts]
+        if folder is None or not texts:
+            return self.encode_uncached(texts)
+        path = folder / f"catalogue-{self._catalogue_key(texts)}.pt"
+        try:
+            vecs = torch.load(path, map_location=self.device, weights_only=True)
+            if vecs.shape == (len(texts), self.dim):
+                return vecs
+        except FileNotFoundError:
+            pass
+        except Exception as e:  # a torn or foreign file: encode again, and replace it
+            log.warning("ignoring the encoded catalogue %s: %s", path, e)
+        vecs = self.encode_uncached(texts)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            torch.save(vecs.cpu(), tmp)
+            tmp.replace(path)
+        except OSError as e:  # a read-only home: encode at every start, as before
+            log.warning("could not keep the encoded catalogue in %s: %s", folder, e)
+        return vecs
+
     def encode(self, texts: list[str]) -> torch.Tensor:
         """(n, dim) vectors. Cached texts skip the model; the rest go to it together (one forward pass per batch)."""
         keys = [normalise_text(t) for t in texts]
@@ -335,7 +387,7 @@ class ItemTextIndex:
         #: Grows with every add: holders of row mappings (SearchRanker.row_vectors) rebuild them.
         self.version = 0
         if texts:
-            self.add_many(texts)
+            self.add_many(texts, catalogue=True)
 
     @classmethod
     def from_movies(cls, encoder: TextEncoder, movies: Mapping | None = None) -> ItemTextIndex:
@@ -356,12 +408,14 @@ class ItemTextIndex:
         bigger[: self._vecs.shape[0]] = self._vecs
         self._vecs = bigger
 
-    def add_many(self, texts: Mapping[str, str]) -> None:
-        """Add items (or replace the text of known ones), encoded in batches outside the query cache."""
+    def add_many(self, texts: Mapping[str, str], catalogue: bool = False) -> None:
+        """Add items (or replace the text of known ones), encoded in batches outside the query cache;
+        ``catalogue``: the whole catalogue at start-up, kept on disk (TextEncoder.encode_catalogue)."""
         ids = list(texts)
         if not ids:
             return
-        vecs = self.encoder.encode_uncached([texts[i] for i in ids])
+        encode = self.encoder.encode_catalogue if catalogue else self.encoder.encode_uncached
+        vecs = encode([texts[i] for i in ids])
         rows = []
         for item_id in ids:
             row = self._rows.get(item_id)

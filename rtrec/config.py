@@ -326,6 +326,11 @@ class TextConfig:
     # Item texts for search: movielens-100k (titles, years, genres), a .jsonl of {"item_id", "text"}
     # lines or a .csv with item_id and text columns, encoded at start-up; "" for none (similarity 0).
     catalogue: str = "movielens-100k"
+    # The encoded catalogue is kept here, one file per model and catalogue, so a job that starts
+    # again (a restart, a second run, another TaskManager on this machine) loads it instead of
+    # encoding it again (tens of seconds of CPU for MovieLens). "": the user's cache folder
+    # ($XDG_CACHE_HOME or ~/.cache, then rtrec/text); "none": encode at every start.
+    catalogue_cache_dir: str = ""
     # Search ranking: this share of the score is the personal models' (z-scored per query), the rest
     # the query-item text similarity (z-scored likewise); 0 ranks by text alone, 1 by the models alone.
     search_personal_weight: float = 0.3

@@ -58,6 +58,23 @@ def is_last_chunk(record) -> bool:
     return chunks is None or topics.header_int(record, CHUNK_HEADER) == chunks - 1
 
 
+def whole_versions(records) -> list[tuple[object, bytes]]:
+    """The complete versions among ``records`` (a partition's, in offset order): (last record, bytes)."""
+    out, parts = [], {}
+    for m in records:
+        chunks = topics.header_int(m, CHUNKS_HEADER)
+        if chunks is None:
+            out.append((m, m.value()))
+            continue
+        number, chunk = topics.header_int(m, topics.VERSION_HEADER), topics.header_int(m, CHUNK_HEADER)
+        got = parts.setdefault(number, {})
+        got[chunk] = m.value()
+        if chunk == chunks - 1 and len(got) == chunks:
+            out.append((m, b"".join(got.pop(i) for i in range(chunks))))
+            del parts[number]
+    return out
+
+
 class VersionReader:
     """Reads versions back from the topic over one consumer kept open (the scorers and the merger's warm start).
 

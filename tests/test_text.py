@@ -200,3 +200,39 @@ def test_decay_interest_maths():
         torch.testing.assert_close(bv[i], rv)
         assert bm[i].item() == pytest.approx(rm)
     torch.testing.assert_close(bv.norm(dim=1), torch.ones(4))
+
+
+def test_an_encoded_catalogue_is_kept_on_disk_and_loaded_at_the_next_start(tmp_path):
+    cfg = TextConfig(device="cpu", batch_size=4, catalogue_cache_dir=str(tmp_path))
+    texts = {str(i): t for i, t in enumerate(TEXTS)}
+    first = ItemTextIndex(TextEncoder(cfg), texts)
+    assert len(list(tmp_path.glob("catalogue-*.pt"))) == 1
+    again = TextEncoder(cfg)  # a job starting again
+    calls = count_forwards(again)
+    index = ItemTextIndex(again, texts)
+    assert calls[0] == 0
+    torch.testing.assert_close(index.matrix, first.matrix, atol=0, rtol=0)
+    torch.testing.assert_close(index.vectors(["0", "3"]), again.encode_uncached([TEXTS[0], TEXTS[3]]),
+                               atol=1e-6, rtol=0)
+    # Another catalogue (one text changed) is encoded, and kept beside the first.
+    ItemTextIndex(again, {**texts, "0": "a different film"})
+    assert calls[0] > 0 and len(list(tmp_path.glob("catalogue-*.pt"))) == 2
+    # A torn file is encoded again, not trusted.
+    for f in tmp_path.glob("catalogue-*.pt"):
+        f.write_bytes(b"torn")
+    calls[0] = 0
+    torch.testing.assert_close(ItemTextIndex(again, texts).matrix, first.matrix, atol=1e-6, rtol=0)
+    assert calls[0] > 0
+    # Items added one at a time while the job runs are not kept.
+    count = len(list(tmp_path.glob("*.pt")))
+    index.add("new", "a film added later")
+    assert len(list(tmp_path.glob("*.pt"))) == count
+
+
+def test_the_catalogue_cache_can_be_off(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert TextEncoder(TextConfig(device="cpu")).catalogue_cache() == tmp_path / "rtrec" / "text"
+    off = TextEncoder(TextConfig(device="cpu", catalogue_cache_dir="none"))
+    assert off.catalogue_cache() is None
+    ItemTextIndex(off, {"1": "toy story"})
+    assert not list(tmp_path.rglob("*.pt"))

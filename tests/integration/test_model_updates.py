@@ -18,7 +18,7 @@ from confluent_kafka.admin import ConfigResource, NewTopic
 from models.params import Version
 from rtrec import topics
 from rtrec.config import KafkaConfig
-from rtrec.model_updates import CHUNK_HEADER, CHUNKS_HEADER, VersionReader, split
+from rtrec.model_updates import CHUNK_HEADER, CHUNKS_HEADER, VersionReader, split, whole_versions
 
 LIMIT = 1_000_000  # the topic's max.message.bytes
 CHUNK = KafkaConfig().version_chunk_bytes
@@ -99,6 +99,16 @@ def test_the_newest_version_and_the_check_for_a_newer_one(topic):
     assert same(Version.from_bytes(reader.data(head)), big_version(2))
     # A notice of version 1 with newest=True takes version 2 (the scorer skips versions behind).
     assert reader.head(0, first[-1], newest=True).offset() == second[-1]
+
+
+def test_whole_versions_reads_the_complete_ones_off_the_topic(topic):
+    k, producer, _ = topic
+    publish(producer, k.model_updates_topic, big_version(1))
+    publish(producer, k.model_updates_topic, big_version(2), chunks={0, 2})  # incomplete
+    publish(producer, k.model_updates_topic, big_version(3))
+    found = whole_versions(topics.read_topic(k, k.model_updates_topic, idle_s=0.5))
+    assert [topics.header_int(head, topics.VERSION_HEADER) for head, _ in found] == [1, 3]
+    assert same(Version.from_bytes(found[1][1]), big_version(3))
 
 
 def test_a_version_missing_a_chunk_is_not_loaded(topic):
