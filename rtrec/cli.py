@@ -196,6 +196,11 @@ def cmd_run(args) -> int:
         failures = getattr(result, "failures", None)
         if failures is not None:
             print(f"rtrec: task failures recovered from during the run: {failures}")
+            # With models on, the job never finishes by itself (it follows model-updates): it is
+            # cancelled once every output is committed, and the Kafka source, finished by then, no
+            # longer commits the group's offsets of its last checkpoint. Every event up to ``before``
+            # has its outputs committed, so the next run starts there instead of reading them again.
+            topics.commit_forward(cfg.kafka, cfg.kafka.events_topic, cfg.kafka.consumer_group, before)
         summarise()
     return 0
 

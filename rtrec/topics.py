@@ -340,6 +340,23 @@ def committed_offsets(kafka: KafkaConfig, topic: str, group: str, timeout_s: flo
         c.close()
 
 
+def commit_forward(kafka: KafkaConfig, topic: str, group: str, offsets: dict[int, int],
+                   timeout_s: float = 30.0) -> dict[int, int]:
+    """Commit ``offsets`` for consumer group ``group`` where it has committed less (never moves one back);
+    returns the partitions moved, with their new offsets."""
+    behind = {p: o for p, o in offsets.items()
+              if (committed_offsets(kafka, topic, group, timeout_s).get(p) or 0) < o}
+    if not behind:
+        return {}
+    c = _consumer(kafka, group)
+    try:
+        _retrying(lambda: c.commit(offsets=[TopicPartition(topic, p, o) for p, o in behind.items()],
+                                   asynchronous=False), _COORDINATOR_BUSY | _ELECTING, timeout_s, pause_s=0.5)
+    finally:
+        c.close()
+    return behind
+
+
 def end_offsets(kafka: KafkaConfig, topic: str, timeout_s: float = 30.0) -> dict[int, int]:
     """Partition -> end offset as a read_committed consumer sees it (the last stable offset).
 

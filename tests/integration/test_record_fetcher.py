@@ -87,3 +87,14 @@ def test_header_int_reads_a_number_or_none(kafka):
     assert topics.header_int(record, topics.VERSION_HEADER) == 12
     assert topics.header_int(record, topics.CREATED_HEADER) == 1_700_000_000_000
     assert topics.header_int(record, "absent") is None
+
+
+def test_commit_forward_moves_a_groups_offsets_on_never_back(kafka):
+    k = kafka.with_prefix(f"t.commit-{uuid.uuid4().hex[:8]}.")
+    topics.ensure_topics(k, [k.events_topic])
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    assert topics.commit_forward(k, k.events_topic, group, {0: 5, 1: 0}) == {0: 5}  # (0 is where it stands)
+    assert topics.committed_offsets(k, k.events_topic, group)[0] == 5
+    assert topics.commit_forward(k, k.events_topic, group, {0: 3, 1: 2}) == {1: 2}
+    committed = topics.committed_offsets(k, k.events_topic, group)
+    assert (committed[0], committed[1]) == (5, 2)
