@@ -9,13 +9,13 @@ with ``isolation.level=read_committed``, as the job commits them.
 
 from __future__ import annotations
 
-import time
+import contextlib
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
 from rtrec import topics
 from rtrec.config import KafkaConfig
@@ -128,24 +128,13 @@ def _read_range(c: Consumer, topic: str, partition: int, start: int, end: int, t
     """The committed records of one partition from ``start`` up to its end (``end``, the last stable offset)."""
     if start >= end:
         return []
-    c.assign([TopicPartition(topic, partition, start)])
     out = []
-    deadline = time.monotonic() + timeout_s
-    try:
-        while time.monotonic() < deadline:
-            m = c.poll(0.2)
-            if m is None:
-                continue
-            if m.error():
-                if m.error().code() == KafkaError._PARTITION_EOF:
-                    break
-                raise KafkaException(m.error())
+    with contextlib.closing(topics.partition_records(c, topic, partition, start, timeout_s)) as records:
+        for m in records:
             out.append(DeadLetter.from_record(m.partition(), m.offset(), m.timestamp()[1], m.key(), m.value(),
                                               m.headers()))
             if m.offset() >= end - 1:
                 break
-    finally:
-        c.unassign()
     return out
 
 

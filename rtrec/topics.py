@@ -402,6 +402,25 @@ def read_topic(kafka: KafkaConfig, topic: str, idle_s: float = 2.0, max_s: float
         c.close()
 
 
+def partition_records(c: Consumer, topic: str, partition: int, start: int, timeout_s: float) -> Iterator:
+    """One partition's records from offset ``start`` on, over consumer ``c`` (made with
+    ``enable.partition.eof``), until the partition's end or ``timeout_s``; unassigned after."""
+    c.assign([TopicPartition(topic, partition, start)])
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            m = c.poll(min(0.5, max(0.01, deadline - time.monotonic())))
+            if m is None:
+                continue
+            if m.error():
+                if m.error().code() == KafkaError._PARTITION_EOF:
+                    return
+                raise KafkaException(m.error())
+            yield m
+    finally:
+        c.unassign()
+
+
 class RecordFetcher:
     """Fetches single records by partition and offset, over one consumer kept open.
 
@@ -440,21 +459,7 @@ class RecordFetcher:
 
     def records(self, partition: int, start: int, timeout_s: float = 10.0) -> Iterator:
         """The partition's records from offset ``start`` on, until its end or ``timeout_s``."""
-        c = self.consumer()
-        c.assign([TopicPartition(self.topic, partition, start)])
-        try:
-            deadline = time.time() + timeout_s
-            while time.time() < deadline:
-                m = c.poll(min(0.5, max(0.01, deadline - time.time())))
-                if m is None:
-                    continue
-                if m.error():
-                    if m.error().code() == KafkaError._PARTITION_EOF:
-                        return
-                    raise KafkaException(m.error())
-                yield m
-        finally:
-            c.unassign()
+        return partition_records(self.consumer(), self.topic, partition, start, timeout_s)
 
     def consumer(self) -> Consumer:
         if self._consumer is None:
