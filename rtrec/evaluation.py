@@ -30,6 +30,13 @@ Metrics, per model (each key of ``scores``) and for ``fused``:
   Lists ranking a request's candidates (``request: "candidates"``) are not
   used.
 
+- **Share of the fused prediction** per model (ratings and binary feedback
+  apart), see :func:`fusion_shares`: the fusion's effective weights, recovered
+  by least squares of ``fused`` on the models' scores, each times the spread
+  of that model's scores, as a share of their sum. A model whose share stays
+  near 0 adds nothing the others do not; over time it shows whether the
+  fusion earns its place.
+
 Over time: the same metrics per window of event time (``--window day``,
 ``hour`` or ``week``; windows in UTC) or per ``N`` consecutive examples
 (``--window 5000``), each window on its own (not cumulative). The plots show
@@ -248,6 +255,37 @@ def first_per_event(predictions: Iterable[dict]) -> tuple[list[dict], int, int]:
     return kept, sum(repeats), len(repeats)
 
 
+def fusion_shares(examples: Sequence[Example], models: Sequence[str]) -> dict[str, float] | None:
+    """Each model's share of the fused prediction's variation over ``examples``.
+
+    The fusion is linear, ``fused = w0 + sum_m w_m * score_m`` (models.fusion),
+    with weights that move slowly; least squares of ``fused`` on the scores
+    recovers the weights in effect over these examples (exactly, when they held
+    still). A model's share is ``|w_m| * sd(score_m)`` over the sum of those:
+    how much of the spread of the fused predictions it moves. None when there
+    is no fused score or too few examples to fit.
+
+    >>> ex = [Example(i, "u", "i", "rating", 3.0, {"a": a, "b": b, "fused": 0.5 + 0.6 * a + 0.2 * b})
+    ...       for i, (a, b) in enumerate([(1, 4), (2, 2), (3, 5), (4, 1), (5, 3), (2, 4)])]
+    >>> {m: round(v, 3) for m, v in fusion_shares(ex, ["a", "b", "fused"]).items()}
+    {'a': 0.75, 'b': 0.25}
+    """
+    import numpy as np
+
+    base = [m for m in models if m != "fused"]
+    rows = [e for e in examples if "fused" in e.scores and all(m in e.scores for m in base)]
+    if not base or len(rows) < 2 * (len(base) + 1):
+        return None
+    x = np.array([[e.scores[m] for m in base] for e in rows], dtype=np.float64)
+    y = np.array([e.scores["fused"] for e in rows], dtype=np.float64)
+    w = np.linalg.lstsq(np.column_stack([np.ones(len(rows)), x]), y, rcond=None)[0][1:]
+    moved = np.abs(w) * x.std(axis=0)
+    total = float(moved.sum())
+    if not total > 0:
+        return None
+    return {m: float(v) / total for m, v in zip(base, moved, strict=True)}
+
+
 def _metrics(examples: list[Example], recs: RecommendationIndex, models: list[str],
              rating_min: float, rating_max: float) -> dict:
     ratings = [e for e in examples if e.is_rating]
@@ -262,6 +300,7 @@ def _metrics(examples: list[Example], recs: RecommendationIndex, models: list[st
                                                  [int(e.positive) for e in r]).items() if k2 != "n"},
             "binary": binary_metrics([min(1.0, max(0.0, e.scores[m])) for e in b], [int(e.positive) for e in b]),
         }
+    out["fusion_share"] = {"rating": fusion_shares(ratings, models), "binary": fusion_shares(binary, models)}
     rec = recs.recall(e for e in examples if e.positive)
     out["recall"] = {"k": rec.k, "recall": rec.recall, "hits": rec.hits, "positives": rec.positives,
                      "no_list": rec.no_list}
@@ -409,6 +448,12 @@ def plot(ev: Evaluation, out_dir: Path) -> list[Path]:
            {f"{m} (ratings)": ys for m, ys in series("rating", "auc").items()}
            | {f"{m} (binary)": ys for m, ys in series("binary", "auc").items()
               if any(not math.isnan(v) for v in ys)})
+    for kind in ("rating", "binary"):
+        shares = [w.get("fusion_share", {}).get(kind) for w in ev.windows]
+        if any(shares):
+            figure(f"fusion_share_{kind}_over_time.png",
+                   f"Share of the fused prediction per model, per window ({kind} examples)", "share",
+                   {m: [sh[m] if sh else math.nan for sh in shares] for m in ev.models if m != "fused"})
     figure("recall_over_time.png", f"recall@{ev.k} of the newest list before each positive, per window",
            f"recall@{ev.k}", {f"recall@{ev.k}": [w["recall"]["recall"] for w in ev.windows]})
     return paths
@@ -451,6 +496,7 @@ def markdown(ev: Evaluation, source: str = "", plots: Sequence[Path] = ()) -> st
         r, b = o["models"][m]["rating"], o["models"][m]["binary"]
         lines.append(f"| {m} | {_fmt(r['n'])} | {_fmt(r['mae'])} | {_fmt(r['rmse'])} | {_fmt(r['auc'])} | "
                      f"{_fmt(r['log_loss'])} | {_fmt(b['n'])} | {_fmt(b['auc'])} | {_fmt(b['log_loss'])} |")
+    lines += share_lines(o)
     rc = o["recall"]
     lines += [
         "",
@@ -482,6 +528,16 @@ def markdown(ev: Evaluation, source: str = "", plots: Sequence[Path] = ()) -> st
             f"{_fmt(mm['binary'].get('auc'))} | {_fmt(w['recall']['recall'])} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def share_lines(metrics: dict) -> list[str]:
+    """The report's lines on each model's share of the fused prediction (:func:`fusion_shares`)."""
+    lines = []
+    for kind, shares in (metrics.get("fusion_share") or {}).items():
+        if shares:
+            parts = ", ".join(f"{m} {v:.0%}" for m, v in sorted(shares.items(), key=lambda kv: -kv[1]))
+            lines.append(f"Share of the fused prediction ({kind} examples; effective weight times spread): {parts}")
+    return ["", *lines] if lines else []
 
 
 def _json_safe(o):
@@ -522,6 +578,7 @@ def summary_lines(ev: Evaluation) -> list[str]:
         if b["n"]:
             parts.append(f"binary AUC {_fmt(b['auc'], 3)}  log-loss {_fmt(b['log_loss'], 3)}")
         lines.append("  ".join(parts))
+    lines += share_lines(o)[1:]
     if ev.counts.get("repeated_records"):
         lines.append(repeats_line(ev))
     rc = o["recall"]

@@ -188,3 +188,25 @@ def test_the_minimum_is_a_setting_and_a_flag(capsys):
         load_config(overrides=["eval.min_window_examples=-1"])
     assert main(["eval", "--min-examples", "-5"]) == 2  # refused before the broker is asked
     assert "--min-examples must not be negative" in capsys.readouterr().err
+
+
+def test_each_models_share_of_the_fused_prediction_overall_per_window_and_in_the_report(tmp_path):
+    import random
+
+    rnd = random.Random(3)
+    recs = []
+    # fused = 0.2 + 0.9 mf + 0.0 ftrl on day 0; 0.2 + 0.3 mf + 0.6 ftrl on day 1 (both score spreads equal)
+    for day, (w_mf, w_ftrl) in enumerate([(0.9, 0.0), (0.3, 0.6)]):
+        for i in range(60):
+            mf, ftrl = rnd.choice([1, 2, 3, 4, 5]), rnd.choice([1, 2, 3, 4, 5])
+            recs.append(pred(day * DAY + i, "u1", f"i{i}", "rating", 3.0, mf, ftrl, 0.2 + w_mf * mf + w_ftrl * ftrl))
+    ev = evaluate(recs, [], window="day", min_window_examples=1)
+    day0, day1 = (w["fusion_share"]["rating"] for w in ev.windows)
+    assert day0["mf"] == approx(1.0) and day0["ftrl"] == approx(0.0, abs=1e-9)
+    sd = {m: math.sqrt(sum((r["scores"][m] - sum(q["scores"][m] for q in recs[60:]) / 60) ** 2
+                           for r in recs[60:]) / 60) for m in ("mf", "ftrl")}
+    assert day1["ftrl"] == approx(0.6 * sd["ftrl"] / (0.3 * sd["mf"] + 0.6 * sd["ftrl"]))
+    assert ev.windows[0]["fusion_share"]["binary"] is None  # (no binary examples)
+    files = write_report(ev, tmp_path)
+    assert files["fusion_share_rating_over_time"].read_bytes().startswith(PNG)
+    assert "Share of the fused prediction (rating examples" in files["report"].read_text()
