@@ -80,7 +80,7 @@ class ModelSet:
                            lr_item_latent=_or_none(cfg.mf_lr_item_latent))
         self.ftrl = FTRLProximal(self.params, bits=cfg.ftrl_bits, alpha=cfg.ftrl_alpha, offset=mid)
         self.ranker = NeuralRanker(self.params, n_dense=N_DENSE, user_dim=cfg.dim, lr=cfg.ranker_lr, offset=mid,
-                                   seed=cfg.seed)
+                                   seed=cfg.seed, step_examples=cfg.step_examples, clip=cfg.grad_clip)
         self.models = [self.mf, self.ftrl, self.ranker]
         self.fusion = OnlineFusion(self.params, [m.name for m in self.models], forget=cfg.fusion_forget,
                                    robust=cfg.fusion_robust)
@@ -140,10 +140,13 @@ class ModelSet:
         fused = self.fusion.predict(raw)
         return {k: v.clamp(lo, hi) for k, v in raw.items()}, fused.clamp(lo, hi)
 
-    def learn(self, batch: Batch, y: torch.Tensor, predictions: dict[str, torch.Tensor], models=None) -> None:
-        """One step of ``models`` (default: all) and of the fusion, from predictions made before the step."""
+    def learn(self, batch: Batch, y: torch.Tensor, predictions: dict[str, torch.Tensor], models=None,
+              fusion: bool = True) -> None:
+        """One step of ``models`` (default: all) and of the fusion (unless not ``fusion``), from predictions
+        made before the step."""
         clip = self.cfg.grad_clip
-        self.fusion.learn(predictions, y)
+        if fusion:
+            self.fusion.learn(predictions, y)
         for m in models if models is not None else self.models:
             grad = (predictions[m.name] - y).clamp(-clip, clip)
             m.learn_many(batch, y, grad=grad)

@@ -58,8 +58,29 @@ class OnlineFusion:
     def predict(self, predictions: dict[str, torch.Tensor]) -> torch.Tensor:
         return self._x(predictions) @ self._w
 
-    def learn(self, predictions: dict[str, torch.Tensor], y: torch.Tensor) -> None:
+    def predict_and_learn(self, predictions: dict[str, torch.Tensor], y: torch.Tensor, learn: torch.Tensor | None,
+                          step: int) -> torch.Tensor:
+        """Predict, then learn, ``step`` examples at a time (0: all at once), in order: each chunk is
+        fused with the weights the chunks before it left, then the rows of it that ``learn`` (a bool
+        mask; None: none) marks are added. So the weights move as often whatever the batch size."""
         x = self._x(predictions)
+        n = len(x)
+        if learn is None or not bool(learn.any()):
+            return x @ self._w
+        step = step if step > 0 else n
+        out = []
+        for start in range(0, n, step):
+            xs = x[start : start + step]
+            out.append(xs @ self._w)
+            rows = torch.nonzero(learn[start : start + step]).squeeze(1)
+            if len(rows):
+                self._learn_x(xs if len(rows) == len(xs) else xs[rows], y[start : start + step][rows])
+        return out[0] if len(out) == 1 else torch.cat(out)
+
+    def learn(self, predictions: dict[str, torch.Tensor], y: torch.Tensor) -> None:
+        self._learn_x(self._x(predictions), y)
+
+    def _learn_x(self, x: torch.Tensor, y: torch.Tensor) -> None:
         y = y.float()
         fade = self.forget ** len(y)
         xw = x

@@ -438,11 +438,15 @@ class OnlineLearner:
                 ftrl.z.touch(rows)
                 ftrl.n.touch(rows)
         y = y.to(dev)
+        learn_mask = torch.from_numpy(learn).to(dev) if len(learned) else None
         with torch.no_grad():
             if not self.compiled:
                 ftrl_pred = ftrl.predict_many(batch)
-            raw = {m.mf.name: mf_pred.to(dev), ftrl.name: ftrl_pred, m.ranker.name: m.ranker.predict_many(batch)}
-        fused = m.fusion.predict(raw).clamp(lo, hi)
+            # The ranker predicts and learns a chunk at a time (NeuralRanker.predict_and_learn): its
+            # predictions do not depend on how the stream was cut into batches.
+            ranker_pred = m.ranker.predict_and_learn(batch, y, learn_mask)
+            raw = {m.mf.name: mf_pred.to(dev), ftrl.name: ftrl_pred, m.ranker.name: ranker_pred}
+            fused = m.fusion.predict_and_learn(raw, y, learn_mask, cfg.step_examples).clamp(lo, hi)
 
         # Scores in the label's units (LabelScale.units, as one op per model): ratings clamped to the
         # scale, binary feedback rescaled to 0..1.
@@ -460,11 +464,10 @@ class OnlineLearner:
                                      "user_dense": np.array(cols.dense[i], np.float32), "user_code": cols.code[i],
                                      "user_buckets": np.array(cols.buckets[i], np.int64),
                                      "pair": np.array(cols.pair[i], np.float32), "y": float(y[i])})
-            if len(learned):
-                t = learned.to(dev)
+            if len(learned) and not self.compiled:  # (compiled: FTRL learned in its pass; the ranker and
+                t = learned.to(dev)                  # the fusion learn as they predict, above)
                 sub = batch if len(learned) == n else batch.subset(t)
-                m.learn(sub, y[t], {k: v[t] for k, v in raw.items()},
-                        models=[m.ranker] if self.compiled else [ftrl, m.ranker])
+                m.learn(sub, y[t], {k: v[t] for k, v in raw.items()}, models=[ftrl], fusion=False)
         return out, after
 
     # -- recommendations -------------------------------------------------------------

@@ -253,3 +253,38 @@ def test_merger_messages_travel_and_are_stored_as_plain_tuples():
     assert merger.pending and merger.items == {"a": [1.0] * 7}
     with pytest.raises(ValueError, match="unknown merger message"):
         read_message(("model", 1))
+
+
+def _cut_into(events, size: int, *overrides) -> dict[str, dict[str, float]]:
+    """Every example's prediction per model (and its label), the stream fed in batches of ``size``."""
+    core, _ = _core(*overrides)
+    store: dict = {}
+    out: dict[str, dict[str, float]] = {}
+    for s in range(0, len(events), size):
+        p = _step(core, events[s : s + size], store, now_ms=events[-1].ts + 1000).predictions
+        for i, eid in enumerate(p.event_id if p is not None else []):
+            out[eid] = {**{m: v[i] for m, v in p.scores.items()}, "fused": p.fused[i], "label": p.label[i]}
+    return out
+
+
+def _mae(preds: dict[str, dict[str, float]], model: str) -> float:
+    return float(np.mean([abs(p[model] - p["label"]) for p in preds.values()]))
+
+
+@pytest.mark.parametrize("step", [32, 0])
+def test_the_same_stream_cut_into_batches_of_50_and_of_2000_learns_alike(step):
+    """MF and FTRL go example by example: the same predictions whatever the cut. The ranker and the
+    fusion predict and step 32 examples at a time (model.step_examples): within 0.003 MAE. With one
+    step per batch (0) a 2,000-example batch is predicted with weights 2,000 examples old."""
+    from rtrec.datasets import movielens_events
+
+    events = movielens_events(10_000)
+    small, large = (_cut_into(events, n, f"model.step_examples={step}") for n in (50, 2000))
+    assert small.keys() == large.keys() and len(small) == len(events)
+    for model in ("mf", "ftrl"):
+        assert max(abs(small[e][model] - large[e][model]) for e in small) < 1e-5
+    gaps = {m: abs(_mae(small, m) - _mae(large, m)) for m in ("ranker", "fused")}
+    if step:
+        assert gaps["ranker"] <= 0.003 and gaps["fused"] <= 0.003, gaps
+    else:
+        assert max(gaps.values()) > 0.003, gaps

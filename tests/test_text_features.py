@@ -165,7 +165,10 @@ def test_model_inputs_carry_the_pair_columns():
 
 
 def _taste_stream(movies, n_users: int = 200, per_user: int = 60, seed: int = 5) -> list[Event]:
-    """Ratings that depend on text alone: 5 for a movie of the user's genre, 1 otherwise."""
+    """Ratings that depend on text alone: 5 for a movie of the user's genre, 1 otherwise.
+
+    The second half rates other movies than the first (every other one of each list): what was learned
+    of the first half's items by their ids cannot help there, only what their text says."""
     rng = random.Random(seed)
     genres = ("Children's", "Horror", "Documentary", "Western", "Musical")
     by_genre = {g: [i for i, m in movies.items() if g in m.genres] for g in genres}
@@ -173,9 +176,10 @@ def _taste_stream(movies, n_users: int = 200, per_user: int = 60, seed: int = 5)
     events, t = [], 0
     taste = {f"u{k}": genres[k % len(genres)] for k in range(n_users)}
     for step in range(per_user):
+        half = 2 * step >= per_user
         for u, g in taste.items():
             liked = rng.random() < 0.5
-            item = rng.choice(by_genre[g] if liked else others)
+            item = rng.choice((by_genre[g] if liked else others)[half::2])
             t += 1000
             events.append(Event(f"{u}-{step}", u, item, "rating", t, 5.0 if liked else 1.0))
     return events
@@ -203,7 +207,8 @@ def test_the_models_learn_from_text_features(ranker, movies, model):
     with_text.search = ranker
     without = OnlineLearner(cfg)
     mae_text, mae_plain = _late_mae(with_text, events, model), _late_mae(without, events, model)
-    # Measured: FTRL 1.40 vs 1.86, ranker 0.27 vs 0.50 (MAE over the second half, 12,000 ratings).
+    # Measured: FTRL 0.46 vs 1.88, ranker 0.31 vs 0.45 (MAE over the second half, 12,000 ratings of
+    # movies the first half never rated).
     assert mae_text < 0.85 * mae_plain, (mae_text, mae_plain)
 
 
