@@ -59,37 +59,44 @@ class OnlineFusion:
         return self._x(predictions) @ self._w
 
     def predict_and_learn(self, predictions: dict[str, torch.Tensor], y: torch.Tensor, learn: torch.Tensor | None,
-                          step: int) -> torch.Tensor:
+                          step: int, counts: list[int] | None = None) -> torch.Tensor:
         """Predict, then learn, ``step`` examples at a time (0: all at once), in order: each chunk is
         fused with the weights the chunks before it left, then the rows of it that ``learn`` (a bool
-        mask; None: none) marks are added. So the weights move as often whatever the batch size."""
+        mask; None: none) marks are added (``counts``: how many per chunk, if the caller knows). So
+        the weights move as often whatever the batch size."""
         x = self._x(predictions)
         n = len(x)
-        if learn is None or not bool(learn.any()):
+        if learn is None:
             return x @ self._w
         step = step if step > 0 else n
+        weight = learn.to(torch.float32)
         out = []
-        for start in range(0, n, step):
+        for k, start in enumerate(range(0, n, step)):
             xs = x[start : start + step]
             out.append(xs @ self._w)
-            rows = torch.nonzero(learn[start : start + step]).squeeze(1)
-            if len(rows):
-                self._learn_x(xs if len(rows) == len(xs) else xs[rows], y[start : start + step][rows])
+            count = counts[k] if counts is not None else int(weight[start : start + step].sum())
+            if count:
+                self._learn_x(xs, y[start : start + step], weight[start : start + step], count)
         return out[0] if len(out) == 1 else torch.cat(out)
 
     def learn(self, predictions: dict[str, torch.Tensor], y: torch.Tensor) -> None:
         self._learn_x(self._x(predictions), y)
 
-    def _learn_x(self, x: torch.Tensor, y: torch.Tensor) -> None:
+    def _learn_x(self, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None,
+                 count: int | None = None) -> None:
+        """Add examples ``x``, ``y``; ``weight`` (0/1 per row) marks those that count, ``count`` of them."""
         y = y.float()
-        fade = self.forget ** len(y)
+        count = len(y) if count is None else count
+        fade = self.forget ** count
         xw = x
         if self.robust > 0:
             xw = x / (y - x @ self._w).abs().clamp_min(self.robust)[:, None]
+        if weight is not None:
+            xw = xw * weight[:, None]
         self.a.data[0] = self.a.data[0] * fade + xw.T @ x
         self.b.data[0] = self.b.data[0] * fade + xw.T @ y
-        self.a.touch_dense(len(y))
-        self.b.touch_dense(len(y))
+        self.a.touch_dense(count)
+        self.b.touch_dense(count)
         self.solve()
 
     def weights(self) -> dict[str, float]:

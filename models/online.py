@@ -444,9 +444,11 @@ class OnlineLearner:
                 ftrl_pred = ftrl.predict_many(batch)
             # The ranker predicts and learns a chunk at a time (NeuralRanker.predict_and_learn): its
             # predictions do not depend on how the stream was cut into batches.
-            ranker_pred = m.ranker.predict_and_learn(batch, y, learn_mask)
+            step = cfg.step_examples if cfg.step_examples > 0 else n
+            counts = np.add.reduceat(learn, np.arange(0, n, step)).tolist() if learn_mask is not None else None
+            ranker_pred = m.ranker.predict_and_learn(batch, y, learn_mask, counts)
             raw = {m.mf.name: mf_pred.to(dev), ftrl.name: ftrl_pred, m.ranker.name: ranker_pred}
-            fused = m.fusion.predict_and_learn(raw, y, learn_mask, cfg.step_examples).clamp(lo, hi)
+            fused = m.fusion.predict_and_learn(raw, y, learn_mask, step, counts).clamp(lo, hi)
 
         # Scores in the label's units (LabelScale.units, as one op per model): ratings clamped to the
         # scale, binary feedback rescaled to 0..1.

@@ -64,29 +64,40 @@ class NeuralRanker:
         grads = [x.T @ d_pre, d_pre.sum(0), h.T @ g[:, None], g.sum(0, keepdim=True)]
         return grads, d_x[:, n_dense : n_dense + emb.shape[1]]
 
-    def predict_and_learn(self, batch: Batch, y: torch.Tensor, learn: torch.Tensor | None) -> torch.Tensor:
+    def predict_and_learn(self, batch: Batch, y: torch.Tensor, learn: torch.Tensor | None,
+                          counts: list[int] | None = None) -> torch.Tensor:
         """Predict, then learn, ``step_examples`` examples at a time, in order: each chunk is predicted
         with the weights the chunks before it left, then the rows of it that ``learn`` (a bool mask;
-        None: none) marks take one step. Returns every example's prediction, made before any step
-        learned from it."""
-        n, step = len(y), self.step_examples if self.step_examples > 0 else len(y)
-        if learn is None or not bool(learn.any()):
+        None: none) marks take one step (the others' gradient is zeroed). ``counts``: how many rows
+        each chunk learns from, if the caller knows. Returns every example's prediction, made before
+        any step learned from it."""
+        n = len(y)
+        step = self.step_examples if self.step_examples > 0 else n
+        if learn is None:
             return self.predict_many(batch)
+        weight = learn.to(torch.float32)
+        if counts is None:
+            counts = [int(c) for c in weight.reshape(-1)[: n - n % step].reshape(-1, step).sum(1).tolist()] + (
+                [int(weight[n - n % step :].sum())] if n % step else [])
         out = []
-        for start in range(0, n, step):
+        for k, start in enumerate(range(0, n, step)):
             end = min(start + step, n)
-            sub = batch if (start, end) == (0, n) else batch.subset(torch.arange(start, end, device=y.device))
+            sub = batch if (start, end) == (0, n) else Batch(
+                batch.items[start:end], {"mf": batch.user_params["mf"][start:end]}, batch.dense[start:end], None)
             with torch.no_grad():
                 p = self.predict_many(sub)
             out.append(p)
-            mask = learn[start:end]
-            rows = torch.nonzero(mask).squeeze(1)
-            if len(rows):
-                part = sub if len(rows) == end - start else sub.subset(rows)
-                self.learn_many(part, y[start:end][rows], (p[rows] - y[start:end][rows]).clamp(-self.clip, self.clip))
+            if counts[k]:
+                w = weight[start:end]
+                g = (p - y[start:end]).clamp(-self.clip, self.clip) * w
+                self.learn_many(sub, y[start:end], g, weight=w, examples=counts[k])
         return out[0] if len(out) == 1 else torch.cat(out)
 
-    def learn_many(self, batch: Batch, y: torch.Tensor, grad: torch.Tensor | None = None) -> None:
+    def learn_many(self, batch: Batch, y: torch.Tensor, grad: torch.Tensor | None = None,
+                   weight: torch.Tensor | None = None, examples: int | None = None) -> None:
+        """One Adagrad step on the summed gradient; ``weight`` (0/1 per row) marks the rows that count
+        (their gradient is already zeroed where it is 0), ``examples`` how many do."""
+        examples = len(y) if examples is None else examples
         with torch.no_grad():
             g = grad if grad is not None else self.predict_many(batch) - y
             grads, ge = self.gradients(batch, g.float())
@@ -100,9 +111,9 @@ class NeuralRanker:
         torch._foreach_div_(step, denom)
         torch._foreach_sub_(weights, step)
         for t, acc in zip(self.layers, self.acc, strict=True):
-            t.touch_dense(len(y))
-            acc.touch_dense(len(y))
+            t.touch_dense(examples)
+            acc.touch_dense(examples)
         self.emb_acc.data.index_add_(0, batch.items, ge * ge)
         self.emb.data.index_add_(0, batch.items, -self.lr * ge / (self.emb_acc.data[batch.items].sqrt() + self.eps))
-        self.emb.touch(batch.items)
-        self.emb_acc.touch(batch.items)
+        self.emb.touch(batch.items, 1.0 if weight is None else weight)
+        self.emb_acc.touch(batch.items, 1.0 if weight is None else weight)
