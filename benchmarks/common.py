@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import platform
@@ -120,6 +121,7 @@ def run_job_and_time(cfg: RtrecConfig, events: list[Event], outputs_per_event: i
 
     config_file.write_text(yaml.safe_dump(cfg.to_dict()))
     start = time.perf_counter()
+    sampler = MetricSampler(cfg, "UserStage", ["model_staleness_ms"]) if cfg.model.enabled else None
     proc = subprocess.Popen(
         [sys.executable, "-m", "rtrec.cli", "run", "--bounded", "--config", str(config_file)],
         cwd=RESULTS.parent.parent,
@@ -131,6 +133,7 @@ def run_job_and_time(cfg: RtrecConfig, events: list[Event], outputs_per_event: i
     out, _ = proc.communicate(timeout=timeout_s)
     end = time.perf_counter()
     clock.close()
+    staleness = sampler.close() if sampler is not None else {}
     committed = topics.count_committed(cfg.kafka, topic)
     if not ok or proc.returncode != 0 or committed != expected:
         raise RuntimeError(
@@ -151,6 +154,9 @@ def run_job_and_time(cfg: RtrecConfig, events: list[Event], outputs_per_event: i
         "events_per_s_steady_10_90": round(0.8 * len(events) / (t90 - t10), 1) if t90 > t10 else None,
         # Flink's own run time of the bounded job (deployment and JIT warm-up included).
         "events_per_s_job_runtime": round(len(events) / job_s, 1) if job_s else None,
+        # Sampled every 0.5 s from the UserStage subtasks: the age of the newest model version a scorer
+        # had not adopted when it last checked (0: it held the newest).
+        **staleness,
     }
 
 
@@ -159,6 +165,56 @@ def _job_seconds(output: str) -> float | None:
 
     m = re.search(r"in ([0-9.]+) s of job time", output)
     return float(m.group(1)) if m else None
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))] if s else None
+
+
+class MetricSampler:
+    """Samples metrics of one operator of a running job (all its subtasks) every ``interval_s`` through
+    Flink's REST API, e.g. the UserStage's ``freshness_ms`` and ``model_staleness_ms``, from when the
+    job appears until :meth:`close` (or from ``start_after``, epoch seconds)."""
+
+    def __init__(self, cfg: RtrecConfig, operator: str, names: list[str], interval_s: float = 0.5,
+                 start_after: float = 0.0, timeout_s: float = 300):
+        from rtrec.flink_rest import FlinkRest
+
+        self.values: dict[str, list[float]] = {n: [] for n in names}
+        self.start_after = start_after
+        self._stop = threading.Event()
+        self._rest = FlinkRest(f"http://127.0.0.1:{cfg.flink.rest_port}")
+        self._args = (cfg.flink.job_name, operator, interval_s, timeout_s)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        name, operator, interval_s, timeout_s = self._args
+        try:
+            job = self._rest.job_id(name, timeout_s)
+            vertex = self._rest.vertex_id(job, operator)
+        except Exception:  # (the job never came up: the benchmark reports that)
+            return
+        while not self._stop.is_set():
+            if time.time() >= self.start_after:
+                for metric, values in self.values.items():
+                    # (the REST API busy, or the job just ended: the next sample)
+                    with contextlib.suppress(Exception):
+                        values.extend(self._rest.metrics(job, vertex, f"rtrec.{metric}").values())
+            self._stop.wait(interval_s)
+
+    def close(self) -> dict[str, int | None]:
+        """Stop; ``{metric}_p50``, ``{metric}_p99`` and ``{metric}_max`` of the samples (None: none)."""
+        self._stop.set()
+        self._thread.join(5)
+        out: dict[str, int | None] = {}
+        for metric, values in self.values.items():
+            for label, q in (("p50", 0.5), ("p99", 0.99)):
+                v = percentile(values, q)
+                out[f"{metric}_{label}"] = None if v is None else round(v)
+            out[f"{metric}_max"] = round(max(values)) if values else None
+        return out
 
 
 def write_results(name: str, payload: dict) -> Path:

@@ -37,15 +37,10 @@ import orjson  # noqa: E402
 import yaml  # noqa: E402
 from confluent_kafka import Consumer  # noqa: E402
 
-from benchmarks.common import RESULTS, fresh, write_results  # noqa: E402
+from benchmarks.common import RESULTS, MetricSampler, fresh, percentile, write_results  # noqa: E402
 from rtrec.datasets import movielens_events  # noqa: E402
 from rtrec.flink_rest import FlinkRest  # noqa: E402
 from rtrec.replay import replay  # noqa: E402
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    s = sorted(values)
-    return s[min(len(s) - 1, int(q * len(s)))] if s else None
 
 
 def measure(run: str, rate: float, seconds: float, warmup_s: float) -> dict:
@@ -59,7 +54,6 @@ def measure(run: str, rate: float, seconds: float, warmup_s: float) -> dict:
     proc = subprocess.Popen([sys.executable, "-m", "rtrec.cli", "run", "--config", str(config_file)],
                             cwd=RESULTS.parent.parent, stdout=log, stderr=subprocess.STDOUT)
     latencies: list[float] = []
-    sampled: dict[str, list[float]] = {"freshness_ms": [], "model_staleness_ms": []}
     stop = threading.Event()
     start = {"at": 0.0}
 
@@ -78,28 +72,16 @@ def measure(run: str, rate: float, seconds: float, warmup_s: float) -> dict:
                     latencies.append(now - ts)
         c.close()
 
-    def sample(rest: FlinkRest, job: str):
-        vertex = rest.vertex_id(job, "UserStage")
-        while not stop.is_set():
-            if time.time() * 1000 >= start["at"]:
-                for name, values in sampled.items():
-                    try:
-                        got = rest.metrics(job, vertex, f"rtrec.{name}")
-                    except Exception:  # (the REST API is busy: the next sample)
-                        got = {}
-                    values.extend(got.values())
-            stop.wait(0.5)
-
+    sampler = MetricSampler(cfg, "UserStage", ["freshness_ms", "model_staleness_ms"], start_after=float("inf"))
     try:
-        rest = FlinkRest(f"http://127.0.0.1:{cfg.flink.rest_port}")
-        job = rest.job_id(cfg.flink.job_name, 180)
+        FlinkRest(f"http://127.0.0.1:{cfg.flink.rest_port}").job_id(cfg.flink.job_name, 180)
         reader = threading.Thread(target=consume, daemon=True)
         reader.start()
-        threading.Thread(target=sample, args=(rest, job), daemon=True).start()
         n = int(rate * (seconds + warmup_s))
         base = movielens_events(limit=n)
         t0 = time.time()
         start["at"] = (t0 + warmup_s) * 1000
+        sampler.start_after = t0 + warmup_s
 
         def stamped():
             for i, e in enumerate(base):
@@ -114,6 +96,7 @@ def measure(run: str, rate: float, seconds: float, warmup_s: float) -> dict:
         stop.set()
         reader.join(10)
     finally:
+        sampled = sampler.close()
         proc.terminate()
         proc.wait(60)
         log.close()
@@ -135,9 +118,7 @@ def measure(run: str, rate: float, seconds: float, warmup_s: float) -> dict:
         "batch_interval_ms": cfg.flink.batch_interval_ms,
         "log": str(config_file.with_suffix(".log").relative_to(RESULTS.parent.parent)),
     }
-    for name, values in sampled.items():
-        out[f"{name}_p50"], out[f"{name}_p99"] = ms(percentile(values, 0.5)), ms(percentile(values, 0.99))
-    return out
+    return out | sampled
 
 
 def main() -> None:
