@@ -9,7 +9,9 @@ this invocation and on that same topic:
 - ``java``: a Flink SQL job with no Python in it that reads the topic, parses
   each record's JSON (``JSON_VALUE``) and writes it to another topic
   exactly-once: the floor Flink itself sets on this machine;
-- ``features``: rtrec with models off (``model.enabled=false``);
+- ``features``: rtrec with models off (``model.enabled=false``), a feature
+  snapshot after every event; ``features-batch``: the same with one snapshot
+  per entity and micro-batch, as it ships;
 - ``learning``: rtrec as it ships: learning and text on;
 - ``learning-p2``, ``learning-process-p2``, ...: the same at parallelism 2, in
   thread mode (one interpreter per JVM) or process mode (one Python process
@@ -41,6 +43,8 @@ from rtrec.replay import replay  # noqa: E402
 #: run name -> (settings over the defaults, TaskManagers of a standalone cluster: 0 = rtrec run's MiniCluster)
 RUNS: dict[str, tuple[list[str], int]] = {
     "features": (["model.enabled=false", "features.snapshots=event"], 0),
+    # As it ships: one feature snapshot per entity and micro-batch (timed to the bounded job's end).
+    "features-batch": (["model.enabled=false"], 0),
     "learning": ([], 0),
     "learning-p2": (["flink.parallelism=2"], 0),
     # Two TaskManagers with one slot each: two JVMs, so two embedded interpreters.
@@ -91,7 +95,7 @@ def java_pass(cfg: RtrecConfig, events: int, timeout_s: float = 900) -> dict:
             "events_per_s_steady_10_90": round(0.8 * events / (t90 - t10), 1)}
 
 
-def on_cluster(cfg: RtrecConfig, events: list, per_event: int, topic: str, taskmanagers: int,
+def on_cluster(cfg: RtrecConfig, events: list, per_event: int | None, topic: str, taskmanagers: int,
                timeout_s: float = 900) -> dict:
     """The job on a fresh standalone cluster of ``taskmanagers`` TaskManagers with one slot each
     (deploy/flink/bin/cluster.sh), timed from its committed outputs like run_job_and_time."""
@@ -114,6 +118,8 @@ def on_cluster(cfg: RtrecConfig, events: list, per_event: int, topic: str, taskm
             raise RuntimeError(f"cluster.sh {' '.join(args)}: {proc.stdout[-2000:]}{proc.stderr[-2000:]}")
         return proc.stdout
 
+    if per_event is None:
+        raise ValueError("a run on a cluster is timed by a known number of outputs: features.snapshots=event")
     replay(events, cfg.kafka, total=len(events), progress=False)
     expected = per_event * len(events)
     config_file = ROOT / "benchmarks" / "out" / f"{cfg.flink.job_name}.yaml"
@@ -161,8 +167,8 @@ def main() -> None:
             continue
         overrides, taskmanagers = RUNS[name]
         cfg = fresh(f"bench.job.{name}.", overrides)
-        per_event, topic = ((2, cfg.kafka.features_topic) if not cfg.model.enabled
-                            else (1, cfg.kafka.predictions_topic))
+        per_event, topic = ((2 if cfg.features.snapshots == "event" else None, cfg.kafka.features_topic)
+                            if not cfg.model.enabled else (1, cfg.kafka.predictions_topic))
         if taskmanagers:
             result = on_cluster(cfg, events, per_event, topic, taskmanagers)
         else:
