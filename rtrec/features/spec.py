@@ -57,20 +57,20 @@ class WindowedCount:
     windows: tuple[Window, ...] = (FIVE_MINUTES, ONE_HOUR, ONE_DAY)
     per_type: bool = True
 
+    def __post_init__(self):
+        # Looked up per event: the counter column of each event type, each window's (bucket width,
+        # buckets), and the output names per window.
+        cols = {t: (i if self.per_type else 0) for i, t in enumerate(self.event_types)}
+        if self.per_type:
+            names = [[f"{self.name}_{t}_{w.name}" for t in self.event_types] for w in self.windows]
+        else:
+            names = [[f"{self.name}_{w.name}"] for w in self.windows]
+        object.__setattr__(self, "_columns", cols)
+        object.__setattr__(self, "_spec", tuple((w.width, w.buckets) for w in self.windows))
+        object.__setattr__(self, "_names", names)
+
     def outputs(self) -> list[str]:
         return [name for names in self._names for name in names]
-
-    @property
-    def _names(self) -> list[list[str]]:
-        """Output names per window, per column (cached: read() runs per event)."""
-        names = self.__dict__.get("_names_cache")
-        if names is None:
-            if self.per_type:
-                names = [[f"{self.name}_{t}_{w.name}" for t in self.event_types] for w in self.windows]
-            else:
-                names = [[f"{self.name}_{w.name}"] for w in self.windows]
-            object.__setattr__(self, "_names_cache", names)
-        return names
 
     def touched_by(self) -> tuple[str, ...] | None:
         """The event types whose events can change the slot (None: any)."""
@@ -81,30 +81,21 @@ class WindowedCount:
         cols = len(self.event_types) if self.per_type else 1
         return [[-1, [0] * cols, {}] for _ in self.windows]
 
-    @property
-    def _columns(self) -> dict[str, int]:
-        """Event type -> counter column (cached: update() runs per event)."""
-        cols = self.__dict__.get("_columns_cache")
-        if cols is None:
-            cols = {t: (i if self.per_type else 0) for i, t in enumerate(self.event_types)}
-            object.__setattr__(self, "_columns_cache", cols)
-        return cols
-
     def update(self, slot: list, e: Event) -> None:
-        cached = self.__dict__.get("_columns_cache")
-        col = (cached if cached is not None else self._columns).get(e.type)
+        col = self._columns.get(e.type)
         if col is None:
             return
         ts = e.ts
-        for w, win in zip(self.windows, slot, strict=False):  # (as many: init() made them)
-            newest, totals, buckets = win
-            b = ts // w.width
+        for (width, nb), win in zip(self._spec, slot, strict=False):  # (as many: init() made them)
+            b = ts // width
+            newest = win[0]
             if b == newest:  # the common case: same bucket as the newest event
-                buckets[b][col] += 1
-                totals[col] += 1
+                win[2][b][col] += 1
+                win[1][col] += 1
                 continue
+            totals, buckets = win[1], win[2]
             if b > newest:
-                oldest_kept = b - w.buckets + 1
+                oldest_kept = b - nb + 1
                 if newest < oldest_kept:  # every bucket is out of the window (keys <= newest)
                     buckets.clear()
                     for c in range(len(totals)):
@@ -113,8 +104,8 @@ class WindowedCount:
                     for old in [k for k in buckets if k < oldest_kept]:
                         for c, n in enumerate(buckets.pop(old)):
                             totals[c] -= n
-                win[0] = newest = b
-            elif b <= newest - w.buckets:
+                win[0] = b
+            elif b <= newest - nb:
                 continue  # older than the whole window: it can never be counted again
             counts = buckets.get(b)
             if counts is None:
