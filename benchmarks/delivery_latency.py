@@ -7,7 +7,10 @@ settings over the defaults (default runs: ``exactly-once`` and
 ``at-least-once``; e.g. ``at-least-once,flink.batch_interval_ms=50`` for a
 breakdown). The job runs unbounded (parallelism 1, learning and text on)
 while MovieLens ratings are produced at ``--rate`` with the wall clock as
-their event time. A read_committed consumer of the recommendations
+their event time, from the job's start; the ``--warmup`` seconds start when
+the first recommendation arrives (the operators take tens of seconds to open,
+and the events sent meanwhile are a backlog to work off first), and the
+``--seconds`` after them are measured. A read_committed consumer of the recommendations
 topic notes when each recommendation becomes visible; latency = that moment
 minus the event's time (the moment it was produced). Exactly-once sinks
 publish at checkpoint completion, so their latency includes up to one
@@ -54,8 +57,10 @@ def measure(run: str, rate: float, seconds: float, warmup_s: float) -> dict:
     proc = subprocess.Popen([sys.executable, "-m", "rtrec.cli", "run", "--config", str(config_file)],
                             cwd=RESULTS.parent.parent, stdout=log, stderr=subprocess.STDOUT)
     latencies: list[float] = []
+    first_seen: list[float] = []  # when the first recommendation was seen
+    startup_timeout_s = 240
     stop = threading.Event()
-    start = {"at": 0.0}
+    start = {"at": float("inf")}
 
     def consume():
         c = Consumer({"bootstrap.servers": cfg.kafka.bootstrap_servers, "group.id": f"lat-{time.time_ns()}",
@@ -67,6 +72,8 @@ def measure(run: str, rate: float, seconds: float, warmup_s: float) -> dict:
                 if m.error():
                     continue
                 now = time.time() * 1000
+                if not first_seen:
+                    first_seen.append(now)
                 ts = orjson.loads(m.value())["ts"]
                 if ts >= start["at"]:
                     latencies.append(now - ts)
@@ -77,21 +84,34 @@ def measure(run: str, rate: float, seconds: float, warmup_s: float) -> dict:
         FlinkRest(f"http://127.0.0.1:{cfg.flink.rest_port}").job_id(cfg.flink.job_name, 180)
         reader = threading.Thread(target=consume, daemon=True)
         reader.start()
-        n = int(rate * (seconds + warmup_s))
-        base = movielens_events(limit=n)
+        base = movielens_events()
         t0 = time.time()
-        start["at"] = (t0 + warmup_s) * 1000
-        sampler.start_after = t0 + warmup_s
+        window = {}
 
         def stamped():
-            for i, e in enumerate(base):
+            """Events at ``rate`` from now on, until ``seconds`` after the warm-up. The warm-up starts
+            with the first recommendation: the job's operators take tens of seconds to open, and the
+            events sent meanwhile wait as a backlog that the job must work off first."""
+            i = 0
+            while True:
+                now = time.time()
+                if "end" not in window and first_seen:
+                    window["start"] = now + warmup_s
+                    window["end"] = window["start"] + seconds
+                    start["at"] = window["start"] * 1000
+                    sampler.start_after = window["start"]
+                if now >= window.get("end", float("inf")):
+                    return
+                if now - t0 > startup_timeout_s and not first_seen:
+                    raise RuntimeError(f"no recommendation {startup_timeout_s} s after the job started")
                 due = t0 + i / rate
-                wait = due - time.time()
-                if wait > 0:
-                    time.sleep(wait)
-                yield dataclasses.replace(e, ts=int(time.time() * 1000))
+                if due > now:
+                    time.sleep(due - now)
+                e = base[i % len(base)]
+                yield dataclasses.replace(e, event_id=f"{e.event_id}-{i // len(base)}", ts=int(time.time() * 1000))
+                i += 1
 
-        replay(stamped(), cfg.kafka, total=n, progress=False)
+        replay(stamped(), cfg.kafka, progress=False)
         time.sleep(10)  # the last ones: a few checkpoints
         stop.set()
         reader.join(10)
@@ -109,7 +129,7 @@ def measure(run: str, rate: float, seconds: float, warmup_s: float) -> dict:
         "mode": mode,
         "settings": settings,
         "measured": len(latencies),
-        "produced": int(rate * seconds),
+        "produced_in_window": int(rate * seconds),
         "p50_ms": ms(percentile(latencies, 0.5)),
         "p95_ms": ms(percentile(latencies, 0.95)),
         "p99_ms": ms(percentile(latencies, 0.99)),
