@@ -113,6 +113,14 @@ def summary(events_in: int, duplicates: int, dead_by_reason: dict[str, int], out
     return head + "; outputs: " + ", ".join(f"{t} {n:,}" for t, n in outputs.items())
 
 
+def bar_format(total: int | None) -> str:
+    """tqdm's format of the bar: with a percentage when the total is known. tqdm puts ", " before a
+    postfix itself (and nothing when there is none)."""
+    if total:
+        return "{l_bar}{bar}| {n_fmt}/{total_fmt} ev [{elapsed}{postfix}]"
+    return "{desc}: {n_fmt} ev [{elapsed}{postfix}]"
+
+
 class JobProgress:
     """A thread that shows a job's progress until :meth:`stop` (or the job is gone).
 
@@ -148,9 +156,7 @@ class JobProgress:
         except (TimeoutError, OSError):
             return
         bar = tqdm(total=self.total, unit="ev", desc="rtrec job", file=self.file, mininterval=0,
-                   disable=not self.enabled,
-                   bar_format=("{l_bar}{bar}| {n_fmt}/{total_fmt} ev [{elapsed}, {postfix}]" if self.total
-                               else "{desc}: {n_fmt} ev [{elapsed}, {postfix}]"))
+                   disable=not self.enabled, bar_format=bar_format(self.total))
         vertices = None
         try:
             while not self._stop.wait(self.interval_s):
