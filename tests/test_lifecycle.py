@@ -89,3 +89,27 @@ def test_start_position_follows_the_startup_mode_and_the_groups_offsets():
     # a partition the group never committed on is read from its start
     partly = lifecycle.start_position("group-offsets", end, {0: 100, 1: None, 2: None})
     assert (partly.to_read, partly.from_beginning) == (50, True)
+
+
+def test_java_objects_collected_after_the_gateway_closed_send_nothing(monkeypatch, caplog):
+    """At exit the MiniCluster's JVM is ended; py4j objects garbage-collected after that must not try
+    to tell it (each try logged two tracebacks after a bounded run's summary)."""
+    import gc
+    import logging
+    import socket
+
+    from py4j.java_gateway import GatewayParameters, JavaGateway, JavaObject
+    from pyflink import java_gateway
+
+    with socket.socket() as s:  # a port nothing listens on: the JVM has gone
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    gateway = JavaGateway(gateway_parameters=GatewayParameters(port=port))
+    monkeypatch.setattr(java_gateway, "_gateway", gateway)
+    obj = JavaObject("o42", gateway._gateway_client)
+    lifecycle.close_gateway()
+    assert java_gateway._gateway is None
+    with caplog.at_level(logging.INFO):
+        del obj
+        gc.collect()
+    assert not [r for r in caplog.records if r.levelno >= logging.INFO], caplog.text
