@@ -113,3 +113,10 @@ def test_java_objects_collected_after_the_gateway_closed_send_nothing(monkeypatc
         del obj
         gc.collect()
     assert not [r for r in caplog.records if r.levelno >= logging.INFO], caplog.text
+
+
+def test_a_cancelled_jobs_late_log_lines_do_not_trip_the_leaked_class_loader_check():
+    from jobs.environment import flink_settings
+    from rtrec.config import RtrecConfig
+
+    assert flink_settings(RtrecConfig())["classloader.check-leaked-classloader"] == "false"
