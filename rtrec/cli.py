@@ -176,7 +176,8 @@ def cmd_run(args) -> int:
         # and a job that finished by itself takes its last few seconds' counts with it.
         events_in = max(last.events_in if last else 0, total if cfg.flink.bounded and total is not None else 0)
         print("rtrec: run summary: " + summary(events_in, last.duplicates if last else 0,
-                                               reasons_since(cfg.kafka, dead_before), written)
+                                               reasons_since(cfg.kafka, dead_before), written,
+                                               cfg.features.dead_letter_duplicates)
               + " (records written: end offsets, transaction markers included; duplicates as the job last "
               "reported them)", flush=True)
 

@@ -38,3 +38,11 @@ def test_the_minicluster_refreshes_metrics_faster_than_the_bar_samples_them():
 
     interval = flink_settings(RtrecConfig())["metrics.fetcher.update-interval"]
     assert interval.endswith(" s") and float(interval[:-2]) < JobProgress("x").interval_s
+
+
+def test_summary_counts_dead_lettered_duplicates_once():
+    from rtrec.progress import summary
+
+    # a savepoint-resumed job fed 2,000 events it had seen: all duplicates, all dead letters
+    line = summary(2_000, 2_000, {"duplicate event_id": 2_000}, {"predictions": 0})
+    assert line.startswith("events in 2,000: accepted 0, duplicates 2,000, dead letters 2,000 (duplicate event_id 2,000)")
