@@ -186,6 +186,9 @@ def cmd_run(args) -> int:
         return 0
     if not cfg.flink.bounded:
         run.linger_s = 5.0  # (stopped from outside, e.g. by `rtrec stop`, which still asks for the savepoint)
+        print(f"rtrec: job '{cfg.flink.job_name}' ended: stopped from outside (`rtrec stop`, the web UI or the REST API)", flush=True)
+        summarise()
+        return 0
     wall = time.perf_counter() - start
     if cfg.flink.bounded:
         n = total if total is not None else sum(before.values())

@@ -120,3 +120,23 @@ def test_a_cancelled_jobs_late_log_lines_do_not_trip_the_leaked_class_loader_che
     from rtrec.config import RtrecConfig
 
     assert flink_settings(RtrecConfig())["classloader.check-leaked-classloader"] == "false"
+
+
+def test_an_unbounded_run_stopped_from_outside_prints_its_summary(monkeypatch, capsys, tmp_path):
+    """`rtrec stop` ends an unbounded `rtrec run` (its job finishes with a savepoint); the run then
+    prints its summary as a bounded or signalled run does (it printed nothing)."""
+    from collections import Counter
+
+    from rtrec import cli, dead_letters, topics
+
+    ends = iter([{0: 0}, {0: 0}, {0: 0}, {0: 0}, {0: 0}, {0: 5}, {0: 1}, {0: 2}])
+    monkeypatch.setattr(topics, "prepare_job_topics", lambda *a: None)
+    monkeypatch.setattr(topics, "end_offsets", lambda *a: next(ends))
+    monkeypatch.setattr(topics, "committed_offsets", lambda *a: {0: 0})
+    monkeypatch.setattr(dead_letters, "reasons_since", lambda *a: Counter())
+    monkeypatch.setattr(lifecycle, "run_locally", lambda cfg, progress: (object(), lifecycle.LocalRun(cfg)))
+    assert cli.main(["run", "--no-progress", "--set", f"flink.checkpoint_dir={tmp_path}"]) == 0
+    out = capsys.readouterr().out
+    assert "ended: stopped from outside" in out
+    assert "rtrec: run summary: events in 0: accepted 0, duplicates 0, dead letters 0; outputs: predictions 5, " \
+           "recommendations 1, features 2" in out
