@@ -240,3 +240,21 @@ def test_every_command_takes_config_and_set():
     for name, p in commands.items():
         options = {o for a in p._actions for o in a.option_strings}
         assert {"--config", "--set", "--bootstrap-servers"} <= options, name
+
+
+def test_cluster_kill_taskmanager_spares_another_clusters_taskmanager(tmp_path):
+    """Two clusters on one machine both have a tm-1: kill-taskmanager kills only its own (--configDir)."""
+    import os
+    import subprocess
+
+    other = subprocess.Popen(["bash", "-c", 'exec -a "java --configDir /elsewhere/conf x '
+                              '-Dtaskmanager.resource-id=tm-1" sleep 60'])
+    try:
+        env = {**os.environ, "RTREC_CLUSTER_DIR": str(tmp_path / "cluster")}
+        proc = subprocess.run(["bash", str(ROOT / "deploy/flink/bin/cluster.sh"), "kill-taskmanager", "tm-1"],
+                              env=env, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 1 and "no TaskManager process with resource id tm-1" in proc.stderr, proc
+        assert other.poll() is None
+    finally:
+        other.kill()
+        other.wait()
