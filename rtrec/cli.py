@@ -163,7 +163,17 @@ def cmd_run(args) -> int:
     progress = JobProgress(cfg.flink.job_name, total=total if cfg.flink.bounded else None,
                            enabled=not args.no_progress, models=cfg.model.enabled)
 
-    result, run = run_locally(cfg, progress)
+    try:
+        result, run = run_locally(cfg, progress)
+    except Exception as e:  # (a Py4JJavaError from Flink)
+        unmapped = re.search(r"Cannot map checkpoint/savepoint state for operator (\w+)", str(e))
+        if not (args.from_savepoint and unmapped):
+            raise
+        raise ConfigError(
+            f"the savepoint {args.from_savepoint} holds state of operator {unmapped.group(1)}, which this job "
+            "does not have: resume it with the kind of run that took it (a savepoint of `rtrec run` with "
+            "`rtrec run --from-savepoint`, not with --bounded, whose source and micro-batch windows differ) "
+            "and the same model and feature settings") from None
 
     def summarise() -> None:
         from rtrec.dead_letters import reasons_since

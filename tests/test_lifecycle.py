@@ -140,3 +140,22 @@ def test_an_unbounded_run_stopped_from_outside_prints_its_summary(monkeypatch, c
     assert "ended: stopped from outside" in out
     assert "rtrec: run summary: events in 0: accepted 0, duplicates 0, dead letters 0; outputs: predictions 5, " \
            "recommendations 1, features 2" in out
+
+
+def test_a_savepoint_the_job_cannot_map_is_one_line(monkeypatch, capsys, tmp_path):
+    """An unbounded run's savepoint given to `rtrec run --bounded`: Flink's refusal was a Java stack trace."""
+    from rtrec import cli, topics
+
+    def refuse(cfg, progress):
+        raise RuntimeError("An error occurred while calling o92.executeAsync.\n: ...\nCaused by: java.lang."
+                           "IllegalStateException: Failed to rollback to checkpoint/savepoint file:/sp. Cannot map "
+                           "checkpoint/savepoint state for operator 0657548dc5515b85f49a220bf5ab5cf0 to the new "
+                           "program, because the operator is not available in the new program.")
+
+    monkeypatch.setattr(topics, "prepare_job_topics", lambda *a: None)
+    monkeypatch.setattr(topics, "end_offsets", lambda *a: {0: 0})
+    monkeypatch.setattr(lifecycle, "run_locally", refuse)
+    assert cli.main(["run", "--bounded", "--no-progress", "--from-savepoint", "file:/sp",
+                     "--set", f"flink.checkpoint_dir={tmp_path}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "operator 0657548dc5515b85f49a220bf5ab5cf0" in err[0] and "--bounded" in err[0], err
