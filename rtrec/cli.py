@@ -503,6 +503,10 @@ class _OncePerMessage(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         text = re.sub(r"\[rdkafka#\w+-\d+\] ", "", record.getMessage())
+        if "Coordinator load in progress: retrying" in text:
+            # A fresh broker loading its transaction log: the producer retries and goes on (the first
+            # replay into a new broker printed "Failed to acquire idempotence PID ...").
+            return False
         if text in self.seen:
             return False
         self.seen.add(text)
