@@ -258,3 +258,20 @@ def test_cluster_kill_taskmanager_spares_another_clusters_taskmanager(tmp_path):
     finally:
         other.kill()
         other.wait()
+
+
+def test_the_standalone_clusters_temporary_files_stay_in_its_folder(tmp_path):
+    """cluster-conf.py points every temporary folder of the cluster's processes under RTREC_CLUSTER_DIR
+    (`cluster.sh down` removes it): in /tmp they outlived the cluster."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    subprocess.run([sys.executable, str(ROOT / "deploy/flink/bin/cluster-conf.py"), str(tmp_path / "conf"), "8081",
+                    "1"], check=True, timeout=60)
+    conf = yaml.safe_load((tmp_path / "conf" / "config.yaml").read_text())
+    tmp = str(tmp_path / "tmp")
+    assert conf["io"]["tmp"]["dirs"] == tmp and conf["web"]["tmpdir"] == tmp
+    assert f"-Djava.io.tmpdir={tmp}" in conf["env"]["java"]["opts"]["all"]
+    assert "--add-opens" in conf["env"]["java"]["opts"]["all"]  # (the wheel's own options stay)

@@ -127,6 +127,7 @@ for tm in json.load(urllib.request.urlopen('$REST/taskmanagers', timeout=5))['ta
   down)
     "$FLINK_HOME/bin/taskmanager.sh" stop-all >/dev/null 2>&1 || true
     "$FLINK_HOME/bin/jobmanager.sh" stop-all >/dev/null 2>&1 || true
+    rm -rf "$CLUSTER_DIR/tmp"  # the processes' temporary files (cluster-conf.py: io.tmp.dirs)
     echo "cluster: stopped"
     ;;
   *)
