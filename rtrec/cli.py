@@ -163,7 +163,17 @@ def cmd_run(args) -> int:
     progress = JobProgress(cfg.flink.job_name, total=total if cfg.flink.bounded else None,
                            enabled=not args.no_progress, models=cfg.model.enabled)
 
-    result, run = run_locally(cfg, progress)
+    try:
+        result, run = run_locally(cfg, progress)
+    except Exception as e:  # (a Py4JJavaError from Flink)
+        unmapped = re.search(r"Cannot map checkpoint/savepoint state for operator (\w+)", str(e))
+        if not (args.from_savepoint and unmapped):
+            raise
+        raise ConfigError(
+            f"the savepoint {args.from_savepoint} holds state of operator {unmapped.group(1)}, which this job "
+            "does not have: resume it with the kind of run that took it (a savepoint of `rtrec run` with "
+            "`rtrec run --from-savepoint`, not with --bounded, whose source and micro-batch windows differ) "
+            "and the same model and feature settings") from None
 
     def summarise() -> None:
         from rtrec.dead_letters import reasons_since
@@ -176,7 +186,8 @@ def cmd_run(args) -> int:
         # and a job that finished by itself takes its last few seconds' counts with it.
         events_in = max(last.events_in if last else 0, total if cfg.flink.bounded and total is not None else 0)
         print("rtrec: run summary: " + summary(events_in, last.duplicates if last else 0,
-                                               reasons_since(cfg.kafka, dead_before), written)
+                                               reasons_since(cfg.kafka, dead_before), written,
+                                               cfg.features.dead_letter_duplicates)
               + " (records written: end offsets, transaction markers included; duplicates as the job last "
               "reported them)", flush=True)
 
@@ -185,6 +196,9 @@ def cmd_run(args) -> int:
         return 0
     if not cfg.flink.bounded:
         run.linger_s = 5.0  # (stopped from outside, e.g. by `rtrec stop`, which still asks for the savepoint)
+        print(f"rtrec: job '{cfg.flink.job_name}' ended: stopped from outside (`rtrec stop`, the web UI or the REST API)", flush=True)
+        summarise()
+        return 0
     wall = time.perf_counter() - start
     if cfg.flink.bounded:
         n = total if total is not None else sum(before.values())
@@ -489,6 +503,10 @@ class _OncePerMessage(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         text = re.sub(r"\[rdkafka#\w+-\d+\] ", "", record.getMessage())
+        if "Coordinator load in progress: retrying" in text:
+            # A fresh broker loading its transaction log: the producer retries and goes on (the first
+            # replay into a new broker printed "Failed to acquire idempotence PID ...").
+            return False
         if text in self.seen:
             return False
         self.seen.add(text)

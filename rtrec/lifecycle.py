@@ -272,6 +272,14 @@ def close_gateway() -> None:
     if gateway is not None:
         with contextlib.suppress(Exception):
             gateway.close()
+        # py4j tells the JVM about every Java object Python garbage-collects, on a new connection if
+        # need be; once the JVM has ended, each try logged two tracebacks (dozens at exit, after a bounded
+        # run's summary). A client marked disconnected sends no such notices.
+        gateway._gateway_client.is_connected = False
+        with contextlib.suppress(Exception):
+            from py4j.finalizer import clear_finalizers
+
+            clear_finalizers(clear_all=True)
         java_gateway._gateway = None
 
 

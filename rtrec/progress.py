@@ -97,20 +97,33 @@ def describe(now: Sample, per_s: float) -> str:
     return ", ".join(parts)
 
 
-def summary(events_in: int, duplicates: int, dead_by_reason: dict[str, int], outputs: dict[str, int]) -> str:
+def summary(events_in: int, duplicates: int, dead_by_reason: dict[str, int], outputs: dict[str, int],
+            duplicates_dead: bool = True) -> str:
     """The run's summary line: what came in and what became of it, and the records written per topic.
-    Records in = accepted + duplicates + dead letters (late events are dead letters too).
+    Records in = accepted + dead letters (late events and, with ``duplicates_dead``, the
+    features.dead_letter_duplicates default, duplicates are dead letters too) + duplicates not dead-lettered.
 
-    >>> summary(100, 2, {"malformed JSON": 3, "late by 5 s": 1}, {"predictions": 94})
-    'events in 100: accepted 94, duplicates 2, dead letters 4 (malformed JSON 3, late by 5 s 1); outputs: predictions 94'
+    >>> summary(100, 2, {"malformed JSON": 3, "late": 1, "duplicate event_id": 2}, {"predictions": 94})
+    'events in 100: accepted 94, duplicates 2, dead letters 6 (malformed JSON 3, duplicate event_id 2, late 1); outputs: predictions 94'
+    >>> summary(100, 2, {"late": 1}, {}, duplicates_dead=False).split(";")[0]
+    'events in 100: accepted 97, duplicates 2, dead letters 1 (late 1)'
     """
     dead = sum(dead_by_reason.values())
-    head = f"events in {events_in:,}: accepted {events_in - duplicates - dead:,}, duplicates {duplicates:,}, " \
+    accepted = events_in - dead - (0 if duplicates_dead else duplicates)
+    head = f"events in {events_in:,}: accepted {max(0, accepted):,}, duplicates {duplicates:,}, " \
            f"dead letters {dead:,}"
     if dead_by_reason:
         ranked = sorted(dead_by_reason.items(), key=lambda kv: (-kv[1], kv[0]))
         head += " (" + ", ".join(f"{r} {n:,}" for r, n in ranked) + ")"
     return head + "; outputs: " + ", ".join(f"{t} {n:,}" for t, n in outputs.items())
+
+
+def bar_format(total: int | None) -> str:
+    """tqdm's format of the bar: with a percentage when the total is known. tqdm puts ", " before a
+    postfix itself (and nothing when there is none)."""
+    if total:
+        return "{l_bar}{bar}| {n_fmt}/{total_fmt} ev [{elapsed}{postfix}]"
+    return "{desc}: {n_fmt} ev [{elapsed}{postfix}]"
 
 
 class JobProgress:
@@ -148,9 +161,7 @@ class JobProgress:
         except (TimeoutError, OSError):
             return
         bar = tqdm(total=self.total, unit="ev", desc="rtrec job", file=self.file, mininterval=0,
-                   disable=not self.enabled,
-                   bar_format=("{l_bar}{bar}| {n_fmt}/{total_fmt} ev [{elapsed}, {postfix}]" if self.total
-                               else "{desc}: {n_fmt} ev [{elapsed}, {postfix}]"))
+                   disable=not self.enabled, bar_format=bar_format(self.total))
         vertices = None
         try:
             while not self._stop.wait(self.interval_s):

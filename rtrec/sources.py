@@ -22,7 +22,7 @@ import orjson
 from rtrec.events import Event, EventParser, Rejection
 
 BUILT_IN = ("movielens-100k", "movielens-100k-search")
-_INT_FIELDS = ("ts", "dwell_ms")
+_INT_FIELDS = ("schema_version", "ts", "dwell_ms")
 _FLOAT_FIELDS = ("value",)
 
 

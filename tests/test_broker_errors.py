@@ -58,3 +58,13 @@ def test_librdkafka_messages_are_shown_once(nowhere, capfd):
         p.poll(0.1)  # librdkafka retries the connection every few hundred ms
     lines = [line for line in capfd.readouterr().err.splitlines() if line]
     assert len(lines) == 1 and lines[0].startswith("rtrec: kafka: ") and "Connection refused" in lines[0], lines
+
+
+def test_a_fresh_brokers_coordinator_load_is_not_shown(capfd):
+    """The first idempotent producer on a new broker waits for its transaction log; librdkafka retries."""
+    _kafka_log_to_stderr()
+    topics.KAFKA_LOG.warning("GETPID [rdkafka#producer-4] [thrd:main]: Failed to acquire idempotence PID from broker "
+                             "127.0.0.1:29092/1: Broker: Coordinator load in progress: retrying")
+    topics.KAFKA_LOG.warning("FAIL [rdkafka#producer-4] [thrd:b:1/bootstrap]: b:1/bootstrap: Connection refused")
+    assert capfd.readouterr().err.splitlines() == ["rtrec: kafka: FAIL [rdkafka#producer-4] [thrd:b:1/bootstrap]: b:1/bootstrap: "
+                                                   "Connection refused"]

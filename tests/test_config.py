@@ -240,3 +240,38 @@ def test_every_command_takes_config_and_set():
     for name, p in commands.items():
         options = {o for a in p._actions for o in a.option_strings}
         assert {"--config", "--set", "--bootstrap-servers"} <= options, name
+
+
+def test_cluster_kill_taskmanager_spares_another_clusters_taskmanager(tmp_path):
+    """Two clusters on one machine both have a tm-1: kill-taskmanager kills only its own (--configDir)."""
+    import os
+    import subprocess
+
+    other = subprocess.Popen(["bash", "-c", 'exec -a "java --configDir /elsewhere/conf x '
+                              '-Dtaskmanager.resource-id=tm-1" sleep 60'])
+    try:
+        env = {**os.environ, "RTREC_CLUSTER_DIR": str(tmp_path / "cluster")}
+        proc = subprocess.run(["bash", str(ROOT / "deploy/flink/bin/cluster.sh"), "kill-taskmanager", "tm-1"],
+                              env=env, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 1 and "no TaskManager process with resource id tm-1" in proc.stderr, proc
+        assert other.poll() is None
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_the_standalone_clusters_temporary_files_stay_in_its_folder(tmp_path):
+    """cluster-conf.py points every temporary folder of the cluster's processes under RTREC_CLUSTER_DIR
+    (`cluster.sh down` removes it): in /tmp they outlived the cluster."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    subprocess.run([sys.executable, str(ROOT / "deploy/flink/bin/cluster-conf.py"), str(tmp_path / "conf"), "8081",
+                    "1"], check=True, timeout=60)
+    conf = yaml.safe_load((tmp_path / "conf" / "config.yaml").read_text())
+    tmp = str(tmp_path / "tmp")
+    assert conf["io"]["tmp"]["dirs"] == tmp and conf["web"]["tmpdir"] == tmp
+    assert f"-Djava.io.tmpdir={tmp}" in conf["env"]["java"]["opts"]["all"]
+    assert "--add-opens" in conf["env"]["java"]["opts"]["all"]  # (the wheel's own options stay)

@@ -31,3 +31,16 @@ def test_newest_are_by_record_time_across_partitions():
                [(0, 1, 100), (1, 9, 50), (0, 2, 300), (1, 10, 200), (2, 0, 300)]]
     assert [(d.partition, d.offset) for d in newest(letters, 3)] == [(1, 10), (0, 2), (2, 0)]
     assert len(newest(letters, 10)) == 5
+
+
+def test_reason_kinds_count_a_replayed_backlog_as_one_reason():
+    from rtrec.dead_letters import reason_kind
+
+    kinds = {reason_kind(f"duplicate event_id 'ml100k-{i:06d}'", "dedup") for i in range(50)}
+    kinds |= {reason_kind(f"event time {t} is more than events.allowed_lateness_ms=60000 behind the watermark "
+                          f"{t + 90_000}", "lateness") for t in (1, 2)}
+    assert kinds == {"duplicate event_id", "late"}
+    assert reason_kind("ts 99999999999999 is more than events.max_future_ms ahead of the clock", "validate") \
+        == "ts N is more than events.max_future_ms ahead of the clock"
+    assert reason_kind("user_id must be 1..128 characters", "validate") == "user_id must be 1..128 characters"
+    assert reason_kind("value 7.5 is outside 0..5", "validate") == "value N is outside 0..5"

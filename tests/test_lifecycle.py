@@ -89,3 +89,73 @@ def test_start_position_follows_the_startup_mode_and_the_groups_offsets():
     # a partition the group never committed on is read from its start
     partly = lifecycle.start_position("group-offsets", end, {0: 100, 1: None, 2: None})
     assert (partly.to_read, partly.from_beginning) == (50, True)
+
+
+def test_java_objects_collected_after_the_gateway_closed_send_nothing(monkeypatch, caplog):
+    """At exit the MiniCluster's JVM is ended; py4j objects garbage-collected after that must not try
+    to tell it (each try logged two tracebacks after a bounded run's summary)."""
+    import gc
+    import logging
+    import socket
+
+    from py4j.java_gateway import GatewayParameters, JavaGateway, JavaObject
+    from pyflink import java_gateway
+
+    with socket.socket() as s:  # a port nothing listens on: the JVM has gone
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    gateway = JavaGateway(gateway_parameters=GatewayParameters(port=port))
+    monkeypatch.setattr(java_gateway, "_gateway", gateway)
+    obj = JavaObject("o42", gateway._gateway_client)
+    lifecycle.close_gateway()
+    assert java_gateway._gateway is None
+    with caplog.at_level(logging.INFO):
+        del obj
+        gc.collect()
+    assert not [r for r in caplog.records if r.levelno >= logging.INFO], caplog.text
+
+
+def test_a_cancelled_jobs_late_log_lines_do_not_trip_the_leaked_class_loader_check():
+    from jobs.environment import flink_settings
+    from rtrec.config import RtrecConfig
+
+    assert flink_settings(RtrecConfig())["classloader.check-leaked-classloader"] == "false"
+
+
+def test_an_unbounded_run_stopped_from_outside_prints_its_summary(monkeypatch, capsys, tmp_path):
+    """`rtrec stop` ends an unbounded `rtrec run` (its job finishes with a savepoint); the run then
+    prints its summary as a bounded or signalled run does (it printed nothing)."""
+    from collections import Counter
+
+    from rtrec import cli, dead_letters, topics
+
+    ends = iter([{0: 0}, {0: 0}, {0: 0}, {0: 0}, {0: 0}, {0: 5}, {0: 1}, {0: 2}])
+    monkeypatch.setattr(topics, "prepare_job_topics", lambda *a: None)
+    monkeypatch.setattr(topics, "end_offsets", lambda *a: next(ends))
+    monkeypatch.setattr(topics, "committed_offsets", lambda *a: {0: 0})
+    monkeypatch.setattr(dead_letters, "reasons_since", lambda *a: Counter())
+    monkeypatch.setattr(lifecycle, "run_locally", lambda cfg, progress: (object(), lifecycle.LocalRun(cfg)))
+    assert cli.main(["run", "--no-progress", "--set", f"flink.checkpoint_dir={tmp_path}"]) == 0
+    out = capsys.readouterr().out
+    assert "ended: stopped from outside" in out
+    assert "rtrec: run summary: events in 0: accepted 0, duplicates 0, dead letters 0; outputs: predictions 5, " \
+           "recommendations 1, features 2" in out
+
+
+def test_a_savepoint_the_job_cannot_map_is_one_line(monkeypatch, capsys, tmp_path):
+    """An unbounded run's savepoint given to `rtrec run --bounded`: Flink's refusal was a Java stack trace."""
+    from rtrec import cli, topics
+
+    def refuse(cfg, progress):
+        raise RuntimeError("An error occurred while calling o92.executeAsync.\n: ...\nCaused by: java.lang."
+                           "IllegalStateException: Failed to rollback to checkpoint/savepoint file:/sp. Cannot map "
+                           "checkpoint/savepoint state for operator 0657548dc5515b85f49a220bf5ab5cf0 to the new "
+                           "program, because the operator is not available in the new program.")
+
+    monkeypatch.setattr(topics, "prepare_job_topics", lambda *a: None)
+    monkeypatch.setattr(topics, "end_offsets", lambda *a: {0: 0})
+    monkeypatch.setattr(lifecycle, "run_locally", refuse)
+    assert cli.main(["run", "--bounded", "--no-progress", "--from-savepoint", "file:/sp",
+                     "--set", f"flink.checkpoint_dir={tmp_path}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "operator 0657548dc5515b85f49a220bf5ab5cf0" in err[0] and "--bounded" in err[0], err

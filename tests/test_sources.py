@@ -52,3 +52,10 @@ def test_backfill_command_writes_parquet(tmp_path, capsys):
 def test_missing_input_is_a_clear_error(tmp_path, capsys):
     assert main(["backfill", str(tmp_path / "nope.jsonl")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_a_csv_with_the_schema_version_column(tmp_path):
+    """schema_version is a field of event schema v1, so a column too (it was read as the string '1' and refused)."""
+    path = tmp_path / "ev.csv"
+    path.write_text("schema_version,event_id,user_id,item_id,type,ts,value\n1,c-1,u1,i1,rating,1700000000000,4\n")
+    assert [(e.event_id, e.ts, e.value) for e in read_events(path)] == [("c-1", 1_700_000_000_000, 4.0)]

@@ -118,7 +118,8 @@ for tm in json.load(urllib.request.urlopen('$REST/taskmanagers', timeout=5))['ta
     ;;
   kill-taskmanager)
     [ -n "${2:-}" ] || { echo "usage: cluster.sh kill-taskmanager ID (see cluster.sh list-taskmanagers)" >&2; exit 2; }
-    pid="$(pgrep -f "taskmanager.resource-id=$2( |\$)" | head -1 || true)"
+    # This cluster's TaskManager only (its --configDir): another cluster on the machine has a tm-1 too.
+    pid="$(pgrep -f -- "--configDir $FLINK_CONF_DIR .*taskmanager.resource-id=$2( |\$)" | head -1 || true)"
     [ -n "$pid" ] || { echo "cluster: no TaskManager process with resource id $2" >&2; exit 1; }
     kill -9 "$pid"
     echo "cluster: killed TaskManager $2 (pid $pid)"
@@ -126,6 +127,7 @@ for tm in json.load(urllib.request.urlopen('$REST/taskmanagers', timeout=5))['ta
   down)
     "$FLINK_HOME/bin/taskmanager.sh" stop-all >/dev/null 2>&1 || true
     "$FLINK_HOME/bin/jobmanager.sh" stop-all >/dev/null 2>&1 || true
+    rm -rf "$CLUSTER_DIR/tmp"  # the processes' temporary files (cluster-conf.py: io.tmp.dirs)
     echo "cluster: stopped"
     ;;
   *)
