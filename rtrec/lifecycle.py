@@ -56,6 +56,32 @@ def raise_on_stop_signals() -> None:
     signal.signal(signal.SIGINT, handler)
 
 
+def jvm_in_its_own_session() -> None:
+    """From now on PyFlink starts its JVM in a session (and process group) of its own.
+
+    In rtrec's process group, a signal sent to the whole group (``timeout``
+    without ``--foreground``, a shell's job control) reached the JVM at the
+    same moment as `rtrec run`: the MiniCluster ended at once and the savepoint
+    that ``flink.savepoint_on_stop`` asks for failed ("Connection reset by
+    peer"). Apart, only `rtrec run` gets it, and it ends the JVM itself, after
+    the savepoint. (The JVM still exits when rtrec dies: PyFlink's gateway
+    ends when its standard input closes.)
+    """
+    import subprocess
+
+    import pyflink.pyflink_gateway_server as server
+
+    if getattr(server.Popen, "own_session", False):
+        return
+
+    def popen(*args, **kwargs):
+        kwargs.setdefault("start_new_session", True)
+        return subprocess.Popen(*args, **kwargs)
+
+    popen.own_session = True  # type: ignore[attr-defined]
+    server.Popen = popen
+
+
 def jvm_tmp_dir() -> Path:
     """A fresh folder for the MiniCluster JVM's temporary files; it must be called before PyFlink starts
     its JVM (the first environment made), which reads ``JVM_ARGS``."""
@@ -227,6 +253,7 @@ class local_run:
 
     def __enter__(self) -> LocalRun:
         self.tmp = jvm_tmp_dir()
+        jvm_in_its_own_session()
         raise_on_stop_signals()
         self.run = LocalRun(self.cfg)
         # The JVM stays until the command has read what it needs through py4j (a bounded run's

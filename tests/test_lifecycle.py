@@ -159,3 +159,21 @@ def test_a_savepoint_the_job_cannot_map_is_one_line(monkeypatch, capsys, tmp_pat
                      "--set", f"flink.checkpoint_dir={tmp_path}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "operator 0657548dc5515b85f49a220bf5ab5cf0" in err[0] and "--bounded" in err[0], err
+
+
+def test_the_gateways_jvm_starts_in_a_process_group_of_its_own(monkeypatch):
+    """A signal to rtrec's whole process group (``timeout``) must not reach the JVM before the savepoint."""
+    import pyflink.pyflink_gateway_server as server
+
+    monkeypatch.setattr(server, "Popen", server.Popen)  # (restored after the test)
+    lifecycle.jvm_in_its_own_session()
+    lifecycle.jvm_in_its_own_session()  # (idempotent)
+    assert server.Popen.own_session
+    # What PyFlink's launch_gateway_server_process does with its command:
+    proc = server.Popen([sys.executable, "-c", "import time; time.sleep(30)"], stdin=subprocess.PIPE,
+                        stderr=subprocess.PIPE)
+    try:
+        assert os.getpgid(proc.pid) == proc.pid != os.getpgid(0)
+    finally:
+        proc.kill()
+        proc.wait()
