@@ -142,6 +142,10 @@ class UserStage(KeyedBroadcastProcessFunction):
         """A version was published: load it if it is newer, keep it in broadcast state and swap to it now."""
         if self.learner is None:
             return
+        with self.profile:
+            self._notice(value, ctx)
+
+    def _notice(self, value, ctx) -> None:
         partition, offset, number = value[0], value[1], value[2]
         if number is not None and number <= self.learner.version:
             # (after a restore, the versions the checkpoint already covered come again; or this
