@@ -51,8 +51,9 @@ kafka-down:
 demo: setup
 	KAFKA_PORT=$(KAFKA_PORT) deploy/kafka/bin/with-kafka.sh $(VENV)/bin/rtrec demo
 
+# The integration tests with the unit tests running beside them (tests/run_suite.sh says why).
 test: setup
-	KAFKA_PORT=$(TEST_KAFKA_PORT) deploy/kafka/bin/with-kafka.sh --clean $(PY) -m pytest $(PYTEST_ARGS)
+	KAFKA_PORT=$(TEST_KAFKA_PORT) deploy/kafka/bin/with-kafka.sh --clean tests/run_suite.sh $(PY) $(PYTEST_ARGS)
 
 unit: $(STAMP)
 	$(PY) -m pytest -m "not integration" $(PYTEST_ARGS)
