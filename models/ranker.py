@@ -76,9 +76,6 @@ class NeuralRanker:
         if learn is None:
             return self.predict_many(batch)
         weight = learn.to(torch.float32)
-        if counts is None:
-            counts = [int(c) for c in weight.reshape(-1)[: n - n % step].reshape(-1, step).sum(1).tolist()] + (
-                [int(weight[n - n % step :].sum())] if n % step else [])
         out = []
         for k, start in enumerate(range(0, n, step)):
             end = min(start + step, n)
@@ -87,10 +84,11 @@ class NeuralRanker:
             with torch.no_grad():
                 p = self.predict_many(sub)
             out.append(p)
-            if counts[k]:
+            count = counts[k] if counts is not None else int(weight[start:end].sum())
+            if count:
                 w = weight[start:end]
                 g = (p - y[start:end]).clamp(-self.clip, self.clip) * w
-                self.learn_many(sub, y[start:end], g, weight=w, examples=counts[k])
+                self.learn_many(sub, y[start:end], g, weight=w, examples=count)
         return out[0] if len(out) == 1 else torch.cat(out)
 
     def learn_many(self, batch: Batch, y: torch.Tensor, grad: torch.Tensor | None = None,
