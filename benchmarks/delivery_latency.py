@@ -57,10 +57,12 @@ def measure(run: str, rate: float, seconds: float, warmup_s: float) -> dict:
     proc = subprocess.Popen([sys.executable, "-m", "rtrec.cli", "run", "--config", str(config_file)],
                             cwd=RESULTS.parent.parent, stdout=log, stderr=subprocess.STDOUT)
     latencies: list[float] = []
-    first_seen: list[float] = []  # when the first recommendation was seen
+    seen = threading.Event()  # the first recommendation arrived
     startup_timeout_s = 240
     stop = threading.Event()
-    start = {"at": float("inf")}
+    # The measured window (epoch seconds), set once the first recommendation arrived; the sampler's
+    # start_after is the one copy of its start that the consumer reads too.
+    sampler = MetricSampler(cfg, "UserStage", ["freshness_ms", "model_staleness_ms"], start_after=float("inf"))
 
     def consume():
         c = Consumer({"bootstrap.servers": cfg.kafka.bootstrap_servers, "group.id": f"lat-{time.time_ns()}",
@@ -72,37 +74,33 @@ def measure(run: str, rate: float, seconds: float, warmup_s: float) -> dict:
                 if m.error():
                     continue
                 now = time.time() * 1000
-                if not first_seen:
-                    first_seen.append(now)
+                seen.set()
                 ts = orjson.loads(m.value())["ts"]
-                if ts >= start["at"]:
+                if ts >= sampler.start_after * 1000:
                     latencies.append(now - ts)
         c.close()
 
-    sampler = MetricSampler(cfg, "UserStage", ["freshness_ms", "model_staleness_ms"], start_after=float("inf"))
     try:
         FlinkRest(f"http://127.0.0.1:{cfg.flink.rest_port}").job_id(cfg.flink.job_name, 180)
         reader = threading.Thread(target=consume, daemon=True)
         reader.start()
         base = movielens_events()
         t0 = time.time()
-        window = {}
 
         def stamped():
             """Events at ``rate`` from now on, until ``seconds`` after the warm-up. The warm-up starts
             with the first recommendation: the job's operators take tens of seconds to open, and the
             events sent meanwhile wait as a backlog that the job must work off first."""
             i = 0
+            end = float("inf")
             while True:
                 now = time.time()
-                if "end" not in window and first_seen:
-                    window["start"] = now + warmup_s
-                    window["end"] = window["start"] + seconds
-                    start["at"] = window["start"] * 1000
-                    sampler.start_after = window["start"]
-                if now >= window.get("end", float("inf")):
+                if end == float("inf") and seen.is_set():
+                    sampler.start_after = now + warmup_s
+                    end = sampler.start_after + seconds
+                if now >= end:
                     return
-                if now - t0 > startup_timeout_s and not first_seen:
+                if now - t0 > startup_timeout_s and not seen.is_set():
                     raise RuntimeError(f"no recommendation {startup_timeout_s} s after the job started")
                 due = t0 + i / rate
                 if due > now:
