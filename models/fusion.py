@@ -26,6 +26,7 @@ for errors larger than ``robust``; 0 is plain least squares.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from models.params import ParameterSet
@@ -41,8 +42,8 @@ class OnlineFusion:
         self.a = params.add("fusion.A", "dense", (n, n))
         self.b = params.add("fusion.b", "dense", (n,))
         # Before any example: an even average of the models.
-        self._prior = torch.tensor([0.0] + [1.0 / len(models)] * len(models), device=params.device)
-        self._w = self._prior.clone()
+        self.prior = torch.tensor([0.0] + [1.0 / len(models)] * len(models), device=params.device)
+        self._w = self.prior.clone()
 
     def _x(self, predictions: dict[str, torch.Tensor]) -> torch.Tensor:
         cols = [predictions[m].float() for m in self.models]
@@ -52,8 +53,12 @@ class OnlineFusion:
         """Weights from the statistics (ridge towards the even average), cached until they change."""
         a, b = self.a.data[0], self.b.data[0]
         eye = torch.eye(len(b), device=b.device) * self.ridge
-        self._w = torch.linalg.solve(a + eye, b + eye @ self._prior)
+        self._w = torch.linalg.solve(a + eye, b + eye @ self.prior)
         return self._w
+
+    def weights_view(self) -> np.ndarray:
+        """The solved weights as a writable NumPy view (CPU): the compiled pass solves in place."""
+        return self._w.numpy()
 
     def predict(self, predictions: dict[str, torch.Tensor]) -> torch.Tensor:
         return self._x(predictions) @ self._w

@@ -1,4 +1,5 @@
-"""Exact-order passes over a batch, compiled: the MF's and FTRL's predict-then-learn, the text-interest fold.
+"""Exact-order passes over a batch, compiled: the MF's and FTRL's predict-then-learn, the ranker's and the
+fusion's chunked predict-then-learn, the text-interest fold.
 
 A user's examples must apply in order, and each must be predicted before
 anything learns from it. Batched torch ops can only keep that order in
@@ -274,6 +275,180 @@ def ftrl_pass(z: np.ndarray, n: np.ndarray, codes: np.ndarray, y: np.ndarray, le
     return pred
 
 
+@_jit
+def _solve_ridge(a, b, ridge, prior, out):
+    """``out`` = (a + ridge I)^-1 (b + ridge prior), by Gaussian elimination with partial pivoting (float64)."""
+    k = b.shape[0]
+    m = np.empty((k, k + 1), np.float64)
+    for r in range(k):
+        for c in range(k):
+            m[r, c] = a[r, c] + (ridge if r == c else 0.0)
+        m[r, k] = b[r] + ridge * prior[r]
+    for c in range(k):
+        piv = c
+        for r in range(c + 1, k):
+            if abs(m[r, c]) > abs(m[piv, c]):
+                piv = r
+        if piv != c:
+            for j in range(k + 1):
+                t = m[c, j]
+                m[c, j] = m[piv, j]
+                m[piv, j] = t
+        for r in range(c + 1, k):
+            f = m[r, c] / m[c, c]
+            for j in range(c, k + 1):
+                m[r, j] -= f * m[c, j]
+    for r in range(k - 1, -1, -1):
+        s = m[r, k]
+        for j in range(r + 1, k):
+            s -= m[r, j] * out[j]
+        out[r] = s / m[r, r]
+
+
+@_jit
+def _ranker_fusion_pass(dense, user, items, y, learn, step, w1, b1, w2, b2, a_w1, a_b1, a_w2, a_b2, emb, emb_acc,
+                        lr, eps, offset, clip, mf_pred, ftrl_pred, fa, fb, fw, prior, ridge, forget, robust,
+                        ranker_out, fused_out):
+    n = items.shape[0]
+    nd = dense.shape[1]
+    de = emb.shape[1]
+    du = user.shape[1]
+    n_in = nd + de + du
+    hid = w1.shape[1]
+    x = np.empty((step, n_in), np.float32)
+    pre = np.empty((step, hid), np.float32)
+    g_w1 = np.empty((n_in, hid), np.float32)
+    g_b1 = np.empty(hid, np.float32)
+    g_w2 = np.empty(hid, np.float32)
+    g_e = np.empty((step, de), np.float32)
+    w_new = np.empty(fw.shape[0], np.float64)
+    xf = np.empty(fw.shape[0], np.float64)
+    for start in range(0, n, step):
+        end = min(start + step, n)
+        # Predict the chunk with the weights the chunks before it left: the ranker, then the fusion.
+        for i in range(start, end):
+            r = i - start
+            for j in range(nd):
+                x[r, j] = dense[i, j]
+            for j in range(de):
+                x[r, nd + j] = emb[items[i], j]
+            for j in range(du):
+                x[r, nd + de + j] = user[i, j]
+            out = offset + b2[0]
+            for h in range(hid):
+                s = b1[h]
+                for j in range(n_in):
+                    s += x[r, j] * w1[j, h]
+                pre[r, h] = s
+                if s > 0:
+                    out += s * w2[h]
+            ranker_out[i] = out
+            fused_out[i] = fw[0] + fw[1] * mf_pred[i] + fw[2] * ftrl_pred[i] + fw[3] * out
+        count = 0
+        for i in range(start, end):
+            if learn[i]:
+                count += 1
+        if count == 0:
+            continue
+        # The ranker: one Adagrad step on the chunk's summed gradient (NeuralRanker.learn_many).
+        g_w1[:, :] = 0.0
+        g_b1[:] = 0.0
+        g_w2[:] = 0.0
+        g_b2 = 0.0
+        for i in range(start, end):
+            r = i - start
+            for j in range(de):
+                g_e[r, j] = 0.0
+            if not learn[i]:
+                continue
+            g = min(max(ranker_out[i] - y[i], -clip), clip)
+            g_b2 += g
+            for h in range(hid):
+                if pre[r, h] > 0:
+                    g_w2[h] += pre[r, h] * g
+                    d = g * w2[h]
+                    g_b1[h] += d
+                    for j in range(n_in):
+                        g_w1[j, h] += x[r, j] * d
+                    for j in range(de):
+                        g_e[r, j] += d * w1[nd + j, h]
+        for j in range(n_in):
+            for h in range(hid):
+                gg = g_w1[j, h]
+                a_w1[j, h] += gg * gg
+                w1[j, h] -= lr * gg / (math.sqrt(a_w1[j, h]) + eps)
+        for h in range(hid):
+            gg = g_b1[h]
+            a_b1[h] += gg * gg
+            b1[h] -= lr * gg / (math.sqrt(a_b1[h]) + eps)
+            gg = g_w2[h]
+            a_w2[h] += gg * gg
+            w2[h] -= lr * gg / (math.sqrt(a_w2[h]) + eps)
+        a_b2[0] += g_b2 * g_b2
+        b2[0] -= lr * g_b2 / (math.sqrt(a_b2[0]) + eps)
+        # The item embeddings: accumulators first (repeated items add up), then the steps.
+        for i in range(start, end):
+            if learn[i]:
+                for j in range(de):
+                    emb_acc[items[i], j] += g_e[i - start, j] * g_e[i - start, j]
+        for i in range(start, end):
+            if learn[i]:
+                for j in range(de):
+                    emb[items[i], j] -= lr * g_e[i - start, j] / (math.sqrt(emb_acc[items[i], j]) + eps)
+        # The fusion: fade, add the chunk's learned rows, solve (OnlineFusion._learn_x).
+        fade = forget ** count
+        k = fw.shape[0]
+        for r in range(k):
+            fb[r] *= fade
+            for c in range(k):
+                fa[r, c] *= fade
+        for i in range(start, end):
+            if not learn[i]:
+                continue
+            xf[0] = 1.0
+            xf[1] = mf_pred[i]
+            xf[2] = ftrl_pred[i]
+            xf[3] = ranker_out[i]
+            wt = 1.0
+            if robust > 0:
+                wt = 1.0 / max(abs(y[i] - fused_out[i]), robust)
+            for r in range(k):
+                fb[r] += wt * xf[r] * y[i]
+                for c in range(k):
+                    fa[r, c] += wt * xf[r] * xf[c]
+        _solve_ridge(fa, fb, ridge, prior, w_new)
+        for r in range(k):
+            fw[r] = w_new[r]
+
+
+def ranker_fusion_pass(dense: np.ndarray, user: np.ndarray, items: np.ndarray, y: np.ndarray, learn: np.ndarray,
+                       step: int, ranker: tuple, emb: np.ndarray, emb_acc: np.ndarray, lr: float, eps: float,
+                       offset: float, clip: float, mf_pred: np.ndarray, ftrl_pred: np.ndarray,
+                       fusion: tuple, ridge: float, forget: float, robust: float) -> tuple[np.ndarray, np.ndarray]:
+    """The neural ranker and the fusion over a batch, ``step`` examples at a time (0: all at once), as
+    :meth:`models.ranker.NeuralRanker.predict_and_learn` and :meth:`models.fusion.OnlineFusion.predict_and_learn`
+    do with torch ops: each chunk is predicted with the weights the chunks before it left, then its rows
+    that ``learn`` marks take one Adagrad step (ranker) and are added to the statistics (fusion).
+
+    ``ranker``: the views (w1, b1, w2 as (hidden,), b2, and their Adagrad accumulators in that order);
+    ``emb``/``emb_acc`` the item embedding and its accumulator; ``dense`` (n, F) and ``user`` (n, dim)
+    the ranker's inputs besides the embedding. ``fusion``: (A, b, weights, prior), with the weights
+    solved again after each chunk. Everything is updated in place. Returns (ranker, fused) predictions,
+    the fused one not clamped.
+    """
+    n = len(items)
+    ranker_out = np.empty(n, np.float32)
+    fused_out = np.empty(n, np.float32)
+    if n:
+        w1, b1, w2, b2, a_w1, a_b1, a_w2, a_b2 = ranker
+        fa, fb, fw, prior = fusion
+        _ranker_fusion_pass(dense, user, items, y, learn, step if step > 0 else n, w1, b1, w2, b2, a_w1, a_b1,
+                            a_w2, a_b2, emb, emb_acc, np.float32(lr), np.float32(eps), np.float32(offset),
+                            np.float32(clip), mf_pred, ftrl_pred, fa, fb, fw, prior, float(ridge), float(forget),
+                            float(robust), ranker_out, fused_out)
+    return ranker_out, fused_out
+
+
 def warm_up() -> None:
     """Compile the passes now (about 1-2 s), so the first batch does not pay for it."""
     users = np.zeros((1, 3), np.float32)
@@ -285,3 +460,7 @@ def warm_up() -> None:
                   np.ones(1, np.float32), 1000.0)
     ftrl_pass(np.zeros(4, np.float32), np.zeros(4, np.float32), np.zeros((1, 2), np.int64), np.zeros(1, np.float32),
               np.ones(1, np.bool_), 0.1, 1.0, 0.1, 1.0, 3.0, 4.0)
+    f = lambda *shape: np.zeros(shape, np.float32)  # noqa: E731
+    ranker_fusion_pass(f(1, 2), f(1, 2), one, f(1), np.ones(1, np.bool_), 1,
+                       (f(6, 3), f(3), f(3), f(1), f(6, 3), f(3), f(3), f(1)), f(1, 2), f(1, 2), 0.1, 1e-8, 3.0, 4.0,
+                       f(1), f(1), (f(4, 4), f(4), f(4), f(4)), 1.0, 0.9999, 1.0)

@@ -239,3 +239,45 @@ def test_the_mf_error_clip_is_its_own_or_everyone_s():
     lr = ModelConfig().mf_lr_bias
     assert bias[0.5][0] == pytest.approx(lr * 0.5)  # error about 2, clipped to 0.5
     assert bias[-1.0][0] == pytest.approx(lr * (5.0 - bias[-1.0][1]), rel=1e-4)  # grad_clip 4: not clipped
+
+
+@pytest.mark.parametrize("step", [8, 0])
+def test_ranker_and_fusion_pass_equals_their_torch_chunks(step):
+    """The compiled ranker+fusion pass against NeuralRanker/OnlineFusion.predict_and_learn, over two batches
+    with repeated items and held-out rows: the same predictions, tables, touched rows and example counts."""
+    from models.base import Batch
+    from models.ensemble import ModelSet
+    from rtrec.features.model_inputs import N_DENSE
+
+    cfg = ModelConfig(step_examples=step)
+    torch_set, compiled_set = ModelSet(cfg), ModelSet(cfg)
+    rng = np.random.default_rng(11)
+    for n in (37, 20):
+        ids = [f"i{k}" for k in rng.integers(0, 12, n)]  # repeats within a chunk
+        user = rng.normal(0, 0.3, (n, cfg.dim + 1)).astype(np.float32)
+        dense = rng.normal(0, 1, (n, N_DENSE)).astype(np.float32)
+        y = rng.integers(1, 6, n).astype(np.float32)
+        learn = rng.random(n) > 0.25
+        mf, ftrl = (rng.normal(3.5, 0.8, n).astype(np.float32) for _ in range(2))
+        batches = [Batch(m.rows(ids), {"mf": torch.from_numpy(user)}, torch.from_numpy(dense))
+                   for m in (torch_set, compiled_set)]
+        with torch.no_grad():
+            mask = torch.from_numpy(learn)
+            r_t = torch_set.ranker.predict_and_learn(batches[0], torch.from_numpy(y), mask)
+            f_t = torch_set.fusion.predict_and_learn({"mf": torch.from_numpy(mf), "ftrl": torch.from_numpy(ftrl),
+                                                      "ranker": r_t}, torch.from_numpy(y), mask, step)
+        r_c, f_c = compiled_set.ranker_and_fusion_compiled(batches[1], user[:, :-1], y, learn, mf, ftrl)
+        np.testing.assert_allclose(r_c.numpy(), r_t.numpy(), atol=1e-4)
+        np.testing.assert_allclose(f_c.numpy(), f_t.numpy(), atol=1e-4)
+    assert not torch.allclose(torch_set.fusion._w, torch_set.fusion.prior)  # the fusion did learn
+    for name in ("ranker.w1", "ranker.b1", "ranker.w2", "ranker.b2", "ranker.emb", "fusion.A", "fusion.b",
+                 "ranker.w1.adagrad", "ranker.emb.adagrad"):
+        t, c = torch_set.params[name], compiled_set.params[name]
+        assert not torch.equal(t.data, t.base), name  # it moved
+        np.testing.assert_allclose(c.data.numpy(), t.data.numpy(), rtol=1e-4, atol=1e-4, err_msg=name)
+        assert c.dense_examples == t.dense_examples, name
+        if t.kind == "item":
+            assert torch.equal(c.counts, t.counts), name
+            # the rows that learned (torch also lists the chunk's held-out rows, with no change)
+            assert torch.equal(c.take_touched(), torch.nonzero(t.counts).flatten()), name
+    np.testing.assert_allclose(compiled_set.fusion._w.numpy(), torch_set.fusion._w.numpy(), atol=1e-4)
