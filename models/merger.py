@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from models.base import Batch
 from models.ensemble import Examples, ModelSet
 from models.params import (
     RowDelta,
@@ -117,8 +118,20 @@ class MergerCore:
         return bool(self.pending or self.items)
 
     # -- merging ---------------------------------------------------------------------
-    def heldout_loss(self) -> float | None:
-        """Mean squared error of the fused prediction on the held-out examples (rating units)."""
+    def heldout_loss(self, held: tuple[Batch, torch.Tensor] | None = None) -> float | None:
+        """Mean squared error of the fused prediction on the held-out examples (rating units); ``held``:
+        their batch and labels from :meth:`heldout_batch`, if made already (only the learned tables may
+        have changed since)."""
+        held = held or self.heldout_batch()
+        if held is None:
+            return None
+        batch, y = held
+        with torch.no_grad():
+            _, fused = self.models.predict(batch)
+        return float(((fused - y) ** 2).mean())
+
+    def heldout_batch(self) -> tuple[Batch, torch.Tensor] | None:
+        """The held-out examples as one batch, and their labels (None: too few yet)."""
         if len(self.heldout) < self.cfg.heldout_min:
             return None
         m = self.models
@@ -131,10 +144,7 @@ class MergerCore:
             _stack([r["user_buckets"] for r in rows], torch.long, m.device),
             _stack([r.get("pair", (0.0, 0.0)) for r in rows], torch.float32, m.device),
         )
-        y = torch.tensor([r["y"] for r in rows], device=m.device)
-        with torch.no_grad():
-            _, fused = m.predict(m.batch(ex))
-        return float(((fused - y) ** 2).mean())
+        return m.batch(ex), torch.tensor([r["y"] for r in rows], device=m.device)
 
     def merge(self, now_ms: int | None = None) -> Version:
         """Fold everything pending into the next version (or roll it back)."""
@@ -155,10 +165,11 @@ class MergerCore:
         loss = None
         if per_trainer:
             merged = merge(per_trainer)
-            before = self.heldout_loss()
+            held = self.heldout_batch()  # (the deltas change learned tables, never its inputs)
+            before = self.heldout_loss(held)
             saved = {n: t.data.clone() for n, t in params.tables.items()} if before is not None else None
             params.add_delta(merged)
-            loss = self.heldout_loss()
+            loss = self.heldout_loss(held)
             if before is not None and loss is not None and loss > before * (1 + self.cfg.rollback_margin):
                 for n, t in params.tables.items():  # exactly the previous values (rows added since stay)
                     t.data[: saved[n].shape[0]] = saved[n]
