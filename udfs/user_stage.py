@@ -269,11 +269,12 @@ class UserStage(KeyedBroadcastProcessFunction):
         values = batch[1]
         self.fault.count(len(values))
         admitted = self.core.admit(values, batch[2], batch[3], watermark, self.users.get)
-        self.m_events.inc(admitted.records)
-        self.m_duplicates.inc(admitted.duplicates)
-        self.m_late.inc(admitted.late)
-        self.m_dead.inc(len(admitted.out.dead_keys))
-        self.m_accepted.inc(len(admitted.events))
+        # (each inc crosses into the JVM, and may wait there for the GIL on the way back: not for nothing)
+        for counter, n in ((self.m_events, admitted.records), (self.m_duplicates, admitted.duplicates),
+                           (self.m_late, admitted.late), (self.m_dead, len(admitted.out.dead_keys)),
+                           (self.m_accepted, len(admitted.events))):
+            if n:
+                counter.inc(n)
         if self.learner is not None and admitted.events:
             result = torch_call(self.core.process, admitted)
         else:
@@ -286,7 +287,8 @@ class UserStage(KeyedBroadcastProcessFunction):
         results: list = [(TO_ITEMS, Row(shard, Row(shard, events))) for shard, events in result.item_events.items()]
         if result.delta is not None:
             results.append((TO_MERGER, Row(0, result.delta.as_message())))
-        self.m_examples.inc(result.examples)
+        if result.examples:
+            self.m_examples.inc(result.examples)
         self.users.put_all({u: s.to_state() for u, s in result.users.items()})
         if timers is not None:
             for at, entries in result.impressions_due.items():
