@@ -1,6 +1,6 @@
 """Events/s of the whole job, Kafka -> Flink -> Kafka exactly-once, on a backlog, next to Java-only Flink.
 
-    .venv/bin/python benchmarks/job_throughput.py [--repeat 3] [--runs java features learning ...]
+    .venv/bin/python benchmarks/job_throughput.py [--repeat 3] [--runs java features learning[,KEY=VALUE...] ...]
 
 Replays MovieLens-100K ``repeat`` times (each copy a year later with fresh
 event ids: 300,000 events by default) into one events topic, then runs, in
@@ -153,8 +153,13 @@ def on_cluster(cfg: RtrecConfig, events: list, per_event: int | None, topic: str
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--runs", nargs="+", default=["java", "features", "learning"], choices=["java", *RUNS])
+    ap.add_argument("--runs", nargs="+", default=["java", "features", "learning"],
+                    help=f"each java or NAME[,KEY=VALUE...]: a run of {', '.join(RUNS)} with settings over its own "
+                         "(e.g. learning,flink.shards=2)")
     args = ap.parse_args()
+    for run in args.runs:
+        if run != "java" and run.split(",")[0] not in RUNS:
+            ap.error(f"unknown run {run.split(',')[0]!r}: java or one of {', '.join(RUNS)}")
     events = movielens_times(args.repeat)
     results: dict[str, dict] = {}
     if "java" in args.runs:
@@ -165,8 +170,10 @@ def main() -> None:
     for name in args.runs:
         if name == "java":
             continue
-        overrides, taskmanagers = RUNS[name]
-        cfg = fresh(f"bench.job.{name}.", overrides)
+        base, *extra = name.split(",")
+        overrides, taskmanagers = RUNS[base]
+        overrides = [*overrides, *extra]
+        cfg = fresh(f"bench.job.{base}.", overrides)
         per_event, topic = ((2 if cfg.features.snapshots == "event" else None, cfg.kafka.features_topic)
                             if not cfg.model.enabled else (1, cfg.kafka.predictions_topic))
         if taskmanagers:
