@@ -107,9 +107,12 @@ class FlinkConfig:
     parallelism: int = 1
     # Users are hashed onto this many key shards. Each shard's events reach the
     # Python operators as one micro-batch per batch interval, so Python pays its
-    # per-record cost once per batch; user state stays one entry per user. It is
-    # also the most subtasks a keyed operator can use: changing it later needs
-    # a fresh start (like Flink's max parallelism).
+    # per-record cost once per batch; user state stays one entry per user. It
+    # bounds the subtasks a keyed operator can use (Flink places the shards by
+    # key group, so 16 serve up to 7 subtasks: validate() checks), and changing
+    # it later needs a fresh start (like Flink's max parallelism). Each shard
+    # costs a fixed share of Python time per interval (README: "Shards,
+    # parallelism and latency").
     shards: int = 16
     batch_interval_ms: int = 200
     checkpoint_interval_ms: int = 2_000
@@ -579,6 +582,25 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
     return cfg
 
 
+def _subtasks_without_shards(shards: int, parallelism: int) -> str | None:
+    """Why ``parallelism`` subtasks cannot all work on ``shards`` key shards (None: they can). Flink
+    places each shard (an Integer key) by its key group (rtrec.sharding), not round-robin."""
+    from rtrec.sharding import default_max_parallelism, shards_per_subtask
+
+    if parallelism == 1:
+        return None
+    max_p = default_max_parallelism(parallelism)
+    counts = shards_per_subtask(shards, parallelism, max_p)
+    if min(counts) > 0:
+        return None
+    better = next((n for n in range(shards + 1, 4 * max_p) if min(shards_per_subtask(n, parallelism, max_p)) > 0),
+                  None)
+    return (f"flink.parallelism={parallelism} with flink.shards={shards}: {counts.count(0)} of the {parallelism} "
+            f"subtasks would get no shard (Flink places keys by key group: shards per subtask {counts}); "
+            + (f"flink.shards={better} spreads them " if better else "raise flink.shards ")
+            + "(changing it needs a fresh start), or lower flink.parallelism")
+
+
 def validate(cfg: RtrecConfig) -> None:
     """Reject settings that would only fail later, deep inside a Flink task."""
     k = cfg.kafka
@@ -597,6 +619,9 @@ def validate(cfg: RtrecConfig) -> None:
             f"flink.parallelism={f.parallelism} exceeds flink.shards={f.shards}: "
             "extra subtasks would get no keys; raise flink.shards (needs a fresh start)"
         )
+    idle = _subtasks_without_shards(f.shards, f.parallelism)
+    if idle:
+        raise ConfigError(idle)
     if f.batch_interval_ms < 10:
         raise ConfigError("flink.batch_interval_ms must be at least 10")
     if cfg.faults.operator and cfg.faults.operator not in FAULT_OPERATORS:

@@ -15,3 +15,37 @@ def test_shard_is_a_floor_mod_of_negative_hashes_too():
     for s in ["1", "42", "user-7", "ü", "polygenelubricants!"]:
         assert 0 <= shard_of(s, 7) < 7
         assert shard_of(s, 7) == java_string_hash(s) % 7
+
+
+def test_subtask_of_shard_is_flinks_key_group_assignment():
+    """The Python port against Flink's own KeyGroupRangeAssignment and MathUtils (through PyFlink's JVM)."""
+    from pyflink.java_gateway import get_gateway
+
+    from rtrec.sharding import default_max_parallelism, flink_murmur_hash, subtask_of_shard
+
+    jvm = get_gateway().jvm
+    assign = jvm.org.apache.flink.runtime.state.KeyGroupRangeAssignment
+    for p in (1, 2, 3, 4, 8, 86, 100, 30000):
+        assert default_max_parallelism(p) == assign.computeDefaultMaxParallelism(p), p
+    for code in (0, 1, 7, 15, 127, -1, -(2**31), 2**31 - 1, 123456789):
+        assert flink_murmur_hash(code) == jvm.org.apache.flink.util.MathUtils.murmurHash(code), code
+    for shards, p, max_p in ((16, 2, 128), (16, 4, 128), (4, 2, 128), (64, 8, 128), (300, 100, 256)):
+        for s in range(shards):
+            assert subtask_of_shard(s, p, max_p) == assign.assignKeyToParallelOperator(
+                jvm.java.lang.Integer(s), max_p, p), (shards, p, s)
+
+
+def test_a_parallelism_that_leaves_a_subtask_without_shards_is_refused_with_a_count_that_works():
+    import pytest
+
+    from rtrec.config import ConfigError, load_config
+    from rtrec.sharding import shards_per_subtask
+
+    assert shards_per_subtask(4, 2) == [0, 4]  # fewer shards than usual can all land on one subtask
+    with pytest.raises(ConfigError, match=r"1 of the 2 subtasks would get no shard .*\[0, 4\]\); flink.shards=(\d+)"
+                       ) as e:
+        load_config(overrides=["flink.parallelism=2", "flink.shards=4"])
+    better = int(e.value.args[0].split("flink.shards=")[-1].split()[0])
+    assert min(shards_per_subtask(better, 2)) > 0
+    load_config(overrides=["flink.parallelism=2", "flink.shards=16"])  # the default spreads over 2 (7 and 9)
+    load_config(overrides=["flink.parallelism=1", "flink.shards=1"])
