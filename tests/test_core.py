@@ -194,12 +194,23 @@ def test_open_impressions_are_typed_and_stored_as_plain_tuples():
 
 
 def test_deltas_as_bytes_round_trip_and_read_the_earlier_format():
-    d = {"mf.q": RowDelta("item", ["a", "b"], torch.ones(2, 3), torch.tensor([1.0, 2.0])),
-         "ftrl.z": RowDelta("hashed", torch.tensor([4, 9]), torch.ones(2), torch.ones(2))}
-    for data in (delta_to_bytes(d), to_bytes(delta_to_plain(d))):
+    import pickle
+
+    d = {"mf.q": RowDelta("item", ["a", "b"], torch.arange(6.0).reshape(2, 3), torch.tensor([1.0, 2.0])),
+         "ftrl.z": RowDelta("hashed", torch.tensor([4, 9]), torch.tensor([0.5, -1.5]), torch.tensor([3.0, 1.0])),
+         "w": RowDelta("dense", torch.zeros(1, dtype=torch.long), torch.full((1, 2, 2), 7.0), torch.tensor([5.0]))}
+    format_2 = pickle.dumps(("rtrec-delta-2", {  # what releases before the one-buffer format wrote
+        n: (x.kind, x.keys if x.kind == "item" else x.keys.numpy(), x.values.numpy(), x.counts.numpy())
+        for n, x in d.items()}))
+    for data in (delta_to_bytes(d), format_2, to_bytes(delta_to_plain(d))):
         back = delta_from_bytes(data)
-        assert back["mf.q"].keys == ["a", "b"] and torch.equal(back["ftrl.z"].keys, d["ftrl.z"].keys)
-        assert torch.equal(back["mf.q"].values, d["mf.q"].values) and torch.equal(back["mf.q"].counts, d["mf.q"].counts)
+        assert list(back) == list(d) and back["mf.q"].keys == ["a", "b"]
+        for name, x in d.items():
+            assert back[name].kind == x.kind, name
+            if x.kind != "item":
+                assert torch.equal(back[name].keys, x.keys), name
+            assert torch.equal(back[name].values, x.values) and torch.equal(back[name].counts, x.counts), name
+    assert delta_from_bytes(delta_to_bytes({})) == {}
     assert heldout_from_bytes(to_bytes([{"y": 1.0}])) == [{"y": 1.0}]
 
 
