@@ -101,6 +101,8 @@ class Table:
         touched, self.touched = self.touched, []
         if not touched:
             return _ROW_ZERO[:0]
+        if self.data.device.type == "cpu":
+            return torch.from_numpy(np.unique(np.concatenate([t.numpy() for t in touched])))
         return torch.unique(torch.cat([t.to(self.device) for t in touched]))
 
 
@@ -190,12 +192,18 @@ class ParameterSet:
             rows, keys = memo
             if rows.numel() == 0:
                 continue
-            current = t.data[rows]
-            values = (current - t.base[rows]).cpu()
-            counts = t.counts[rows].cpu()
+            if t.data.device.type == "cpu":  # NumPy's indexing of a few rows costs a fifth of torch's
+                data, base, n, r = t.data.numpy(), t.base.numpy(), t.counts.numpy(), rows.numpy()
+                current = data[r]
+                values, counts = torch.from_numpy(current - base[r]), torch.from_numpy(n[r])
+                base[r] = current
+                n[r] = 0
+            else:
+                current = t.data[rows]
+                values, counts = (current - t.base[rows]).cpu(), t.counts[rows].cpu()
+                t.base[rows] = current
+                t.counts[rows] = 0
             delta[name] = RowDelta(t.kind, keys, values, counts)
-            t.base[rows] = current
-            t.counts[rows] = 0
         return delta
 
     def add_delta(self, delta: dict[str, RowDelta]) -> None:
