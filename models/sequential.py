@@ -461,6 +461,9 @@ def warm_up() -> None:
     ftrl_pass(np.zeros(4, np.float32), np.zeros(4, np.float32), np.zeros((1, 2), np.int64), np.zeros(1, np.float32),
               np.ones(1, np.bool_), 0.1, 1.0, 0.1, 1.0, 3.0, 4.0)
     f = lambda *shape: np.zeros(shape, np.float32)  # noqa: E731
-    ranker_fusion_pass(f(1, 2), f(1, 2), one, f(1), np.ones(1, np.bool_), 1,
-                       (f(6, 3), f(3), f(3), f(1), f(6, 3), f(3), f(3), f(1)), f(1, 2), f(1, 2), 0.1, 1e-8, 3.0, 4.0,
-                       f(1), f(1), (f(4, 4), f(4), f(4), f(4)), 1.0, 0.9999, 1.0)
+    # The user vectors come as a view without the bias column: contiguous for one example, strided for
+    # more (two layouts, two compilations).
+    for n in (1, 2):
+        ranker_fusion_pass(f(n, 2), f(n, 3)[:, :-1], np.zeros(n, np.int64), f(n), np.ones(n, np.bool_), 1,
+                           (f(6, 3), f(3), f(3), f(1), f(6, 3), f(3), f(3), f(1)), f(1, 2), f(1, 2), 0.1, 1e-8, 3.0,
+                           4.0, f(n), f(n), (f(4, 4), f(4), f(4), f(4)), 1.0, 0.9999, 1.0)

@@ -281,3 +281,20 @@ def test_ranker_and_fusion_pass_equals_their_torch_chunks(step):
             # the rows that learned (torch also lists the chunk's held-out rows, with no change)
             assert torch.equal(c.take_touched(), torch.nonzero(t.counts).flatten()), name
     np.testing.assert_allclose(compiled_set.fusion._w.numpy(), torch_set.fusion._w.numpy(), atol=1e-4)
+
+
+def test_nothing_compiles_after_warm_up():
+    """The passes' first batch in the job runs what warm_up() compiled (a compile there costs seconds on
+    the torch thread): the same argument types and layouts, one example or many."""
+    from rtrec.config import load_config
+    from rtrec.core.local import LocalPipeline
+    from rtrec.datasets import movielens_events
+
+    passes = [getattr(sequential, f) for f in ("_mf_pass", "_ftrl_pass", "_ranker_fusion_pass")]
+    pipe = LocalPipeline(load_config(overrides=["text.enabled=false"]))  # (calls warm_up)
+    compiled = [len(p.signatures) for p in passes]
+    events = movielens_events(600)
+    pipe.run(events[:1], 1)  # a batch of one example
+    pipe.run(events[1:], 100)
+    assert len(pipe.predictions) > 500
+    assert [len(p.signatures) for p in passes] == compiled
