@@ -87,17 +87,36 @@ class ModelSet:
         self.fusion = OnlineFusion(self.params, [m.name for m in self.models], forget=cfg.fusion_forget,
                                    robust=cfg.fusion_robust)
         self._item_codes = torch.zeros(0, dtype=torch.long, device=self.device)
+        # Per item row: [id code, rating-mean bucket + 10, count bucket] (CPU: computed once per change of
+        # the item features, not per batch), and the (writes, rows) of the item features it was made from.
+        self._item_cols = torch.zeros((0, 3), dtype=torch.long)
+        self._item_cols_of: tuple[int, int] | None = None
         #: sparse_codes' field numbers 1..10 (0, the bias, hashes to 0)
         self._field_keys = torch.arange(1, 11, dtype=torch.long, device=self.device)
 
     # -- inputs ------------------------------------------------------------------
     def rows(self, item_ids: list[str]) -> torch.Tensor:
         rows = self.params.item_rows(item_ids)
+        self._extend_item_codes()
+        return rows
+
+    def _extend_item_codes(self) -> None:
         n = self.params.n_items
         if self._item_codes.shape[0] < n:
             new = [id_code(i) for i in self.params.index.ids[self._item_codes.shape[0] : n]]
             self._item_codes = torch.cat([self._item_codes, torch.tensor(new, dtype=torch.long, device=self.device)])
-        return rows
+
+    def _item_columns(self) -> np.ndarray:
+        """(items, 3) [id code, rating-mean bucket + 10, count bucket] of every item row, remade only when the
+        item features were written (Table.writes) or rows were added: the same torch ops as per batch."""
+        key = (self.item_features.writes, self.params.n_items)
+        if self._item_cols_of != key:
+            self._extend_item_codes()
+            rows = torch.arange(self.params.n_items, device=self.device)
+            mean_bucket, count_bucket = self._item_buckets(rows)
+            self._item_cols = torch.stack([self._item_codes[rows], mean_bucket + 10, count_bucket], dim=1).contiguous()
+            self._item_cols_of = key
+        return self._item_cols.numpy()
 
     def _item_buckets(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         f = self.item_features.data[rows]
@@ -110,8 +129,18 @@ class ModelSet:
                      pair: torch.Tensor | None = None) -> torch.Tensor:
         """(B, 11) hashed feature ids (fields as in rtrec.features.model_inputs.SPARSE_FIELDS).
 
-        Field k > 0 hashes its value v as ``_mix(k, v)``, the two crosses as ``_mix(_mix(k, v), i_mean)``:
-        all fields in one op each over a (B, 10) table of values."""
+        Field k > 0 hashes its value v as ``_mix(k, v)``, the two crosses as ``_mix(_mix(k, v), i_mean)``.
+        On the CPU one compiled loop over the cached item columns (models.sequential.sparse_codes); else
+        :meth:`sparse_codes_torch`."""
+        if self.device.type != "cpu":
+            return self.sparse_codes_torch(rows, user_codes, user_buckets, pair)
+        return torch.from_numpy(sequential.sparse_codes(
+            self._item_columns(), rows.numpy(), user_codes.numpy(), user_buckets.numpy(),
+            None if pair is None else pair.numpy(), _MIX, _MOD, self.ftrl.size))
+
+    def sparse_codes_torch(self, rows: torch.Tensor, user_codes: torch.Tensor, user_buckets: torch.Tensor,
+                           pair: torch.Tensor | None = None) -> torch.Tensor:
+        """:meth:`sparse_codes` as torch ops: all fields in one op each over a (B, 10) table of values."""
         item_codes = self._item_codes[rows]
         u_mean, u_count = user_buckets[:, 0] + 10, user_buckets[:, 1]
         i_mean, i_count = self._item_buckets(rows)

@@ -159,7 +159,7 @@ class MergerCore:
         params = self.models.params
         if self.items:
             rows = self.models.rows(list(self.items))
-            params["items.features"].data[rows] = torch.tensor(list(self.items.values()), device=params.device)
+            params["items.features"].write_rows(rows, torch.tensor(list(self.items.values()), device=params.device))
             self.items = {}
         rolled_back = False
         loss = None
@@ -174,6 +174,7 @@ class MergerCore:
                 for n, t in params.tables.items():  # exactly the previous values (rows added since stay)
                     t.data[: saved[n].shape[0]] = saved[n]
                     t.base[: saved[n].shape[0]] = saved[n]
+                    t.writes += 1
                 rolled_back, loss = True, before
                 self.rollbacks += 1
         params.take_delta()  # the global copy keeps no hand-over bookkeeping

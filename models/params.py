@@ -72,6 +72,9 @@ class Table:
         self.touched: list[torch.Tensor] = []  # rows counted since then (repeats allowed)
         #: Examples since then of a dense table (a number: no tensor op per learning step), None if none.
         self.dense_examples: float | None = None
+        #: Counts the writes through ParameterSet (loads, deltas, new rows, write_rows): what is derived
+        #: from a table's values is cached against it (models.ensemble's item columns).
+        self.writes = 0
 
     def ensure_rows(self, n: int) -> None:
         """Grow to at least ``n`` rows (item tables), initialising the new ones."""
@@ -83,6 +86,12 @@ class Table:
         self.data = torch.cat([self.data, new])
         self.base = torch.cat([self.base, new.clone()])
         self.counts = torch.cat([self.counts, torch.zeros(cap - have, device=self.device)])
+        self.writes += 1
+
+    def write_rows(self, rows: torch.Tensor, values: torch.Tensor) -> None:
+        """Set rows' values (not a learned change: ``base`` stays, nothing is handed over)."""
+        self.data[rows] = values
+        self.writes += 1
 
     def touch(self, rows: torch.Tensor, n: torch.Tensor | float = 1.0) -> None:
         """Record that ``rows`` were learned from (``n`` examples each)."""
@@ -151,6 +160,7 @@ class ParameterSet:
             values = torch.stack([t.init(seed) for seed in seeds]).to(self.device)
             t.data[start:n] = values
             t.base[start:n] = values
+            t.writes += 1
 
     @property
     def n_items(self) -> int:
@@ -216,6 +226,7 @@ class ParameterSet:
             values = d.values.to(self.device)
             t.data.index_add_(0, rows, values)
             t.base.index_add_(0, rows, values)
+            t.writes += 1
 
     # -- snapshots ---------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -243,6 +254,7 @@ class ParameterSet:
             t.counts.zero_()
             t.touched.clear()
             t.dense_examples = None
+            t.writes += 1
 
 
 def _union_rows(parts: list[RowDelta]) -> tuple[list[str] | torch.Tensor, list[torch.Tensor], int]:

@@ -1,5 +1,5 @@
 """Exact-order passes over a batch, compiled: the MF's and FTRL's predict-then-learn, the ranker's and the
-fusion's chunked predict-then-learn, the text-interest fold.
+fusion's chunked predict-then-learn, the text-interest fold; and the hashed sparse codes of a batch.
 
 A user's examples must apply in order, and each must be predicted before
 anything learns from it. Batched torch ops can only keep that order in
@@ -449,6 +449,52 @@ def ranker_fusion_pass(dense: np.ndarray, user: np.ndarray, items: np.ndarray, y
     return ranker_out, fused_out
 
 
+@_jit
+def _sparse_codes(item_cols, rows, user_codes, user_buckets, pair, has_pair, mix, mod, size, out):
+    vals = np.empty(10, np.int64)
+    for i in range(rows.shape[0]):
+        r = rows[i]
+        i_mean = item_cols[r, 1]
+        u_mean = user_buckets[i, 0] + 10
+        vals[0] = item_cols[r, 0]
+        vals[1] = user_codes[i]
+        vals[2] = u_mean
+        vals[3] = user_buckets[i, 1]
+        vals[4] = i_mean
+        vals[5] = item_cols[r, 2]
+        vals[6] = u_mean
+        vals[7] = user_codes[i]
+        for j in range(2):  # the pair similarities in tenths, 21 for "no signal" (exactly 0, or no text)
+            if not has_pair or pair[i, j] == 0:
+                vals[8 + j] = 21
+            else:
+                p = min(max(pair[i, j], np.float32(-1.0)), np.float32(1.0))
+                vals[8 + j] = np.int64(np.round((p + np.float32(1.0)) * np.float32(10.0)))
+        out[i, 0] = 0
+        for k in range(10):
+            m = ((k + 1) * mix + vals[k]) % mod
+            if k == 6 or k == 7:  # the crosses with the item's rating-mean bucket
+                m = (m * mix + i_mean) % mod
+            out[i, k + 1] = m % size
+
+
+def sparse_codes(item_cols: np.ndarray, rows: np.ndarray, user_codes: np.ndarray, user_buckets: np.ndarray,
+                 pair: np.ndarray | None, mix: int, mod: int, size: int) -> np.ndarray:
+    """(B, 11) hashed sparse feature ids, as :meth:`models.ensemble.ModelSet.sparse_codes_torch` makes them:
+    ``item_cols`` (items, 3) holds each item row's [id code, rating-mean bucket + 10, count bucket],
+    ``user_buckets`` (B, 2) the users' [rating-mean bucket, count bucket], ``pair`` (B, 2) the text
+    similarities (None: no text)."""
+    n = len(rows)
+    out = np.empty((n, 11), np.int64)
+    if n:
+        has_pair = pair is not None
+        _sparse_codes(item_cols, np.ascontiguousarray(rows), np.ascontiguousarray(user_codes),
+                      np.ascontiguousarray(user_buckets),
+                      np.ascontiguousarray(pair, np.float32) if has_pair else np.zeros((n, 2), np.float32),
+                      has_pair, mix, mod, size, out)
+    return out
+
+
 def warm_up() -> None:
     """Compile the passes now (about 1-2 s), so the first batch does not pay for it."""
     users = np.zeros((1, 3), np.float32)
@@ -461,6 +507,7 @@ def warm_up() -> None:
     ftrl_pass(np.zeros(4, np.float32), np.zeros(4, np.float32), np.zeros((1, 2), np.int64), np.zeros(1, np.float32),
               np.ones(1, np.bool_), 0.1, 1.0, 0.1, 1.0, 3.0, 4.0)
     f = lambda *shape: np.zeros(shape, np.float32)  # noqa: E731
+    sparse_codes(np.zeros((1, 3), np.int64), one, one, np.zeros((1, 2), np.int64), f(1, 2), 1_000_003, 1 << 31, 64)
     # The user vectors come as a view without the bias column: contiguous for one example, strided for
     # more (two layouts, two compilations).
     for n in (1, 2):

@@ -290,7 +290,7 @@ def test_nothing_compiles_after_warm_up():
     from rtrec.core.local import LocalPipeline
     from rtrec.datasets import movielens_events
 
-    passes = [getattr(sequential, f) for f in ("_mf_pass", "_ftrl_pass", "_ranker_fusion_pass")]
+    passes = [getattr(sequential, f) for f in ("_mf_pass", "_ftrl_pass", "_ranker_fusion_pass", "_sparse_codes")]
     pipe = LocalPipeline(load_config(overrides=["text.enabled=false"]))  # (calls warm_up)
     compiled = [len(p.signatures) for p in passes]
     events = movielens_events(600)
@@ -298,3 +298,51 @@ def test_nothing_compiles_after_warm_up():
     pipe.run(events[1:], 100)
     assert len(pipe.predictions) > 500
     assert [len(p.signatures) for p in passes] == compiled
+
+
+def test_compiled_sparse_codes_equal_the_torch_ops_and_follow_item_feature_writes():
+    """Hashed codes from the cached item columns and one compiled loop, against the torch ops, on item
+    features at bucket boundaries (counts 2^k - 1, means at x.125) and similarities at tenths' halves; and
+    after each way the item features are written (merger, version load, delta), the codes follow."""
+    from models.ensemble import ModelSet
+    from models.params import RowDelta
+    from rtrec.features.model_inputs import ITEM_DENSE
+
+    m = ModelSet(ModelConfig())
+    ids = [f"i{k}" for k in range(40)]
+    rows = m.rows(ids)
+    rng = np.random.default_rng(3)
+    feats = torch.zeros(40, len(ITEM_DENSE))
+    counts = torch.tensor([float(c) for c in rng.integers(0, 40, 40)])
+    counts[:8] = torch.tensor([0.0, 1, 3, 7, 15, 31, 2, 4])
+    feats[:, 0] = (counts > 0).float()
+    feats[:, 1] = torch.log1p(counts) / 5
+    feats[:, 2] = torch.tensor(rng.choice([-2.0, -0.875, 0.125, 0.625, 1.125, 0.3], 40), dtype=torch.float32)
+    m.item_features.write_rows(rows, feats)
+    b = 300
+    at = torch.from_numpy(rng.integers(0, 40, b))
+    codes = torch.from_numpy(rng.integers(0, 2**31 - 1, b))
+    buckets = torch.from_numpy(np.stack([rng.integers(-1, 20, b), rng.integers(0, 8, b)], 1))
+    pair = torch.from_numpy(rng.choice([0.0, -1.0, 1.0, 0.05, -0.05, 0.15, 0.25, 0.33, -0.65, 2.0], (b, 2))
+                            .astype(np.float32))
+    for p in (pair, None):
+        assert torch.equal(m.sparse_codes(rows[at], codes, buckets, p), m.sparse_codes_torch(rows[at], codes, buckets, p))
+
+    def same_as_torch() -> bool:
+        return torch.equal(m.sparse_codes(rows, codes[:40], buckets[:40], pair[:40]),
+                           m.sparse_codes_torch(rows, codes[:40], buckets[:40], pair[:40]))
+
+    before = m.sparse_codes(rows, codes[:40], buckets[:40], pair[:40])
+    m.item_features.write_rows(rows[:20], feats[20:])  # the merger's way
+    assert same_as_torch() and not torch.equal(m.sparse_codes(rows, codes[:40], buckets[:40], pair[:40]), before)
+    state = m.params.state_dict()
+    state["tables"] = {k: v.clone() for k, v in state["tables"].items()}  # (views of the tables on the CPU)
+    state["tables"]["items.features"] = feats.flip(0)
+    m.params.load_state_dict(state)  # a version
+    assert same_as_torch()
+    m.params.add_delta({"items.features": RowDelta("item", ids[:10], torch.full((10, len(ITEM_DENSE)), 0.5),
+                                                   torch.ones(10))})
+    assert same_as_torch()
+    m.rows(["new-item"])  # rows added since
+    assert torch.equal(m.sparse_codes(m.rows(["new-item"]), codes[:1], buckets[:1], None),
+                       m.sparse_codes_torch(m.rows(["new-item"]), codes[:1], buckets[:1], None))
