@@ -25,6 +25,13 @@ help:
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
+# The compiled loops (models/sequential.py, numba) into numba's on-disk cache: about 20 s once,
+# instead of in the job's first start.
+COMPILED := $(VENV)/.compiled
+$(COMPILED): $(STAMP) models/sequential.py
+	$(PY) -c "from models import sequential; sequential.warm_up()"
+	touch $@
+
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[dev]"
@@ -40,7 +47,7 @@ flink-jars:
 
 jars: kafka-jars flink-jars
 
-setup: $(STAMP) jars
+setup: $(STAMP) $(COMPILED) jars
 
 kafka-up: kafka-jars
 	KAFKA_PORT=$(KAFKA_PORT) deploy/kafka/bin/kafka-up.sh

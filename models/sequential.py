@@ -496,7 +496,9 @@ def sparse_codes(item_cols: np.ndarray, rows: np.ndarray, user_codes: np.ndarray
 
 
 def warm_up() -> None:
-    """Compile the passes now (about 1-2 s), so the first batch does not pay for it."""
+    """Compile the passes now, so the first batch does not pay for it: about 20 s the first time on a
+    machine (``make setup`` does it once), under a second from numba's cache after that. Every array
+    argument must come in the layout (contiguous) and type used here, or the first batch compiles again."""
     users = np.zeros((1, 3), np.float32)
     one = np.zeros(1, np.int64)
     mf_pass(users, one, one, np.zeros(1, np.float32), np.ones(1, np.bool_), np.zeros((1, 2), np.float32),
@@ -508,9 +510,6 @@ def warm_up() -> None:
               np.ones(1, np.bool_), 0.1, 1.0, 0.1, 1.0, 3.0, 4.0)
     f = lambda *shape: np.zeros(shape, np.float32)  # noqa: E731
     sparse_codes(np.zeros((1, 3), np.int64), one, one, np.zeros((1, 2), np.int64), f(1, 2), 1_000_003, 1 << 31, 64)
-    # The user vectors come as a view without the bias column: contiguous for one example, strided for
-    # more (two layouts, two compilations).
-    for n in (1, 2):
-        ranker_fusion_pass(f(n, 2), f(n, 3)[:, :-1], np.zeros(n, np.int64), f(n), np.ones(n, np.bool_), 1,
-                           (f(6, 3), f(3), f(3), f(1), f(6, 3), f(3), f(3), f(1)), f(1, 2), f(1, 2), 0.1, 1e-8, 3.0,
-                           4.0, f(n), f(n), (f(4, 4), f(4), f(4), f(4)), 1.0, 0.9999, 1.0)
+    ranker_fusion_pass(f(1, 2), f(1, 2), one, f(1), np.ones(1, np.bool_), 1,
+                       (f(6, 3), f(3), f(3), f(1), f(6, 3), f(3), f(3), f(1)), f(1, 2), f(1, 2), 0.1, 1e-8, 3.0, 4.0,
+                       f(1), f(1), (f(4, 4), f(4), f(4), f(4)), 1.0, 0.9999, 1.0)

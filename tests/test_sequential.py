@@ -285,7 +285,7 @@ def test_ranker_and_fusion_pass_equals_their_torch_chunks(step):
 
 def test_nothing_compiles_after_warm_up():
     """The passes' first batch in the job runs what warm_up() compiled (a compile there costs seconds on
-    the torch thread): the same argument types and layouts, one example or many."""
+    the torch thread): the same argument types and layouts (contiguous), one example or many."""
     from rtrec.config import load_config
     from rtrec.core.local import LocalPipeline
     from rtrec.datasets import movielens_events
