@@ -447,8 +447,9 @@ class OnlineLearner:
             # OnlineFusion.predict_and_learn): their predictions hardly depend on how the stream was cut
             # into batches. On the CPU as one compiled pass.
             if self.compiled:
-                ranker_pred, fused = m.ranker_and_fusion_compiled(batch, np.ascontiguousarray(before[:, :-1]), y.numpy(), learn,
-                                                                  mf_pred.numpy(), ftrl_pred.numpy())
+                user = np.ascontiguousarray(before[:, :-1])  # (one layout: one compilation, see warm_up)
+                ranker_pred, fused = m.ranker_and_fusion_compiled(batch, user, y.numpy(), learn, mf_pred.numpy(),
+                                                                  ftrl_pred.numpy())
                 raw = {m.mf.name: mf_pred, ftrl.name: ftrl_pred, m.ranker.name: ranker_pred}
             else:
                 step = cfg.step_examples if cfg.step_examples > 0 else n

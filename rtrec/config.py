@@ -24,6 +24,8 @@ from typing import Any
 
 import yaml
 
+from rtrec.sharding import default_max_parallelism, shards_per_subtask
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -585,8 +587,6 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
 def _subtasks_without_shards(shards: int, parallelism: int) -> str | None:
     """Why ``parallelism`` subtasks cannot all work on ``shards`` key shards (None: they can). Flink
     places each shard (an Integer key) by its key group (rtrec.sharding), not round-robin."""
-    from rtrec.sharding import default_max_parallelism, shards_per_subtask
-
     if parallelism == 1:
         return None
     max_p = default_max_parallelism(parallelism)

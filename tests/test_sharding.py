@@ -1,4 +1,14 @@
-from rtrec.sharding import java_string_hash, shard_of
+import pytest
+
+from rtrec.config import ConfigError, load_config
+from rtrec.sharding import (
+    default_max_parallelism,
+    flink_murmur_hash,
+    java_string_hash,
+    shard_of,
+    shards_per_subtask,
+    subtask_of_shard,
+)
 
 
 def test_matches_java_string_hashcode():
@@ -19,9 +29,7 @@ def test_shard_is_a_floor_mod_of_negative_hashes_too():
 
 def test_subtask_of_shard_is_flinks_key_group_assignment():
     """The Python port against Flink's own KeyGroupRangeAssignment and MathUtils (through PyFlink's JVM)."""
-    from pyflink.java_gateway import get_gateway
-
-    from rtrec.sharding import default_max_parallelism, flink_murmur_hash, subtask_of_shard
+    from pyflink.java_gateway import get_gateway  # (starts a JVM: only here)
 
     jvm = get_gateway().jvm
     assign = jvm.org.apache.flink.runtime.state.KeyGroupRangeAssignment
@@ -36,11 +44,6 @@ def test_subtask_of_shard_is_flinks_key_group_assignment():
 
 
 def test_a_parallelism_that_leaves_a_subtask_without_shards_is_refused_with_a_count_that_works():
-    import pytest
-
-    from rtrec.config import ConfigError, load_config
-    from rtrec.sharding import shards_per_subtask
-
     assert shards_per_subtask(4, 2) == [0, 4]  # fewer shards than usual can all land on one subtask
     with pytest.raises(ConfigError, match=r"1 of the 2 subtasks would get no shard .*\[0, 4\]\); flink.shards=(\d+)"
                        ) as e:
