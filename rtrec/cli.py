@@ -494,15 +494,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class _OncePerMessage(logging.Filter):
-    """Lets each distinct librdkafka message through once (the client's name left out of the comparison):
-    a broker that goes away mid-command is one line, not one every few milliseconds."""
+    """Lets each distinct librdkafka message through once (the client's name and the connection attempt's
+    timing, "(after 2ms in state CONNECT)", left out of the comparison): a broker that goes away
+    mid-command is one line, not one every few milliseconds."""
 
     def __init__(self):
         super().__init__()
         self.seen: set[str] = set()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        text = re.sub(r"\[rdkafka#\w+-\d+\] ", "", record.getMessage())
+        text = re.sub(r"\[rdkafka#\w+-\d+\] |\(after \d+ms in state \w+\)", "", record.getMessage())
         if "Coordinator load in progress: retrying" in text:
             # A fresh broker loading its transaction log: the producer retries and goes on (the first
             # replay into a new broker printed "Failed to acquire idempotence PID ...").

@@ -68,3 +68,11 @@ def test_a_fresh_brokers_coordinator_load_is_not_shown(capfd):
     topics.KAFKA_LOG.warning("FAIL [rdkafka#producer-4] [thrd:b:1/bootstrap]: b:1/bootstrap: Connection refused")
     assert capfd.readouterr().err.splitlines() == ["rtrec: kafka: FAIL [rdkafka#producer-4] [thrd:b:1/bootstrap]: b:1/bootstrap: "
                                                    "Connection refused"]
+
+
+def test_messages_that_differ_only_in_the_attempts_timing_are_shown_once(capfd):
+    _kafka_log_to_stderr()
+    for ms in (2, 0, 17):
+        topics.KAFKA_LOG.error("FAIL [rdkafka#producer-8] [thrd:b:1/bootstrap]: b:1/bootstrap: Connect to ipv4#b:1 "
+                               f"failed: Connection refused (after {ms}ms in state CONNECT)")
+    assert len(capfd.readouterr().err.splitlines()) == 1
