@@ -16,11 +16,15 @@ per micro-batch.
 
 from __future__ import annotations
 
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+from rtrec.profiling import OperatorProfile
+
 _lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
+_profile: OperatorProfile | None = None  # with RTREC_PROFILE_DIR set (rtrec.profiling)
 
 
 def _executor() -> ThreadPoolExecutor:
@@ -32,8 +36,18 @@ def _executor() -> ThreadPoolExecutor:
     return _pool
 
 
+def _profiled(fn, *args, **kwargs):
+    global _profile
+    if _profile is None:
+        _profile = OperatorProfile("torch-thread", os.getpid())
+    with _profile:
+        return fn(*args, **kwargs)
+
+
 def torch_call(fn, *args, **kwargs):
     """``fn(*args, **kwargs)`` on the torch thread; returns its result or raises its exception."""
     if threading.current_thread().name.startswith("rtrec-torch"):
         return fn(*args, **kwargs)
+    if os.environ.get("RTREC_PROFILE_DIR"):
+        return _executor().submit(_profiled, fn, *args, **kwargs).result()
     return _executor().submit(fn, *args, **kwargs).result()

@@ -12,9 +12,12 @@ the allowed lateness) is folded in at once.
 
 Held-back events wait in state as they came, one MapState entry per batch,
 so the state calls follow the batches, not the events (each costs a trip
-into the JVM). One timer waits for the oldest held event; whenever the stage
-runs (a batch arrives or that timer fires) it folds everything the watermark
-has passed.
+into the JVM, and on the way back a wait for the interpreter's lock, which
+the torch thread may hold). The entries this instance wrote are read back
+from memory, not from state; state is read only after a restore. One timer
+waits for the oldest held event, registered again only when that changes;
+whenever the stage runs (a batch arrives or that timer fires) it folds
+everything the watermark has passed.
 """
 
 from __future__ import annotations
@@ -28,8 +31,8 @@ from rtrec.config import RtrecConfig
 from rtrec.core.item import ItemCore
 from rtrec.events import Event
 from rtrec.features.backfill import event_order
+from rtrec.profiling import OperatorProfile
 from udfs.faults import FaultInjector
-from udfs.profiling import OperatorProfile
 from udfs.records import stage_row
 from udfs.runtime import subtask_info
 from udfs.state import CachedMapState, entity_map
@@ -59,6 +62,10 @@ class ItemStage(KeyedProcessFunction):
         self.pending = ctx.get_map_state(MapStateDescriptor("pending", Types.LONG(), Types.PICKLED_BYTE_ARRAY()))
         # shard -> {sequence number: oldest event time} of what `pending` holds (rebuilt after a restore)
         self.held: dict[int, dict[int, int]] = {}
+        # (shard, sequence number) -> the events `pending` holds there, as this instance wrote them
+        self.written: dict[tuple[int, int], list[Event]] = {}
+        # shard -> the event time of its timer registered last (Flink restores timers with the state)
+        self.timer_at: dict[int, int] = {}
         self.profile = OperatorProfile("ItemStage", subtask_info(ctx).index)
         self.fault = FaultInjector(self.cfg, "item-stage", subtask_info(ctx).index)
 
@@ -84,24 +91,32 @@ class ItemStage(KeyedProcessFunction):
         if held is None:  # first call for this shard since (re)start
             held = self.held[shard] = {seq: min(e.ts for e in evs) for seq, evs in self.pending.items()}
         due = [e for e in events if e.ts <= watermark]
+        written = self.written
         for seq in [s for s, oldest in held.items() if oldest <= watermark]:
-            waiting = self.pending.get(seq) or []
+            waiting = written.pop((shard, seq), None)
+            if waiting is None:  # (held since before a restore)
+                waiting = self.pending.get(seq) or []
             rest = [e for e in waiting if e.ts > watermark]
             due.extend(e for e in waiting if e.ts <= watermark)
             if rest:
-                self.pending.put(seq, rest)
-                held[seq] = min(e.ts for e in rest)
+                self._hold(shard, seq, rest)
             else:
                 self.pending.remove(seq)
                 del held[seq]
         later = [e for e in events if e.ts > watermark]
         if later:
-            seq = max(held, default=0) + 1
-            self.pending.put(seq, later)
-            held[seq] = min(e.ts for e in later)
+            self._hold(shard, max(held, default=0) + 1, later)
         if held:
-            timers.register_event_time_timer(min(held.values()))
+            at = min(held.values())
+            if self.timer_at.get(shard) != at:
+                timers.register_event_time_timer(at)
+                self.timer_at[shard] = at
         return self.fold(sorted(due, key=event_order)) if due else []
+
+    def _hold(self, shard: int, seq: int, events: list[Event]) -> None:
+        self.pending.put(seq, events)
+        self.written[(shard, seq)] = events
+        self.held[shard][seq] = min(e.ts for e in events)
 
     def fold(self, events: list[Event]) -> list:
         batch = self.core.fold(events, self.items.get)

@@ -43,11 +43,11 @@ from rtrec.config import RtrecConfig
 from rtrec.core import heap
 from rtrec.core.user import UserBatch, UserCore
 from rtrec.model_updates import VersionReader
+from rtrec.profiling import OperatorProfile
 from udfs.faults import FaultInjector
 from udfs.item_stage import KEYED_ITEM_EVENTS
 from udfs.merger import MERGER_INPUT
 from udfs.metrics import Level
-from udfs.profiling import OperatorProfile
 from udfs.records import stage_row
 from udfs.runtime import subtask_info
 from udfs.state import CachedMapState, entity_map
