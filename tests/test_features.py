@@ -137,6 +137,40 @@ def test_windowed_count_equals_brute_force(raw, buckets, minutes):
 
 
 @settings(max_examples=300, deadline=None)
+@given(events_st, st.lists(st.tuples(st.integers(1, 30), st.integers(1, 12)), min_size=1, max_size=3), st.booleans())
+def test_fast_windowed_count_changes_state_as_the_declared_update(raw, windows, per_type):
+    """FeatureEngine folds with WindowedCount.fast_update(): the same state as update() in any arrival
+    order, and the brute-force count in every window."""
+    wins = tuple(Window(f"w{i}", minutes * MINUTE, buckets) for i, (minutes, buckets) in enumerate(windows))
+    f = WindowedCount("n", ("click", "view"), wins, per_type=per_type)
+    events = [ev(ts, t) for ts, t, _ in raw]
+    fast = f.fast_update()
+    slow_slot, fast_slot = f.init(), f.init()
+    for e in events:
+        f.update(slow_slot, e)
+        fast(fast_slot, e)
+        assert fast_slot == slow_slot
+    now = max(e.ts for e in events)
+    out = read(f, fast_slot, now)
+    for w in wins:
+        lo, hi = now // w.width - w.buckets + 1, now // w.width
+        counted = [e for e in events if e.type in ("click", "view") and lo <= e.ts // w.width <= hi]
+        if per_type:
+            for t in ("click", "view"):
+                assert out[f"n_{t}_{w.name}"] == sum(e.type == t for e in counted)
+        else:
+            assert out[f"n_{w.name}"] == len(counted)
+
+
+def test_engine_folds_with_the_fast_update_and_declarations_still_pickle():
+    engine = FeatureEngine(USER_FEATURES)
+    count = USER_FEATURES.features[0]
+    assert isinstance(count, WindowedCount)
+    assert engine._slots[0][0] is not count.update and engine._slots[0][0].__name__ == "update"
+    assert pickle.loads(pickle.dumps(USER_FEATURES)) == USER_FEATURES
+
+
+@settings(max_examples=300, deadline=None)
 @given(events_st, st.integers(1, 10 * MINUTE))
 def test_decay_equals_brute_force_in_any_arrival_order(raw, half_life):
     f = DecayedAffinity("aff", half_life_ms=half_life, top=3)

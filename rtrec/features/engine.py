@@ -50,11 +50,13 @@ class FeatureEngine:
         self.features = group.features
         self.version = group.version
         self._key = group.key
-        # Bound methods, looked up once: update() and snapshot() run per event.
-        self._slots = [(f.update, SLOTS + i) for i, f in enumerate(self.features)]
+        # Bound methods (or a declaration's fast_update()), looked up once: update() and snapshot() run
+        # per event.
+        updates = [f.fast_update() if hasattr(f, "fast_update") else f.update for f in self.features]
+        self._slots = [(u, SLOTS + i) for i, u in enumerate(updates)]
         self._reads = [f.read for f in self.features]
         # Per event type, only the features it can change (others' update() would do nothing).
-        self._slots_of = {t: [(f.update, SLOTS + i) for i, f in enumerate(self.features)
+        self._slots_of = {t: [(u, SLOTS + i) for i, (f, u) in enumerate(zip(self.features, updates, strict=True))
                               if f.touched_by() is None or t in f.touched_by()] for t in EVENT_TYPES}
 
     def new_state(self) -> list:

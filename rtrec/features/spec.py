@@ -88,30 +88,26 @@ class WindowedCount:
         ts = e.ts
         for (width, nb), win in zip(self._spec, slot, strict=False):  # (as many: init() made them)
             b = ts // width
-            newest = win[0]
-            if b == newest:  # the common case: same bucket as the newest event
+            if b == win[0]:  # the common case: same bucket as the newest event
                 win[2][b][col] += 1
                 win[1][col] += 1
-                continue
-            totals, buckets = win[1], win[2]
-            if b > newest:
-                oldest_kept = b - nb + 1
-                if newest < oldest_kept:  # every bucket is out of the window (keys <= newest)
-                    buckets.clear()
-                    for c in range(len(totals)):
-                        totals[c] = 0
-                else:
-                    for old in [k for k in buckets if k < oldest_kept]:
-                        for c, n in enumerate(buckets.pop(old)):
-                            totals[c] -= n
-                win[0] = b
-            elif b <= newest - nb:
-                continue  # older than the whole window: it can never be counted again
-            counts = buckets.get(b)
-            if counts is None:
-                counts = buckets[b] = [0] * len(totals)
-            counts[col] += 1
-            totals[col] += 1
+            else:
+                _count_in(win, b, nb, col)
+
+    def fast_update(self):
+        """:meth:`update` as a function made for this declaration (its windows unrolled, their widths
+        constants): the same state, changed the same way, in about two thirds of the time. The
+        engine calls it per event; it is made on request, never kept on the declaration (which
+        pickles)."""
+        lines = ["def update(slot, e):", "    col = columns.get(e.type)", "    if col is None:", "        return",
+                 f"    if len(slot) != {len(self._spec)}:", "        return generic(slot, e)", "    ts = e.ts"]
+        for i, (width, nb) in enumerate(self._spec):
+            lines += [f"    win = slot[{i}]", f"    b = ts // {width}", "    if b == win[0]:",
+                      "        win[2][b][col] += 1", "        win[1][col] += 1", "    else:",
+                      f"        count_in(win, b, {nb}, col)"]
+        scope = {"columns": self._columns, "count_in": _count_in, "generic": self.update}
+        exec("\n".join(lines), scope)  # noqa: S102 (code made from this declaration's numbers only)
+        return scope["update"]
 
     def totals_at(self, slot: list, at_ts: int) -> list[list[int]]:
         """Per window (as declared), the counts per column as of ``at_ts``."""
@@ -147,6 +143,33 @@ class WindowedCount:
                         for c, n in enumerate(counts):
                             values[c] += n
             out.update(zip(names, values, strict=True))
+
+
+def _count_in(win: list, b: int, nb: int, col: int) -> None:
+    """Count an event of column ``col`` in bucket ``b`` of a window ``[newest bucket, totals, {bucket:
+    counts}]`` of ``nb`` buckets, where ``b`` is not the newest bucket: slide the window forward, or
+    count an out-of-order event in its bucket if that is still in the window."""
+    newest = win[0]
+    if b > newest:
+        if newest <= b - nb:  # every bucket kept so far is out of the window (keys <= newest)
+            totals = [0] * len(win[1])
+            totals[col] = 1
+            win[0], win[1], win[2] = b, totals, {b: totals.copy()}
+            return
+        oldest_kept = b - nb + 1
+        totals, buckets = win[1], win[2]
+        for old in [k for k in buckets if k < oldest_kept]:
+            for c, n in enumerate(buckets.pop(old)):
+                totals[c] -= n
+        win[0] = b
+    elif b <= newest - nb:
+        return  # older than the whole window: it can never be counted again
+    totals, buckets = win[1], win[2]
+    counts = buckets.get(b)
+    if counts is None:
+        counts = buckets[b] = [0] * len(totals)
+    counts[col] += 1
+    totals[col] += 1
 
 
 @dataclass(frozen=True)
