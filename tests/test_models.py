@@ -175,6 +175,47 @@ def test_one_trainer_merged_equals_no_merge():
         assert torch.allclose(t.data[:n], trainer.models.params[name].data[:n], atol=1e-5), name
 
 
+def _version_format_1(v: Version) -> bytes:
+    """A version as releases up to 0.2 wrote it (torch.save, zlib level 1)."""
+    import zlib
+
+    from models.params import to_bytes
+    return zlib.compress(to_bytes({
+        "format": "rtrec-version-1", "number": v.number, "created_ms": v.created_ms, "state": v.state,
+        "merged_upto": v.merged_upto, "rolled_back": v.rolled_back, "heldout_loss": v.heldout_loss,
+        "examples": v.examples}), 1)
+
+
+def test_versions_round_trip_and_the_earlier_format_is_read():
+    """Format 2: every table back exactly (the hashed one mostly zeros, so sent as its non-zero rows),
+    with the bookkeeping; format 1 (in broadcast and merger state, and on the topic) still read."""
+    cfg = ModelConfig(heldout_fraction=0.0, rollback_margin=100.0)
+    trainer, merger = OnlineLearner(cfg), MergerCore(cfg)
+    users = {}
+    batch = _examples(300, seed=5)
+    for e in batch:
+        users.setdefault(e.user_id, trainer.new_user(e.user_id))
+    trainer.process(_inputs(batch), users)
+    merger.add_delta(0, *trainer.take_delta())
+    v = merger.merge()
+    v.merged_upto, v.heldout_loss, v.rolled_back = {0: 7, 3: 2}, 0.5, True
+    tables = v.state["tables"]
+    hashed = next(n for n, t in tables.items() if t.shape[0] >= 65536)
+    assert 0 < int((tables[hashed] != 0).sum()) < tables[hashed].shape[0] // 2  # the sparse way is taken
+    for data in (v.to_bytes(), _version_format_1(v)):
+        back = Version.from_bytes(data)
+        assert (back.number, back.created_ms, back.merged_upto, back.rolled_back, back.heldout_loss, back.examples) \
+            == (v.number, v.created_ms, {0: 7, 3: 2}, True, 0.5, v.examples)
+        assert back.state["items"] == v.state["items"]
+        assert back.state["tables"].keys() == tables.keys()
+        for name, t in tables.items():
+            assert back.state["tables"][name].dtype == t.dtype and torch.equal(back.state["tables"][name], t), name
+    assert len(v.to_bytes()) < 8 * sum(t.numel() for t in tables.values()) // 2
+    for garbage in (b"", b"RTS2\x05\x00\x00\x00{bad", b"x\x01garbage", b"\x80\x05N."):
+        with pytest.raises(ValueError):
+            Version.from_bytes(garbage)
+
+
 def test_two_trainers_merge_to_the_example_weighted_average():
     cfg = ModelConfig(heldout_fraction=0.0, rollback_margin=100.0)
     merger = MergerCore(cfg)
