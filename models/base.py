@@ -76,7 +76,10 @@ class ItemIndex:
         return r
 
     def rows(self, item_ids) -> list[int]:
-        return [self.row(i) for i in item_ids]
+        out = list(map(self._rows.get, item_ids))
+        if None in out:  # new items: added in order of first appearance
+            out = [self.row(i) for i in item_ids]
+        return out
 
     def get(self, item_id: str) -> int | None:
         return self._rows.get(item_id)
