@@ -26,6 +26,7 @@ merged result equals the trainer's own parameters.
 from __future__ import annotations
 
 import io
+import itertools
 import math
 import pickle
 import zlib
@@ -260,12 +261,10 @@ class ParameterSet:
 
 def _union_rows(parts: list[RowDelta]) -> tuple[list[str] | torch.Tensor, list[torch.Tensor], int]:
     """The union of the parts' row keys, and for each part where its rows land in that union."""
-    if parts[0].kind == "item":
-        ids: dict[str, int] = {}
-        for p in parts:
-            for k in p.keys:
-                ids.setdefault(k, len(ids))
-        return list(ids), [torch.tensor([ids[k] for k in p.keys], dtype=torch.long) for p in parts], len(ids)
+    if parts[0].kind == "item":  # (the loops run in C: map and fromiter, not per-key Python)
+        ids = list(dict.fromkeys(itertools.chain.from_iterable(p.keys for p in parts)))
+        at = {k: i for i, k in enumerate(ids)}.__getitem__
+        return ids, [torch.from_numpy(np.fromiter(map(at, p.keys), np.int64, len(p.keys))) for p in parts], len(ids)
     keys, inverse = torch.unique(torch.cat([p.keys for p in parts]), return_inverse=True)
     return keys, list(torch.split(inverse, [len(p.keys) for p in parts])), len(keys)
 
