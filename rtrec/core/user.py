@@ -212,7 +212,7 @@ class UserCore:
         if learner is not None:
             ui, codes = self.inputs, self.user_codes
             due, attribution = batch.impressions_due, self.attribution_ms
-            dense, buckets = ui.dense, ui.buckets
+            dense_and_buckets = ui.dense_and_buckets
             # Only the last interaction of a user is refreshed (unless every event is): features after
             # the event are needed there and for candidate requests.
             after_at: set[int] | None = None
@@ -234,12 +234,12 @@ class UserCore:
                     code = codes[u] = id_code(u)
                     if len(codes) > 1_000_000:
                         codes.clear()
-                x = Inputs(e, dense(state, e.ts), buckets(state), code)
+                x = Inputs(e, *dense_and_buckets(state, e.ts), code)
                 if e.type == "impression" and e.item_id is not None:  # a negative unless attributed in time
                     due.setdefault(e.ts + attribution, []).append((u, e.item_id, e.event_id))
                 engine.update(state, e)
                 if pos in after_at if after_at is not None else refreshes(e):
-                    x.dense_after, x.buckets_after = dense(state, e.ts), buckets(state)
+                    x.dense_after, x.buckets_after = dense_and_buckets(state, e.ts)
                 inputs.append(x)
             else:
                 engine.update(state, e)

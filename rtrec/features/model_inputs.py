@@ -55,26 +55,35 @@ class UserInputs:
         self.session = _slot(group, Session)
         self.ctr_slot = _slot(group, SmoothedCTR)
         self.ctr = group.features[self.ctr_slot - SLOTS]
+        self._prior = self.ctr.prior * self.ctr.prior_weight
 
     def dense(self, state: list, at_ts: int) -> list[float]:
-        n, mean, m2 = state[self.rating]
-        newest = state[NEWEST]
-        clicks, impressions = state[self.ctr_slot]
-        c = self.ctr
-        return [
-            _log(n),
-            (mean - 3.0) if n else 0.0,
-            math.sqrt(m2 / n) if n > 1 else 0.0,
-            _log(state[COUNT]),
-            _log(state[self.session][2]),
-            math.log1p(max(at_ts - newest, 0) / 1000.0) / 15.0 if newest is not None else 1.0,
-            (clicks + c.prior * c.prior_weight) / (max(impressions, clicks) + c.prior_weight),
-        ]
+        return self.dense_and_buckets(state, at_ts)[0]
 
     def buckets(self, state: list) -> tuple[int, int]:
         """(rating mean in quarter steps, log2 of the rating count): codes for hashed crosses."""
         n, mean, _ = state[self.rating]
-        return (int(round(mean * 4)) if n else -1, int(math.log2(n + 1)))
+        return (int(round(mean * 4)) if n else -1, (n + 1).bit_length() - 1)
+
+    def dense_and_buckets(self, state: list, at_ts: int) -> tuple[list[float], tuple[int, int]]:
+        """:data:`USER_DENSE` and :meth:`buckets` in one call (it runs per event: the helpers are
+        written out, with the same operations in the same order)."""
+        n, mean, m2 = state[self.rating]
+        newest = state[NEWEST]
+        clicks, impressions = state[self.ctr_slot]
+        log1p = math.log1p
+        events, session = state[COUNT], state[self.session][2]
+        dense = [
+            log1p(n if n > 0 else 0.0) / 5.0,
+            (mean - 3.0) if n else 0.0,
+            math.sqrt(m2 / n) if n > 1 else 0.0,
+            log1p(events if events > 0 else 0.0) / 5.0,
+            log1p(session if session > 0 else 0.0) / 5.0,
+            log1p(max(at_ts - newest, 0) / 1000.0) / 15.0 if newest is not None else 1.0,
+            (clicks + self._prior) / (max(impressions, clicks) + self.ctr.prior_weight),
+        ]
+        # (log2 of the count, as int(math.log2(n + 1)) gave it: exact for whole counts)
+        return dense, (int(round(mean * 4)) if n else -1, (n + 1).bit_length() - 1)
 
 
 class ItemInputs:
