@@ -218,7 +218,7 @@ class OnlineLearner:
         ctx = pair_of = None
         if self.search is not None:
             ctx = self.search.context(inputs, users, self.cfg.rating_min, self.cfg.rating_max)
-            pair_of = self._pairs(inputs, ctx)
+            pair_of = self._pairs(ctx)
         cols = ExampleColumns()
         row_of: dict[int, int] = {}  # position in inputs -> its example row
         refresh_at: dict[int, list[str]] = {}  # position -> the user's recent items just after the event
@@ -283,15 +283,11 @@ class OnlineLearner:
             result.recommendations.extend(self._recommend(refresh, ctx))
         return result
 
-    def _pairs(self, inputs: list[Inputs], ctx: TextContext) -> dict[int, list[float]]:
-        """Position -> [t_query_sim, t_interest_sim] of each event with an item (interest before the event)."""
-        pos = [p for p, x in enumerate(inputs) if x.event.item_id is not None]
-        if not pos:
-            return {}
-        idx = torch.tensor(pos, device=ctx.query.device)
-        vecs = self.search.item_vectors([inputs[p].event.item_id for p in pos])
-        pairs = TextContext.pair(ctx.query[idx], ctx.before[idx], vecs.to(ctx.query.device)).tolist()
-        return dict(zip(pos, pairs, strict=True))
+    @staticmethod
+    def _pairs(ctx: TextContext) -> list[list[float]]:
+        """Per position [t_query_sim, t_interest_sim] of its event's item (interest before the event),
+        as the context computed them; read for events with an item only."""
+        return ctx.pairs.tolist()
 
     def _candidate_pairs(self, cand: torch.Tensor, query: torch.Tensor, interest: torch.Tensor) -> torch.Tensor:
         """(B, M, 2) pair features of (B, M) candidate rows for (B, dim) query and interest vectors."""
@@ -516,8 +512,8 @@ class OnlineLearner:
         """Candidates' pair features with the query in force and the interest just after each event."""
         if ctx is None:
             return None
-        idx = torch.tensor(positions, device=ctx.query.device)
-        return self._candidate_pairs(cand, ctx.query[idx], ctx.after[idx])
+        idx = torch.tensor(positions, device=ctx.q_table.device)
+        return self._candidate_pairs(cand, ctx.query_at(idx), ctx.after_at(idx))
 
     def _candidates(self, items: list[Inputs]) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, W) parameter rows of each item's candidates, padded, and the (B, W) validity mask."""
@@ -538,8 +534,8 @@ class OnlineLearner:
         cand, valid = self._candidates(inputs)
         params = torch.from_numpy(np.stack([user_vectors[x.event.user_id] for x in inputs])).to(self.device)
         items = [(x, None) for x in inputs]
-        idx = torch.tensor([pos for pos, _ in searches], device=ctx.query.device)
-        pair = self._candidate_pairs(cand, ctx.query[idx], ctx.before[idx])
+        idx = torch.tensor([pos for pos, _ in searches], device=ctx.q_table.device)
+        pair = self._candidate_pairs(cand, ctx.query_at(idx), ctx.before_at(idx))
         personal = self._score(items, params, cand, pair).masked_fill(~valid, float("-inf"))
         with torch.no_grad():
             fused = self.search.fuse(personal, [x.event.query for x in inputs], [x.event.candidates for x in inputs],

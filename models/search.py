@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -79,18 +78,49 @@ def interest_weight(event_type: str, value: float | None, rating_min: float, rat
     return t.interest if t is not None else 0.0
 
 
-@dataclass
 class TextContext:
-    """A micro-batch's text signals, one row per input position, as (P, dim) tensors on the device.
+    """A micro-batch's text signals, per input position, in the centred text space (see the module's
+    docstring), on the device.
 
     Rows are zeros where there is no signal: no search within the query window,
-    no liked item yet. Their cosine with an item's text vector is then 0.
+    no liked item yet. Their cosine with an item's text vector is then 0. The
+    vectors stay in two small tables (the queries; the users' interests before
+    the batch and after each update) with a row per position, gathered only for
+    the positions asked for (:meth:`query_at`, ...): most positions need only
+    their pair features, which :meth:`SearchRanker.context` computes at once.
     """
 
-    # All in the centred text space (see the module's docstring).
-    query: torch.Tensor  # the user's latest query within the window, as of the event (a search: its own)
-    before: torch.Tensor  # the user's text interest before the event
-    after: torch.Tensor  # ... and after it
+    def __init__(self, q_table: torch.Tensor, query_rows: torch.Tensor, i_table: torch.Tensor,
+                 before_rows: torch.Tensor, after_rows: torch.Tensor, pairs: torch.Tensor):
+        self.q_table, self.query_rows = q_table, query_rows
+        self.i_table, self.before_rows, self.after_rows = i_table, before_rows, after_rows
+        #: (P, 2) ``[t_query_sim, t_interest_sim]`` of each position's own item (interest before the
+        #: event; zeros for an event without an item)
+        self.pairs = pairs
+
+    def query_at(self, idx: torch.Tensor) -> torch.Tensor:
+        """The user's latest query within the window, as of the event at each position (a search: its own)."""
+        return self.q_table[self.query_rows[idx]]
+
+    def before_at(self, idx: torch.Tensor) -> torch.Tensor:
+        """The user's text interest before the event at each position."""
+        return self.i_table[self.before_rows[idx]]
+
+    def after_at(self, idx: torch.Tensor) -> torch.Tensor:
+        """... and after it."""
+        return self.i_table[self.after_rows[idx]]
+
+    @property
+    def query(self) -> torch.Tensor:  # (every position: for tests and tools)
+        return self.q_table[self.query_rows]
+
+    @property
+    def before(self) -> torch.Tensor:
+        return self.i_table[self.before_rows]
+
+    @property
+    def after(self) -> torch.Tensor:
+        return self.i_table[self.after_rows]
 
     @staticmethod
     def pair(query: torch.Tensor, interest: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
@@ -130,6 +160,8 @@ class SearchRanker:
         self._mean = torch.zeros(self.index.dim, device=self.device)
         self._centred = self.index.matrix
         self._centred_version = -1
+        self._weights_of: tuple[float, float] | None = None
+        self._weight_table: dict[str, float] = {}
 
     @classmethod
     def shared(cls, cfg: TextConfig, device: torch.device | str | None = None) -> SearchRanker:
@@ -195,6 +227,10 @@ class SearchRanker:
         searches = [i for i, e in enumerate(events) if e.type == "search" and e.query]
         query_vecs = self.centred(self.encoder.encode([events[i].query for i in searches])) if searches else None
         query_of_search = {pos: j for j, pos in enumerate(searches)}
+        # The text row of every event's item, looked up once (0: no text, or no item).
+        with_item = [pos for pos, e in enumerate(events) if e.item_id is not None]
+        text_rows = self.index._row_list(events[pos].item_id for pos in with_item)
+        text_row_at = dict(zip(with_item, text_rows, strict=True))
 
         # Queries: rows 0 = zeros, then the users' stored queries, then this batch's.
         stored_q: list[np.ndarray] = []
@@ -223,30 +259,36 @@ class SearchRanker:
                 vecs[r], mass[r], last_ts[r], known[r] = it[0], it[1], it[2], True
         initial = vecs.copy()
         current = [1 + r for r in range(n_users)]  # per user row: their newest table row
-        up_user, up_item, up_ts, up_w = [], [], [], []
+        up_user, up_row, up_ts, up_w = [], [], [], []
         query_row = [0] * len(events)
         before_rows: list[int] = []
         after_rows: list[int] = []
+        weight_of = self._weights(rating_min, rating_max)
+        mid = (rating_min + rating_max) / 2  # a rating's weight (interest_weight, written out: it runs per event)
+        span = rating_max - mid
+        window = self.query_window_ms
         for pos, e in enumerate(events):
             u = e.user_id
             if pos in query_of_search:
                 latest_q[u] = (batch_q0 + query_of_search[pos], e.ts)
             q = latest_q.get(u)
-            if q is not None and 0 <= e.ts - q[1] <= self.query_window_ms:
+            if q is not None and 0 <= e.ts - q[1] <= window:
                 query_row[pos] = q[0]
             r = row_of_user[u]
             before_rows.append(current[r])
-            w = interest_weight(e.type, e.value, rating_min, rating_max) if e.item_id is not None else 0.0
-            if w > 0:
-                current[r] = 1 + n_users + len(up_user)
-                up_user.append(r)
-                up_item.append(e.item_id)
-                up_ts.append(e.ts)
-                up_w.append(w)
+            if e.item_id is not None:
+                w = weight_of.get(e.type, 0.0) if e.type != "rating" else max(0.0, min(1.0, ((e.value or 0.0) - mid) / span))
+                if w > 0:
+                    current[r] = 1 + n_users + len(up_user)
+                    up_user.append(r)
+                    up_row.append(text_row_at[pos])
+                    up_ts.append(e.ts)
+                    up_w.append(w)
             after_rows.append(current[r])
         folded = np.zeros((0, dim), np.float32)
+        matrix = self._centred_matrix()
         if up_user:
-            item_vecs = self.item_vectors(up_item).to("cpu", torch.float32).numpy()
+            item_vecs = matrix[torch.tensor(up_row, dtype=torch.long, device=dev)].to("cpu", torch.float32).numpy()
             folded = interest_pass(vecs, mass, last_ts, known, np.array(up_user, np.int64), item_vecs,
                                    np.array(up_ts, np.int64), np.array(up_w, np.float32), self.half_life_ms)
 
@@ -270,11 +312,24 @@ class SearchRanker:
                                      events[pos].ts)
                 latest_q[u] = (-1, 0)  # written: an earlier search of the same user must not overwrite it
 
-        def gather(rows):
-            return i_table[torch.tensor(rows, dtype=torch.long, device=dev)]
+        def rows(values):
+            return torch.tensor(values, dtype=torch.long, device=dev)
 
-        return TextContext(q_table[torch.tensor(query_row, dtype=torch.long, device=dev)],
-                           gather(before_rows), gather(after_rows))
+        query_rows, before, after = rows(query_row), rows(before_rows), rows(after_rows)
+        pairs = torch.zeros(len(events), 2, device=dev)
+        if with_item:
+            at = rows(with_item)
+            pairs[at] = TextContext.pair(q_table[query_rows[at]], i_table[before[at]], matrix[rows(text_rows)])
+        return TextContext(q_table, query_rows, i_table, before, after, pairs)
+
+    def _weights(self, rating_min: float, rating_max: float) -> dict[str, float]:
+        """:func:`interest_weight` of each type but ratings, as a table (it runs per event)."""
+        key = (rating_min, rating_max)
+        if self._weights_of != key:
+            self._weight_table = {t: interest_weight(t, None, rating_min, rating_max) for t in EVENT_TABLE
+                                  if t != "rating"}
+            self._weights_of = key
+        return self._weight_table
 
     def fuse(self, personal: torch.Tensor, queries: list[str], candidates: list[list[str]],
              valid: torch.Tensor) -> torch.Tensor:
