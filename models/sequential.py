@@ -495,6 +495,74 @@ def sparse_codes(item_cols: np.ndarray, rows: np.ndarray, user_codes: np.ndarray
     return out
 
 
+@_jit
+def _score_inputs(user, user_dense, rows, pair, codes, item_feats, q, b, mu0, z, n, alpha, beta, l1, l2, ftrl_offset,
+                  emb, x, mf_out, ftrl_out):
+    du = user_dense.shape[1]
+    di = item_feats.shape[1]
+    dp = pair.shape[1]
+    de = emb.shape[1]
+    dim = q.shape[1]
+    for i in range(rows.shape[0]):
+        r = rows[i]
+        # MF: mu + b_u + b_i + p_u . q_i
+        mf = mu0 + user[i, dim] + b[r]
+        for k in range(dim):
+            mf += user[i, k] * q[r, k]
+        mf_out[i] = mf
+        # FTRL: the weights of the example's hashed features
+        ftrl = ftrl_offset
+        for j in range(codes.shape[1]):
+            c = codes[i, j]
+            zc = z[c]
+            if abs(zc) > l1:
+                sign = 1.0 if zc > 0 else -1.0
+                ftrl += -(zc - sign * l1) / ((beta + math.sqrt(n[c])) / alpha + l2)
+        ftrl_out[i] = ftrl
+        # The ranker's input: [user dense, item dense, pair, item embedding, user vector]
+        for k in range(du):
+            x[i, k] = user_dense[i, k]
+        for k in range(di):
+            x[i, du + k] = item_feats[r, k]
+        for k in range(dp):
+            x[i, du + di + k] = pair[i, k]
+        for k in range(de):
+            x[i, du + di + dp + k] = emb[r, k]
+        for k in range(dim):
+            x[i, du + di + dp + de + k] = user[i, k]
+
+
+def score_pass(user: np.ndarray, user_dense: np.ndarray, rows: np.ndarray, pair: np.ndarray, codes: np.ndarray,
+               item_feats: np.ndarray, mf: tuple, ftrl: tuple, ranker: tuple, fusion_weights: np.ndarray,
+               lo: float, hi: float) -> np.ndarray:
+    """The fused score of each (user, item) row, clamped to [lo, hi], as
+    :meth:`models.ensemble.ModelSet.predict` makes it with torch ops (about a dozen per model): what the
+    top-k refresh and candidate requests score. One compiled loop gathers the MF's and FTRL's
+    predictions and the ranker's inputs, one matrix product (BLAS) makes its hidden layer. ``user``
+    (n, dim + 1) the MF vectors with the bias last, ``user_dense`` (n, F), ``rows`` the items' table rows,
+    ``pair`` (n, 2), ``codes`` (n, fields) the hashed features (:func:`sparse_codes`), ``item_feats`` the
+    item features table. ``mf``: (q, b, mu); ``ftrl``: (z, n, alpha, beta, l1, l2, offset); ``ranker``:
+    (w1, b1, w2 as (hidden,), b2, embedding, offset)."""
+    n_rows = len(rows)
+    if not n_rows:
+        return np.empty(0, np.float32)
+    q, b, mu = mf
+    z, n, alpha, beta, l1, l2, ftrl_offset = ftrl
+    w1, b1, w2, b2, emb, ranker_offset = ranker
+    x = np.empty((n_rows, w1.shape[0]), np.float32)
+    mf_out = np.empty(n_rows, np.float32)
+    ftrl_out = np.empty(n_rows, np.float32)
+    _score_inputs(user, user_dense, rows, pair, codes, item_feats, q, b, np.float32(mu), z, n, np.float32(alpha),
+                  np.float32(beta), np.float32(l1), np.float32(l2), np.float32(ftrl_offset), emb, x, mf_out, ftrl_out)
+    hidden = x @ w1
+    hidden += b1
+    np.maximum(hidden, 0.0, out=hidden)
+    out = hidden @ w2
+    out += np.float32(ranker_offset) + b2[0]
+    fused = fusion_weights[0] + fusion_weights[1] * mf_out + fusion_weights[2] * ftrl_out + fusion_weights[3] * out
+    return np.clip(fused, np.float32(lo), np.float32(hi)).astype(np.float32, copy=False)
+
+
 def warm_up() -> None:
     """Compile the passes now, so the first batch does not pay for it: about 20 s the first time on a
     machine (``make setup`` does it once), under a second from numba's cache after that. Every array
@@ -513,3 +581,5 @@ def warm_up() -> None:
     ranker_fusion_pass(f(1, 2), f(1, 2), one, f(1), np.ones(1, np.bool_), 1,
                        (f(6, 3), f(3), f(3), f(1), f(6, 3), f(3), f(3), f(1)), f(1, 2), f(1, 2), 0.1, 1e-8, 3.0, 4.0,
                        f(1), f(1), (f(4, 4), f(4), f(4), f(4)), 1.0, 0.9999, 1.0)
+    score_pass(f(1, 3), f(1, 2), one, f(1, 2), np.zeros((1, 2), np.int64), f(1, 2), (f(1, 2), f(1), 3.0),
+               (f(4), f(4), 0.1, 1.0, 0.1, 1.0, 3.0), (f(10, 3), f(3), f(3), f(1), f(1, 2), 3.0), f(4), 1.0, 5.0)

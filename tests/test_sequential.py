@@ -290,14 +290,43 @@ def test_nothing_compiles_after_warm_up():
     from rtrec.core.local import LocalPipeline
     from rtrec.datasets import movielens_events
 
-    passes = [getattr(sequential, f) for f in ("_mf_pass", "_ftrl_pass", "_ranker_fusion_pass", "_sparse_codes")]
+    passes = [getattr(sequential, f) for f in ("_mf_pass", "_ftrl_pass", "_ranker_fusion_pass", "_sparse_codes",
+                                                "_score_inputs", "_interest_pass")]
     pipe = LocalPipeline(load_config(overrides=["text.enabled=false"]))  # (calls warm_up)
+    assert all(len(p.signatures) == 1 for p in passes)
     compiled = [len(p.signatures) for p in passes]
     events = movielens_events(600)
     pipe.run(events[:1], 1)  # a batch of one example
     pipe.run(events[1:], 100)
     assert len(pipe.predictions) > 500
     assert [len(p.signatures) for p in passes] == compiled
+
+
+def test_compiled_candidate_scores_equal_the_torch_ops():
+    """ModelSet.score_candidates (one compiled loop on the CPU) against its torch form, with and without
+    the text pair features, after every model and the fusion learned from a stream."""
+    from rtrec.config import load_config
+    from rtrec.core.local import LocalPipeline
+    from rtrec.datasets import movielens_events
+    from rtrec.features.model_inputs import USER_DENSE
+
+    pipe = LocalPipeline(load_config(overrides=["text.enabled=false"]))
+    pipe.run(movielens_events(3000), 500)
+    m = pipe.learner.models
+    assert not torch.allclose(m.fusion._w, m.fusion.prior) and m.ftrl.z.data.abs().sum() > 0  # all learned
+    rng = np.random.default_rng(5)
+    b, k = 6, 40
+    users = torch.from_numpy(np.stack([u["model"]["mf"] for u in list(pipe.users.values())[:b]]))
+    dense = torch.from_numpy(rng.normal(0, 0.5, (b, len(USER_DENSE))).astype(np.float32))
+    codes = torch.from_numpy(rng.integers(0, 2**31 - 1, b))
+    buckets = torch.from_numpy(np.stack([rng.integers(-1, 20, b), rng.integers(0, 8, b)], 1))
+    cand = torch.from_numpy(rng.integers(0, m.params.n_items, (b, k)))
+    pair = torch.from_numpy(rng.choice([0.0, -0.4, 0.05, 0.33, 0.9], (b, k, 2)).astype(np.float32))
+    for p in (pair, None):
+        got = m.score_candidates(users, dense, codes, buckets, cand, p)
+        want = m.score_candidates_torch(users, dense, codes, buckets, cand, p)
+        assert got.shape == (b, k) and want.std() > 0.05
+        np.testing.assert_allclose(got.numpy(), want.numpy(), atol=2e-5)
 
 
 def test_compiled_sparse_codes_equal_the_torch_ops_and_follow_item_feature_writes():
