@@ -293,7 +293,7 @@ def test_nothing_compiles_after_warm_up():
     passes = [getattr(sequential, f) for f in ("_mf_pass", "_ftrl_pass", "_ranker_fusion_pass", "_sparse_codes",
                                                 "_score_inputs", "_interest_pass")]
     pipe = LocalPipeline(load_config(overrides=["text.enabled=false"]))  # (calls warm_up)
-    assert all(len(p.signatures) == 1 for p in passes)
+    assert all(p.signatures for p in passes)  # warm_up compiled each
     compiled = [len(p.signatures) for p in passes]
     events = movielens_events(600)
     pipe.run(events[:1], 1)  # a batch of one example
