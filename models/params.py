@@ -350,16 +350,18 @@ def delta_from_bytes(data: bytes) -> dict[str, RowDelta]:
     if fmt != DELTA_FORMAT:
         raise ValueError(f"unknown delta format {fmt!r}")
     header, values, counts, rows = rest
-    values = torch.from_numpy(np.frombuffer(bytearray(values), np.float32))
-    counts = torch.from_numpy(np.frombuffer(bytearray(counts), np.float32))
-    rows = torch.from_numpy(np.frombuffer(bytearray(rows), np.int64))
+    # (sliced and shaped as NumPy views, then wrapped: a torch slice and reshape per table cost more)
+    values = np.frombuffer(bytearray(values), np.float32)
+    counts = np.frombuffer(bytearray(counts), np.float32)
+    rows = np.frombuffer(bytearray(rows), np.int64)
+    wrap = torch.from_numpy
     out: dict[str, RowDelta] = {}
     v = c = r = 0
     for name, kind, keys, shape in header:
         size, n = math.prod(shape), shape[0]
         if kind != "item":
-            keys, r = rows[r : r + n], r + n
-        out[name] = RowDelta(kind, keys, values[v : v + size].reshape(shape), counts[c : c + n])
+            keys, r = wrap(rows[r : r + n]), r + n
+        out[name] = RowDelta(kind, keys, wrap(values[v : v + size].reshape(shape)), wrap(counts[c : c + n]))
         v, c = v + size, c + n
     return out
 
