@@ -496,20 +496,23 @@ def sparse_codes(item_cols: np.ndarray, rows: np.ndarray, user_codes: np.ndarray
 
 
 @_jit
-def _score_inputs(user, user_dense, rows, pair, codes, item_feats, q, b, mu0, z, n, alpha, beta, l1, l2, ftrl_offset,
-                  emb, x, mf_out, ftrl_out):
+def _score_pass(user, user_dense, rows, pair, codes, item_feats, q, b, mu0, z, n, alpha, beta, l1, l2, ftrl_offset,
+                w1, b1, w2, b2, emb, ranker_offset, fw, lo, hi, out):
     du = user_dense.shape[1]
     di = item_feats.shape[1]
     dp = pair.shape[1]
     de = emb.shape[1]
     dim = q.shape[1]
+    hid = w1.shape[1]
+    n_in = du + di + dp + de + dim
+    x = np.empty(n_in, np.float32)
+    hs = np.empty(hid, np.float32)
     for i in range(rows.shape[0]):
         r = rows[i]
         # MF: mu + b_u + b_i + p_u . q_i
         mf = mu0 + user[i, dim] + b[r]
         for k in range(dim):
             mf += user[i, k] * q[r, k]
-        mf_out[i] = mf
         # FTRL: the weights of the example's hashed features
         ftrl = ftrl_offset
         for j in range(codes.shape[1]):
@@ -518,18 +521,29 @@ def _score_inputs(user, user_dense, rows, pair, codes, item_feats, q, b, mu0, z,
             if abs(zc) > l1:
                 sign = 1.0 if zc > 0 else -1.0
                 ftrl += -(zc - sign * l1) / ((beta + math.sqrt(n[c])) / alpha + l2)
-        ftrl_out[i] = ftrl
-        # The ranker's input: [user dense, item dense, pair, item embedding, user vector]
+        # The ranker: [user dense, item dense, pair, item embedding, user vector] -> relu layer -> out
         for k in range(du):
-            x[i, k] = user_dense[i, k]
+            x[k] = user_dense[i, k]
         for k in range(di):
-            x[i, du + k] = item_feats[r, k]
+            x[du + k] = item_feats[r, k]
         for k in range(dp):
-            x[i, du + di + k] = pair[i, k]
+            x[du + di + k] = pair[i, k]
         for k in range(de):
-            x[i, du + di + dp + k] = emb[r, k]
+            x[du + di + dp + k] = emb[r, k]
         for k in range(dim):
-            x[i, du + di + dp + de + k] = user[i, k]
+            x[du + di + dp + de + k] = user[i, k]
+        for h in range(hid):
+            hs[h] = b1[h]
+        for k in range(n_in):  # (row by row of w1: contiguous; each unit still sums in input order)
+            xk = x[k]
+            for h in range(hid):
+                hs[h] += xk * w1[k, h]
+        ranker = ranker_offset + b2[0]
+        for h in range(hid):
+            if hs[h] > 0:
+                ranker += hs[h] * w2[h]
+        fused = fw[0] + fw[1] * mf + fw[2] * ftrl + fw[3] * ranker
+        out[i] = min(max(fused, lo), hi)
 
 
 def score_pass(user: np.ndarray, user_dense: np.ndarray, rows: np.ndarray, pair: np.ndarray, codes: np.ndarray,
@@ -537,30 +551,21 @@ def score_pass(user: np.ndarray, user_dense: np.ndarray, rows: np.ndarray, pair:
                lo: float, hi: float) -> np.ndarray:
     """The fused score of each (user, item) row, clamped to [lo, hi], as
     :meth:`models.ensemble.ModelSet.predict` makes it with torch ops (about a dozen per model): what the
-    top-k refresh and candidate requests score. One compiled loop gathers the MF's and FTRL's
-    predictions and the ranker's inputs, one matrix product (BLAS) makes its hidden layer. ``user``
-    (n, dim + 1) the MF vectors with the bias last, ``user_dense`` (n, F), ``rows`` the items' table rows,
-    ``pair`` (n, 2), ``codes`` (n, fields) the hashed features (:func:`sparse_codes`), ``item_feats`` the
-    item features table. ``mf``: (q, b, mu); ``ftrl``: (z, n, alpha, beta, l1, l2, offset); ``ranker``:
-    (w1, b1, w2 as (hidden,), b2, embedding, offset)."""
-    n_rows = len(rows)
-    if not n_rows:
-        return np.empty(0, np.float32)
-    q, b, mu = mf
-    z, n, alpha, beta, l1, l2, ftrl_offset = ftrl
-    w1, b1, w2, b2, emb, ranker_offset = ranker
-    x = np.empty((n_rows, w1.shape[0]), np.float32)
-    mf_out = np.empty(n_rows, np.float32)
-    ftrl_out = np.empty(n_rows, np.float32)
-    _score_inputs(user, user_dense, rows, pair, codes, item_feats, q, b, np.float32(mu), z, n, np.float32(alpha),
-                  np.float32(beta), np.float32(l1), np.float32(l2), np.float32(ftrl_offset), emb, x, mf_out, ftrl_out)
-    hidden = x @ w1
-    hidden += b1
-    np.maximum(hidden, 0.0, out=hidden)
-    out = hidden @ w2
-    out += np.float32(ranker_offset) + b2[0]
-    fused = fusion_weights[0] + fusion_weights[1] * mf_out + fusion_weights[2] * ftrl_out + fusion_weights[3] * out
-    return np.clip(fused, np.float32(lo), np.float32(hi)).astype(np.float32, copy=False)
+    top-k refresh and candidate requests score, in one loop. (No NumPy matrix product: BLAS would start
+    threads of its own beside the job's, and they spin.) ``user`` (n, dim + 1) the MF vectors with the
+    bias last, ``user_dense`` (n, F), ``rows`` the items' table rows, ``pair`` (n, 2), ``codes``
+    (n, fields) the hashed features (:func:`sparse_codes`), ``item_feats`` the item features table.
+    ``mf``: (q, b, mu); ``ftrl``: (z, n, alpha, beta, l1, l2, offset); ``ranker``: (w1, b1, w2 as
+    (hidden,), b2, embedding, offset)."""
+    out = np.empty(len(rows), np.float32)
+    if len(rows):
+        q, b, mu = mf
+        z, n, alpha, beta, l1, l2, ftrl_offset = ftrl
+        w1, b1, w2, b2, emb, ranker_offset = ranker
+        _score_pass(user, user_dense, rows, pair, codes, item_feats, q, b, np.float32(mu), z, n, np.float32(alpha),
+                    np.float32(beta), np.float32(l1), np.float32(l2), np.float32(ftrl_offset), w1, b1, w2, b2, emb,
+                    np.float32(ranker_offset), fusion_weights, np.float32(lo), np.float32(hi), out)
+    return out
 
 
 def warm_up() -> None:
