@@ -73,9 +73,14 @@ def interest_weight(event_type: str, value: float | None, rating_min: float, rat
     """
     if event_type == "rating":
         mid = (rating_min + rating_max) / 2
-        return max(0.0, min(1.0, ((value or 0.0) - mid) / (rating_max - mid)))
+        return rating_interest(value, mid, rating_max - mid)
     t = EVENT_TABLE.get(event_type)
     return t.interest if t is not None else 0.0
+
+
+def rating_interest(value: float | None, mid: float, half_span: float) -> float:
+    """A rating's :func:`interest_weight`, from the middle of the scale and its distance to the top."""
+    return max(0.0, min(1.0, ((value or 0.0) - mid) / half_span))
 
 
 class TextContext:
@@ -229,7 +234,7 @@ class SearchRanker:
         query_of_search = {pos: j for j, pos in enumerate(searches)}
         # The text row of every event's item, looked up once (0: no text, or no item).
         with_item = [pos for pos, e in enumerate(events) if e.item_id is not None]
-        text_rows = self.index._row_list(events[pos].item_id for pos in with_item)
+        text_rows = self.index.row_list(events[pos].item_id for pos in with_item)
         text_row_at = dict(zip(with_item, text_rows, strict=True))
 
         # Queries: rows 0 = zeros, then the users' stored queries, then this batch's.
@@ -264,7 +269,7 @@ class SearchRanker:
         before_rows: list[int] = []
         after_rows: list[int] = []
         weight_of = self._weights(rating_min, rating_max)
-        mid = (rating_min + rating_max) / 2  # a rating's weight (interest_weight, written out: it runs per event)
+        mid = (rating_min + rating_max) / 2  # (a rating's weight: rating_interest)
         span = rating_max - mid
         window = self.query_window_ms
         for pos, e in enumerate(events):
@@ -277,7 +282,7 @@ class SearchRanker:
             r = row_of_user[u]
             before_rows.append(current[r])
             if e.item_id is not None:
-                w = weight_of.get(e.type, 0.0) if e.type != "rating" else max(0.0, min(1.0, ((e.value or 0.0) - mid) / span))
+                w = weight_of.get(e.type, 0.0) if e.type != "rating" else rating_interest(e.value, mid, span)
                 if w > 0:
                     current[r] = 1 + n_users + len(up_user)
                     up_user.append(r)

@@ -436,7 +436,8 @@ class ItemTextIndex:
         """An item that streamed in later (or a new text for a known one)."""
         self.add_many({item_id: text})
 
-    def _row_list(self, item_ids: Iterable[str]) -> list[int]:
+    def row_list(self, item_ids: Iterable[str]) -> list[int]:
+        """Row of each item as a list (0 for unknown ones, counted as in :meth:`rows`)."""
         rows, unknown = [], []
         for item_id in item_ids:
             row = self._rows.get(item_id, 0)
@@ -449,7 +450,7 @@ class ItemTextIndex:
 
     def rows(self, item_ids: Iterable[str]) -> torch.Tensor:
         """Row of each item (0 for unknown ones, which are counted and listed in ``last_unknown``)."""
-        return torch.tensor(self._row_list(item_ids), dtype=torch.long, device=self.device)
+        return torch.tensor(self.row_list(item_ids), dtype=torch.long, device=self.device)
 
     def vectors(self, item_ids: Iterable[str]) -> torch.Tensor:
         """(n, dim) item vectors; zeros for unknown items."""
@@ -472,7 +473,7 @@ class ItemTextIndex:
         gather and one batched product for a whole micro-batch of searches.
         """
         width = max((len(c) for c in candidates), default=0)
-        flat = self._row_list([i for c in candidates for i in c])
+        flat = self.row_list([i for c in candidates for i in c])
         padded, mask, start = [], [], 0
         for c in candidates:
             pad = width - len(c)
