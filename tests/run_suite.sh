@@ -13,7 +13,7 @@ mkdir -p var
 log=var/unit-tests.log
 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 "$py" -m pytest -m "not integration" "$@" >"$log" 2>&1 &
 unit=$!
-"$py" -m pytest -m integration "$@"
+"$py" -m pytest -m integration --durations=20 "$@"
 integration=$?
 wait "$unit"
 unit_rc=$?
