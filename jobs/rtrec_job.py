@@ -18,6 +18,7 @@ Run it with ``rtrec run`` (a local MiniCluster) or submit this file with
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ from jobs.environment import create_environments
 from rtrec import topics
 from rtrec.config import RtrecConfig
 from rtrec.flink_rest import FlinkRest
+from rtrec.progress import fatal_reason
+from rtrec.sharding import ShardCountMismatch
 from udfs.event_time import BATCH, never_holding_back, with_batch_event_time
 from udfs.item_stage import ITEM_EVENTS, ITEMS_TO_MERGER, ItemStage
 from udfs.keying import keyed_on_first_field
@@ -99,10 +102,14 @@ class BoundedResult:
         return self.net_runtime_ms
 
 
-def _vertices_upstream_of_user_stage(rest: FlinkRest, job_id: str) -> list[str]:
-    plan = rest.get(f"/jobs/{job_id}/plan")["plan"]["nodes"]
+def _vertices_upstream_of_user_stage(rest: FlinkRest, job_id: str) -> list[str] | None:
+    """The vertices before the UserStage; None while the job's plan does not show it yet (a job
+    still initialising answers with an empty plan)."""
+    plan = rest.get(f"/jobs/{job_id}/plan").get("plan", {}).get("nodes", [])
     by_id = {n["id"]: n for n in plan}
-    user = next(n for n in plan if "UserStage" in n["description"])
+    user = next((n for n in plan if "UserStage" in n["description"]), None)
+    if user is None:
+        return None
     seen, todo = set(), [i["id"] for i in user.get("inputs", [])]
     while todo:
         v = todo.pop()
@@ -141,10 +148,13 @@ def finish_bounded(cfg: RtrecConfig, client, timeout_s: float = 3600) -> Bounded
             time.sleep(0.5)
             continue
         if job["state"] in ("FAILED", "CANCELED", "FINISHED"):
+            fatal = fatal_reason(json.dumps(rest.get(f"/jobs/{job_id}/exceptions?maxExceptions=5")))
+            if fatal:
+                raise ShardCountMismatch(fatal)
             raise RuntimeError(f"job {job_id} ended as {job['state']} before its input was consumed")
         upstream = upstream or _vertices_upstream_of_user_stage(rest, job_id)
         status = {v["id"]: v["status"] for v in job["vertices"]}
-        if all(status.get(v) == "FINISHED" for v in upstream):
+        if upstream and all(status.get(v) == "FINISHED" for v in upstream):
             break
         time.sleep(0.5)
     else:
