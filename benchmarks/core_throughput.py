@@ -1,12 +1,14 @@
 """CPU time of the per-batch core per event: features only, learning with text off, learning with text on.
 
-    .venv/bin/python benchmarks/core_throughput.py [--limit N] [--window 4000] [--profile MODE]
+    .venv/bin/python benchmarks/core_throughput.py [--limit N] [--window 4000] [--shards 0] [--profile MODE]
 
 Runs MovieLens-100K through rtrec.core.local.LocalPipeline, the same user
 and item cores (and merger) the job's operators call, cut the way the job
 cuts the stream: ``window`` events per batch interval (the job's 200 ms at
-about 20k events/s), one micro-batch per user key shard (16 shards: about
-250 events a batch), one torch thread. Each event goes in as the JSON bytes
+about 20k events/s), one micro-batch per user key shard (``--shards 0``: the
+job's automatic count, one shard at parallelism 1, so one batch of ``window``
+events; ``--shards 16``, the default of releases up to 0.2: about 250 events a
+batch), one torch thread. Each event goes in as the JSON bytes
 the job reads from Kafka, so parsing, dedup, features, feature records,
 predictions, learning, recommendations and their records are all counted.
 Reports process CPU µs per event for the user core (admit + process) and the
@@ -40,8 +42,8 @@ MODES = {
 }
 
 
-def run_mode(mode: str, events, window: int) -> tuple[dict, LocalPipeline]:
-    cfg = load_config(overrides=MODES[mode])
+def run_mode(mode: str, events, window: int, shards: int = 0) -> tuple[dict, LocalPipeline]:
+    cfg = load_config(overrides=[*MODES[mode], f"flink.shards={shards}"])
     search = None
     if cfg.model.enabled and cfg.text.enabled:
         from models.search import SearchRanker
@@ -72,6 +74,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--limit", type=int, default=0, help="the first N events only (0: all 100,000)")
     ap.add_argument("--window", type=int, default=4000, help="events per batch interval")
+    ap.add_argument("--shards", type=int, default=0, help="user key shards (flink.shards; 0: the job's automatic count)")
     ap.add_argument("--mode", action="append", choices=list(MODES), help="(repeatable; default: all three)")
     ap.add_argument("--profile", choices=list(MODES), help="print a profile of this mode instead")
     args = ap.parse_args()
@@ -81,12 +84,12 @@ def main() -> None:
         from pyinstrument import Profiler
 
         with Profiler(interval=0.0005) as prof:
-            run_mode(args.profile, events, args.window)
+            run_mode(args.profile, events, args.window, args.shards)
         prof.print(show_all=False, short_mode=False)
         return
     results = {}
     for mode in args.mode or list(MODES):
-        results[mode], _ = run_mode(mode, events, args.window)
+        results[mode], _ = run_mode(mode, events, args.window, args.shards)
         r = results[mode]
         print(f"{mode:<18} {r['cpu_us_per_event']:7.1f} µs/event (user {r['user_core_us_per_event']}, "
               f"item {r['item_core_us_per_event']}; merger {r['merger_us_per_event']}), "
@@ -94,8 +97,9 @@ def main() -> None:
               + (f", fused MAE {r['quality']['fused']['mae']} AUC {r['quality']['fused']['auc']}" if "quality" in r
                  else ""), flush=True)
     path = write_results("core_throughput", {
-        "command": "python benchmarks/core_throughput.py" + (f" --limit {args.limit}" if args.limit else ""),
-        "window": args.window, "torch_threads": 1, "modes": results})
+        "command": "python benchmarks/core_throughput.py" + (f" --limit {args.limit}" if args.limit else "")
+                   + (f" --shards {args.shards}" if args.shards else ""),
+        "window": args.window, "shards": args.shards, "torch_threads": 1, "modes": results})
     print(f"wrote {path}")
 
 

@@ -107,7 +107,7 @@ def event_batches(t_env: StreamTableEnvironment, cfg: RtrecConfig) -> Table:
         "rtrec_keyed_events",
         t_env.sql_query(
             f"""
-SELECT CAST({shard_expression(user, cfg.flink.shards)} AS INT) AS shard,
+SELECT CAST({shard_expression(user, cfg.flink.key_shards)} AS INT) AS shard,
        COALESCE(`value`, X'') AS `value`, `partition`, `offset`,
        EXTRACT(EPOCH FROM record_ts) * 1000 + EXTRACT(MILLISECOND FROM record_ts) AS record_ms,
        batch_time

@@ -119,7 +119,8 @@ def cmd_backfill(args) -> int:
 def cmd_run(args) -> int:
     from rtrec import topics
     from rtrec.lifecycle import run_locally, start_position
-    from rtrec.progress import JobProgress
+    from rtrec.progress import JobProgress, fatal_reason
+    from rtrec.sharding import ShardCountMismatch
 
     cfg = config_from(args)
     if args.bounded:
@@ -139,6 +140,7 @@ def cmd_run(args) -> int:
 
     print(
         f"rtrec: job '{cfg.flink.job_name}' on a local MiniCluster, parallelism {cfg.flink.parallelism}, "
+        f"{cfg.flink.key_shards} key shard{'s' if cfg.flink.key_shards > 1 else ''}, "
         f"{cfg.flink.delivery_guarantee}, reading '{cfg.kafka.events_topic}' at {cfg.kafka.bootstrap_servers}"
         + (f" {position.where}" if position else "")
         + (" until its current end" if cfg.flink.bounded else " (Ctrl-C stops)")
@@ -166,6 +168,9 @@ def cmd_run(args) -> int:
     try:
         result, run = run_locally(cfg, progress)
     except Exception as e:  # (a Py4JJavaError from Flink)
+        fatal = progress.fatal or (str(e) if isinstance(e, ShardCountMismatch) else fatal_reason(str(e)))
+        if fatal:  # (no restart could mend it; the progress thread cancelled an unbounded job)
+            raise ConfigError(fatal) from None
         unmapped = re.search(r"Cannot map checkpoint/savepoint state for operator (\w+)", str(e))
         if not (args.from_savepoint and unmapped):
             raise

@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from rtrec.sharding import default_max_parallelism, shards_per_subtask
+from rtrec.sharding import automatic_shards, default_max_parallelism, shards_per_subtask, spreading_shards
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -109,13 +109,15 @@ class FlinkConfig:
     parallelism: int = 1
     # Users are hashed onto this many key shards. Each shard's events reach the
     # Python operators as one micro-batch per batch interval, so Python pays its
-    # per-record cost once per batch; user state stays one entry per user. It
-    # bounds the subtasks a keyed operator can use (Flink places the shards by
-    # key group, so 16 serve up to 7 subtasks: validate() checks), and changing
-    # it later needs a fresh start (like Flink's max parallelism). Each shard
-    # costs a fixed share of Python time per interval (README: "Shards,
-    # parallelism and latency").
-    shards: int = 16
+    # per-record cost once per batch; user state stays one entry per user. Each
+    # shard costs a fixed share of Python time per interval, so fewer shards
+    # mean lower latency; more allow more subtasks (Flink places the shards by
+    # key group: 16 serve up to 7 subtasks; validate() checks). The count is
+    # fixed for the life of the job's state (like Flink's max parallelism; the
+    # UserStage refuses state written with another). 0: automatic, 1 at
+    # parallelism 1 and 16 above (rtrec.sharding.automatic_shards). README:
+    # "Shards, parallelism and latency".
+    shards: int = 0
     batch_interval_ms: int = 200
     checkpoint_interval_ms: int = 2_000
     checkpoint_dir: str = "var/checkpoints"
@@ -139,6 +141,11 @@ class FlinkConfig:
     conf_dir: str = "flink-conf"
     # Extra Flink options, e.g. {"taskmanager.memory.process.size": "2g"}.
     options: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def key_shards(self) -> int:
+        """The key shard count the job runs with: ``shards``, or for 0 the automatic count."""
+        return self.shards or automatic_shards(self.parallelism)
 
 
 @dataclass
@@ -593,8 +600,7 @@ def _subtasks_without_shards(shards: int, parallelism: int) -> str | None:
     counts = shards_per_subtask(shards, parallelism, max_p)
     if min(counts) > 0:
         return None
-    better = next((n for n in range(shards + 1, 4 * max_p) if min(shards_per_subtask(n, parallelism, max_p)) > 0),
-                  None)
+    better = spreading_shards(parallelism, shards + 1)
     return (f"flink.parallelism={parallelism} with flink.shards={shards}: {counts.count(0)} of the {parallelism} "
             f"subtasks would get no shard (Flink places keys by key group: shards per subtask {counts}); "
             + (f"flink.shards={better} spreads them " if better else "raise flink.shards ")
@@ -612,14 +618,14 @@ def validate(cfg: RtrecConfig) -> None:
         raise ConfigError("flink.delivery_guarantee: expected exactly-once or at-least-once")
     if f.startup_mode not in ("earliest", "latest", "group-offsets"):
         raise ConfigError("flink.startup_mode: expected earliest, latest or group-offsets")
-    if f.parallelism < 1 or f.shards < 1:
-        raise ConfigError("flink.parallelism and flink.shards must be at least 1")
-    if f.parallelism > f.shards:
+    if f.parallelism < 1 or f.shards < 0:
+        raise ConfigError("flink.parallelism must be at least 1 and flink.shards at least 0 (0: automatic)")
+    if f.parallelism > f.key_shards:
         raise ConfigError(
             f"flink.parallelism={f.parallelism} exceeds flink.shards={f.shards}: "
-            "extra subtasks would get no keys; raise flink.shards (needs a fresh start)"
+            "extra subtasks would get no keys; raise flink.shards (needs a fresh start) or set it to 0 (automatic)"
         )
-    idle = _subtasks_without_shards(f.shards, f.parallelism)
+    idle = _subtasks_without_shards(f.key_shards, f.parallelism)
     if idle:
         raise ConfigError(idle)
     if f.batch_interval_ms < 10:

@@ -15,7 +15,10 @@ is the newest any scorer holds. :func:`sample` reads them and
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
+import re
 import sys
 import threading
 import time
@@ -51,6 +54,17 @@ def sample(rest: FlinkRest, job_id: str, vertices: dict[str, str], models: bool 
                   int(max(versions)) if versions else None, counts["events_accepted"], counts["duplicates"],
                   counts["late_events"], counts["dead_letters"])
 
+
+#: A failure that every restart would meet again (rtrec.sharding.ShardCountMismatch), as pemja words a
+#: Python exception inside Flink's: ``<class 'rtrec.sharding.ShardCountMismatch'>: message``.
+_FATAL = re.compile(r"ShardCountMismatch'?>?: ([^\n]*)")
+
+
+def fatal_reason(text: str) -> str | None:
+    """The message of a failure no restart can mend, if ``text`` (a Flink exception, or the REST API's
+    exception history as JSON) holds one."""
+    found = _FATAL.search(text.replace("\\n", "\n"))
+    return found.group(1).rstrip('"').strip() if found else None
 
 _COUNTERS = ("events_in", "events_accepted", "duplicates", "late_events", "dead_letters")
 
@@ -141,6 +155,9 @@ class JobProgress:
         self.file = file or sys.stderr
         self.enabled = enabled
         self.last: Sample | None = None
+        #: Set when the job failed on something a restart cannot mend (rtrec.sharding.ShardCountMismatch):
+        #: the reason, in words; the job was cancelled.
+        self.fatal: str | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rtrec-progress", daemon=True)
 
@@ -165,6 +182,8 @@ class JobProgress:
         vertices = None
         try:
             while not self._stop.wait(self.interval_s):
+                if self._fatal(job_id):
+                    break
                 try:
                     vertices = vertices or find_vertices(self.rest, job_id)
                     now = sample(self.rest, job_id, vertices, self.models)
@@ -176,3 +195,16 @@ class JobProgress:
                 self.last = now
         finally:
             bar.close()
+
+    def _fatal(self, job_id: str) -> bool:
+        """The job failed on something every restart would fail on again: note it and cancel the job."""
+        try:
+            history = self.rest.get(f"/jobs/{job_id}/exceptions?maxExceptions=5")
+        except (urllib.error.URLError, OSError):
+            return False
+        self.fatal = fatal_reason(json.dumps(history))
+        if self.fatal is None:
+            return False
+        with contextlib.suppress(urllib.error.URLError, OSError):
+            self.rest.cancel(job_id)
+        return True

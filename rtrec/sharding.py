@@ -15,6 +15,10 @@ with 2 or 4 shards, 2 subtasks get all and nothing.
     (1662, 14)
     >>> shards_per_subtask(16, 2), shards_per_subtask(4, 2)
     ([7, 9], [0, 4])
+
+The count is fixed for the life of the job's state (user and item state are
+keyed by shard), so the UserStage records it in state and refuses to run on
+state written with another (:func:`state_shard_error`).
 """
 
 from __future__ import annotations
@@ -76,3 +80,58 @@ def shards_per_subtask(shards: int, parallelism: int, max_parallelism: int = 128
     for s in range(shards):
         counts[subtask_of_shard(s, parallelism, max_parallelism)] += 1
     return counts
+
+
+def spreading_shards(parallelism: int, at_least: int = 1) -> int | None:
+    """The smallest shard count from ``at_least`` on that gives each of ``parallelism`` subtasks a shard
+    (None: none below four times the max parallelism)."""
+    if parallelism == 1:
+        return max(1, at_least)
+    max_p = default_max_parallelism(parallelism)
+    return next((n for n in range(max(at_least, parallelism), 4 * max_p)
+                 if min(shards_per_subtask(n, parallelism, max_p)) > 0), None)
+
+
+#: The shard count of releases up to 0.2 (their default), whose state keeps no record of it.
+LEGACY_SHARDS = 16
+#: ``flink.shards: 0`` (automatic) above parallelism 1: at least this many, so that the shards spread
+#: over the subtasks (16: up to 7 subtasks) and a later rescale up to that finds them.
+SCALED_SHARDS = 16
+
+
+def automatic_shards(parallelism: int) -> int:
+    """``flink.shards: 0``: one shard at parallelism 1 (one micro-batch per interval, the lowest latency),
+    else the smallest count from 16 on that spreads over the subtasks.
+
+    >>> automatic_shards(1), automatic_shards(2), automatic_shards(8)
+    (1, 16, 23)
+    """
+    return 1 if parallelism == 1 else spreading_shards(parallelism, SCALED_SHARDS) or 4 * parallelism
+
+
+class ShardCountMismatch(RuntimeError):
+    """The job's state was written with another key shard count than the job runs with."""
+
+
+def state_shard_error(recorded: int | None, legacy: bool, shards: int, explicit: bool) -> str | None:
+    """Why a key shard's state cannot be used by a job with ``shards`` key shards (None: it can).
+
+    ``recorded``: the count that key's state was written with (None: no record); ``legacy``: the key
+    holds state but no record (written by a release up to 0.2); ``explicit``: ``flink.shards`` was set,
+    not automatic. State without a record is taken as the user's explicit count, or else as those
+    releases' default, 16.
+
+    >>> state_shard_error(None, False, 1, False) is None, state_shard_error(4, False, 4, True) is None
+    (True, True)
+    >>> print(state_shard_error(16, False, 1, False))
+    this job's state was written with flink.shards=16 (16 key shards); this job runs with 1 (flink.shards: 0, automatic): its users would start from nothing. Set flink.shards: 16 to run on this state, or start without it (no --from-savepoint, a fresh checkpoint folder)
+    """
+    written = recorded if recorded is not None else (LEGACY_SHARDS if legacy and not explicit else None)
+    if written is None or written == shards:
+        return None
+    how = ("written by a release up to 0.2 without a record of its key shards: taken as their default, "
+           f"flink.shards={written}") if recorded is None else f"written with flink.shards={written}"
+    runs = f"{shards}" + ("" if explicit else " (flink.shards: 0, automatic)")
+    return (f"this job's state was {how} ({written} key shards); this job runs with {runs}: its users would "
+            f"start from nothing. Set flink.shards: {written} to run on this state, or start without it "
+            "(no --from-savepoint, a fresh checkpoint folder)")

@@ -7,7 +7,7 @@ def test_defaults_run_against_the_local_broker():
     cfg = load_config()
     assert cfg.kafka.bootstrap_servers.endswith(":9092") or cfg.kafka.bootstrap_servers  # env may point elsewhere
     assert cfg.flink.delivery_guarantee == "exactly-once"
-    assert cfg.flink.parallelism <= cfg.flink.shards
+    assert (cfg.flink.shards, cfg.flink.key_shards) == (0, 1)  # automatic: one shard at parallelism 1
 
 
 def test_file_then_overrides(tmp_path):
@@ -33,7 +33,7 @@ def test_environment_names_the_broker(monkeypatch):
         ("model.dim=wide", "model.dim: expected a whole number, got 'wide'"),
         ("flink.bounded=maybe", "expected true or false"),
         ("flink.delivery_guarantee=twice", "exactly-once or at-least-once"),
-        ("flink.parallelism=64", "exceeds flink.shards"),
+        ("flink.shards=-1", "flink.shards at least 0"),
         ("nosuchsection.x=1", "unknown setting"),
         ("no-equals-sign", "expected section.key=value"),
     ],

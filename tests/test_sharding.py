@@ -2,11 +2,15 @@ import pytest
 
 from rtrec.config import ConfigError, load_config
 from rtrec.sharding import (
+    LEGACY_SHARDS,
+    automatic_shards,
     default_max_parallelism,
     flink_murmur_hash,
     java_string_hash,
     shard_of,
     shards_per_subtask,
+    spreading_shards,
+    state_shard_error,
     subtask_of_shard,
 )
 
@@ -50,5 +54,36 @@ def test_a_parallelism_that_leaves_a_subtask_without_shards_is_refused_with_a_co
         load_config(overrides=["flink.parallelism=2", "flink.shards=4"])
     better = int(e.value.args[0].split("flink.shards=")[-1].split()[0])
     assert min(shards_per_subtask(better, 2)) > 0
-    load_config(overrides=["flink.parallelism=2", "flink.shards=16"])  # the default spreads over 2 (7 and 9)
+    load_config(overrides=["flink.parallelism=2", "flink.shards=16"])  # 16 spreads over 2 (7 and 9)
     load_config(overrides=["flink.parallelism=1", "flink.shards=1"])
+    with pytest.raises(ConfigError, match="flink.parallelism=64 exceeds flink.shards=16"):
+        load_config(overrides=["flink.parallelism=64", "flink.shards=16"])
+
+
+@pytest.mark.parametrize("parallelism", [1, 2, 3, 7, 8, 64])
+def test_the_automatic_shard_count_is_one_at_parallelism_one_and_else_spreads_over_every_subtask(parallelism):
+    cfg = load_config(overrides=[f"flink.parallelism={parallelism}"])  # (flink.shards: 0, the default)
+    n = cfg.flink.key_shards
+    assert n == automatic_shards(parallelism)
+    if parallelism == 1:
+        assert n == 1
+    else:
+        assert n >= 16 and min(shards_per_subtask(n, parallelism, default_max_parallelism(parallelism))) > 0
+    explicit = spreading_shards(parallelism, 2 * parallelism)
+    assert load_config(overrides=[f"flink.parallelism={parallelism}", f"flink.shards={explicit}"]
+                       ).flink.key_shards == explicit
+
+
+def test_state_written_with_another_shard_count_is_refused():
+    # New state, or state written with this count: fine.
+    assert state_shard_error(None, False, 1, explicit=False) is None
+    assert state_shard_error(16, False, 16, explicit=True) is None
+    assert state_shard_error(1, False, 1, explicit=False) is None
+    # Recorded with another count, whether the job's is automatic or set.
+    assert "written with flink.shards=16" in state_shard_error(16, False, 1, explicit=False)
+    assert "Set flink.shards: 1 " in state_shard_error(1, False, 16, explicit=True)
+    # Without a record (releases up to 0.2): the user's explicit count is trusted; else it was their default.
+    assert state_shard_error(None, True, 4, explicit=True) is None
+    assert state_shard_error(None, True, LEGACY_SHARDS, explicit=False) is None  # (automatic at parallelism > 1)
+    error = state_shard_error(None, True, 1, explicit=False)
+    assert "without a record of its key shards" in error and "Set flink.shards: 16 " in error

@@ -31,7 +31,7 @@ import time
 import torch
 from pyflink.common import Row, Types
 from pyflink.datastream import KeyedBroadcastProcessFunction, KeyedProcessFunction, OutputTag, RuntimeContext
-from pyflink.datastream.state import MapStateDescriptor
+from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 
 from models.device import resolve_device
 from models.online import OnlineLearner
@@ -44,6 +44,7 @@ from rtrec.core import heap
 from rtrec.core.user import UserBatch, UserCore
 from rtrec.model_updates import VersionReader
 from rtrec.profiling import OperatorProfile
+from rtrec.sharding import ShardCountMismatch, state_shard_error
 from udfs.faults import FaultInjector
 from udfs.item_stage import KEYED_ITEM_EVENTS
 from udfs.merger import MERGER_INPUT
@@ -77,6 +78,11 @@ class UserStage(KeyedBroadcastProcessFunction):
         cfg = self.cfg
         ttl = cfg.features.user_ttl_ms
         self.users = CachedMapState(ctx.get_map_state(entity_map("users", ttl)), ttl)
+        # The key shard count this key's state was written with (rtrec.sharding.state_shard_error),
+        # checked once per key and run.
+        self.shards = cfg.flink.key_shards
+        self.shard_record = ctx.get_state(ValueStateDescriptor("key-shards", Types.INT()))
+        self.checked_shards: set[int] = set()
         self.info = subtask_info(ctx)
         self.learner = None
         if cfg.model.enabled:
@@ -267,6 +273,8 @@ class UserStage(KeyedBroadcastProcessFunction):
     def process_batch(self, batch: Row, watermark: int, timers=None) -> list:
         """Everything one batch produces: side outputs for the ItemStage and merger, then this stage's row."""
         values = batch[1]
+        if batch[0] not in self.checked_shards:
+            self._check_shards(batch[0])
         self.fault.count(len(values))
         admitted = self.core.admit(values, batch[2], batch[3], watermark, self.users.get)
         # (each inc crosses into the JVM, and may wait there for the GIL on the way back: not for nothing)
@@ -282,6 +290,19 @@ class UserStage(KeyedBroadcastProcessFunction):
         if result.newest_ts is not None:
             self.freshness_ms.set(int(time.time() * 1000) - result.newest_ts)
         return self._route(result, timers)
+
+    def _check_shards(self, shard: int) -> None:
+        """Refuse state written with another key shard count (its users would silently start from
+        nothing); record the count with new state."""
+        recorded = self.shard_record.value()
+        legacy = recorded is None and not self.users.state.is_empty()
+        error = state_shard_error(recorded, legacy, self.shards, self.cfg.flink.shards != 0)
+        if error:
+            log.error("rtrec: %s", error)
+            raise ShardCountMismatch(error)
+        if recorded is None:
+            self.shard_record.update(self.shards)
+        self.checked_shards.add(shard)
 
     def _route(self, result: UserBatch, timers) -> list:
         results: list = [(TO_ITEMS, Row(shard, Row(shard, events))) for shard, events in result.item_events.items()]

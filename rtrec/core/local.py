@@ -54,7 +54,7 @@ class LocalPipeline:
         self.merger = MergerCore(cfg.model) if self.learner is not None else None
         self.users: dict[str, dict] = {}  # the "users" MapState: user id -> stored entry
         self.items: dict[str, list] = {}  # the "items" MapState
-        self.shards = cfg.flink.shards
+        self.shards = cfg.flink.key_shards
         self.predictions = Predictions()
         self.recommendations: list = []
         self.timings = Timings()

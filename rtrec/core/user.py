@@ -110,7 +110,7 @@ class UserCore:
         self.emit_features = cfg.features.emit_user_features
         self.snapshot_every_event = cfg.features.snapshots == "event"
         self.attribution_ms = cfg.model.attribution_window_ms
-        self.shards = cfg.flink.shards
+        self.shards = cfg.flink.key_shards
         self.item_shards: dict[str, int] = {}
         self.user_codes: dict[str, int] = {}
 

@@ -1,14 +1,17 @@
 """Stop with a savepoint, change the parallelism (1 -> 2), resume: state and model carry over.
 
-Real broker, real Flink MiniClusters. The first job (parallelism 1) consumes
-the first half of a MovieLens replay and is stopped with `rtrec stop`; the
-second (parallelism 2, no warm start from the model topic, so the model can
-only come from the savepoint) resumes with `rtrec run --from-savepoint` and
-consumes the second half.
+Real broker, real Flink MiniClusters. The first job (parallelism 1, 16 key
+shards set explicitly, so that it can be rescaled) consumes the first half of
+a MovieLens replay and is stopped with `rtrec stop`. A resume with another
+shard count (the automatic one at parallelism 1) is refused with the reason.
+The second (parallelism 2, no warm start from the model topic, so the model
+can only come from the savepoint) resumes with `rtrec run --from-savepoint`
+and consumes the second half.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -38,7 +41,7 @@ HALF = 6_000
 @pytest.fixture(scope="module")
 def resumed(kafka):
     events = movielens_events(limit=2 * HALF)
-    cfg = fresh_config(kafka, "savepoint", ["flink.parallelism=1"])
+    cfg = fresh_config(kafka, "savepoint", ["flink.parallelism=1", "flink.shards=16"])
     replay(events[:HALF], cfg.kafka, progress=False)
     first = LiveJob(cfg)
     try:
@@ -57,10 +60,24 @@ def resumed(kafka):
     before = committed_values(cfg, cfg.kafka.predictions_topic)
     published_before = _version_numbers(cfg)
 
+    replay(events[HALF:], cfg.kafka, progress=False)
+    # The same savepoint with the automatic shard count (1 at parallelism 1): refused at its first batch.
+    # With Flink's own restart strategy (restarts without end), as a user's run has it: `rtrec run`
+    # must see that no restart can mend this, end the job and say why.
+    cfg.flink.shards = 0
+    restarts = {k: cfg.flink.options.pop(k) for k in list(cfg.flink.options) if k.startswith("restart-strategy")}
+    cfg.flink.rest_port = free_port()
+    refused = subprocess.run(
+        [sys.executable, "-m", "rtrec.cli", "run", "--config", str(write_config(cfg)), "--from-savepoint", savepoint],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "RTREC_BOOTSTRAP_SERVERS": cfg.kafka.bootstrap_servers, "PYTHONUNBUFFERED": "1"},
+    )
+
+    cfg.flink.options.update(restarts)
+    cfg.flink.shards = 16
     cfg.flink.parallelism = 2
     cfg.flink.rest_port = free_port()
     cfg.model.warm_start = False
-    replay(events[HALF:], cfg.kafka, progress=False)
     second = LiveJob(cfg, extra=["--from-savepoint", savepoint])
     try:
         wait_for(lambda: topics.count_committed(cfg.kafka, cfg.kafka.predictions_topic) >= 2 * HALF,
@@ -70,6 +87,7 @@ def resumed(kafka):
     read = {t: committed_values(cfg, t) for t in (cfg.kafka.recommendations_topic, cfg.kafka.features_topic,
                                             cfg.kafka.predictions_topic)}
     return {"cfg": cfg, "events": events, "savepoint": savepoint, "before": before, "log": second.log,
+            "refused": refused,
             "published_before": published_before, "published": _version_numbers(cfg), **read}
 
 
@@ -81,6 +99,15 @@ def _version_numbers(cfg) -> list[int]:
 def test_the_second_job_restored_the_savepoint(resumed):
     assert "savepoints" in resumed["savepoint"]
     assert f"restoring {resumed['savepoint']}" in resumed["log"].read_text()
+
+
+def test_a_resume_with_another_shard_count_is_refused_with_the_reason(resumed):
+    """Its users' state lies under other key shards: running on would start them from nothing."""
+    refused = resumed["refused"]
+    out = refused.stdout + refused.stderr
+    assert refused.returncode == 2, out[-3000:]
+    assert "rtrec: error: this job's state was written with flink.shards=16 (16 key shards); this job runs " \
+           "with 1 (flink.shards: 0, automatic)" in out, out[-3000:]
 
 
 def test_every_event_is_processed_exactly_once_across_the_stop(resumed):
