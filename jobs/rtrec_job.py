@@ -32,8 +32,7 @@ from jobs.environment import create_environments
 from rtrec import topics
 from rtrec.config import RtrecConfig
 from rtrec.flink_rest import FlinkRest
-from rtrec.progress import fatal_reason
-from rtrec.sharding import ShardCountMismatch
+from rtrec.sharding import ShardCountMismatch, fatal_reason
 from udfs.event_time import BATCH, never_holding_back, with_batch_event_time
 from udfs.item_stage import ITEM_EVENTS, ITEMS_TO_MERGER, ItemStage
 from udfs.keying import keyed_on_first_field

@@ -119,8 +119,8 @@ def cmd_backfill(args) -> int:
 def cmd_run(args) -> int:
     from rtrec import topics
     from rtrec.lifecycle import run_locally, start_position
-    from rtrec.progress import JobProgress, fatal_reason
-    from rtrec.sharding import ShardCountMismatch
+    from rtrec.progress import JobProgress
+    from rtrec.sharding import ShardCountMismatch, fatal_reason
 
     cfg = config_from(args)
     if args.bounded:

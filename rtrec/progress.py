@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import re
 import sys
 import threading
 import time
@@ -27,6 +26,7 @@ import urllib.error
 from tqdm import tqdm
 
 from rtrec.flink_rest import FlinkRest
+from rtrec.sharding import fatal_reason
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,17 +54,6 @@ def sample(rest: FlinkRest, job_id: str, vertices: dict[str, str], models: bool 
                   int(max(versions)) if versions else None, counts["events_accepted"], counts["duplicates"],
                   counts["late_events"], counts["dead_letters"])
 
-
-#: A failure that every restart would meet again (rtrec.sharding.ShardCountMismatch), as pemja words a
-#: Python exception inside Flink's: ``<class 'rtrec.sharding.ShardCountMismatch'>: message``.
-_FATAL = re.compile(r"ShardCountMismatch'?>?: ([^\n]*)")
-
-
-def fatal_reason(text: str) -> str | None:
-    """The message of a failure no restart can mend, if ``text`` (a Flink exception, or the REST API's
-    exception history as JSON) holds one."""
-    found = _FATAL.search(text.replace("\\n", "\n"))
-    return found.group(1).rstrip('"').strip() if found else None
 
 _COUNTERS = ("events_in", "events_accepted", "duplicates", "late_events", "dead_letters")
 

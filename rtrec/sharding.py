@@ -23,6 +23,8 @@ state written with another (:func:`state_shard_error`).
 
 from __future__ import annotations
 
+import re
+
 
 def java_string_hash(s: str) -> int:
     """Java's String.hashCode over UTF-16 code units, as a signed 32-bit int."""
@@ -135,3 +137,15 @@ def state_shard_error(recorded: int | None, legacy: bool, shards: int, explicit:
     return (f"this job's state was {how} ({written} key shards); this job runs with {runs}: its users would "
             f"start from nothing. Set flink.shards: {written} to run on this state, or start without it "
             "(no --from-savepoint, a fresh checkpoint folder)")
+
+
+#: A failure that every restart would meet again (rtrec.sharding.ShardCountMismatch), as pemja words a
+#: Python exception inside Flink's: ``<class 'rtrec.sharding.ShardCountMismatch'>: message``.
+_FATAL = re.compile(r"ShardCountMismatch'?>?: ([^\n]*)")
+
+
+def fatal_reason(text: str) -> str | None:
+    """The message of a failure no restart can mend, if ``text`` (a Flink exception, or the REST API's
+    exception history as JSON) holds one."""
+    found = _FATAL.search(text.replace("\\n", "\n"))
+    return found.group(1).rstrip('"').strip() if found else None

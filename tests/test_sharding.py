@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from rtrec.config import ConfigError, load_config
@@ -5,6 +7,7 @@ from rtrec.sharding import (
     LEGACY_SHARDS,
     automatic_shards,
     default_max_parallelism,
+    fatal_reason,
     flink_murmur_hash,
     java_string_hash,
     shard_of,
@@ -87,3 +90,12 @@ def test_state_written_with_another_shard_count_is_refused():
     assert state_shard_error(None, True, LEGACY_SHARDS, explicit=False) is None  # (automatic at parallelism > 1)
     error = state_shard_error(None, True, 1, explicit=False)
     assert "without a record of its key shards" in error and "Set flink.shards: 16 " in error
+
+
+def test_the_mismatch_is_found_in_flinks_words_for_it():
+    message = state_shard_error(16, False, 1, explicit=False)
+    raised = ("org.apache.flink.runtime.JobException: Recovery is suppressed\nCaused by: pemja.core.PythonException: "
+              f"<class 'rtrec.sharding.ShardCountMismatch'>: {message}\n\tat pemja.core.object.PyIterator.next")
+    assert fatal_reason(raised) == message
+    assert fatal_reason(json.dumps({"exceptionHistory": {"entries": [{"stacktrace": raised}]}})) == message
+    assert fatal_reason("java.lang.RuntimeException: a broker went away") is None
