@@ -119,6 +119,10 @@ class FlinkConfig:
     # "Shards, parallelism and latency".
     shards: int = 0
     batch_interval_ms: int = 200
+    # A shard's micro-batch larger than this (catching up on a backlog) is processed in parts, with a
+    # check for a newer model version between them: the scorers' model stays fresh while one interval's
+    # batch takes seconds of Python.
+    max_batch_events: int = 2_000
     checkpoint_interval_ms: int = 2_000
     checkpoint_dir: str = "var/checkpoints"
     # exactly-once: outputs become visible when the checkpoint that covers them
@@ -630,6 +634,8 @@ def validate(cfg: RtrecConfig) -> None:
         raise ConfigError(idle)
     if f.batch_interval_ms < 10:
         raise ConfigError("flink.batch_interval_ms must be at least 10")
+    if f.max_batch_events < 1:
+        raise ConfigError("flink.max_batch_events must be at least 1")
     if cfg.faults.operator and cfg.faults.operator not in FAULT_OPERATORS:
         raise ConfigError(f"faults.operator: expected one of {', '.join(FAULT_OPERATORS)} (or empty)")
     if cfg.faults.times < 1 or cfg.faults.after_records < 0:

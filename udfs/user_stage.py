@@ -81,6 +81,7 @@ class UserStage(KeyedBroadcastProcessFunction):
         # The key shard count this key's state was written with (rtrec.sharding.state_shard_error),
         # checked once per key and run.
         self.shards = cfg.flink.key_shards
+        self.max_batch = cfg.flink.max_batch_events
         self.shard_record = ctx.get_state(ValueStateDescriptor("key-shards", Types.INT()))
         self.checked_shards: set[int] = set()
         self.info = subtask_info(ctx)
@@ -271,12 +272,26 @@ class UserStage(KeyedBroadcastProcessFunction):
         yield from results
 
     def process_batch(self, batch: Row, watermark: int, timers=None) -> list:
-        """Everything one batch produces: side outputs for the ItemStage and merger, then this stage's row."""
-        values = batch[1]
+        """Everything one batch produces: side outputs for the ItemStage and merger, then this stage's rows.
+        A batch of more than ``flink.max_batch_events`` goes in parts, with a check for a newer model
+        version between them."""
+        values, partitions, offsets = batch[1], batch[2], batch[3]
         if batch[0] not in self.checked_shards:
             self._check_shards(batch[0])
+        step = self.max_batch
+        if len(values) <= step:
+            return self._process_part(values, partitions, offsets, watermark, timers)
+        results = []
+        for i in range(0, len(values), step):
+            if i and self.learner is not None and self.check_s:
+                self._check_for_newer()
+            results.extend(self._process_part(values[i : i + step], partitions[i : i + step],
+                                              offsets[i : i + step], watermark, timers))
+        return results
+
+    def _process_part(self, values, partitions, offsets, watermark: int, timers) -> list:
         self.fault.count(len(values))
-        admitted = self.core.admit(values, batch[2], batch[3], watermark, self.users.get)
+        admitted = self.core.admit(values, partitions, offsets, watermark, self.users.get)
         # (each inc crosses into the JVM, and may wait there for the GIL on the way back: not for nothing)
         for counter, n in ((self.m_events, admitted.records), (self.m_duplicates, admitted.duplicates),
                            (self.m_late, admitted.late), (self.m_dead, len(admitted.out.dead_keys)),
