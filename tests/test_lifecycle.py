@@ -122,6 +122,18 @@ def test_a_cancelled_jobs_late_log_lines_do_not_trip_the_leaked_class_loader_che
     assert flink_settings(RtrecConfig())["classloader.check-leaked-classloader"] == "false"
 
 
+def test_watermarks_come_as_often_as_batches_unless_set():
+    """A watermark interval longer than the batch interval let a batch reach the UserStage ahead of the
+    watermark that follows it (seen: an event from 1970 taken in, not dead-lettered as late)."""
+    from jobs.environment import flink_settings
+    from rtrec.config import load_config
+
+    cfg = load_config(overrides=["flink.batch_interval_ms=70"])
+    assert flink_settings(cfg)["pipeline.auto-watermark-interval"] == "70 ms"
+    cfg.flink.options["pipeline.auto-watermark-interval"] = "1 s"
+    assert flink_settings(cfg)["pipeline.auto-watermark-interval"] == "1 s"
+
+
 def test_an_unbounded_run_stopped_from_outside_prints_its_summary(monkeypatch, capsys, tmp_path):
     """`rtrec stop` ends an unbounded `rtrec run` (its job finishes with a savepoint); the run then
     prints its summary as a bounded or signalled run does (it printed nothing)."""
