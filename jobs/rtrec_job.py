@@ -18,7 +18,6 @@ Run it with ``rtrec run`` (a local MiniCluster) or submit this file with
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from dataclasses import dataclass
@@ -32,7 +31,8 @@ from jobs.environment import create_environments
 from rtrec import topics
 from rtrec.config import RtrecConfig
 from rtrec.flink_rest import FlinkRest
-from rtrec.sharding import ShardCountMismatch, fatal_reason
+from rtrec.progress import fatal_failure
+from rtrec.sharding import ShardCountMismatch
 from udfs.event_time import BATCH, never_holding_back, with_batch_event_time
 from udfs.item_stage import ITEM_EVENTS, ITEMS_TO_MERGER, ItemStage
 from udfs.keying import keyed_on_first_field
@@ -157,7 +157,7 @@ def finish_bounded(cfg: RtrecConfig, client, timeout_s: float = 3600) -> Bounded
             time.sleep(0.5)
             continue
         if job["state"] in ("FAILED", "CANCELED", "FINISHED"):
-            fatal = fatal_reason(json.dumps(rest.get(f"/jobs/{job_id}/exceptions?maxExceptions=5")))
+            fatal = fatal_failure(rest, job_id)
             if fatal:
                 raise ShardCountMismatch(fatal)
             raise RuntimeError(f"job {job_id} ended as {job['state']} before its input was consumed")

@@ -129,6 +129,12 @@ def bar_format(total: int | None) -> str:
     return "{desc}: {n_fmt} ev [{elapsed}{postfix}]"
 
 
+def fatal_failure(rest: FlinkRest, job_id: str) -> str | None:
+    """Why the job failed, if on something no restart can mend (rtrec.sharding.fatal_reason), from its
+    exception history."""
+    return fatal_reason(json.dumps(rest.get(f"/jobs/{job_id}/exceptions?maxExceptions=5")))
+
+
 class JobProgress:
     """A thread that shows a job's progress until :meth:`stop` (or the job is gone).
 
@@ -188,10 +194,9 @@ class JobProgress:
     def _fatal(self, job_id: str) -> bool:
         """The job failed on something every restart would fail on again: note it and cancel the job."""
         try:
-            history = self.rest.get(f"/jobs/{job_id}/exceptions?maxExceptions=5")
+            self.fatal = fatal_failure(self.rest, job_id)
         except (urllib.error.URLError, OSError):
             return False
-        self.fatal = fatal_reason(json.dumps(history))
         if self.fatal is None:
             return False
         with contextlib.suppress(urllib.error.URLError, OSError):

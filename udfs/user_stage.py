@@ -79,8 +79,7 @@ class UserStage(KeyedBroadcastProcessFunction):
         ttl = cfg.features.user_ttl_ms
         self.users = CachedMapState(ctx.get_map_state(entity_map("users", ttl)), ttl)
         # The key shard count this key's state was written with (rtrec.sharding.state_shard_error),
-        # checked once per key and run.
-        self.shards = cfg.flink.key_shards
+        # checked once per key and run against the core's (self.core.shards).
         self.max_batch = cfg.flink.max_batch_events
         self.shard_record = ctx.get_state(ValueStateDescriptor("key-shards", Types.INT()))
         self.checked_shards: set[int] = set()
@@ -311,12 +310,12 @@ class UserStage(KeyedBroadcastProcessFunction):
         nothing); record the count with new state."""
         recorded = self.shard_record.value()
         legacy = recorded is None and not self.users.state.is_empty()
-        error = state_shard_error(recorded, legacy, self.shards, self.cfg.flink.shards != 0)
+        error = state_shard_error(recorded, legacy, self.core.shards, self.cfg.flink.shards != 0)
         if error:
             log.error("rtrec: %s", error)
             raise ShardCountMismatch(error)
         if recorded is None:
-            self.shard_record.update(self.shards)
+            self.shard_record.update(self.core.shards)
         self.checked_shards.add(shard)
 
     def _route(self, result: UserBatch, timers) -> list:
