@@ -13,6 +13,7 @@ import pyflink
 import yaml
 from pyflink.common import Configuration
 from pyflink.datastream import StreamExecutionEnvironment
+from pyflink.java_gateway import get_gateway
 from pyflink.table import EnvironmentSettings, StreamTableEnvironment
 
 from rtrec.config import PROJECT_ROOT, RtrecConfig
@@ -128,6 +129,10 @@ def choose_rest_port(cfg: RtrecConfig) -> int:
 
 def create_environments(cfg: RtrecConfig, local: bool = True) -> tuple[StreamExecutionEnvironment, StreamTableEnvironment]:
     if local:
+        # The JVM first: its py4j gateway takes a free port of its own, which a REST port chosen
+        # before it could be (seen: the MiniCluster's REST endpoint failed to bind, and the REST
+        # client's requests reached the gateway).
+        get_gateway()
         choose_rest_port(cfg)
     conf = Configuration()
     for key, value in flink_settings(cfg, local).items():
