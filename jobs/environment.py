@@ -7,10 +7,12 @@ import os
 import socket
 import sys
 import sysconfig
+import threading
 from pathlib import Path
 
 import pyflink
 import yaml
+from py4j.java_gateway import JavaGateway
 from pyflink.common import Configuration
 from pyflink.datastream import StreamExecutionEnvironment
 from pyflink.java_gateway import get_gateway
@@ -67,10 +69,6 @@ def flink_settings(cfg: RtrecConfig, local: bool = True) -> dict[str, str]:
         checkpoints = cfg.resolve_path(cfg.flink.checkpoint_dir)
         checkpoints.mkdir(parents=True, exist_ok=True)
         checkpoints_uri, savepoints_uri = checkpoints.as_uri(), (checkpoints.parent / "savepoints").as_uri()
-    # The Python operators run inside the JVM (thread mode). That embedded
-    # interpreter starts from the base Python, so it is told where this virtual
-    # environment's packages and the project's code are.
-    pythonpath = [sysconfig.get_paths()["purelib"], str(PROJECT_ROOT)]
     settings.update(
         {
             "pipeline.name": cfg.flink.job_name,
@@ -82,7 +80,7 @@ def flink_settings(cfg: RtrecConfig, local: bool = True) -> dict[str, str]:
             "state.savepoints.dir": savepoints_uri,
             "python.executable": sys.executable,
             "python.client.executable": sys.executable,
-            "python.pythonpath": os.pathsep.join(pythonpath),
+            "python.pythonpath": embedded_pythonpath(),
             # Record timestamps become epoch milliseconds in SQL; pin the zone.
             "table.local-time-zone": "UTC",
             # Watermarks as often as batches (Flink's default: every 200 ms): with a shorter batch
@@ -104,6 +102,57 @@ def flink_settings(cfg: RtrecConfig, local: bool = True) -> dict[str, str]:
         settings["pipeline.jars"] = ";".join([settings["pipeline.jars"], *(j.as_uri() for j in extra)])
     settings.update(cfg.flink.options)
     return settings
+
+
+def embedded_pythonpath() -> str:
+    """The Python operators run inside the JVM (thread mode). That embedded interpreter starts from
+    the base Python, so it is told where this virtual environment's packages and the project's code are."""
+    return os.pathsep.join([sysconfig.get_paths()["purelib"], str(PROJECT_ROOT)])
+
+
+def embedded_interpreter(gateway: JavaGateway):
+    """A pemja interpreter (Java object) on the JVM's embedded CPython, made as PyFlink's
+    EmbeddedPythonEnvironmentManager makes it for thread mode (MULTI_THREAD: every interpreter of the
+    process shares its modules; the first one starts CPython, with this executable). Close it after use."""
+    config = gateway.jvm.pemja.core.PythonInterpreterConfig
+    return gateway.jvm.pemja.core.PythonInterpreter(
+        config.newBuilder().setPythonExec(sys.executable).setExcType(config.ExecType.MULTI_THREAD)
+        .addPythonPaths(embedded_pythonpath()).build())
+
+
+def warm_embedded_python(cfg: RtrecConfig) -> threading.Thread:
+    """Start, on a background thread, the embedded interpreter of the MiniCluster's TaskManager (in the
+    JVM this process started) and run udfs.prewarm.prepare in it: the imports and loading each task
+    would otherwise do in INITIALIZING. Join the thread before submitting the job. A failure only
+    prints a line: the tasks then import what they need themselves, as they always could."""
+    from udfs.prewarm import settings_of
+
+    settings = settings_of(cfg.model.enabled, cfg.text if cfg.model.enabled and cfg.text.enabled else None)
+
+    # A py4j client of its own: the shared one hands its pooled connections, each served by its own
+    # JVM thread, to whichever thread asks, and the table planner keeps state in the JVM thread
+    # that served the client so far (sharing made the next toDataStream fail in Calcite).
+    parameters = get_gateway().gateway_parameters
+
+    def warm() -> None:
+        gateway = None
+        try:
+            gateway = JavaGateway(gateway_parameters=parameters)
+            interpreter = embedded_interpreter(gateway)
+            try:
+                interpreter.exec(f"import udfs.prewarm; udfs.prewarm.prepare('{settings}')")
+            finally:
+                interpreter.close()
+        except Exception as e:  # noqa: BLE001 (an optimisation: the job runs without it)
+            print(f"rtrec: could not prepare the TaskManager's Python ahead of the job ({str(e).strip()[:300]}); "
+                  "its tasks will import what they need themselves", file=sys.stderr, flush=True)
+        finally:
+            if gateway is not None:
+                gateway.close()
+
+    thread = threading.Thread(target=warm, name="rtrec-prewarm", daemon=True)
+    thread.start()
+    return thread
 
 
 def _port_free(port: int) -> bool:

@@ -27,7 +27,7 @@ from pyflink.datastream import StreamExecutionEnvironment
 from pyflink.table import StreamTableEnvironment
 
 from jobs import kafka_tables
-from jobs.environment import create_environments
+from jobs.environment import create_environments, warm_embedded_python
 from rtrec import topics
 from rtrec.config import RtrecConfig
 from rtrec.flink_rest import FlinkRest
@@ -197,7 +197,11 @@ def run(cfg: RtrecConfig, wait: bool = True, on_start=None, local: bool = True):
     by `flink run` to the cluster its configuration names.
     """
     env, t_env = create_environments(cfg, local)
+    # A MiniCluster's TaskManager is in this process's JVM: its Python gets ready while the job is built.
+    warming = warm_embedded_python(cfg) if local else None
     build(env, t_env, cfg)
+    if warming is not None:
+        warming.join(timeout=300)
     if on_start is not None:
         on_start()
     if not wait:
