@@ -6,9 +6,9 @@ Runs MovieLens-100K through rtrec.core.local.LocalPipeline, the same user
 and item cores (and merger) the job's operators call, cut the way the job
 cuts the stream: ``window`` events per batch interval (the job's 100 ms at
 about 40k events/s), one micro-batch per user key shard (``--shards 0``: the
-job's automatic count, one shard at parallelism 1, so one batch of ``window``
-events; ``--shards 16``, the default of releases up to 0.2: about 250 events a
-batch), one torch thread. Each event goes in as the JSON bytes
+job's automatic count, one shard at parallelism 1; ``--shards 16``, the default
+of releases up to 0.2: about 250 events a batch), a shard's batch in parts of at
+most ``flink.max_batch_events`` (2,000) as the UserStage cuts it, one torch thread. Each event goes in as the JSON bytes
 the job reads from Kafka, so parsing, dedup, features, feature records,
 predictions, learning, recommendations and their records are all counted.
 Reports process CPU µs per event for the user core (admit + process) and the

@@ -299,3 +299,16 @@ def test_the_same_stream_cut_into_batches_of_50_and_of_2000_learns_alike(step):
         assert gaps["ranker"] <= 0.003 and gaps["fused"] <= 0.003, gaps
     else:
         assert max(gaps.values()) > 0.003, gaps
+
+
+def test_the_local_pipeline_cuts_a_shard_batch_as_the_user_stage_does():
+    """A batch interval's shard batch larger than flink.max_batch_events goes through the core in parts
+    (UserStage.process_batch); LocalPipeline, which the benchmarks run, cuts it the same way."""
+    from rtrec.core.local import LocalPipeline
+    from rtrec.datasets import movielens_events
+
+    events = movielens_events(700)
+    pipe = LocalPipeline(_cfg("model.enabled=false", "flink.shards=1", "flink.max_batch_events=300"))
+    pipe.run(events, 700)
+    assert pipe.timings.batches == 3  # 300 + 300 + 100
+    assert pipe.timings.outputs["dead_letters"] == 0 and pipe.timings.events == 700

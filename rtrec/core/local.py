@@ -55,6 +55,7 @@ class LocalPipeline:
         self.users: dict[str, dict] = {}  # the "users" MapState: user id -> stored entry
         self.items: dict[str, list] = {}  # the "items" MapState
         self.shards = cfg.flink.key_shards
+        self.max_batch = cfg.flink.max_batch_events
         self.predictions = Predictions()
         self.recommendations: list = []
         self.timings = Timings()
@@ -74,15 +75,18 @@ class LocalPipeline:
         return self
 
     def window(self, events: list[Event], values: list[bytes], watermark: int) -> None:
-        """One batch interval: each user shard's batch, then the item features, then a merge."""
+        """One batch interval: each user shard's batch (in parts of at most flink.max_batch_events), then
+        the item features, then a merge."""
         by_shard: dict[int, list[int]] = {}
         for i, e in enumerate(events):
             by_shard.setdefault(shard_of(e.user_id, self.shards), []).append(i)
         t = self.timings
         accepted: list[Event] = []
         clock = time.process_time
-        for shard in sorted(by_shard):
-            idx = by_shard[shard]
+        # A shard's batch larger than flink.max_batch_events goes in parts, as the UserStage cuts it.
+        parts = [(shard, idx[i : i + self.max_batch]) for shard, idx in sorted(by_shard.items())
+                 for i in range(0, len(idx), self.max_batch)]
+        for shard, idx in parts:
             c0 = clock()
             batch = self.user_core.step([values[i] for i in idx], [shard] * len(idx), idx, watermark, self.users.get)
             self.users.update({u: s.to_state() for u, s in batch.users.items()})
