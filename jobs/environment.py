@@ -94,6 +94,10 @@ def flink_settings(cfg: RtrecConfig, local: bool = True) -> dict[str, str]:
         # The REST API answers metrics it fetched from the tasks at most this long ago (Flink's default:
         # 10 s). rtrec's progress bar samples every 2 s; with 10 s it showed 0 ev/s four times in five.
         settings["metrics.fetcher.update-interval"] = "1 s"
+        # It answers the job's state and its checkpoint statistics at most this old (Flink's default: 3 s).
+        # A bounded run waits for its sources to finish, then for the checkpoints it asks for, and saw
+        # each of these up to 3 s late.
+        settings["web.refresh-interval"] = "200 ms"
     else:
         # A standalone cluster from the wheel keeps flink-python in opt/, not lib/: ship it with the
         # job so the JobManager can load the Python operators' classes (Flink's PyFlink docs have it

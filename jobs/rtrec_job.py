@@ -174,14 +174,23 @@ def finish_bounded(cfg: RtrecConfig, client, timeout_s: float = 3600) -> Bounded
     completed = 0
     last_id = None
     _trigger_checkpoint(rest, job_id)
+    triggered = time.monotonic()
     while time.time() < deadline and completed < 2:
-        latest = rest.checkpoints(job_id).get("latest", {}).get("completed") or {}
+        stats = rest.checkpoints(job_id)
+        latest = stats.get("latest", {}).get("completed") or {}
         if latest and latest["id"] != last_id and latest["trigger_timestamp"] > finished_ms:
             last_id = latest["id"]
             completed += 1
             if completed == 1:
                 done_at = latest["latest_ack_timestamp"]
                 _trigger_checkpoint(rest, job_id)
+                triggered = time.monotonic()
+        elif stats.get("counts", {}).get("in_progress", 0) == 0 and time.monotonic() - triggered > 1.0:
+            # Nothing running a second after asking: the checkpoint asked for failed, or was folded into
+            # one that did (a periodic one that began as the sources finished). Ask again rather than
+            # wait for the next interval.
+            _trigger_checkpoint(rest, job_id)
+            triggered = time.monotonic()
         time.sleep(0.2)
     time.sleep(1.0)
     failures = len(rest.get(f"/jobs/{job_id}/exceptions")["exceptionHistory"]["entries"])

@@ -46,3 +46,14 @@ def test_summary_counts_dead_lettered_duplicates_once():
     # a savepoint-resumed job fed 2,000 events it had seen: all duplicates, all dead letters
     line = summary(2_000, 2_000, {"duplicate event_id": 2_000}, {"predictions": 0})
     assert line.startswith("events in 2,000: accepted 0, duplicates 2,000, dead letters 2,000 (duplicate event_id 2,000)")
+
+
+def test_the_minicluster_answers_job_state_and_checkpoints_fresher_than_a_bounded_run_polls_them():
+    """finish_bounded polls the job's state and its checkpoints every 0.2-0.5 s and ends on them; with
+    Flink's default (3 s) it saw the sources finish and each checkpoint complete up to 3 s late."""
+    from jobs.environment import flink_settings
+    from rtrec.config import RtrecConfig
+
+    value, unit = flink_settings(RtrecConfig())["web.refresh-interval"].split()
+    assert unit == "ms" and int(value) <= 500
+    assert "web.refresh-interval" not in flink_settings(RtrecConfig(), local=False)  # a cluster's is its own
