@@ -1,0 +1,153 @@
+"""Would another fusion earn more than the job's? Offline variants over the models' own predictions.
+
+    .venv/bin/python benchmarks/fusion_variants.py [--set model.dim=16 ...] [--limit N]
+
+Runs MovieLens-100K through rtrec.core.local.LocalPipeline (the job's per-batch
+core, text off, 4,000-event batch intervals as model_quality_offline.py), keeps
+each rating example's prequential MF, FTRL and ranker predictions, then fuses
+them again in NumPy with variants of the job's fusion (models.fusion: fading
+ridge least squares, one IRLS weight per example, 32 examples a step):
+
+- ``job (replica)``: the job's fusion, to check this replica against its output;
+- ``context``: feature-weighted linear stacking (Sill et al., 2009): each
+  model's weight is linear in the user's and the item's ratings so far (log),
+  their squares and the user's rating spread;
+- ``recent residual``: the fusion also gets the user's mean MF error over its
+  last 10 ratings within 6 hours, alone and scaled by how many there were
+  (a fast session bias).
+
+Reports MAE and AUC (rating >= 4) over the whole stream and its second half and
+writes benchmarks/results/fusion_variants.json. The base models do not learn
+from the fusion, so re-fusing their predictions offline is exact.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import defaultdict, deque
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import write_results  # noqa: E402
+from rtrec.config import load_config  # noqa: E402
+from rtrec.core.local import LocalPipeline  # noqa: E402
+from rtrec.datasets import movielens_events  # noqa: E402
+from rtrec.metrics import auc  # noqa: E402
+
+
+def fading_least_squares(x: np.ndarray, y: np.ndarray, learn: np.ndarray, prior: np.ndarray, step: int = 32,
+                         forget: float = 0.9999, ridge: float = 1.0, robust: float = 1.0) -> np.ndarray:
+    """models.fusion.OnlineFusion over the rows of ``x`` in order: each chunk of ``step`` is predicted
+    with the weights the chunks before it left, then its ``learn`` rows are added."""
+    n, p = x.shape
+    a, b, w = np.zeros((p, p)), np.zeros(p), prior.copy()
+    reg = ridge * np.eye(p)
+    out = np.zeros(n)
+    for s in range(0, n, step):
+        xs = x[s : s + step]
+        out[s : s + step] = xs @ w
+        m = learn[s : s + step]
+        if not m.any():
+            continue
+        xs, ys = xs[m], y[s : s + step][m]
+        xw = xs / np.maximum(np.abs(ys - xs @ w), robust)[:, None] if robust > 0 else xs
+        fade = forget ** len(ys)
+        a, b = a * fade + xw.T @ xs, b * fade + xw.T @ ys
+        w = np.linalg.solve(a + reg, b + reg @ prior)
+    return out
+
+
+def context(users: list[str], items: list[str], y: np.ndarray) -> dict[str, np.ndarray]:
+    """Per example, from the ratings before it: the user's and the item's counts and the user's spread."""
+    n = len(y)
+    nu, ni, sd = np.zeros(n), np.zeros(n), np.ones(n)
+    count_u: dict[str, int] = defaultdict(int)
+    count_i: dict[str, int] = defaultdict(int)
+    s1: dict[str, float] = defaultdict(float)
+    s2: dict[str, float] = defaultdict(float)
+    for k in range(n):
+        u, i = users[k], items[k]
+        c = count_u[u]
+        nu[k], ni[k] = c, count_i[i]
+        if c:
+            mean = s1[u] / c
+            sd[k] = np.sqrt(max(s2[u] / c - mean * mean, 0.0))
+        count_u[u], count_i[i] = c + 1, count_i[i] + 1
+        s1[u] += y[k]
+        s2[u] += y[k] ** 2
+    return {"lu": np.log1p(nu) / 5, "li": np.log1p(ni) / 6, "sd": sd}
+
+
+def recent_residual(users: list[str], ts: np.ndarray, err: np.ndarray, keep: int = 10,
+                    window_ms: int = 6 * 3600 * 1000) -> tuple[np.ndarray, np.ndarray]:
+    """Per example, the user's mean error over their last ``keep`` ratings within ``window_ms`` (0 if none),
+    and how many there were."""
+    hist: dict[str, deque] = defaultdict(deque)
+    mean, count = np.zeros(len(err)), np.zeros(len(err))
+    for k, u in enumerate(users):
+        h = hist[u]
+        while h and ts[k] - h[0][0] > window_ms:
+            h.popleft()
+        if h:
+            mean[k], count[k] = sum(e for _, e in h) / len(h), len(h)
+        h.append((ts[k], err[k]))
+        if len(h) > keep:
+            h.popleft()
+    return mean, count
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--set", action="append", default=[])
+    ap.add_argument("--limit", type=int, default=0)
+    args = ap.parse_args()
+    cfg = load_config(overrides=["text.enabled=false", *args.set])
+    p = LocalPipeline(cfg).run(movielens_events(args.limit), 4000).predictions
+    rows = [k for k, t in enumerate(p.type) if t == "rating"]
+    y = np.array([p.label[k] for k in rows])
+    scores = {m: np.array([v[k] for k in rows]) for m, v in p.scores.items()}
+    models = list(scores)
+    learn = ~np.array([p.heldout[k] for k in rows])
+    users, items = [p.user_id[k] for k in rows], [p.item_id[k] for k in rows]
+    ts = np.array([p.ts[k] for k in rows])
+    positive = (y >= 4).astype(int)
+    half = len(y) // 2
+
+    def figures(pred: np.ndarray) -> dict:
+        return {"mae": round(float(np.abs(pred - y).mean()), 4), "auc": round(auc(pred.tolist(), positive.tolist()), 4),
+                "mae_second_half": round(float(np.abs(pred[half:] - y[half:]).mean()), 4),
+                "auc_second_half": round(auc(pred[half:].tolist(), positive[half:].tolist()), 4)}
+
+    out = {m: figures(s) for m, s in scores.items()}
+    out["job"] = figures(np.array([p.fused[k] for k in rows]))
+    even = 1 / len(models)
+    base = np.column_stack([np.ones(len(y)), *scores.values()])
+    out["job (replica)"] = figures(fading_least_squares(base, y, learn, np.array([0.0] + [even] * len(models))))
+
+    ctx = context(users, items, y)
+    meta = [np.ones(len(y)), ctx["lu"], ctx["li"], ctx["lu"] ** 2, ctx["li"] ** 2, ctx["sd"]]
+    x = np.column_stack([*meta, *(s * f for s in scores.values() for f in meta)])
+    prior = np.zeros(x.shape[1])
+    prior[[len(meta) * (1 + j) for j in range(len(models))]] = even
+    out["context"] = figures(fading_least_squares(x, y, learn, prior))
+
+    resid, count = recent_residual(users, ts, y - scores["mf"])
+    x = np.column_stack([base, resid, resid * np.minimum(count, 10) / 10])
+    out["recent residual"] = figures(fading_least_squares(x, y, learn, np.array([0.0] + [even] * len(models) + [0, 0])))
+
+    best = min(models, key=lambda m: out[m]["mae"])
+    print(f"{len(y):,} rating examples; best single model {best} (MAE {out[best]['mae']:.4f})")
+    print(f"  {'':<16} {'MAE':>7} {'AUC':>7}   second half: {'MAE':>7} {'AUC':>7}   gain over {best}")
+    for name, f in out.items():
+        print(f"  {name:<16} {f['mae']:7.4f} {f['auc']:7.4f}   {'':13}{f['mae_second_half']:7.4f} "
+              f"{f['auc_second_half']:7.4f}   {out[best]['mae'] - f['mae']:+.4f}")
+    print(write_results("fusion_variants", {"command": " ".join(["python benchmarks/fusion_variants.py", *sys.argv[1:]]),
+                                            "examples": len(y), "best_single": best, "variants": out}))
+
+
+if __name__ == "__main__":
+    main()
