@@ -211,6 +211,9 @@ def run(cfg: RtrecConfig, wait: bool = True, on_start=None, local: bool = True):
     build(env, t_env, cfg)
     if warming is not None:
         warming.join(timeout=300)
+        if warming.is_alive():
+            print("rtrec: the TaskManager's Python is still being prepared after 300 s; submitting the job anyway",
+                  file=sys.stderr, flush=True)
     if on_start is not None:
         on_start()
     if not wait:
