@@ -41,7 +41,7 @@ from models.worker import torch_call
 from rtrec import topics
 from rtrec.config import RtrecConfig
 from rtrec.core import heap
-from rtrec.core.user import UserBatch, UserCore
+from rtrec.core.user import UserBatch, UserCore, batch_parts
 from rtrec.model_updates import VersionReader
 from rtrec.profiling import OperatorProfile
 from rtrec.sharding import ShardCountMismatch, state_shard_error
@@ -277,15 +277,14 @@ class UserStage(KeyedBroadcastProcessFunction):
         values, partitions, offsets = batch[1], batch[2], batch[3]
         if batch[0] not in self.checked_shards:
             self._check_shards(batch[0])
-        step = self.max_batch
-        if len(values) <= step:
+        parts = batch_parts(len(values), self.max_batch)
+        if len(parts) == 1:
             return self._process_part(values, partitions, offsets, watermark, timers)
         results = []
-        for i in range(0, len(values), step):
-            if i and self.learner is not None and self.check_s:
+        for k, part in enumerate(parts):
+            if k and self.learner is not None and self.check_s:
                 self._check_for_newer()
-            results.extend(self._process_part(values[i : i + step], partitions[i : i + step],
-                                              offsets[i : i + step], watermark, timers))
+            results.extend(self._process_part(values[part], partitions[part], offsets[part], watermark, timers))
         return results
 
     def _process_part(self, values, partitions, offsets, watermark: int, timers) -> list:

@@ -20,7 +20,7 @@ from models.online import OnlineLearner, Predictions
 from rtrec.config import RtrecConfig
 from rtrec.core import heap
 from rtrec.core.item import ItemCore
-from rtrec.core.user import UserCore
+from rtrec.core.user import UserCore, batch_parts
 from rtrec.events import Event
 from rtrec.features.backfill import event_order
 from rtrec.sharding import shard_of
@@ -83,9 +83,8 @@ class LocalPipeline:
         t = self.timings
         accepted: list[Event] = []
         clock = time.process_time
-        # A shard's batch larger than flink.max_batch_events goes in parts, as the UserStage cuts it.
-        parts = [(shard, idx[i : i + self.max_batch]) for shard, idx in sorted(by_shard.items())
-                 for i in range(0, len(idx), self.max_batch)]
+        parts = [(shard, idx[part]) for shard, idx in sorted(by_shard.items())
+                 for part in batch_parts(len(idx), self.max_batch)]
         for shard, idx in parts:
             c0 = clock()
             batch = self.user_core.step([values[i] for i in idx], [shard] * len(idx), idx, watermark, self.users.get)

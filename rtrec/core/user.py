@@ -42,6 +42,17 @@ from rtrec.sharding import shard_of
 USER_STATE_FORMAT = 2
 
 
+def batch_parts(n: int, most: int) -> list[slice]:
+    """How a shard's micro-batch of ``n`` records goes through the core: in parts of at most ``most``
+    (flink.max_batch_events), so that the UserStage can adopt a newer model version between them.
+    LocalPipeline cuts the same way.
+
+    >>> batch_parts(5, 2)
+    [slice(0, 2, None), slice(2, 4, None), slice(4, 5, None)]
+    """
+    return [slice(i, min(i + most, n)) for i in range(0, n, most)] or [slice(0, 0)]
+
+
 @dataclass(slots=True)
 class UserState:
     """A user's entry in keyed state (one per user, with its own TTL)."""
