@@ -128,37 +128,44 @@ class ModelMerger(KeyedProcessFunction):
         self.m_rollbacks = metrics.counter("model_rollbacks")
         self.m_rejected = metrics.counter("model_deltas_rejected")
         self.version_merged = Level(metrics, "model_version_merged")
-        self.fault = FaultInjector(self.cfg, "model-merger", subtask_info(ctx).index)
+        info = subtask_info(ctx)
+        self.attempt = info.attempt
+        self.fault = FaultInjector(self.cfg, "model-merger", info.index)
 
     def _restore(self) -> list:
         """Build the core from state (after a restore) or by a warm start; returns versions to emit."""
         cfg = self.cfg
         self.core = core = torch_call(MergerCore, cfg.model, resolve_device(cfg.model.device))
         data = self.version_state.value()
+        warm = False
         if data is not None:
             v = torch_call(Version.from_bytes, bytes(data))
             torch_call(core.start_from, v)
             core.merged_upto = dict(v.merged_upto)
-            for message in self.pending_state.get() or []:
-                self._add(message, store=False)
-            # The attempt that failed may have published versions after this checkpoint (the topic is
-            # written at-least-once), and the scorers read them again from their restored offsets. Their
-            # numbers must not be reused for other parameters: scorers skip a number they have seen.
-            # So continue after the newest published one, and publish the checkpoint's line at once.
-            published = torch_call(newest_published_number, cfg)
-            if published is not None and published > core.version:
-                log.info("restored model version %d; the failed attempt had published up to %d: "
-                         "republishing as %d", v.number, published, published + 1)
-                core.version = published
-                return self._merge()
-            return []
-        if cfg.model.warm_start:
+        elif cfg.model.warm_start:
             v = torch_call(lambda: newest_published_version(cfg) or newest_version_file(self.dir))
             if v is not None:
                 log.info("warm start from model version %d", v.number)
                 torch_call(core.start_from, v)
-                return self._merge()  # publish it at once under the next number
-        return []
+                warm = True
+        for message in self.pending_state.get() or []:
+            self._add(message, store=False)
+        if data is not None or (self.attempt > 0 and not warm):
+            # The attempt that failed may have published versions after this checkpoint (the topic is
+            # written at-least-once), and the scorers read them again from their restored offsets. Their
+            # numbers must not be reused for other parameters: scorers skip a number they have seen.
+            # So continue after the newest published one, and publish the checkpoint's line at once.
+            # This holds too when the checkpoint came before the merger's first version (no version
+            # in state, a failover: attempt > 0); numbering from 1 again went back under the failed
+            # attempt's numbers.
+            published = torch_call(newest_published_number, cfg)
+            if published is not None and published > core.version:
+                log.info("restored model version %d; the failed attempt had published up to %d: "
+                         "republishing as %d", core.version, published, published + 1)
+                core.version = published
+                return self._merge()
+            return []
+        return self._merge() if warm else []  # a warm start publishes at once under the next number
 
     def _add(self, message: tuple, store: bool = True) -> None:
         before = self.core.rejected
