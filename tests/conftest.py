@@ -165,10 +165,26 @@ def wait_for(predicate, timeout_s: float = 60, interval_s: float = 0.5, what: st
     pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}", pytrace=False)
 
 
+# The integration modules that take longest (a minute or more each, mostly waiting on JVMs, checkpoints
+# and timeouts), longest first: `make test` runs the integration modules on two pytest-xdist workers,
+# whole modules at a time (their fixtures are module-scoped), handed out in collection order, so the
+# long ones go first and the short ones fill in at the end.
+LONGEST_FIRST = (
+    "test_movielens_run.py", "test_standalone_cluster.py", "test_savepoint.py", "test_broker_restart.py",
+    "test_fuzz.py", "test_run_twice.py", "test_model_propagation.py", "test_kafka_security.py",
+)
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if "integration" in Path(str(item.fspath)).parts:
             item.add_marker(pytest.mark.integration)
+
+    def rank(item) -> int:
+        name = Path(str(item.fspath)).name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the order within a module, and of the other modules, stays
 
 
 def same_values(a, b) -> bool:
