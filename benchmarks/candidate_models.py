@@ -1,0 +1,221 @@
+"""Which new model would give the fusion information that MF lacks? Prequential candidates, offline (P12).
+
+    .venv/bin/python benchmarks/candidate_models.py [--limit N] [--set model.dim=16 ...]
+
+Runs MovieLens-100K through rtrec.core.local.LocalPipeline (the job's per-batch
+core, text off, 4,000-event batch intervals, as fusion_variants.py) for the job's
+own predictions, then, over the same rating examples in the same order, each
+predicted before it is learned from and held-out examples never learned:
+
+- ``mf (study)`` and ``svd++ (study)``: one plain-SGD biased MF written here,
+  without and with SVD++'s implicit factors (Koren, 2008): the user's vector
+  plus ``|N|^-1/2`` times the sum of a second item table ``y`` over the
+  user's last ``--recent`` rated items. Same rates, same order: their
+  difference is what the implicit factors add, which is the question (this
+  MF is not the job's, whose warm-up rates make it better on its own);
+- ``knn residual``: an online item-item neighbourhood over the job's MF
+  residuals: the similarity of two items is the shrunk cosine of the
+  residuals of the users who rated both (updated as each rating arrives),
+  and the prediction is the similarity-weighted mean residual of the user's
+  last rated items; its shrinkage and how many of the user's items it reads
+  are chosen on the first half of the stream only (``--shrink``,
+  ``--knn-recent``: the grid);
+- each fused with the job's three models by the job's fusion rule (the
+  fading least squares of fusion_variants.py) as an extra input.
+
+Reports MAE and AUC (rating >= 4), whole stream and second half, and writes
+benchmarks/results/candidate_models.json. The neighbourhood's dense item-item
+tables fit MovieLens' 1,682 items; a job would keep them sparse and hashed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numba
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import write_results  # noqa: E402
+from benchmarks.fusion_variants import fading_least_squares  # noqa: E402
+from rtrec.config import load_config  # noqa: E402
+from rtrec.core.local import LocalPipeline  # noqa: E402
+from rtrec.datasets import movielens_events  # noqa: E402
+from rtrec.metrics import auc  # noqa: E402
+
+
+@numba.njit(cache=True)
+def svdpp_pass(user, item, y, learn, n_users, n_items, dim, recent, implicit, lr_b, lr_f, reg, lo, hi, seed):
+    """Prequential biased MF (``implicit`` False) or SVD++ over the examples in order."""
+    np.random.seed(seed)
+    bu = np.zeros(n_users)
+    bi = np.zeros(n_items)
+    p = np.random.normal(0.0, 0.1, (n_users, dim))
+    q = np.random.normal(0.0, 0.1, (n_items, dim))
+    yj = np.zeros((n_items, dim))
+    hist = -np.ones((n_users, recent), np.int64)  # ring of the user's last rated items
+    hn = np.zeros(n_users, np.int64)
+    mu_sum, mu_n = 0.0, 0
+    out = np.empty(len(user))
+    imp = np.zeros(dim)
+    for k in range(len(user)):
+        u, i = user[k], item[k]
+        mu = mu_sum / mu_n if mu_n else (lo + hi) / 2
+        m = min(hn[u], recent)
+        imp[:] = 0.0
+        if implicit and m > 0:
+            for s in range(m):
+                imp += yj[hist[u, s]]
+            imp /= np.sqrt(m)
+        pred = mu + bu[u] + bi[i] + np.dot(q[i], p[u] + imp)
+        out[k] = min(max(pred, lo), hi)
+        if learn[k]:
+            e = y[k] - pred
+            e = min(max(e, -1.5), 1.5)
+            bu[u] += lr_b * (e - reg * bu[u])
+            bi[i] += lr_b * (e - reg * bi[i])
+            pu = p[u].copy()
+            p[u] += lr_f * (e * q[i] - reg * p[u])
+            if implicit and m > 0:
+                g = e * q[i] / np.sqrt(m)
+                for s in range(m):
+                    j = hist[u, s]
+                    yj[j] += lr_f * (g - reg * yj[j])
+            q[i] += lr_f * (e * (pu + imp) - reg * q[i])
+            mu_sum += y[k]
+            mu_n += 1
+        hist[u, hn[u] % recent] = i  # (held out too: the user did rate it)
+        hn[u] += 1
+    return out
+
+
+@numba.njit(cache=True)
+def knn_pass(user, item, resid, learn, n_users, n_items, recent, shrink, damp):
+    """Prequential item-item neighbourhood over residuals: per example the similarity-weighted mean
+    residual of the user's last ``recent`` items; then the example's residual joins the co-rating sums."""
+    sxy = np.zeros((n_items, n_items))
+    sxx = np.zeros((n_items, n_items))  # sum over co-raters of x_i^2 (row i, column j)
+    cnt = np.zeros((n_items, n_items))
+    hist = -np.ones((n_users, recent), np.int64)
+    hres = np.zeros((n_users, recent))
+    hn = np.zeros(n_users, np.int64)
+    out = np.zeros(len(user))
+    for k in range(len(user)):
+        u, i = user[k], item[k]
+        m = min(hn[u], recent)
+        num, den = 0.0, damp
+        for s in range(m):
+            j = hist[u, s]
+            c = cnt[i, j]
+            if c == 0:
+                continue
+            d = np.sqrt(sxx[i, j] * sxx[j, i])
+            if d <= 0:
+                continue
+            sim = sxy[i, j] / d * c / (c + shrink)
+            num += sim * hres[u, s]
+            den += abs(sim)
+        out[k] = num / den
+        if learn[k]:
+            r = resid[k]
+            for s in range(m):
+                j = hist[u, s]
+                x = hres[u, s]
+                sxy[i, j] += r * x
+                sxy[j, i] += r * x
+                sxx[i, j] += r * r
+                sxx[j, i] += x * x
+                cnt[i, j] += 1
+                cnt[j, i] += 1
+            slot = hn[u] % recent
+            hist[u, slot] = i
+            hres[u, slot] = r
+            hn[u] += 1
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--set", action="append", default=[])
+    ap.add_argument("--limit", type=int, default=0)
+    ap.add_argument("--recent", type=int, default=50, help="the user's last N rated items (N(u))")
+    ap.add_argument("--lr", type=float, nargs=2, default=(0.05, 0.02), metavar=("BIAS", "FACTORS"),
+                    help="the study MF's and SVD++'s SGD rates")
+    ap.add_argument("--shrink", type=float, nargs="+", default=[20.0, 100.0, 300.0],
+                    help="the neighbourhood's similarity shrinkage (co-raters); several: searched")
+    ap.add_argument("--knn-recent", type=int, nargs="+", default=[50, 100, 200],
+                    help="the neighbourhood's last N rated items of the user; several: searched")
+    args = ap.parse_args()
+    cfg = load_config(overrides=["text.enabled=false", *args.set])
+    p = LocalPipeline(cfg).run(movielens_events(args.limit), 4000).predictions
+    rows = [k for k, t in enumerate(p.type) if t == "rating"]
+    y = np.array([p.label[k] for k in rows])
+    scores = {m: np.array([v[k] for k in rows]) for m, v in p.scores.items()}
+    learn = ~np.array([p.heldout[k] for k in rows])
+    uid: dict[str, int] = {}
+    iid: dict[str, int] = {}
+    user = np.array([uid.setdefault(p.user_id[k], len(uid)) for k in rows], np.int64)
+    item = np.array([iid.setdefault(p.item_id[k], len(iid)) for k in rows], np.int64)
+    positive = (y >= 4).astype(int)
+    half = len(y) // 2
+    lo, hi = cfg.model.rating_min, cfg.model.rating_max
+
+    def figures(pred: np.ndarray) -> dict:
+        return {"mae": round(float(np.abs(pred - y).mean()), 4), "auc": round(auc(pred.tolist(), positive.tolist()), 4),
+                "mae_second_half": round(float(np.abs(pred[half:] - y[half:]).mean()), 4),
+                "auc_second_half": round(auc(pred[half:].tolist(), positive[half:].tolist()), 4)}
+
+    out = {m: figures(s) for m, s in scores.items()}
+    out["job fused"] = figures(np.array([p.fused[k] for k in rows]))
+    timings = {}
+    study = {}
+    for name, implicit in (("mf (study)", False), ("svd++ (study)", True)):
+        t = time.perf_counter()
+        study[name] = svdpp_pass(user, item, y, learn, len(uid), len(iid), cfg.model.dim, args.recent, implicit,
+                                 args.lr[0], args.lr[1], 0.02, lo, hi, 7)
+        timings[name] = round(time.perf_counter() - t, 2)
+        out[name] = figures(study[name])
+    # The neighbourhood's settings: chosen by the MAE of MF + residual on the FIRST half only (prequential,
+    # so the first half's figures never saw the second half), then reported on both.
+    resid = y - scores["mf"]
+    search = {}
+    for shrink in args.shrink:
+        for recent in args.knn_recent:
+            first = knn_pass(user[:half], item[:half], resid[:half], learn[:half], len(uid), len(iid), recent,
+                             shrink, 1.0)
+            search[f"shrink={shrink:g} recent={recent}"] = round(
+                float(np.abs(np.clip(scores["mf"][:half] + first, lo, hi) - y[:half]).mean()), 4)
+    chosen = min(search, key=search.get)
+    shrink, recent = (float(v.split("=")[1]) for v in chosen.split())
+    t = time.perf_counter()
+    knn = knn_pass(user, item, resid, learn, len(uid), len(iid), int(recent), shrink, 1.0)
+    timings["knn residual"] = round(time.perf_counter() - t, 2)
+    out["mf + knn residual"] = figures(np.clip(scores["mf"] + knn, lo, hi))
+
+    even = 1 / len(scores)
+    base = np.column_stack([np.ones(len(y)), *scores.values()])
+    prior = np.array([0.0] + [even] * len(scores))
+    out["fusion (replica)"] = figures(fading_least_squares(base, y, learn, prior))
+    out["fusion + svd++"] = figures(fading_least_squares(np.column_stack([base, study["svd++ (study)"]]), y, learn,
+                                                         np.append(prior, 0.0)))
+    out["fusion + knn residual"] = figures(fading_least_squares(np.column_stack([base, knn]), y, learn,
+                                                                np.append(prior, 0.0)))
+    out["fusion + both"] = figures(fading_least_squares(np.column_stack([base, study["svd++ (study)"], knn]), y,
+                                                        learn, np.append(prior, [0.0, 0.0])))
+    for name, f in out.items():
+        print(f"{name:24s} MAE {f['mae']:.4f}  AUC {f['auc']:.4f}   second half MAE {f['mae_second_half']:.4f}"
+              f"  AUC {f['auc_second_half']:.4f}")
+    path = write_results("candidate_models", {
+        "command": "python benchmarks/candidate_models.py " + " ".join(sys.argv[1:]),
+        "examples": len(y), "recent": args.recent, "study_rates": args.lr,
+        "knn_search_first_half_mae": search, "knn_chosen": chosen, "seconds": timings, "variants": out})
+    print(f"neighbourhood: {chosen} (first-half MAE of MF + residual: {search})")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
