@@ -20,6 +20,9 @@ predicted before it is learned from and held-out examples never learned:
   last rated items; its shrinkage and how many of the user's items it reads
   are chosen on the first half of the stream only (``--shrink``,
   ``--knn-recent``: the grid);
+- ``factor knn residual``: the same over residuals, but with the cosine of
+  item factors (a biased MF learned alongside) as the similarity: no
+  item-item tables to merge and broadcast, only the user's last items;
 - each fused with the job's three models by the job's fusion rule (the
   fading least squares of fusion_variants.py) as an extra input.
 
@@ -138,6 +141,54 @@ def knn_pass(user, item, resid, learn, n_users, n_items, recent, shrink, damp):
     return out
 
 
+@numba.njit(cache=True)
+def factor_knn_pass(user, item, y, resid, learn, n_users, n_items, dim, recent, power, lr_b, lr_f, reg, seed):
+    """As :func:`knn_pass`, but the similarity of two items is the cosine of their factors in a biased MF
+    learned alongside (no item-item tables: only the user's last items and residuals), raised to ``power``."""
+    np.random.seed(seed)
+    bu = np.zeros(n_users)
+    bi = np.zeros(n_items)
+    p = np.random.normal(0.0, 0.1, (n_users, dim))
+    q = np.random.normal(0.0, 0.1, (n_items, dim))
+    hist = -np.ones((n_users, recent), np.int64)
+    hres = np.zeros((n_users, recent))
+    hn = np.zeros(n_users, np.int64)
+    mu_sum, mu_n = 0.0, 0
+    out = np.zeros(len(user))
+    for k in range(len(user)):
+        u, i = user[k], item[k]
+        m = min(hn[u], recent)
+        num, den = 0.0, 1.0
+        qi = q[i]
+        ni = np.sqrt(np.dot(qi, qi)) + 1e-9
+        for s in range(m):
+            j = hist[u, s]
+            qj = q[j]
+            c = np.dot(qi, qj) / (ni * (np.sqrt(np.dot(qj, qj)) + 1e-9))
+            if c <= 0:
+                continue
+            sim = c ** power
+            num += sim * hres[u, s]
+            den += sim
+        out[k] = num / den
+        mu = mu_sum / mu_n if mu_n else 3.0
+        if learn[k]:
+            e = y[k] - (mu + bu[u] + bi[i] + np.dot(q[i], p[u]))
+            e = min(max(e, -1.5), 1.5)
+            bu[u] += lr_b * (e - reg * bu[u])
+            bi[i] += lr_b * (e - reg * bi[i])
+            pu = p[u].copy()
+            p[u] += lr_f * (e * q[i] - reg * p[u])
+            q[i] += lr_f * (e * pu - reg * q[i])
+            mu_sum += y[k]
+            mu_n += 1
+            slot = hn[u] % recent
+            hist[u, slot] = i
+            hres[u, slot] = resid[k]
+            hn[u] += 1
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--set", action="append", default=[])
@@ -196,6 +247,12 @@ def main() -> None:
     timings["knn residual"] = round(time.perf_counter() - t, 2)
     out["mf + knn residual"] = figures(np.clip(scores["mf"] + knn, lo, hi))
 
+    t = time.perf_counter()
+    fknn = factor_knn_pass(user, item, y, resid, learn, len(uid), len(iid), cfg.model.dim, int(recent), 2.0,
+                           args.lr[0], args.lr[1], 0.02, 7)
+    timings["factor knn residual"] = round(time.perf_counter() - t, 2)
+    out["mf + factor knn residual"] = figures(np.clip(scores["mf"] + fknn, lo, hi))
+
     even = 1 / len(scores)
     base = np.column_stack([np.ones(len(y)), *scores.values()])
     prior = np.array([0.0] + [even] * len(scores))
@@ -204,6 +261,8 @@ def main() -> None:
                                                          np.append(prior, 0.0)))
     out["fusion + knn residual"] = figures(fading_least_squares(np.column_stack([base, knn]), y, learn,
                                                                 np.append(prior, 0.0)))
+    out["fusion + factor knn residual"] = figures(fading_least_squares(np.column_stack([base, fknn]), y, learn,
+                                                                       np.append(prior, 0.0)))
     out["fusion + both"] = figures(fading_least_squares(np.column_stack([base, study["svd++ (study)"], knn]), y,
                                                         learn, np.append(prior, [0.0, 0.0])))
     for name, f in out.items():
