@@ -160,6 +160,12 @@ class BatchResult:
     recommendations: list[Recommendation] = field(default_factory=list)
 
 
+def rows_tensor(values: list, dtype, device) -> torch.Tensor:
+    """A tensor of a list of numbers or of equal-length rows, through NumPy: torch.tensor on nested
+    lists takes about twice as long (1 µs an example for the dense features alone)."""
+    return torch.from_numpy(np.array(values, dtype)).to(device)
+
+
 def mf_clip(cfg: ModelConfig) -> float:
     """The MF's error clip: model.mf_grad_clip, or grad_clip where that is negative."""
     return cfg.grad_clip if cfg.mf_grad_clip < 0 else cfg.mf_grad_clip
@@ -419,10 +425,10 @@ class OnlineLearner:
         ex = Examples(
             items,
             torch.from_numpy(before).to(dev),
-            torch.tensor(cols.dense, dtype=torch.float32, device=dev),
-            torch.tensor(cols.code, dtype=torch.long, device=dev),
-            torch.tensor(cols.buckets, dtype=torch.long, device=dev),
-            torch.tensor(cols.pair, dtype=torch.float32, device=dev),
+            rows_tensor(cols.dense, np.float32, dev),
+            rows_tensor(cols.code, np.int64, dev),
+            rows_tensor(cols.buckets, np.int64, dev),
+            rows_tensor(cols.pair, np.float32, dev),
         )
         batch = m.batch(ex)
         ftrl = m.ftrl

@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING
 
 import orjson
 
+from rtrec.core.outputs import SEPARATOR
+
 if TYPE_CHECKING:
     from models.online import Predictions, Recommendation
     from rtrec.core.outputs import TopicRecords
@@ -60,15 +62,21 @@ def read_record(topic: str, value: bytes) -> dict:
 
 def encode_predictions(p: Predictions, version: int, trainer: int, out: TopicRecords) -> None:
     """One predictions-topic record per example (key: user id)."""
-    names = list(p.scores)
-    columns = [p.scores[n] for n in names]
-    dumps = orjson.dumps
-    for i, user in enumerate(p.user_id):
-        out.append(user, dumps({
-            "event_id": p.event_id[i], "user_id": user, "item_id": p.item_id[i], "ts": p.ts[i], "type": p.type[i],
-            "label": p.label[i], "model_version": version, "scores": {n: c[i] for n, c in zip(names, columns, strict=True)},
-            "fused": p.fused[i], "heldout": p.heldout[i], "trainer": trainer,
-        }))
+    names = tuple(p.scores)
+    dumps, sep = orjson.dumps, SEPARATOR
+    # (one comprehension over the columns, each record straight into the list as TopicRecords.append
+    # writes it: this runs per example, and took 3 µs an example as a loop of appends; a score row has
+    # one value per name by construction, hence strict=False there)
+    list.extend(out, [
+        f"{user}{sep}" + dumps({
+            "event_id": event_id, "user_id": user, "item_id": item_id, "ts": ts, "type": type_, "label": label,
+            "model_version": version, "scores": dict(zip(names, scores, strict=False)), "fused": fused,
+            "heldout": heldout, "trainer": trainer,
+        }).decode()
+        for event_id, user, item_id, ts, type_, label, scores, fused, heldout in zip(
+            p.event_id, p.user_id, p.item_id, p.ts, p.type, p.label, zip(*(p.scores[n] for n in names), strict=True), p.fused,
+            p.heldout, strict=True)
+    ])
 
 
 def request_of(r: Recommendation) -> dict:

@@ -312,3 +312,32 @@ def test_the_local_pipeline_cuts_a_shard_batch_as_the_user_stage_does():
     pipe.run(events, 700)
     assert pipe.timings.batches == 3  # 300 + 300 + 100
     assert pipe.timings.outputs["dead_letters"] == 0 and pipe.timings.events == 700
+
+
+def test_prediction_records_take_each_field_from_its_own_column():
+    """records.encode_predictions writes one record per example, key its user, every field from the
+    example's own row of each column, and valid against the predictions schema."""
+    import jsonschema
+    import orjson
+
+    from models.online import Predictions
+    from rtrec.core.outputs import SEPARATOR, Outputs
+    from rtrec.records import encode_predictions
+
+    n = 5
+    p = Predictions([f"e{i}" for i in range(n)], [f"u{i % 2}" for i in range(n)], [f"i{i}" for i in range(n)],
+                    [1_000 + i for i in range(n)], ["rating", "click", "rating", "purchase", "rating"],
+                    [4.0, 1.0, 2.0, 1.0, 5.0], {"mf": [3.0 + i / 10 for i in range(n)], "ftrl": [0.5 + i / 100 for i in range(n)]},
+                    [3.5 + i / 10 for i in range(n)], [False, True, False, False, True])
+    out = Outputs()
+    encode_predictions(p, 7, 3, out.predictions)
+    assert len(out.predictions) == n
+    for i, record in enumerate(out.predictions):
+        key, value = record.split(SEPARATOR, 1)
+        d = orjson.loads(value)
+        jsonschema.validate(d, SCHEMAS["prediction"])
+        assert key == p.user_id[i]
+        assert d == {"event_id": p.event_id[i], "user_id": p.user_id[i], "item_id": p.item_id[i], "ts": p.ts[i],
+                     "type": p.type[i], "label": p.label[i], "model_version": 7,
+                     "scores": {"mf": p.scores["mf"][i], "ftrl": p.scores["ftrl"][i]}, "fused": p.fused[i],
+                     "heldout": p.heldout[i], "trainer": 3}

@@ -162,6 +162,27 @@ def test_fast_windowed_count_changes_state_as_the_declared_update(raw, windows, 
             assert out[f"n_{w.name}"] == len(counted)
 
 
+@given(events_st, st.lists(st.tuples(st.integers(1, 30), st.integers(1, 12)), min_size=1, max_size=3),
+       st.integers(-60 * MINUTE, 60 * MINUTE))
+def test_one_windows_total_at_a_time_equals_the_totals_and_brute_force(raw, windows, offset):
+    """WindowedCount.total_at (the item model inputs read two windows per item and batch) is one entry of
+    totals_at, at any read time: before, at or after the newest event."""
+    wins = tuple(Window(f"w{i}", minutes * MINUTE, buckets) for i, (minutes, buckets) in enumerate(windows))
+    f = WindowedCount("n", ("click", "view"), wins, per_type=False)
+    events = [ev(ts, t) for ts, t, _ in raw]
+    slot = fold(f, events)
+    at = max(max(e.ts for e in events) + offset, 0)
+    totals = f.totals_at(slot, at)
+    for k, w in enumerate(wins):
+        lo, hi = at // w.width - w.buckets + 1, at // w.width
+        newest = max(e.ts for e in events) // w.width
+        # (a read before the newest bucket counts what the slot still holds: buckets the newest event
+        # pushed out of its window are gone)
+        expected = sum(e.type in ("click", "view") and lo <= e.ts // w.width <= hi
+                       and e.ts // w.width > newest - w.buckets for e in events)
+        assert f.total_at(slot, k, at) == f.total_at(slot, k - len(wins), at) == totals[k][0] == expected
+
+
 def test_engine_folds_with_the_fast_update_and_declarations_still_pickle():
     engine = FeatureEngine(USER_FEATURES)
     count = USER_FEATURES.features[0]

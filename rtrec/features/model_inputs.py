@@ -101,8 +101,9 @@ class ItemInputs:
     def dense(self, state: list, at_ts: int) -> list[float]:
         n, mean, m2 = state[self.rating]
         clicks, impressions = state[self.ctr_slot]
-        counts = self.pop_spec.totals_at(state[self.popularity], at_ts)  # shortest window first, longest last
-        short, long = (counts[-2] if len(counts) > 1 else counts[0])[0], counts[-1][0]
+        spec, slot = self.pop_spec, state[self.popularity]  # (windows shortest first, longest last)
+        long = spec.total_at(slot, -1, at_ts)
+        short = spec.total_at(slot, -2, at_ts) if len(spec.windows) > 1 else long
         c = self.ctr
         return [
             1.0,

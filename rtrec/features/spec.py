@@ -109,6 +109,19 @@ class WindowedCount:
         exec("\n".join(lines), scope)  # noqa: S102 (code made from this declaration's numbers only)
         return scope["update"]
 
+    def total_at(self, slot: list, window: int, at_ts: int, col: int = 0) -> int:
+        """The count of column ``col`` in the ``window``-th window (as declared; negative from the end) as of
+        ``at_ts``: one number of :meth:`totals_at`, without the others (it runs per item and batch)."""
+        w = self.windows[window]
+        newest, totals, buckets = slot[window]
+        b = at_ts // w.width
+        if b == newest:
+            return totals[col]
+        lo = b - w.buckets + 1
+        if newest < lo:  # every bucket is older than the window (keys <= newest)
+            return 0
+        return sum([counts[col] for k, counts in buckets.items() if lo <= k <= b])
+
     def totals_at(self, slot: list, at_ts: int) -> list[list[int]]:
         """Per window (as declared), the counts per column as of ``at_ts``."""
         out = []
