@@ -44,11 +44,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import write_results  # noqa: E402
-from benchmarks.fusion_variants import fading_least_squares  # noqa: E402
+from benchmarks.fusion_variants import RatingExamples, fading_least_squares  # noqa: E402
 from rtrec.config import load_config  # noqa: E402
-from rtrec.core.local import LocalPipeline  # noqa: E402
-from rtrec.datasets import movielens_events  # noqa: E402
-from rtrec.metrics import auc  # noqa: E402
 
 
 @numba.njit(cache=True)
@@ -202,26 +199,17 @@ def main() -> None:
                     help="the neighbourhood's last N rated items of the user; several: searched")
     args = ap.parse_args()
     cfg = load_config(overrides=["text.enabled=false", *args.set])
-    p = LocalPipeline(cfg).run(movielens_events(args.limit), 4000).predictions
-    rows = [k for k, t in enumerate(p.type) if t == "rating"]
-    y = np.array([p.label[k] for k in rows])
-    scores = {m: np.array([v[k] for k in rows]) for m, v in p.scores.items()}
-    learn = ~np.array([p.heldout[k] for k in rows])
+    r = RatingExamples.of_job(cfg, args.limit)
+    y, scores, learn, figures = r.y, r.scores, r.learn, r.figures
     uid: dict[str, int] = {}
     iid: dict[str, int] = {}
-    user = np.array([uid.setdefault(p.user_id[k], len(uid)) for k in rows], np.int64)
-    item = np.array([iid.setdefault(p.item_id[k], len(iid)) for k in rows], np.int64)
-    positive = (y >= 4).astype(int)
+    user = np.array([uid.setdefault(u, len(uid)) for u in r.users], np.int64)
+    item = np.array([iid.setdefault(i, len(iid)) for i in r.items], np.int64)
     half = len(y) // 2
     lo, hi = cfg.model.rating_min, cfg.model.rating_max
 
-    def figures(pred: np.ndarray) -> dict:
-        return {"mae": round(float(np.abs(pred - y).mean()), 4), "auc": round(auc(pred.tolist(), positive.tolist()), 4),
-                "mae_second_half": round(float(np.abs(pred[half:] - y[half:]).mean()), 4),
-                "auc_second_half": round(auc(pred[half:].tolist(), positive[half:].tolist()), 4)}
-
     out = {m: figures(s) for m, s in scores.items()}
-    out["job fused"] = figures(np.array([p.fused[k] for k in rows]))
+    out["job fused"] = figures(r.fused)
     timings = {}
     study = {}
     for name, implicit in (("mf (study)", False), ("svd++ (study)", True)):

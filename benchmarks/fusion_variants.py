@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections import defaultdict, deque
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -100,30 +101,50 @@ def recent_residual(users: list[str], ts: np.ndarray, err: np.ndarray, keep: int
     return mean, count
 
 
+@dataclass
+class RatingExamples:
+    """The rating examples of a LocalPipeline run, in order, as arrays: label, the job's per-model and fused
+    predictions, whether each was learned from (not held out), and its user, item and time."""
+
+    y: np.ndarray
+    scores: dict[str, np.ndarray]
+    fused: np.ndarray
+    learn: np.ndarray
+    users: list[str]
+    items: list[str]
+    ts: np.ndarray
+
+    @staticmethod
+    def of_job(cfg, limit: int = 0) -> RatingExamples:
+        """Through rtrec.core.local.LocalPipeline (the job's core), 4,000-event batch intervals."""
+        p = LocalPipeline(cfg).run(movielens_events(limit), 4000).predictions
+        rows = [k for k, t in enumerate(p.type) if t == "rating"]
+        return RatingExamples(np.array([p.label[k] for k in rows]),
+                              {m: np.array([v[k] for k in rows]) for m, v in p.scores.items()},
+                              np.array([p.fused[k] for k in rows]), ~np.array([p.heldout[k] for k in rows]),
+                              [p.user_id[k] for k in rows], [p.item_id[k] for k in rows],
+                              np.array([p.ts[k] for k in rows]))
+
+    def figures(self, pred: np.ndarray) -> dict:
+        """MAE and AUC (rating >= 4) of ``pred``, over all examples and over the second half."""
+        y, half = self.y, len(self.y) // 2
+        positive = (y >= 4).astype(int)
+        return {"mae": round(float(np.abs(pred - y).mean()), 4), "auc": round(auc(pred.tolist(), positive.tolist()), 4),
+                "mae_second_half": round(float(np.abs(pred[half:] - y[half:]).mean()), 4),
+                "auc_second_half": round(auc(pred[half:].tolist(), positive[half:].tolist()), 4)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--set", action="append", default=[])
     ap.add_argument("--limit", type=int, default=0)
     args = ap.parse_args()
     cfg = load_config(overrides=["text.enabled=false", *args.set])
-    p = LocalPipeline(cfg).run(movielens_events(args.limit), 4000).predictions
-    rows = [k for k, t in enumerate(p.type) if t == "rating"]
-    y = np.array([p.label[k] for k in rows])
-    scores = {m: np.array([v[k] for k in rows]) for m, v in p.scores.items()}
+    r = RatingExamples.of_job(cfg, args.limit)
+    y, scores, learn, users, items, ts, figures = r.y, r.scores, r.learn, r.users, r.items, r.ts, r.figures
     models = list(scores)
-    learn = ~np.array([p.heldout[k] for k in rows])
-    users, items = [p.user_id[k] for k in rows], [p.item_id[k] for k in rows]
-    ts = np.array([p.ts[k] for k in rows])
-    positive = (y >= 4).astype(int)
-    half = len(y) // 2
-
-    def figures(pred: np.ndarray) -> dict:
-        return {"mae": round(float(np.abs(pred - y).mean()), 4), "auc": round(auc(pred.tolist(), positive.tolist()), 4),
-                "mae_second_half": round(float(np.abs(pred[half:] - y[half:]).mean()), 4),
-                "auc_second_half": round(auc(pred[half:].tolist(), positive[half:].tolist()), 4)}
-
     out = {m: figures(s) for m, s in scores.items()}
-    out["job"] = figures(np.array([p.fused[k] for k in rows]))
+    out["job"] = figures(r.fused)
     even = 1 / len(models)
     base = np.column_stack([np.ones(len(y)), *scores.values()])
     out["job (replica)"] = figures(fading_least_squares(base, y, learn, np.array([0.0] + [even] * len(models))))
