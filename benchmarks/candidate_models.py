@@ -108,6 +108,7 @@ def knn_pass(user, item, resid, learn, n_users, n_items, recent, shrink, damp):
     hres = np.zeros((n_users, recent))
     hn = np.zeros(n_users, np.int64)
     out = np.zeros(len(user))
+    touched = 0
     for k in range(len(user)):
         u, i = user[k], item[k]
         m = min(hn[u], recent)
@@ -126,6 +127,7 @@ def knn_pass(user, item, resid, learn, n_users, n_items, recent, shrink, damp):
         out[k] = num / den
         if learn[k]:
             r = resid[k]
+            touched += 2 * m
             for s in range(m):
                 j = hist[u, s]
                 x = hres[u, s]
@@ -139,7 +141,7 @@ def knn_pass(user, item, resid, learn, n_users, n_items, recent, shrink, damp):
             hist[u, slot] = i
             hres[u, slot] = r
             hn[u] += 1
-    return out
+    return out, touched, np.count_nonzero(cnt)
 
 
 @numba.njit(cache=True)
@@ -270,13 +272,17 @@ def main() -> None:
     for shrink in args.shrink:
         for recent in args.knn_recent:
             first = knn_pass(user[:half], item[:half], resid[:half], learn[:half], len(uid), len(iid), recent,
-                             shrink, 1.0)
+                             shrink, 1.0)[0]
             search[f"shrink={shrink:g} recent={recent}"] = round(
                 float(np.abs(np.clip(scores["mf"][:half] + first, lo, hi) - y[:half]).mean()), 4)
     chosen = min(search, key=search.get)
     shrink, recent = (float(v.split("=")[1]) for v in chosen.split())
     t = time.perf_counter()
-    knn = knn_pass(user, item, resid, learn, len(uid), len(iid), int(recent), shrink, 1.0)
+    knn, touched, pairs = knn_pass(user, item, resid, learn, len(uid), len(iid), int(recent), shrink, 1.0)
+    # What a job would have to merge and broadcast: pair rows updated per example, distinct pairs in the end.
+    tables = {"pair_row_updates_per_example": round(touched / len(y), 1), "distinct_ordered_pairs": int(pairs),
+              "items": len(iid)}
+    print(f"neighbourhood tables: {tables}")
     timings["knn residual"] = round(time.perf_counter() - t, 2)
     out["mf + knn residual"] = figures(np.clip(scores["mf"] + knn, lo, hi))
 
@@ -311,7 +317,7 @@ def main() -> None:
     path = write_results("candidate_models", {
         "command": "python benchmarks/candidate_models.py " + " ".join(sys.argv[1:]),
         "examples": len(y), "recent": args.recent, "study_rates": args.lr,
-        "knn_search_first_half_mae": search, "knn_chosen": chosen, "seconds": timings, "variants": out})
+        "knn_search_first_half_mae": search, "knn_chosen": chosen, "knn_tables": tables, "seconds": timings, "variants": out})
     print(f"neighbourhood: {chosen} (first-half MAE of MF + residual: {search})")
     print(f"wrote {path}")
 
