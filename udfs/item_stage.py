@@ -29,7 +29,7 @@ from pyflink.datastream.state import MapStateDescriptor
 from models.merger import ItemFeaturesMessage
 from rtrec.config import RtrecConfig
 from rtrec.core.item import ItemCore
-from rtrec.events import Event
+from rtrec.events import Event, pack_events, unpack_events
 from rtrec.features.backfill import event_order
 from rtrec.profiling import OperatorProfile
 from udfs.faults import FaultInjector
@@ -37,7 +37,8 @@ from udfs.records import stage_row
 from udfs.runtime import subtask_info
 from udfs.state import CachedMapState, entity_map
 
-#: What the UserStage sends here: (item shard, accepted events of that shard) ...
+#: What the UserStage sends here: (item shard, accepted events of that shard as rtrec.events.pack_events
+#: columns) ...
 ITEM_EVENTS = Types.ROW_NAMED(["shard", "events"], [Types.INT(), Types.PICKLED_BYTE_ARRAY()])
 #: ... keyed by the shard in Java (udfs/keying.py).
 KEYED_ITEM_EVENTS = Types.ROW_NAMED(["key", "value"], [Types.INT(), ITEM_EVENTS])
@@ -58,7 +59,8 @@ class ItemStage(KeyedProcessFunction):
         self.items = CachedMapState(
             ctx.get_map_state(entity_map("items", self.cfg.features.item_ttl_ms)), self.cfg.features.item_ttl_ms
         )
-        # sequence number -> events of one batch held back until the watermark passes them
+        # sequence number -> events of one batch held back until the watermark passes them (pack_events
+        # columns; a list of events as releases up to 0.2 kept them)
         self.pending = ctx.get_map_state(MapStateDescriptor("pending", Types.LONG(), Types.PICKLED_BYTE_ARRAY()))
         # shard -> {sequence number: oldest event time} of what `pending` holds (rebuilt after a restore)
         self.held: dict[int, dict[int, int]] = {}
@@ -74,9 +76,10 @@ class ItemStage(KeyedProcessFunction):
             self.profile.dump()
 
     def process_element(self, value: Row, ctx: KeyedProcessFunction.Context):
-        self.fault.count(len(value[1]))
+        events = unpack_events(value[1])
+        self.fault.count(len(events))
         with self.profile:
-            results = self.advance(value[0], value[1], ctx.timer_service())
+            results = self.advance(value[0], events, ctx.timer_service())
         yield from results
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext):
@@ -89,13 +92,13 @@ class ItemStage(KeyedProcessFunction):
         watermark = timers.current_watermark()
         held = self.held.get(shard)
         if held is None:  # first call for this shard since (re)start
-            held = self.held[shard] = {seq: min(e.ts for e in evs) for seq, evs in self.pending.items()}
+            held = self.held[shard] = {seq: min(e.ts for e in unpack_events(evs)) for seq, evs in self.pending.items()}
         due = [e for e in events if e.ts <= watermark]
         written = self.written
         for seq in [s for s, oldest in held.items() if oldest <= watermark]:
             waiting = written.pop((shard, seq), None)
             if waiting is None:  # (held since before a restore)
-                waiting = self.pending.get(seq) or []
+                waiting = unpack_events(self.pending.get(seq) or [])
             rest = [e for e in waiting if e.ts > watermark]
             due.extend(e for e in waiting if e.ts <= watermark)
             if rest:
@@ -114,7 +117,7 @@ class ItemStage(KeyedProcessFunction):
         return self.fold(sorted(due, key=event_order)) if due else []
 
     def _hold(self, shard: int, seq: int, events: list[Event]) -> None:
-        self.pending.put(seq, events)
+        self.pending.put(seq, pack_events(events))
         self.written[(shard, seq)] = events
         self.held[shard][seq] = min(e.ts for e in events)
 

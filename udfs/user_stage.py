@@ -42,6 +42,7 @@ from rtrec import topics
 from rtrec.config import RtrecConfig
 from rtrec.core import heap
 from rtrec.core.user import UserBatch, UserCore, batch_parts
+from rtrec.events import pack_events
 from rtrec.model_updates import VersionReader
 from rtrec.profiling import OperatorProfile
 from rtrec.sharding import ShardCountMismatch, state_shard_error
@@ -318,7 +319,8 @@ class UserStage(KeyedBroadcastProcessFunction):
         self.checked_shards.add(shard)
 
     def _route(self, result: UserBatch, timers) -> list:
-        results: list = [(TO_ITEMS, Row(shard, Row(shard, events))) for shard, events in result.item_events.items()]
+        results: list = [(TO_ITEMS, Row(shard, Row(shard, pack_events(events))))
+                         for shard, events in result.item_events.items()]
         if result.delta is not None:
             results.append((TO_MERGER, Row(0, result.delta.as_message())))
         if result.examples:
