@@ -128,7 +128,7 @@ def pack_events(events: list[Event]) -> tuple:
 
 
 def unpack_events(value) -> list[Event]:
-    """The events of :func:`pack_events`' columns, or of a list of events (what releases up to 0.2 sent and
+    """The events of :func:`pack_events`' columns, or of a list of events (what releases up to 0.1.0 sent and
     kept in the ItemStage's state)."""
     if type(value) is tuple and value and value[0] == EVENT_COLUMNS:
         return list(map(Event, *value[1:])) if len(value) > 1 else []

@@ -74,8 +74,8 @@ def encode_predictions(p: Predictions, version: int, trainer: int, out: TopicRec
             "heldout": heldout, "trainer": trainer,
         }).decode()
         for event_id, user, item_id, ts, type_, label, scores, fused, heldout in zip(
-            p.event_id, p.user_id, p.item_id, p.ts, p.type, p.label, zip(*(p.scores[n] for n in names), strict=True), p.fused,
-            p.heldout, strict=True)
+            p.event_id, p.user_id, p.item_id, p.ts, p.type, p.label,
+            zip(*(p.scores[n] for n in names), strict=True), p.fused, p.heldout, strict=True)
     ])
 
 

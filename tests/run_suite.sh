@@ -4,8 +4,9 @@
 # and brokers, so they run as two pytest-xdist workers, a whole module at a time, longest first
 # (tests/conftest.py LONGEST_FIRST; RTREC_TEST_WORKERS sets the count, 1 runs them one after the
 # other), and the unit tests run beside them. On this 2-core machine the integration tests took
-# 12.7 min that way (2026-12-02), against 19.6 min one at a time on an earlier day. Fails if either set fails; pytest's 5 (nothing collected) counts as a failure
-# only if both sets collected nothing.
+# 8.8-10.7 min that way (2026-12-02), against 19.6 min one at a time on an earlier day. Fails if
+# either set fails; pytest's 5 (nothing collected) counts as a failure only if both sets collected
+# nothing.
 #
 #     tests/run_suite.sh PYTHON [PYTEST ARGS...]
 set -uo pipefail

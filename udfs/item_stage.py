@@ -60,7 +60,7 @@ class ItemStage(KeyedProcessFunction):
             ctx.get_map_state(entity_map("items", self.cfg.features.item_ttl_ms)), self.cfg.features.item_ttl_ms
         )
         # sequence number -> events of one batch held back until the watermark passes them (pack_events
-        # columns; a list of events as releases up to 0.2 kept them)
+        # columns; a list of events as releases up to 0.1.0 kept them)
         self.pending = ctx.get_map_state(MapStateDescriptor("pending", Types.LONG(), Types.PICKLED_BYTE_ARRAY()))
         # shard -> {sequence number: oldest event time} of what `pending` holds (rebuilt after a restore)
         self.held: dict[int, dict[int, int]] = {}
