@@ -79,7 +79,7 @@ class ItemStage(KeyedProcessFunction):
         events = unpack_events(value[1])
         self.fault.count(len(events))
         with self.profile:
-            results = self.advance(value[0], events, ctx.timer_service())
+            results = self.advance(value[0], events, ctx.timer_service(), packed=value[1])
         yield from results
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext):
@@ -87,12 +87,14 @@ class ItemStage(KeyedProcessFunction):
             results = self.advance(ctx.get_current_key(), [], ctx.timer_service())
         yield from results
 
-    def advance(self, shard: int, events: list[Event], timers) -> list:
-        """Hold back ``events`` the watermark has not passed; fold everything it has, oldest first."""
+    def advance(self, shard: int, events: list[Event], timers, packed: tuple | None = None) -> list:
+        """Hold back ``events`` the watermark has not passed; fold everything it has, oldest first.
+        ``packed``: ``events`` as they came (pack_events), kept as they are when all of them wait."""
         watermark = timers.current_watermark()
         held = self.held.get(shard)
         if held is None:  # first call for this shard since (re)start
-            held = self.held[shard] = {seq: min(e.ts for e in unpack_events(evs)) for seq, evs in self.pending.items()}
+            held = self.held[shard] = {seq: min(e.ts for e in unpack_events(evs))
+                                       for seq, evs in self.pending.items()}
         due = [e for e in events if e.ts <= watermark]
         written = self.written
         for seq in [s for s, oldest in held.items() if oldest <= watermark]:
@@ -107,8 +109,8 @@ class ItemStage(KeyedProcessFunction):
                 self.pending.remove(seq)
                 del held[seq]
         later = [e for e in events if e.ts > watermark]
-        if later:
-            self._hold(shard, max(held, default=0) + 1, later)
+        if later:  # (on a backlog usually all of them: then stored as they came, not packed again)
+            self._hold(shard, max(held, default=0) + 1, later, packed if len(later) == len(events) else None)
         if held:
             at = min(held.values())
             if self.timer_at.get(shard) != at:
@@ -116,8 +118,8 @@ class ItemStage(KeyedProcessFunction):
                 self.timer_at[shard] = at
         return self.fold(sorted(due, key=event_order)) if due else []
 
-    def _hold(self, shard: int, seq: int, events: list[Event]) -> None:
-        self.pending.put(seq, pack_events(events))
+    def _hold(self, shard: int, seq: int, events: list[Event], packed: tuple | None = None) -> None:
+        self.pending.put(seq, pack_events(events) if packed is None else packed)
         self.written[(shard, seq)] = events
         self.held[shard][seq] = min(e.ts for e in events)
 
