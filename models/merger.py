@@ -70,9 +70,20 @@ def read_message(message: tuple) -> DeltaMessage | ItemFeaturesMessage:
     raise ValueError(f"unknown merger message {kind!r}")
 
 
-def _stack(rows: list, dtype: torch.dtype, device) -> torch.Tensor:
-    """Held-out fields (NumPy arrays, or tensors from releases up to 0.1.0) as one tensor."""
-    return torch.as_tensor(np.stack([np.asarray(r) for r in rows]), dtype=dtype, device=device)
+#: The held-out fields that make models.ensemble.Examples after the items' rows, in its order, and
+#: their types.
+_HELD_FIELDS = {"user_params": np.float32, "user_dense": np.float32, "user_code": np.int64,
+                "user_buckets": np.int64, "pair": np.float32}
+
+
+def _held_columns(rows: list[dict]) -> dict[str, np.ndarray]:
+    """Held-out examples (fields as NumPy arrays, or tensors from releases up to 0.1.0) as one array per
+    field, and the labels as ``y``."""
+    cols = {k: np.stack([np.asarray(r[k] if k != "pair" else r.get(k, (0.0, 0.0))) for r in rows]).astype(t, copy=False)
+            for k, t in _HELD_FIELDS.items() if k != "user_code"}
+    cols["user_code"] = np.array([r["user_code"] for r in rows], np.int64)
+    cols["y"] = np.array([r["y"] for r in rows], np.float32)
+    return cols
 
 
 class MergerCore:
@@ -84,6 +95,9 @@ class MergerCore:
         self.pending: dict[int, list[tuple[int, dict[str, RowDelta]]]] = {}
         self.pending_examples = 0
         self.heldout: deque = deque(maxlen=cfg.heldout_size)
+        #: The held-out examples' fields stacked (the rows of ``heldout``, in its order), extended as
+        #: examples come, so a merge does not stack every row again.
+        self._held: dict[str, np.ndarray] | None = None
         self.items: dict[str, list[float]] = {}
         self.rejected = 0
         self.rollbacks = 0
@@ -92,6 +106,12 @@ class MergerCore:
     # -- input -----------------------------------------------------------------------
     def add_delta(self, trainer: int, seq: int, delta: dict[str, RowDelta], heldout: list[dict]) -> None:
         self.heldout.extend(heldout)
+        if heldout:
+            new = _held_columns(heldout)
+            if self._held is not None:
+                keep = self.heldout.maxlen
+                new = {k: np.concatenate((self._held[k], v))[-keep:] for k, v in new.items()}
+            self._held = new
         if not delta_is_finite(delta):
             self.rejected += 1
             self.merged_upto[trainer] = max(self.merged_upto.get(trainer, 0), seq)
@@ -135,16 +155,13 @@ class MergerCore:
         if len(self.heldout) < self.cfg.heldout_min:
             return None
         m = self.models
-        rows = list(self.heldout)
-        ex = Examples(
-            m.rows([r["item"] for r in rows]),
-            _stack([r["user_params"] for r in rows], torch.float32, m.device),
-            _stack([r["user_dense"] for r in rows], torch.float32, m.device),
-            torch.tensor([r["user_code"] for r in rows], dtype=torch.long, device=m.device),
-            _stack([r["user_buckets"] for r in rows], torch.long, m.device),
-            _stack([r.get("pair", (0.0, 0.0)) for r in rows], torch.float32, m.device),
-        )
-        return m.batch(ex), torch.tensor([r["y"] for r in rows], device=m.device)
+        held = self._held
+        if held is None or len(held["y"]) != len(self.heldout):  # (the deque was changed from outside)
+            held = self._held = _held_columns(list(self.heldout))
+        dev = m.device
+        ex = Examples(m.rows([r["item"] for r in self.heldout]),
+                      *(torch.as_tensor(held[k], device=dev) for k in _HELD_FIELDS))
+        return m.batch(ex), torch.as_tensor(held["y"], device=dev)
 
     def merge(self, now_ms: int | None = None) -> Version:
         """Fold everything pending into the next version (or roll it back)."""

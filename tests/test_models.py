@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -251,6 +252,34 @@ def test_nan_delta_is_rejected_whole():
     assert merger.rejected == 1
     assert torch.isfinite(merger.models.params["mf.b"].data).all()
     assert v.merged_upto[0] == 1  # the trainer will drop it
+
+
+def test_held_out_columns_kept_as_examples_come_equal_the_examples_stacked_at_once():
+    """MergerCore extends its stacked held-out columns with each delta's examples, dropping the oldest past
+    model.heldout_size, as its deque does: the batch a merge scores is the one stacking the deque gives."""
+    from models.merger import _held_columns
+
+    cfg = ModelConfig(heldout_min=5, heldout_size=50)
+    merger = MergerCore(cfg)
+    learner = OnlineLearner(ModelConfig(heldout_fraction=0.3))
+    users = {}
+    batch = _examples(600)
+    for e in batch:
+        users.setdefault(e.user_id, learner.new_user(e.user_id))
+    added = 0
+    for k in range(0, len(batch), 100):
+        learner.process(_inputs(batch[k : k + 100]), users)
+        seq, d, heldout = learner.take_delta()
+        merger.add_delta(0, seq, d, heldout)
+        added += len(heldout)
+        stacked = _held_columns(list(merger.heldout))
+        assert all(np.array_equal(merger._held[f], stacked[f]) for f in stacked)
+    assert added > cfg.heldout_size == len(merger.heldout), "the oldest were dropped"
+    kept, y = merger.heldout_batch()
+    merger._held = None  # stacked from the deque now
+    again, y2 = merger.heldout_batch()
+    assert torch.equal(y, y2) and torch.equal(kept.dense, again.dense) and torch.equal(kept.sparse, again.sparse)
+    assert merger.heldout_loss((kept, y)) == merger.heldout_loss((again, y2))
 
 
 def test_a_version_worse_on_held_out_examples_is_rolled_back():
