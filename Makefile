@@ -25,11 +25,11 @@ help:
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-# The compiled loops (models/sequential.py, numba) into numba's on-disk cache: about 20 s once,
+# The compiled loops (models/sequential.py, rtrec/features/compiled.py; numba) into numba's on-disk cache: about 20 s once,
 # instead of in the job's first start.
 COMPILED := $(VENV)/.compiled
-$(COMPILED): $(STAMP) models/sequential.py
-	$(PY) -c "from models import sequential; sequential.warm_up()"
+$(COMPILED): $(STAMP) models/sequential.py rtrec/features/compiled.py
+	$(PY) -c "from models import sequential; sequential.warm_up(); from rtrec.core.item import ItemCore; ItemCore().warm_up()"
 	touch $@
 
 $(STAMP): pyproject.toml | $(PY)

@@ -27,6 +27,7 @@ from pyflink.datastream import KeyedProcessFunction, OutputTag, RuntimeContext
 from pyflink.datastream.state import MapStateDescriptor
 
 from models.merger import ItemFeaturesMessage
+from models.worker import torch_call
 from rtrec.config import RtrecConfig
 from rtrec.core.item import ItemCore
 from rtrec.events import Event, pack_events, unpack_events
@@ -56,6 +57,7 @@ class ItemStage(KeyedProcessFunction):
     def open(self, ctx: RuntimeContext):
         self.core = ItemCore(self.cfg.features.emit_item_features, self.cfg.model.enabled,
                              self.cfg.features.snapshots == "event")
+        torch_call(self.core.warm_up)
         self.items = CachedMapState(
             ctx.get_map_state(entity_map("items", self.cfg.features.item_ttl_ms)), self.cfg.features.item_ttl_ms
         )
@@ -124,7 +126,8 @@ class ItemStage(KeyedProcessFunction):
         self.held[shard][seq] = min(e.ts for e in events)
 
     def fold(self, events: list[Event]) -> list:
-        batch = self.core.fold(events, self.items.get)
+        # (state on this task thread; the compiled fold on a thread Python made: models.worker)
+        batch = torch_call(self.core.fold_loaded, events, self.core.load(events, self.items.get))
         self.items.put_all(batch.states)
         results: list = [stage_row(batch.out)] if batch.out else []
         if batch.model_inputs:

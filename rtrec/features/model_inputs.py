@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import math
 import zlib
+from collections.abc import Callable
+
+import numpy as np
 
 from rtrec.features.definitions import ITEM_FEATURES, USER_FEATURES
 from rtrec.features.engine import COUNT, NEWEST, SLOTS, FeatureGroup
@@ -41,10 +44,6 @@ def _slot(group: FeatureGroup, kind: type, name: str | None = None) -> int:
 def id_code(value: str) -> int:
     """A stable 31-bit code for an id (the same in every process, unlike hash())."""
     return zlib.crc32(value.encode()) & 0x7FFFFFFF
-
-
-def _log(x: float) -> float:
-    return math.log1p(max(x, 0.0)) / 5.0
 
 
 class UserInputs:
@@ -99,18 +98,35 @@ class ItemInputs:
             raise ValueError("item popularity must count all its event types together (per_type=False)")
 
     def dense(self, state: list, at_ts: int) -> list[float]:
+        """:data:`ITEM_DENSE` of an item from the feature engine's state (one item: :meth:`dense_rows`)."""
         n, mean, m2 = state[self.rating]
         clicks, impressions = state[self.ctr_slot]
         spec, slot = self.pop_spec, state[self.popularity]  # (windows shortest first, longest last)
         long = spec.total_at(slot, -1, at_ts)
         short = spec.total_at(slot, -2, at_ts) if len(spec.windows) > 1 else long
+        one = [np.array([x], np.float64) for x in (n, mean, m2, clicks, impressions, long, short)]
+        return self.dense_rows(*one)[0].tolist()
+
+    def raw_reader(self, compiled) -> Callable[[np.ndarray], np.ndarray]:
+        """:meth:`dense_rows` of the rows of raw values of a :class:`~rtrec.features.compiled.CompiledGroup`
+        of these features (read at the time the dense view is for)."""
+        rating, ctr = compiled.raw_start(self.rating - SLOTS), compiled.raw_start(self.ctr_slot - SLOTS)
+        pop, windows = compiled.raw_start(self.popularity - SLOTS), len(self.pop_spec.windows)
+        columns = [rating, rating + 1, rating + 2, ctr, ctr + 1, pop + windows - 1, pop + max(windows - 2, 0)]
+        return lambda raw: self.dense_rows(*(raw[:, c] for c in columns))
+
+    def dense_rows(self, n: np.ndarray, mean: np.ndarray, m2: np.ndarray, clicks: np.ndarray, impressions: np.ndarray,
+                   long: np.ndarray, short: np.ndarray) -> np.ndarray:
+        """:data:`ITEM_DENSE` (one row per item) from the items' rating statistics, CTR counts and popularity
+        in the longest window and the one before it (one array each)."""
         c = self.ctr
-        return [
-            1.0,
-            _log(n),
-            (mean - 3.0) if n else 0.0,
-            math.sqrt(m2 / n) if n > 1 else 0.0,
-            _log(long),
-            math.log((short * 7 + 1) / (long + 1)),
-            (clicks + c.prior * c.prior_weight) / (max(impressions, clicks) + c.prior_weight),
-        ]
+        with np.errstate(divide="ignore", invalid="ignore"):  # (m2 / n where n is 0: not taken)
+            return np.stack([
+                np.ones_like(mean),
+                np.log1p(np.maximum(n, 0.0)) / 5.0,
+                np.where(n > 0, mean - 3.0, 0.0),
+                np.where(n > 1, np.sqrt(m2 / n), 0.0),
+                np.log1p(np.maximum(long, 0.0)) / 5.0,
+                np.log((short * 7 + 1) / (long + 1)),
+                (clicks + c.prior * c.prior_weight) / (np.maximum(impressions, clicks) + c.prior_weight),
+            ], axis=1)

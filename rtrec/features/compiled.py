@@ -1,0 +1,404 @@
+"""A feature group folded by compiled code: the same declarations, numeric state, one call per batch.
+
+:class:`CompiledGroup` runs a :class:`~rtrec.features.engine.FeatureGroup`
+made only of numeric declarations (:class:`~rtrec.features.spec.WindowedCount`,
+:class:`~rtrec.features.spec.SmoothedCTR`, :class:`~rtrec.features.spec.RatingStats`,
+:class:`~rtrec.features.spec.Recency`, :class:`~rtrec.features.spec.Trend`:
+the item features) the way :class:`~rtrec.features.engine.FeatureEngine` does,
+with the same results (tests/test_compiled_features.py holds the two against
+each other, events in any order), at a fraction of the Python cost: an
+entity's state is one float64 vector, and a batch of events folds into the
+states of its entities in one compiled loop (Numba), which also reads the
+values after each entity's last event (or after every event). Python is left
+with building the columns, once per event, and the records, once per entity.
+
+The vector: ``[newest event ts (NaN: none), events folded in, slots...]``,
+where a windowed count's window is ``[newest bucket, counts of nb buckets x
+columns in a ring (bucket b at b % nb)]``, a smoothed CTR's ``[clicks,
+impressions]``, rating statistics' ``[n, mean, m2]`` (Welford), a recency's the
+newest time per type (NaN: none). :meth:`CompiledGroup.from_engine_state`
+reads the engine's state (item state as every release before this one kept
+it), :meth:`CompiledGroup.to_engine_state` gives it back.
+
+Numba's compiled code must be entered from a thread Python created
+(models/sequential.py says why): the ItemStage calls :meth:`fold` through
+models.worker.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from models.sequential import _jit
+from rtrec.events import EVENT_TYPES, Event
+from rtrec.features.engine import COUNT, NEWEST, SLOTS, FeatureGroup
+from rtrec.features.spec import RatingStats, Recency, SmoothedCTR, Trend, WindowedCount
+
+_WC, _CTR, _RATING, _RECENCY, _TREND = 0, 1, 2, 3, 4
+_KINDS = {WindowedCount: _WC, SmoothedCTR: _CTR, RatingStats: _RATING, Recency: _RECENCY, Trend: _TREND}
+_TYPE_CODE = {t: i for i, t in enumerate(EVENT_TYPES)}
+
+
+def compilable(group: FeatureGroup) -> bool:
+    """Whether every declaration of ``group`` is of a kind :class:`CompiledGroup` runs."""
+    return all(type(f) in _KINDS for f in group.features)
+
+
+class CompiledGroup:
+    """:class:`~rtrec.features.engine.FeatureEngine`'s fold and snapshot for a numeric group, compiled."""
+
+    def __init__(self, group: FeatureGroup):
+        if not compilable(group):
+            kinds = sorted({type(f).__name__ for f in group.features if type(f) not in _KINDS})
+            raise ValueError(f"{group.entity} features declare {', '.join(kinds)}: not compiled (numeric kinds only)")
+        self.group = group
+        self.version = group.version
+        nt = len(EVENT_TYPES)
+        kinds, offsets, params, windows, sizes = [], [], [], [], []
+        # per declaration: kind, its slot's offset in the vector, and a row of event-type parameters
+        # (a windowed count's column per type, -1: not counted; a CTR's 1 click / 2 impression; a rating's 1;
+        # a recency's index per type)
+        at = SLOTS
+        self._read_plan = []  # per declaration: (kind, offset, first window row, windows)
+        for f in group.features:
+            kind = _KINDS[type(f)]
+            row = [-1] * nt
+            first = len(windows)
+            if kind == _WC:
+                for t, c in f._columns.items():
+                    row[_TYPE_CODE[t]] = c
+                nc = len(f.event_types) if f.per_type else 1
+                for w in f.windows:
+                    windows.append((w.width, w.buckets, nc, at))
+                    at += 1 + w.buckets * nc
+                size = 0
+            elif kind == _CTR:
+                for t in f.click_types:
+                    row[_TYPE_CODE[t]] = 1
+                for t in f.impression_types:
+                    if row[_TYPE_CODE[t]] < 0:
+                        row[_TYPE_CODE[t]] = 2
+                size = 2
+            elif kind == _RATING:
+                row[_TYPE_CODE[f.event_type]] = 1
+                size = 3
+            elif kind == _RECENCY:
+                for i, t in enumerate(f.event_types):
+                    if row[_TYPE_CODE[t]] < 0:
+                        row[_TYPE_CODE[t]] = i
+                size = len(f.event_types)
+            else:
+                size = 0
+            kinds.append(kind)
+            offsets.append(at if kind != _WC else windows[first][3])
+            params.append(row)
+            sizes.append(size)
+            self._read_plan.append((kind, offsets[-1], first, len(windows) - first))
+            at += size
+        self.size = at
+        self._kinds = np.array(kinds, np.int64)
+        self._offsets = np.array(offsets, np.int64)
+        self._params = np.array(params, np.int64).reshape(len(kinds), nt)
+        self._windows = np.array(windows, np.int64).reshape(len(windows), 4)
+        self._first_window = np.array([p[2] for p in self._read_plan], np.int64)
+        self._n_windows = np.array([p[3] for p in self._read_plan], np.int64)
+        self._sizes = np.array(sizes, np.int64)
+        self._template = self._new()
+        self._width = self._raw_width()
+        self.snapshot = self._snapshot_function()
+
+    # -- state -------------------------------------------------------------------------
+    def _new(self) -> np.ndarray:
+        v = np.zeros(self.size, np.float64)
+        v[NEWEST] = np.nan
+        for (kind, off, first, n), f in zip(self._read_plan, self.group.features, strict=True):
+            if kind == _WC:
+                for _width, _nb, _nc, woff in self._windows[first : first + n].tolist():
+                    v[woff] = -1.0
+            elif kind == _RECENCY:
+                v[off : off + len(f.event_types)] = np.nan
+        return v
+
+    def new_state(self) -> np.ndarray:
+        return self._template.copy()
+
+    def from_engine_state(self, state: list) -> np.ndarray:
+        """The vector of a state :class:`~rtrec.features.engine.FeatureEngine` folded."""
+        v = self.new_state()
+        v[NEWEST] = np.nan if state[NEWEST] is None else state[NEWEST]
+        v[COUNT] = state[COUNT]
+        for (kind, off, first, n), slot in zip(self._read_plan, state[SLOTS:], strict=True):
+            if kind == _WC:
+                for (_width, nb, nc, woff), (newest, _, buckets) in zip(self._windows[first : first + n].tolist(), slot,
+                                                                       strict=True):
+                    v[woff] = newest
+                    for b, counts in buckets.items():
+                        if newest - nb < b <= newest:
+                            base = woff + 1 + (b % nb) * nc
+                            v[base : base + nc] = counts
+            elif kind in (_CTR, _RATING):
+                v[off : off + len(slot)] = slot
+            elif kind == _RECENCY:
+                v[off : off + len(slot)] = [np.nan if t is None else t for t in slot]
+        return v
+
+    def to_engine_state(self, v: np.ndarray) -> list:
+        """The state :class:`~rtrec.features.engine.FeatureEngine` keeps for the same events."""
+        vals = v.tolist()
+        state: list = [None if math.isnan(vals[NEWEST]) else int(vals[NEWEST]), int(vals[COUNT])]
+        for (kind, off, first, n), f in zip(self._read_plan, self.group.features, strict=True):
+            if kind == _WC:
+                slot = []
+                for _width, nb, nc, woff in self._windows[first : first + n].tolist():
+                    newest = int(vals[woff])
+                    buckets = {}
+                    for b in range(newest - nb + 1, newest + 1):
+                        base = woff + 1 + (b % nb) * nc
+                        counts = [int(c) for c in vals[base : base + nc]]
+                        if any(counts):
+                            buckets[b] = counts
+                    totals = [sum(c[i] for c in buckets.values()) for i in range(nc)]
+                    slot.append([newest, totals, buckets])
+                state.append(slot)
+            elif kind == _CTR:
+                state.append([int(vals[off]), int(vals[off + 1])])
+            elif kind == _RATING:
+                state.append([int(vals[off]), vals[off + 1], vals[off + 2]])
+            elif kind == _RECENCY:
+                state.append([None if math.isnan(t) else int(t) for t in vals[off : off + len(f.event_types)]])
+            else:
+                state.append(f.init())
+        return state
+
+    def read_state(self, stored) -> np.ndarray:
+        """A stored entry: this class's vector (bytes), or the engine's list (state kept before)."""
+        if type(stored) is list:
+            return self.from_engine_state(stored)
+        v = np.frombuffer(stored, np.float64)
+        if v.shape[0] != self.size:
+            raise ValueError(f"a stored {self.group.entity} state of {v.shape[0]} values, these features keep "
+                             f"{self.size}: state written with other {self.group.entity} feature definitions")
+        return v
+
+    # -- fold and read -----------------------------------------------------------------------
+    def fold(self, events: Sequence[Event], key: str, states: dict[str, np.ndarray], every_event: bool = False
+             ) -> tuple[dict[str, np.ndarray], list[str], np.ndarray, np.ndarray]:
+        """Fold ``events`` (in the order given) into the vectors of ``states`` (entity id -> vector, a new
+        one for an entity not in it). Returns the new vectors, then the entity per read, its raw values
+        (:meth:`snapshot` turns them into features) and the event each read is after: one read per entity
+        after its last event here, or one per event with ``every_event``."""
+        n = len(events)
+        keys = [getattr(e, key) for e in events]
+        order = list(dict.fromkeys(keys))
+        index = {k: j for j, k in enumerate(order)}
+        ent = np.fromiter(map(index.__getitem__, keys), np.int64, n)
+        ts = np.array([e.ts for e in events], np.float64)
+        typ = np.fromiter(map(_TYPE_CODE.__getitem__, [e.type for e in events]), np.int64, n)
+        val = np.array([e.value for e in events], np.float64)  # (None: NaN)
+        get, template = states.get, self._template
+        table = np.stack([get(k, template) for k in order])
+        raw_width = self._width
+        if every_event:
+            reads = np.arange(n, dtype=np.int64)
+        else:  # each entity's last event: the first in reverse
+            _, first_from_end = np.unique(ent[::-1], return_index=True)
+            reads = np.sort(n - 1 - first_from_end)
+        raw = np.empty((len(reads), raw_width), np.float64)
+        _fold(table, ent, ts, typ, val, reads, raw, self._kinds, self._offsets, self._params, self._windows,
+              self._first_window, self._n_windows, self._sizes)
+        new = {k: table[j] for j, k in enumerate(order)}
+        return new, [order[j] for j in ent[reads].tolist()], raw, reads
+
+    def read_at(self, vectors: list[np.ndarray], at_ts: int) -> np.ndarray:
+        """The raw values of each vector as of ``at_ts`` (one row each)."""
+        table = np.stack(vectors) if vectors else np.empty((0, self.size))
+        raw = np.empty((len(vectors), self._width), np.float64)
+        _read_all(table, float(at_ts), raw, self._kinds, self._offsets, self._windows, self._first_window,
+                  self._n_windows, self._sizes)
+        return raw
+
+    def raw_start(self, feature: int) -> int:
+        """Where the ``feature``-th declaration's values start in a row of raw values (a windowed count's: its
+        first window's columns, then the next window's ...; CTR: clicks, impressions; rating: n, mean, m2)."""
+        return self._raw_starts[feature]
+
+    def warm_up(self) -> None:
+        """Compile (or load from numba's cache) the fold and the reads now, not in the first batch."""
+        e = Event("warm-up", "u", "i", EVENT_TYPES[0], 0)
+        vectors, _, _, _ = self.fold([e], "item_id", {})
+        self.read_at(list(vectors.values()), 0)
+
+    def _raw_width(self) -> int:
+        w = 2
+        self._raw_starts = []
+        for (kind, _, first, n), f in zip(self._read_plan, self.group.features, strict=True):
+            self._raw_starts.append(w)
+            if kind == _WC:
+                w += int(self._windows[first : first + n, 2].sum())
+            elif kind == _CTR:
+                w += 2
+            elif kind == _RATING:
+                w += 3
+            elif kind == _RECENCY:
+                w += len(f.event_types)
+        return w
+
+    def _snapshot_function(self):
+        """:meth:`snapshot` as a function made for these declarations: one dict display of the outputs,
+        each computed as the declaration's read() computes it (the generic :meth:`snapshot` is the
+        reference the tests hold it to)."""
+        lines, items, local = ["def snapshot(r, at):"], [], {}
+        scope: dict = {"nan": math.isnan}
+        i = 2
+        for d, f in enumerate(self.group.features):
+            kind = _KINDS[type(f)]
+            if kind == _WC:
+                for names in f._names:
+                    for name in names:
+                        var = local[name] = f"v{len(local)}"
+                        lines.append(f"    {var} = int(r[{i}])")
+                        items.append((name, var))
+                        i += 1
+            elif kind == _CTR:
+                lines += [f"    c{d} = int(r[{i}])", f"    m{d} = int(r[{i + 1}])"]
+                scope[f"p{d}"], scope[f"w{d}"] = f.prior * f.prior_weight, f.prior_weight
+                items += [(f.name, f"(c{d} + p{d}) / (max(m{d}, c{d}) + w{d})"), (f"{f.name}_clicks", f"c{d}"),
+                          (f"{f.name}_impressions", f"m{d}")]
+                i += 2
+            elif kind == _RATING:
+                lines.append(f"    n{d} = int(r[{i}])")
+                items += [(f"{f.name}_count", f"n{d}"), (f"{f.name}_mean", f"r[{i + 1}] if n{d} else None"),
+                          (f"{f.name}_var", f"r[{i + 2}] / n{d} if n{d} else None")]
+                i += 3
+            elif kind == _RECENCY:
+                for name in f.outputs():
+                    items.append((name, f"None if nan(r[{i}]) else at - int(r[{i}])"))
+                    i += 1
+            else:  # a trend: (short * long_ms / short_ms + 1) / (long + 1), as Trend.read
+                short, long = local[f"{f.source}_{f.short.name}"], local[f"{f.source}_{f.long.name}"]
+                items.append((f.name, f"({short} * {f.long.ms} / {f.short.ms} + 1) / ({long} + 1)"))
+        lines.append("    return {" + ", ".join(f"{name!r}: {expr}" for name, expr in items) + "}")
+        exec("\n".join(lines), scope)  # noqa: S102 (code made from these declarations' names and numbers only)
+        return scope["snapshot"]
+
+    def snapshot_reference(self, raw: list[float], at_ts: int) -> dict:
+        """The features :meth:`FeatureEngine.snapshot` gives, from one row of :meth:`fold`'s raw values."""
+        out: dict = {}
+        i = 2
+        for (kind, _, _first, _n), f in zip(self._read_plan, self.group.features, strict=True):
+            if kind == _WC:
+                for names in f._names:
+                    for name in names:
+                        out[name] = int(raw[i])
+                        i += 1
+            elif kind == _CTR:
+                clicks, impressions = int(raw[i]), int(raw[i + 1])
+                i += 2
+                out[f.name] = (clicks + f.prior * f.prior_weight) / (max(impressions, clicks) + f.prior_weight)
+                out[f"{f.name}_clicks"] = clicks
+                out[f"{f.name}_impressions"] = impressions
+            elif kind == _RATING:
+                cnt, mean, m2 = int(raw[i]), raw[i + 1], raw[i + 2]
+                i += 3
+                out[f"{f.name}_count"] = cnt
+                out[f"{f.name}_mean"] = mean if cnt else None
+                out[f"{f.name}_var"] = m2 / cnt if cnt else None
+            elif kind == _RECENCY:
+                for name in f.outputs():
+                    last = raw[i]
+                    out[name] = None if math.isnan(last) else at_ts - int(last)
+                    i += 1
+            else:
+                f.read(None, at_ts, out)
+        return out
+
+
+@_jit
+def _fold(table, ent, ts, typ, val, reads, raw, kinds, offsets, params, windows, first_window, n_windows, sizes):
+    """Fold every event into its entity's row of ``table``, in order; after event ``reads[r]`` (ascending),
+    write its entity's raw values as of that event's time into ``raw[r]``."""
+    r = 0
+    n_reads = reads.shape[0]
+    for i in range(ent.shape[0]):
+        row = table[ent[i]]
+        t = ts[i]
+        code = typ[i]
+        if np.isnan(row[0]) or t > row[0]:
+            row[0] = t
+        row[1] += 1.0
+        for d in range(kinds.shape[0]):
+            kind = kinds[d]
+            p = params[d, code]
+            if p < 0:
+                continue
+            off = offsets[d]
+            if kind == 0:  # windowed count: p is the column
+                for w in range(first_window[d], first_window[d] + n_windows[d]):
+                    width, nb, nc, woff = windows[w, 0], windows[w, 1], windows[w, 2], windows[w, 3]
+                    b = int(t) // width
+                    newest = int(row[woff])
+                    if b > newest:
+                        steps = min(b - newest, nb)
+                        for k in range(newest + 1, newest + 1 + steps):
+                            base = woff + 1 + (k % nb) * nc
+                            for c in range(nc):
+                                row[base + c] = 0.0
+                        row[woff] = b
+                    elif b <= newest - nb:
+                        continue
+                    row[woff + 1 + (b % nb) * nc + p] += 1.0
+            elif kind == 1:  # smoothed CTR: 1 click, 2 impression
+                row[off + p - 1] += 1.0
+            elif kind == 2:  # rating statistics (Welford), on events with a value
+                x = val[i]
+                if not np.isnan(x):
+                    cnt = row[off] + 1.0
+                    mean = row[off + 1]
+                    delta = x - mean
+                    mean += delta / cnt
+                    row[off] = cnt
+                    row[off + 1] = mean
+                    row[off + 2] = row[off + 2] + delta * (x - mean)
+            elif kind == 3:  # recency: p is the type's index
+                last = row[off + p]
+                if np.isnan(last) or t > last:
+                    row[off + p] = t
+        while r < n_reads and reads[r] == i:
+            _read(row, t, raw[r], kinds, offsets, windows, first_window, n_windows, sizes)
+            r += 1
+
+
+@_jit
+def _read_all(table, at, raw, kinds, offsets, windows, first_window, n_windows, sizes):
+    for r in range(table.shape[0]):
+        _read(table[r], at, raw[r], kinds, offsets, windows, first_window, n_windows, sizes)
+
+
+@_jit
+def _read(row, at, out, kinds, offsets, windows, first_window, n_windows, sizes):
+    out[0] = row[0]
+    out[1] = row[1]
+    j = 2
+    for d in range(kinds.shape[0]):
+        kind = kinds[d]
+        off = offsets[d]
+        if kind == 0:
+            for w in range(first_window[d], first_window[d] + n_windows[d]):
+                width, nb, nc, woff = windows[w, 0], windows[w, 1], windows[w, 2], windows[w, 3]
+                b = int(at) // width
+                newest = int(row[woff])
+                lo = max(b - nb + 1, newest - nb + 1)
+                hi = min(b, newest)
+                for c in range(nc):
+                    s = 0.0
+                    for k in range(lo, hi + 1):
+                        s += row[woff + 1 + (k % nb) * nc + c]
+                    out[j + c] = s
+                j += nc
+        else:  # (CTR, rating statistics, recency: the slot as it is; a trend has none)
+            for c in range(sizes[d]):
+                out[j + c] = row[off + c]
+            j += sizes[d]
