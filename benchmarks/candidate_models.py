@@ -1,4 +1,4 @@
-"""Which new model would give the fusion information that MF lacks? Prequential candidates, offline (P12).
+"""Which new model would give the fusion information that MF lacks? Prequential candidates, offline.
 
     .venv/bin/python benchmarks/candidate_models.py [--limit N] [--set model.dim=16 ...]
 

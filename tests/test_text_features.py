@@ -1,4 +1,4 @@
-"""Text signals as model features (P7): the user's query and decayed text interest against item texts.
+"""Text signals as model features: the user's query and decayed text interest against item texts.
 
 Unit tests of models.search.SearchRanker.context (the per-user state walk),
 of the pair features the learner hands to the models, and that the models
