@@ -29,7 +29,7 @@ $(PY):
 # instead of in the job's first start.
 COMPILED := $(VENV)/.compiled
 $(COMPILED): $(STAMP) models/sequential.py rtrec/features/compiled.py
-	$(PY) -c "from models import sequential; sequential.warm_up(); from rtrec.core.item import ItemCore; ItemCore().warm_up()"
+	$(PY) -c "from models import sequential; sequential.warm_up(); from rtrec.core.item import ItemCore; ItemCore().warm_up(); from rtrec.core.user import FEATURES; FEATURES.compiled.warm_up()"
 	touch $@
 
 $(STAMP): pyproject.toml | $(PY)

@@ -3,11 +3,12 @@
 import pickle
 
 import numpy as np
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rtrec.events import EVENT_TYPES, Event
+from rtrec.events import EVENT_TYPES, INTERACTION_TYPES, Event
 from rtrec.features.compiled import CompiledGroup, compilable
 from rtrec.features.definitions import ITEM_FEATURES, USER_FEATURES
 from rtrec.features.engine import FeatureEngine, FeatureGroup
@@ -67,7 +68,8 @@ def test_compiled_fold_gives_the_engines_features_and_state_in_any_order_and_cut
         if not part:
             continue
         new, ids, raw_values, reads = compiled.fold(part, group.key, states, every_event)
-        states.update({k: v.tobytes() for k, v in new.items()})  # (stored as the ItemStage stores them)
+        # (stored as the stages store them, or as the whole vector)
+        states.update({k: compiled.store(v) if cut % 2 else v.tobytes() for k, v in new.items()})
         states = {k: compiled.read_state(v) for k, v in states.items()}
         for k, row, i in zip(ids, raw_values.tolist(), reads.tolist(), strict=True):
             e = part[i]
@@ -114,6 +116,19 @@ def test_a_stored_vector_of_other_definitions_is_refused_clearly():
     compiled = CompiledGroup(ITEM_FEATURES)
     with pytest.raises(ValueError, match="other item feature definitions"):
         compiled.read_state(np.zeros(compiled.size + 3).tobytes())
+    longer = np.ones(compiled.size + 3)
+    with pytest.raises(ValueError, match="other item feature definitions"):
+        CompiledGroup(ITEM_FEATURES).read_state(b"S" + np.arange(len(longer), dtype=np.uint16).tobytes()
+                                                + longer.tobytes())
+
+
+def test_a_stored_vector_keeps_only_its_non_zero_values():
+    compiled = CompiledGroup(ITEM_FEATURES)
+    new, _, _, _ = compiled.fold([Event("e", "u", "it", "click", 5_000_000)], "item_id", {})
+    v = new["it"]
+    stored = compiled.store(v)
+    assert len(stored) == 1 + 10 * np.count_nonzero(v) < v.nbytes / 4
+    assert np.array_equal(compiled.read_state(stored), v, equal_nan=True)
 
 
 def test_only_numeric_groups_are_compiled():
@@ -172,3 +187,93 @@ def test_the_models_dense_view_of_an_item_by_hand():
                 (2 + 0.05 * 20) / (10 + 20)]
     for core in (compiled, engine):
         assert core.fold(events, {}.get).model_inputs["it"] == pytest.approx(expected, rel=1e-12)
+
+
+# -- the user features: numeric declarations compiled, the others on the engine (HybridGroup) ---------------
+
+user_events = st.lists(
+    st.tuples(st.integers(0, 30 * 3_600_000), st.sampled_from(EVENT_TYPES), st.sampled_from("uvw"),
+              st.sampled_from("abcd"), st.sampled_from([1.0, 3.5, 5.0]), st.sampled_from([None, "Drama", "Comedy"]),
+              st.sampled_from([None, "s1", "s2"])),
+    min_size=1, max_size=50,
+)
+
+
+def _user_events(raw):
+    out = []
+    for n, (ts, t, user, item, value, category, session) in enumerate(raw):
+        if t == "search":
+            out.append(Event(f"e{n}", user, None, t, ts, None, None, None, "space films", ["a", "b"], session))
+        else:
+            out.append(Event(f"e{n}", user, item, t, ts, value if t == "rating" else None, category, None, None,
+                             None, session))
+    return out
+
+
+def _reference_dense(state, at):
+    """USER_DENSE and the buckets from the feature engine's state of every user declaration, as the scalar
+    code computed them before the compiled fold (written out here as the reference)."""
+    import math
+
+    n, mean, m2 = state[2 + 6]
+    clicks, impressions = state[2 + 5]
+    newest, events, session = state[0], state[1], state[2 + 3][2]
+    dense = [math.log1p(n) / 5.0, (mean - 3.0) if n else 0.0, math.sqrt(m2 / n) if n > 1 else 0.0,
+             math.log1p(events) / 5.0, math.log1p(session) / 5.0,
+             math.log1p(max(at - newest, 0) / 1000.0) / 15.0 if newest is not None else 1.0,
+             (clicks + 0.05 * 20.0) / (max(impressions, clicks) + 20.0)]
+    return dense, (int(round(mean * 4)) if n else -1, (n + 1).bit_length() - 1)
+
+
+@settings(max_examples=100, deadline=None)
+@given(raw=user_events, cut=st.integers(0, 50), every_event=st.booleans())
+def test_user_core_gives_the_engines_features_and_model_inputs(raw, cut, every_event):
+    """UserCore folds the user features half on the engine, half compiled, and reads what the models need in
+    NumPy: the feature records (after each user's last event, or every event), the models' dense inputs and
+    buckets before each event and after the refreshed ones, and the state are the engine's, for events in any
+    order over two batches, the state stored in between."""
+    from models.online import OnlineLearner
+    from rtrec.config import load_config
+    from rtrec.core.outputs import Outputs
+    from rtrec.core.user import UserBatch, UserCore, UserState
+
+    assert USER_FEATURES.features[6].__class__ is RatingStats and USER_FEATURES.features[5].__class__ is SmoothedCTR
+    cfg = load_config(overrides=["text.enabled=false", f"features.snapshots={'event' if every_event else 'batch'}"])
+    core = UserCore(cfg, OnlineLearner(cfg.model))
+    engine = FeatureEngine(USER_FEATURES)
+    events = _user_events(raw)
+    store: dict = {}
+    reference: dict = {}
+    got_records, expected_records = {}, {}
+    for part in (events[:cut], events[cut:]):
+        if not part:
+            continue
+        users = {u: UserState.read(store[u]) if u in store else UserState(core.features.new_state(), None, {})
+                 for u in {e.user_id for e in part}}
+        batch = UserBatch(users, Outputs())
+        inputs = core._featurise(part, users, batch)
+        store.update({u: s.to_state() for u, s in users.items()})
+        last = {e.user_id: e for e in part}
+        for e, x in zip(part, inputs, strict=True):
+            state = reference.setdefault(e.user_id, engine.new_state())
+            dense, buckets = _reference_dense(state, e.ts)
+            assert x.dense == pytest.approx(dense, rel=1e-12, abs=1e-15) and x.buckets == buckets
+            engine.update(state, e)
+            if x.dense_after is not None:
+                dense, buckets = _reference_dense(state, e.ts)
+                assert x.dense_after == pytest.approx(dense, rel=1e-12, abs=1e-15) and x.buckets_after == buckets
+            if every_event or last[e.user_id] is e:
+                expected_records[(e.user_id, e.event_id)] = engine.snapshot(state, e.ts)
+        refreshed = {pos for pos, x in enumerate(inputs) if x.dense_after is not None}
+        lasts = {max(p for p, e in enumerate(part) if e.user_id == u and e.type in INTERACTION_TYPES)
+                 for u in {e.user_id for e in part if e.type in INTERACTION_TYPES}}
+        assert refreshed == lasts | {p for p, e in enumerate(part) if e.candidates}
+        for r in batch.out.features:
+            key, _, value = r.partition("\0")
+            record = orjson.loads(value)
+            got_records[(key, record["event_id"])] = record["features"]
+    assert got_records.keys() == expected_records.keys()
+    for k, f in expected_records.items():
+        assert same_values(got_records[k], f) and list(got_records[k]) == list(f)
+    for u, state in reference.items():
+        assert same_values(_plain(core.features.to_engine_state(UserState.read(store[u]).features)), _plain(state))

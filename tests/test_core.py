@@ -20,6 +20,8 @@ from rtrec.core.item import ItemCore
 from rtrec.core.user import UserCore, UserState
 from rtrec.events import Event
 from rtrec.features.backfill import event_order
+from rtrec.features.definitions import USER_FEATURES
+from rtrec.features.engine import FeatureEngine
 from rtrec.features.model_inputs import id_code
 from rtrec.records import schema
 
@@ -164,8 +166,9 @@ def test_todays_user_state_format_restores_and_learns():
         "a": (900, "old-imp-a", [0.0] * 7, (-1, 0), id_code("u")),
         "b": (950, "old-imp-b", [0.0] * 7, (-1, 0), id_code("u"), [0.1, 0.2]),
     }
-    features = core.engine.new_state()
-    core.engine.update(features, Event("x0", "u", "z", "view", 800))
+    engine = FeatureEngine(USER_FEATURES)  # (the state of every declaration, as format 2 and 1 kept it)
+    features = engine.new_state()
+    engine.update(features, Event("x0", "u", "z", "view", 800))
     stored = {"features": features, "model": model, "seen": {"x0": 9_000}}
     state = UserState.read(stored)
     assert state.model is model and state.seen == {"x0": 9_000}
@@ -177,7 +180,7 @@ def test_todays_user_state_format_restores_and_learns():
     batch = _step(core, [Event("x0", "u", "c", "rating", 1000, 5.0), Event("x1", "u", "c", "rating", 1001, 5.0)],
                   store)
     assert batch.examples == 1  # x0 was seen: a duplicate
-    assert store["u"]["format"] == 2 and UserState.read(store["u"]).features[1] == 2
+    assert store["u"]["format"] == 3 and UserState.read(store["u"]).features[0][1] == 2  # (events folded in)
     with pytest.raises(ValueError, match="newer"):
         UserState.read({**store["u"], "format": 99})
 

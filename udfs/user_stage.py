@@ -116,6 +116,7 @@ class UserStage(KeyedBroadcastProcessFunction):
         # it with the next notice): the scorer takes it at once rather than score on an older one.
         self.started_ms = 0 if self.info.attempt > 0 else int(time.time() * 1000) - 1000
         self.core = UserCore(cfg, self.learner, self.info.index)
+        torch_call(self.core.features.compiled.warm_up)
         self._checked_broadcast = False
         self.broadcast_log = cfg.model.broadcast_log
 
@@ -297,10 +298,8 @@ class UserStage(KeyedBroadcastProcessFunction):
                            (self.m_accepted, len(admitted.events))):
             if n:
                 counter.inc(n)
-        if self.learner is not None and admitted.events:
-            result = torch_call(self.core.process, admitted)
-        else:
-            result = self.core.process(admitted)
+        # (compiled code and torch run on a thread Python made: models/worker.py)
+        result = torch_call(self.core.process, admitted) if admitted.events else self.core.process(admitted)
         if result.newest_ts is not None:
             self.freshness_ms.set(int(time.time() * 1000) - result.newest_ts)
         return self._route(result, timers)

@@ -79,7 +79,8 @@ class ItemCore:
                 append(item, orjson.dumps({"entity": "item", "id": item, "version": version, "event_id": e.event_id,
                                            "event_ts": int(row[0]), "events": int(row[1]),
                                            "features": snapshot(row, e.ts)}))
-        batch = ItemBatch({item: v.tobytes() for item, v in vectors.items()}, out)
+        store = compiled.store
+        batch = ItemBatch({item: store(v) for item, v in vectors.items()}, out)
         if self._dense_of_raw is not None and vectors:
             dense = self._dense_of_raw(compiled.read_at(list(vectors.values()), events[-1].ts)).tolist()
             batch.model_inputs = dict(zip(vectors, dense, strict=True))

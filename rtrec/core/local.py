@@ -51,7 +51,8 @@ class LocalPipeline:
             self.learner.warm_up()
         self.user_core = UserCore(cfg, self.learner, trainer)
         self.item_core = ItemCore(cfg.features.emit_item_features, cfg.model.enabled, cfg.features.snapshots == "event")
-        self.item_core.warm_up()  # (as the ItemStage does in open())
+        self.item_core.warm_up()  # (as the stages do in open())
+        self.user_core.features.compiled.warm_up()
         self.merger = MergerCore(cfg.model) if self.learner is not None else None
         self.users: dict[str, dict] = {}  # the "users" MapState: user id -> stored entry
         self.items: dict[str, list] = {}  # the "items" MapState

@@ -26,20 +26,26 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+import orjson
+
 from models.merger import DeltaMessage
 from models.online import Inputs, OnlineLearner, Predictions, Recommendation, refreshes
 from models.params import delta_to_bytes, heldout_to_bytes
 from rtrec.config import RtrecConfig
 from rtrec.core.outputs import Outputs
 from rtrec.events import Event, EventParser, Rejection
+from rtrec.features.compiled import HybridGroup
 from rtrec.features.definitions import USER_FEATURES
-from rtrec.features.engine import FeatureEngine
 from rtrec.features.model_inputs import UserInputs, id_code
 from rtrec.records import encode_predictions, encode_recommendations
 from rtrec.sharding import shard_of
 
-#: The format of a user's state entry that this release writes.
-USER_STATE_FORMAT = 2
+#: The format of a user's state entry that this release writes. 3: features as
+#: rtrec.features.compiled.HybridGroup keeps them (the compiled vector, stored, then the engine's state
+#: of the other declarations); 2 and 1 (the engine's state of every declaration) are read.
+USER_STATE_FORMAT = 3
+FEATURES = HybridGroup(USER_FEATURES)
 
 
 def batch_parts(n: int, most: int) -> list[slice]:
@@ -57,21 +63,29 @@ def batch_parts(n: int, most: int) -> list[slice]:
 class UserState:
     """A user's entry in keyed state (one per user, with its own TTL)."""
 
-    features: list  # the feature engine's state (rtrec.features.engine)
+    features: list  # [compiled vector, the engine's state of the other declarations] (FEATURES)
     model: dict | None  # the learner's user state (models.online.OnlineLearner.new_user); None: models off
     seen: dict[str, int]  # event id -> first seen at (processing time, ms), oldest first
 
     def to_state(self) -> dict:
         """As stored: plain data only, so a restore never depends on this class's name."""
-        return {"format": USER_STATE_FORMAT, "features": self.features, "model": self.model, "seen": self.seen}
+        vector, other = self.features
+        return {"format": USER_STATE_FORMAT, "features": [FEATURES.compiled.store(vector), other],
+                "model": self.model, "seen": self.seen}
 
     @staticmethod
     def read(value: dict) -> UserState:
-        """From a stored entry of this format, or of format 1 (releases up to 0.1.0: no ``format`` key)."""
+        """From a stored entry of this format, of format 2 (the feature engine's state of every declaration) or
+        of format 1 (releases up to 0.1.0: format 2 without the ``format`` key)."""
         fmt = value.get("format", 1)
         if fmt > USER_STATE_FORMAT:
             raise ValueError(f"user state format {fmt} is newer than this release reads ({USER_STATE_FORMAT})")
-        return UserState(value["features"], value["model"], value["seen"])
+        if fmt >= 3:
+            stored, other = value["features"]
+            features = [FEATURES.compiled.read_state(stored), other]
+        else:
+            features = FEATURES.from_engine_state(value["features"])
+        return UserState(features, value["model"], value["seen"])
 
 
 @dataclass
@@ -111,8 +125,9 @@ class UserCore:
         self.learner = learner
         self.subtask = subtask
         self.parser = EventParser(cfg.events, cfg.model)
-        self.engine = FeatureEngine(USER_FEATURES)
+        self.features = FEATURES
         self.inputs = UserInputs()
+        self._pick, self._session = self.inputs.pick(FEATURES)
         self.topic = cfg.kafka.events_topic
         self.allowed_lateness = cfg.events.allowed_lateness_ms
         self.dedup_window = cfg.events.dedup_window_ms
@@ -172,7 +187,7 @@ class UserCore:
         """The user's state (a new one if none), with ids older than the dedup window forgotten."""
         stored = load(user_id)
         if stored is None:  # (the model's part is made by process(): it takes torch, so the torch thread)
-            return UserState(self.engine.new_state(), None, {})
+            return UserState(self.features.new_state(), None, {})
         user = UserState.read(stored)
         seen = user.seen
         while seen:  # ids were added in time order, so the oldest come first
@@ -211,54 +226,40 @@ class UserCore:
     def _featurise(self, events: list[Event], users: dict[str, UserState], batch: UserBatch) -> list:
         """Fold events into user features in arrival order; group them by item shard.
 
-        With a learner, returns per event what the models need of its user's
-        features before it (and after it, where the models score something then).
+        The declarations that hold strings fold here, event by event, on the feature engine; the numeric
+        ones, then, in one compiled call for the whole batch (rtrec.features.compiled.HybridGroup), which
+        also gives, per event, what the models need of its user's features before it (and after it, where
+        the models score something then): with a learner, the returned inputs.
         """
-        engine, shards, item_shards, by_shard = self.engine, self.shards, self.item_shards, batch.item_events
+        features, shards, item_shards, by_shard = self.features, self.shards, self.item_shards, batch.item_events
+        other, compiled = features.engine, features.compiled
         emit, every_event = self.emit_features, self.snapshot_every_event
-        features = batch.out.features
-        newest: dict[str, Event] = {}  # user -> their last event in the batch
         learner = self.learner
-        inputs = []
+        session_at = self._session
+        sessions: list[int] = []  # per event: its session's events before it, then after it
+        codes_of: list[int] = []
+        snapshots: list[dict] = []  # (every_event) the other declarations' features after each event
         if learner is not None:
-            ui, codes = self.inputs, self.user_codes
-            due, attribution = batch.impressions_due, self.attribution_ms
-            dense_and_buckets = ui.dense_and_buckets
-            # Only the last interaction of a user is refreshed (unless every event is): features after
-            # the event are needed there and for candidate requests.
-            after_at: set[int] | None = None
-            if not learner.refresh_every_event:
-                last: dict[str, int] = {}
-                after_at = set()
-                for pos, e in enumerate(events):
-                    if e.candidates:
-                        after_at.add(pos)
-                    elif refreshes(e):
-                        last[e.user_id] = pos
-                after_at.update(last.values())
-        for pos, e in enumerate(events):
+            codes, due, attribution = self.user_codes, batch.impressions_due, self.attribution_ms
+        for e in events:
             u = e.user_id
-            state = users[u].features
+            state = users[u].features[1]
             if learner is not None:
                 code = codes.get(u)
                 if code is None:
                     code = codes[u] = id_code(u)
                     if len(codes) > 1_000_000:
                         codes.clear()
-                x = Inputs(e, *dense_and_buckets(state, e.ts), code)
+                codes_of.append(code)
                 if e.type == "impression" and e.item_id is not None:  # a negative unless attributed in time
                     due.setdefault(e.ts + attribution, []).append((u, e.item_id, e.event_id))
-                engine.update(state, e)
-                if pos in after_at if after_at is not None else refreshes(e):
-                    x.dense_after, x.buckets_after = dense_and_buckets(state, e.ts)
-                inputs.append(x)
+                sessions.append(state[session_at][2])
+                other.update(state, e)
+                sessions.append(state[session_at][2])
             else:
-                engine.update(state, e)
-            if emit:
-                if every_event:
-                    features.append(u, engine.record(u, state, e))
-                else:
-                    newest[u] = e
+                other.update(state, e)
+            if emit and every_event:
+                snapshots.append(other.snapshot(state, e.ts))
             item = e.item_id
             if item is not None:
                 shard = item_shards.get(item)
@@ -267,8 +268,42 @@ class UserCore:
                     if len(item_shards) > 1_000_000:
                         item_shards.clear()
                 by_shard.setdefault(shard, []).append(e)
-        for u, e in newest.items():
-            features.append(u, self.engine.record(u, users[u].features, e))
+        vectors, ids, raw, reads = compiled.fold(events, "user_id", {u: s.features[0] for u, s in users.items()},
+                                                 emit and every_event, self._pick if learner is not None else None)
+        for u, v in vectors.items():
+            users[u].features[0] = v
+        if emit:
+            out, version = batch.out.features, features.version
+            for u, row, i in zip(ids, raw.tolist(), reads.tolist(), strict=True):
+                e = events[i]
+                rest = snapshots[i] if every_event else users[u].features[1]
+                out.append(u, orjson.dumps({"entity": "user", "id": u, "version": version, "event_id": e.event_id,
+                                            "event_ts": int(row[0]), "events": int(row[1]),
+                                            "features": features.snapshot(row, rest, e.ts)}))
+        if learner is None:
+            return []
+        picked, at = compiled.picked, np.array([e.ts for e in events], np.float64)
+        session = np.array(sessions, np.float64).reshape(-1, 2)
+        dense, buckets = self.inputs.dense_rows(picked[:, 0], session[:, 0], at)
+        dense, buckets = dense.tolist(), list(zip(*buckets.T.tolist(), strict=True))
+        inputs = [Inputs(e, d, b, c) for e, d, b, c in zip(events, dense, buckets, codes_of, strict=True)]
+        # Only the last interaction of a user is refreshed (unless every event is): features after the
+        # event are needed there and for candidate requests.
+        if learner.refresh_every_event:
+            after = [pos for pos, e in enumerate(events) if refreshes(e)]
+        else:
+            last: dict[str, int] = {}
+            after = []
+            for pos, e in enumerate(events):
+                if e.candidates:
+                    after.append(pos)
+                elif refreshes(e):
+                    last[e.user_id] = pos
+            after = sorted([*after, *last.values()])
+        if after:
+            dense, buckets = self.inputs.dense_rows(picked[after, 1], session[after, 1], at[after])
+            for pos, d, b in zip(after, dense.tolist(), buckets.tolist(), strict=True):
+                inputs[pos].dense_after, inputs[pos].buckets_after = d, tuple(b)
         return inputs
 
     def _emit(self, examples: Predictions, recommendations: list[Recommendation], batch: UserBatch) -> None:

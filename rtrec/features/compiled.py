@@ -34,10 +34,11 @@ import numpy as np
 
 from models.sequential import _jit
 from rtrec.events import EVENT_TYPES, Event
-from rtrec.features.engine import COUNT, NEWEST, SLOTS, FeatureGroup
+from rtrec.features.engine import COUNT, NEWEST, SLOTS, FeatureEngine, FeatureGroup
 from rtrec.features.spec import RatingStats, Recency, SmoothedCTR, Trend, WindowedCount
 
 _WC, _CTR, _RATING, _RECENCY, _TREND = 0, 1, 2, 3, 4
+_NO_PICK = np.zeros(0, np.int64)
 _KINDS = {WindowedCount: _WC, SmoothedCTR: _CTR, RatingStats: _RATING, Recency: _RECENCY, Trend: _TREND}
 _TYPE_CODE = {t: i for i, t in enumerate(EVENT_TYPES)}
 
@@ -106,6 +107,8 @@ class CompiledGroup:
         self._first_window = np.array([p[2] for p in self._read_plan], np.int64)
         self._n_windows = np.array([p[3] for p in self._read_plan], np.int64)
         self._sizes = np.array(sizes, np.int64)
+        if at >= 1 << 16:
+            raise ValueError(f"{group.entity} features of {at} state values: at most 65,536 are compiled")
         self._template = self._new()
         self._width = self._raw_width()
         self.snapshot = self._snapshot_function()
@@ -174,22 +177,43 @@ class CompiledGroup:
         return state
 
     def read_state(self, stored) -> np.ndarray:
-        """A stored entry: this class's vector (bytes), or the engine's list (state kept before)."""
+        """A stored entry (:meth:`store`'s bytes, the whole vector as bytes, or the engine's list: state kept
+        before) as a vector."""
         if type(stored) is list:
             return self.from_engine_state(stored)
+        if len(stored) % 10 == 1 and stored[:1] == b"S":  # (the whole vector is 8 * size bytes: never odd)
+            n = len(stored) // 10
+            idx = np.frombuffer(stored, np.uint16, n, 1)
+            v = np.zeros(self.size, np.float64)
+            if n and int(idx[-1]) >= self.size:
+                raise ValueError(self._other_definitions(int(idx[-1]) + 1))
+            v[idx] = np.frombuffer(stored, np.float64, n, 1 + 2 * n)
+            return v
         v = np.frombuffer(stored, np.float64)
         if v.shape[0] != self.size:
-            raise ValueError(f"a stored {self.group.entity} state of {v.shape[0]} values, these features keep "
-                             f"{self.size}: state written with other {self.group.entity} feature definitions")
+            raise ValueError(self._other_definitions(v.shape[0]))
         return v
 
+    def store(self, v: np.ndarray) -> bytes:
+        """A vector as stored: ``S``, the offsets of its non-zero values (uint16), then those values: most of
+        a windowed count's ring is zero."""
+        idx = np.flatnonzero(v)
+        return b"S" + idx.astype(np.uint16).tobytes() + v[idx].tobytes()
+
+    def _other_definitions(self, values: int) -> str:
+        entity = self.group.entity
+        return (f"a stored {entity} state of {values} or more values, these features keep {self.size}: state "
+                f"written with other {entity} feature definitions")
+
     # -- fold and read -----------------------------------------------------------------------
-    def fold(self, events: Sequence[Event], key: str, states: dict[str, np.ndarray], every_event: bool = False
-             ) -> tuple[dict[str, np.ndarray], list[str], np.ndarray, np.ndarray]:
+    def fold(self, events: Sequence[Event], key: str, states: dict[str, np.ndarray], every_event: bool = False,
+             pick: np.ndarray | None = None) -> tuple[dict[str, np.ndarray], list[str], np.ndarray, np.ndarray]:
         """Fold ``events`` (in the order given) into the vectors of ``states`` (entity id -> vector, a new
         one for an entity not in it). Returns the new vectors, then the entity per read, its raw values
         (:meth:`snapshot` turns them into features) and the event each read is after: one read per entity
-        after its last event here, or one per event with ``every_event``."""
+        after its last event here, or one per event with ``every_event``. With ``pick`` (offsets into the
+        vector), :attr:`picked` then holds, per event, those values of its entity's vector before the
+        event and after it: an array (events, 2, len(pick))."""
         n = len(events)
         keys = [getattr(e, key) for e in events]
         order = list(dict.fromkeys(keys))
@@ -207,8 +231,10 @@ class CompiledGroup:
             _, first_from_end = np.unique(ent[::-1], return_index=True)
             reads = np.sort(n - 1 - first_from_end)
         raw = np.empty((len(reads), raw_width), np.float64)
+        pick = _NO_PICK if pick is None else pick
+        self.picked = np.empty((n, 2, len(pick)), np.float64)
         _fold(table, ent, ts, typ, val, reads, raw, self._kinds, self._offsets, self._params, self._windows,
-              self._first_window, self._n_windows, self._sizes)
+              self._first_window, self._n_windows, self._sizes, pick, self.picked)
         new = {k: table[j] for j, k in enumerate(order)}
         return new, [order[j] for j in ent[reads].tolist()], raw, reads
 
@@ -219,6 +245,10 @@ class CompiledGroup:
         _read_all(table, float(at_ts), raw, self._kinds, self._offsets, self._windows, self._first_window,
                   self._n_windows, self._sizes)
         return raw
+
+    def offset(self, feature: int) -> int:
+        """Where the ``feature``-th declaration's slot starts in the vector."""
+        return self._read_plan[feature][1]
 
     def raw_start(self, feature: int) -> int:
         """Where the ``feature``-th declaration's values start in a row of raw values (a windowed count's: its
@@ -317,15 +347,19 @@ class CompiledGroup:
 
 
 @_jit
-def _fold(table, ent, ts, typ, val, reads, raw, kinds, offsets, params, windows, first_window, n_windows, sizes):
+def _fold(table, ent, ts, typ, val, reads, raw, kinds, offsets, params, windows, first_window, n_windows, sizes,
+          pick, picked):
     """Fold every event into its entity's row of ``table``, in order; after event ``reads[r]`` (ascending),
-    write its entity's raw values as of that event's time into ``raw[r]``."""
+    write its entity's raw values as of that event's time into ``raw[r]``; before and after each event ``i``,
+    its entity's values at the offsets ``pick`` into ``picked[i, 0]`` and ``picked[i, 1]``."""
     r = 0
     n_reads = reads.shape[0]
     for i in range(ent.shape[0]):
         row = table[ent[i]]
         t = ts[i]
         code = typ[i]
+        for c in range(pick.shape[0]):
+            picked[i, 0, c] = row[pick[c]]
         if np.isnan(row[0]) or t > row[0]:
             row[0] = t
         row[1] += 1.0
@@ -366,6 +400,8 @@ def _fold(table, ent, ts, typ, val, reads, raw, kinds, offsets, params, windows,
                 last = row[off + p]
                 if np.isnan(last) or t > last:
                     row[off + p] = t
+        for c in range(pick.shape[0]):
+            picked[i, 1, c] = row[pick[c]]
         while r < n_reads and reads[r] == i:
             _read(row, t, raw[r], kinds, offsets, windows, first_window, n_windows, sizes)
             r += 1
@@ -402,3 +438,50 @@ def _read(row, at, out, kinds, offsets, windows, first_window, n_windows, sizes)
             for c in range(sizes[d]):
                 out[j + c] = row[off + c]
             j += sizes[d]
+
+
+class HybridGroup:
+    """A feature group of numeric and other declarations (the user features): the numeric ones fold compiled
+    (:class:`CompiledGroup`), the others (a decayed affinity, the last N items, sessions: strings) on the
+    :class:`~rtrec.features.engine.FeatureEngine`, event by event. A state is ``[vector, the engine's state of
+    the others]``; snapshots and records are the whole group's, in its declared order."""
+
+    def __init__(self, group: FeatureGroup):
+        self.group = group
+        self.version = group.version
+        numeric = tuple(f for f in group.features if type(f) in _KINDS)
+        self.compiled = CompiledGroup(FeatureGroup(group.entity, group.key, numeric))
+        self.engine = FeatureEngine(FeatureGroup(group.entity, group.key,
+                                                 tuple(f for f in group.features if type(f) not in _KINDS)))
+        self.outputs = group.outputs()
+        self._numeric = [type(f) in _KINDS for f in group.features]
+
+    def new_state(self) -> list:
+        return [self.compiled.new_state(), self.engine.new_state()]
+
+    def slot(self, declaration) -> tuple[int, int]:
+        """Where a declaration's slot is: (0, its offset in the vector) or (1, its index in the engine's state)."""
+        for part, g in ((0, self.compiled.group), (1, self.engine.group)):
+            for i, f in enumerate(g.features):
+                if f is declaration:
+                    return (0, self.compiled.offset(i)) if part == 0 else (1, SLOTS + i)
+        raise LookupError(f"{declaration!r} is not one of the {self.group.entity} features")
+
+    def from_engine_state(self, state: list) -> list:
+        """From the state :class:`~rtrec.features.engine.FeatureEngine` keeps for the whole group."""
+        head, slots = state[:SLOTS], state[SLOTS:]
+        numeric = [*head, *(s for s, num in zip(slots, self._numeric, strict=True) if num)]
+        other = [*head, *(s for s, num in zip(slots, self._numeric, strict=True) if not num)]
+        return [self.compiled.from_engine_state(numeric), other]
+
+    def to_engine_state(self, state: list) -> list:
+        numeric = iter(self.compiled.to_engine_state(state[0])[SLOTS:])
+        other = iter(state[1][SLOTS:])
+        head = self.compiled.to_engine_state(state[0])[:SLOTS]
+        return [*head, *(next(numeric) if num else next(other) for num in self._numeric)]
+
+    def snapshot(self, raw: list[float], other: list | dict, at_ts: int) -> dict:
+        """The group's features from a row of the compiled part's raw values and the others' engine state (or
+        their snapshot, taken already)."""
+        merged = self.compiled.snapshot(raw, at_ts) | (other if type(other) is dict else self.engine.snapshot(other, at_ts))
+        return {name: merged[name] for name in self.outputs}

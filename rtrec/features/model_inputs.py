@@ -12,7 +12,6 @@ example.
 
 from __future__ import annotations
 
-import math
 import zlib
 from collections.abc import Callable
 
@@ -47,42 +46,43 @@ def id_code(value: str) -> int:
 
 
 class UserInputs:
-    """Dense features and bucket codes of a user, from their feature state."""
+    """Dense features and bucket codes of users, from their feature state (rtrec.features.compiled.HybridGroup:
+    rating statistics and CTR counts in the compiled vector, the session count in the engine's part)."""
 
     def __init__(self, group: FeatureGroup = USER_FEATURES):
-        self.rating = _slot(group, RatingStats)
-        self.session = _slot(group, Session)
-        self.ctr_slot = _slot(group, SmoothedCTR)
-        self.ctr = group.features[self.ctr_slot - SLOTS]
+        self.rating_spec = group.features[_slot(group, RatingStats) - SLOTS]
+        self.session_spec = group.features[_slot(group, Session) - SLOTS]
+        self.ctr = group.features[_slot(group, SmoothedCTR) - SLOTS]
         self._prior = self.ctr.prior * self.ctr.prior_weight
 
-    def dense(self, state: list, at_ts: int) -> list[float]:
-        return self.dense_and_buckets(state, at_ts)[0]
+    def pick(self, features) -> tuple[np.ndarray, int]:
+        """For a :class:`~rtrec.features.compiled.HybridGroup` of these features: the vector offsets
+        :meth:`dense_rows` reads (newest event time, events, rating n, mean and m2, clicks, impressions),
+        and the index of the session slot in the engine's part."""
+        rating, ctr = features.slot(self.rating_spec), features.slot(self.ctr)
+        if rating[0] != 0 or ctr[0] != 0:
+            raise ValueError("user rating statistics and CTR must be compiled (numeric) declarations")
+        r, c = rating[1], ctr[1]
+        return np.array([NEWEST, COUNT, r, r + 1, r + 2, c, c + 1], np.int64), features.slot(self.session_spec)[1]
 
-    def buckets(self, state: list) -> tuple[int, int]:
-        """(rating mean in quarter steps, log2 of the rating count): codes for hashed crosses."""
-        n, mean, _ = state[self.rating]
-        return (int(round(mean * 4)) if n else -1, (n + 1).bit_length() - 1)
-
-    def dense_and_buckets(self, state: list, at_ts: int) -> tuple[list[float], tuple[int, int]]:
-        """:data:`USER_DENSE` and :meth:`buckets` in one call (it runs per event: the helpers are
-        written out, with the same operations in the same order)."""
-        n, mean, m2 = state[self.rating]
-        newest = state[NEWEST]
-        clicks, impressions = state[self.ctr_slot]
-        log1p = math.log1p
-        events, session = state[COUNT], state[self.session][2]
-        dense = [
-            log1p(n if n > 0 else 0.0) / 5.0,
-            (mean - 3.0) if n else 0.0,
-            math.sqrt(m2 / n) if n > 1 else 0.0,
-            log1p(events if events > 0 else 0.0) / 5.0,
-            log1p(session if session > 0 else 0.0) / 5.0,
-            log1p(max(at_ts - newest, 0) / 1000.0) / 15.0 if newest is not None else 1.0,
-            (clicks + self._prior) / (max(impressions, clicks) + self.ctr.prior_weight),
-        ]
-        # (log2 of the count, as int(math.log2(n + 1)) gave it: exact for whole counts)
-        return dense, (int(round(mean * 4)) if n else -1, (n + 1).bit_length() - 1)
+    def dense_rows(self, picked: np.ndarray, session: np.ndarray, at: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:data:`USER_DENSE` (one row per event) and the bucket codes (rating mean in quarter steps, log2 of
+        the rating count; -1 and 0 with no rating), from the :meth:`pick` values of each event's user, its
+        session's events so far and the time the features are for."""
+        newest, events, n, mean, m2, clicks, impressions = picked.T
+        with np.errstate(divide="ignore", invalid="ignore"):  # (m2 / n where n is 0, newest NaN: not taken)
+            dense = np.stack([
+                np.log1p(np.maximum(n, 0.0)) / 5.0,
+                np.where(n > 0, mean - 3.0, 0.0),
+                np.where(n > 1, np.sqrt(m2 / n), 0.0),
+                np.log1p(np.maximum(events, 0.0)) / 5.0,
+                np.log1p(np.maximum(session, 0.0)) / 5.0,
+                np.where(np.isnan(newest), 1.0, np.log1p(np.maximum(at - newest, 0.0) / 1000.0) / 15.0),
+                (clicks + self._prior) / (np.maximum(impressions, clicks) + self.ctr.prior_weight),
+            ], axis=1)
+        # (log2 of the count: frexp's exponent is the bit length of a whole number)
+        buckets = np.stack([np.where(n > 0, np.round(mean * 4), -1.0), np.frexp(n + 1)[1] - 1], axis=1)
+        return dense, buckets.astype(np.int64)
 
 
 class ItemInputs:
