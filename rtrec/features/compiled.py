@@ -109,6 +109,7 @@ class CompiledGroup:
         self._sizes = np.array(sizes, np.int64)
         if at >= 1 << 16:
             raise ValueError(f"{group.entity} features of {at} state values: at most 65,536 are compiled")
+        self._size_bytes = np.uint16(at).tobytes()
         self._template = self._new()
         self._width = self._raw_width()
         self.snapshot = self._snapshot_function()
@@ -181,13 +182,13 @@ class CompiledGroup:
         before) as a vector."""
         if type(stored) is list:
             return self.from_engine_state(stored)
-        if len(stored) % 10 == 1 and stored[:1] == b"S":  # (the whole vector is 8 * size bytes: never odd)
+        if len(stored) % 10 == 3 and stored[:1] == b"S":  # (the whole vector is 8 * size bytes: never odd)
             n = len(stored) // 10
-            idx = np.frombuffer(stored, np.uint16, n, 1)
-            v = np.zeros(self.size, np.float64)
-            if n and int(idx[-1]) >= self.size:
-                raise ValueError(self._other_definitions(int(idx[-1]) + 1))
-            v[idx] = np.frombuffer(stored, np.float64, n, 1 + 2 * n)
+            size = int(np.frombuffer(stored, np.uint16, 1, 1)[0])
+            if size != self.size:
+                raise ValueError(self._other_definitions(size))
+            v = np.zeros(size, np.float64)
+            v[np.frombuffer(stored, np.uint16, n, 3)] = np.frombuffer(stored, np.float64, n, 3 + 2 * n)
             return v
         v = np.frombuffer(stored, np.float64)
         if v.shape[0] != self.size:
@@ -195,15 +196,15 @@ class CompiledGroup:
         return v
 
     def store(self, v: np.ndarray) -> bytes:
-        """A vector as stored: ``S``, the offsets of its non-zero values (uint16), then those values: most of
-        a windowed count's ring is zero."""
+        """A vector as stored: ``S``, its length, the offsets of its non-zero values (uint16s), then those
+        values: most of a windowed count's ring is zero."""
         idx = np.flatnonzero(v)
-        return b"S" + idx.astype(np.uint16).tobytes() + v[idx].tobytes()
+        return b"S" + self._size_bytes + idx.astype(np.uint16).tobytes() + v[idx].tobytes()
 
     def _other_definitions(self, values: int) -> str:
         entity = self.group.entity
-        return (f"a stored {entity} state of {values} or more values, these features keep {self.size}: state "
-                f"written with other {entity} feature definitions")
+        return (f"a stored {entity} state of {values} values, these features keep {self.size}: state written "
+                f"with other {entity} feature definitions")
 
     # -- fold and read -----------------------------------------------------------------------
     def fold(self, events: Sequence[Event], key: str, states: dict[str, np.ndarray], every_event: bool = False,
