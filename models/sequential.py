@@ -34,7 +34,7 @@ import numba
 import numpy as np
 
 
-def _jit(fn):
+def jit(fn):
     """Compiled, and cached on disk (beside this file, or in numba's user-wide cache folder where that
     is read-only; ``NUMBA_CACHE_DIR`` chooses another): a compile costs seconds, a cache hit a fraction
     of one. With no writable folder at all, it compiles at every start instead of failing."""
@@ -45,13 +45,13 @@ def _jit(fn):
 
 
 
-@_jit
+@jit
 def _clipped(g, clip):
     """The error clipped to [-clip, clip] (model.grad_clip), as every model's is."""
     return min(max(g, -clip), clip)
 
 
-@_jit
+@jit
 def _step(lr, warm, c, n):
     """The step size of a parameter seen in ``n`` examples so far: ``lr``, or ``warm / (n + c)`` while that is
     larger (``warm`` 0: always ``lr``). With ``warm`` 1 a bias starts as a running mean of its errors (shrunk
@@ -61,7 +61,7 @@ def _step(lr, warm, c, n):
     return lr
 
 
-@_jit
+@jit
 def _mf_pass(users, user_of, items, y, learn, q, b, mu, lr_bias, lr_latent, l2_bias, l2_latent, clip,
              n_user, n_item, warm_bias, warm_latent, warm_latent_c, lr_item_bias, lr_item_latent, pred, before,
              after):
@@ -181,7 +181,7 @@ def mf_reference(users, user_of, items, y, learn, q, b, mu, lr_bias, lr_latent, 
     return pred, before, after
 
 
-@_jit
+@jit
 def _interest_pass(vecs, mass, last_ts, known, user_of, item_vecs, ts, weight, half_life_ms, out):
     n = user_of.shape[0]
     dim = vecs.shape[1]
@@ -234,7 +234,7 @@ def interest_pass(vecs: np.ndarray, mass: np.ndarray, last_ts: np.ndarray, known
     return out
 
 
-@_jit
+@jit
 def _ftrl_pass(z, n, codes, y, learn, alpha, beta, l1, l2, offset, clip, pred):
     k = codes.shape[1]
     w = np.empty(k, np.float32)
@@ -275,7 +275,7 @@ def ftrl_pass(z: np.ndarray, n: np.ndarray, codes: np.ndarray, y: np.ndarray, le
     return pred
 
 
-@_jit
+@jit
 def _solve_ridge(a, b, ridge, prior, out):
     """``out`` = (a + ridge I)^-1 (b + ridge prior), by Gaussian elimination with partial pivoting (float64)."""
     k = b.shape[0]
@@ -305,7 +305,7 @@ def _solve_ridge(a, b, ridge, prior, out):
         out[r] = s / m[r, r]
 
 
-@_jit
+@jit
 def _ranker_fusion_pass(dense, user, items, y, learn, step, w1, b1, w2, b2, a_w1, a_b1, a_w2, a_b2, emb, emb_acc,
                         lr, eps, offset, clip, mf_pred, ftrl_pred, fa, fb, fw, prior, ridge, forget, robust,
                         ranker_out, fused_out):
@@ -449,7 +449,7 @@ def ranker_fusion_pass(dense: np.ndarray, user: np.ndarray, items: np.ndarray, y
     return ranker_out, fused_out
 
 
-@_jit
+@jit
 def _sparse_codes(item_cols, rows, user_codes, user_buckets, pair, has_pair, mix, mod, size, out):
     vals = np.empty(10, np.int64)
     for i in range(rows.shape[0]):
@@ -495,7 +495,7 @@ def sparse_codes(item_cols: np.ndarray, rows: np.ndarray, user_codes: np.ndarray
     return out
 
 
-@_jit
+@jit
 def _score_pass(user, user_dense, rows, pair, codes, item_feats, q, b, mu0, z, n, alpha, beta, l1, l2, ftrl_offset,
                 w1, b1, w2, b2, emb, ranker_offset, fw, lo, hi, out):
     du = user_dense.shape[1]

@@ -18,10 +18,14 @@ columns in a ring (bucket b at b % nb)]``, a smoothed CTR's ``[clicks,
 impressions]``, rating statistics' ``[n, mean, m2]`` (Welford), a recency's the
 newest time per type (NaN: none). :meth:`CompiledGroup.from_engine_state`
 reads the engine's state (item state as every release before this one kept
-it), :meth:`CompiledGroup.to_engine_state` gives it back.
+it), :meth:`CompiledGroup.to_engine_state` gives it back, and
+:meth:`CompiledGroup.store` is the stored form (its non-zero values).
+
+:class:`HybridGroup` runs a group with other declarations too (the user
+features): the numeric ones compiled, the others on the engine.
 
 Numba's compiled code must be entered from a thread Python created
-(models/sequential.py says why): the ItemStage calls :meth:`fold` through
+(models/sequential.py says why): the stages call their cores through
 models.worker.
 """
 
@@ -32,7 +36,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from models.sequential import _jit
+from models.sequential import jit
 from rtrec.events import EVENT_TYPES, Event
 from rtrec.features.engine import COUNT, NEWEST, SLOTS, FeatureEngine, FeatureGroup
 from rtrec.features.spec import RatingStats, Recency, SmoothedCTR, Trend, WindowedCount
@@ -278,9 +282,9 @@ class CompiledGroup:
         return w
 
     def _snapshot_function(self):
-        """:meth:`snapshot` as a function made for these declarations: one dict display of the outputs,
-        each computed as the declaration's read() computes it (the generic :meth:`snapshot` is the
-        reference the tests hold it to)."""
+        """The features :meth:`FeatureEngine.snapshot` gives, from one row of :meth:`fold`'s raw values, as a
+        function made for these declarations: one dict display of the outputs, each computed as the
+        declaration's read() computes it (the tests hold it to the engine)."""
         lines, items, local = ["def snapshot(r, at):"], [], {}
         scope: dict = {"nan": math.isnan}
         i = 2
@@ -315,39 +319,8 @@ class CompiledGroup:
         exec("\n".join(lines), scope)  # noqa: S102 (code made from these declarations' names and numbers only)
         return scope["snapshot"]
 
-    def snapshot_reference(self, raw: list[float], at_ts: int) -> dict:
-        """The features :meth:`FeatureEngine.snapshot` gives, from one row of :meth:`fold`'s raw values."""
-        out: dict = {}
-        i = 2
-        for (kind, _, _first, _n), f in zip(self._read_plan, self.group.features, strict=True):
-            if kind == _WC:
-                for names in f._names:
-                    for name in names:
-                        out[name] = int(raw[i])
-                        i += 1
-            elif kind == _CTR:
-                clicks, impressions = int(raw[i]), int(raw[i + 1])
-                i += 2
-                out[f.name] = (clicks + f.prior * f.prior_weight) / (max(impressions, clicks) + f.prior_weight)
-                out[f"{f.name}_clicks"] = clicks
-                out[f"{f.name}_impressions"] = impressions
-            elif kind == _RATING:
-                cnt, mean, m2 = int(raw[i]), raw[i + 1], raw[i + 2]
-                i += 3
-                out[f"{f.name}_count"] = cnt
-                out[f"{f.name}_mean"] = mean if cnt else None
-                out[f"{f.name}_var"] = m2 / cnt if cnt else None
-            elif kind == _RECENCY:
-                for name in f.outputs():
-                    last = raw[i]
-                    out[name] = None if math.isnan(last) else at_ts - int(last)
-                    i += 1
-            else:
-                f.read(None, at_ts, out)
-        return out
 
-
-@_jit
+@jit
 def _fold(table, ent, ts, typ, val, reads, raw, kinds, offsets, params, windows, first_window, n_windows, sizes,
           pick, picked):
     """Fold every event into its entity's row of ``table``, in order; after event ``reads[r]`` (ascending),
@@ -408,13 +381,13 @@ def _fold(table, ent, ts, typ, val, reads, raw, kinds, offsets, params, windows,
             r += 1
 
 
-@_jit
+@jit
 def _read_all(table, at, raw, kinds, offsets, windows, first_window, n_windows, sizes):
     for r in range(table.shape[0]):
         _read(table[r], at, raw[r], kinds, offsets, windows, first_window, n_windows, sizes)
 
 
-@_jit
+@jit
 def _read(row, at, out, kinds, offsets, windows, first_window, n_windows, sizes):
     out[0] = row[0]
     out[1] = row[1]
@@ -476,10 +449,9 @@ class HybridGroup:
         return [self.compiled.from_engine_state(numeric), other]
 
     def to_engine_state(self, state: list) -> list:
-        numeric = iter(self.compiled.to_engine_state(state[0])[SLOTS:])
-        other = iter(state[1][SLOTS:])
-        head = self.compiled.to_engine_state(state[0])[:SLOTS]
-        return [*head, *(next(numeric) if num else next(other) for num in self._numeric)]
+        compiled = self.compiled.to_engine_state(state[0])
+        numeric, other = iter(compiled[SLOTS:]), iter(state[1][SLOTS:])
+        return [*compiled[:SLOTS], *(next(numeric) if num else next(other) for num in self._numeric)]
 
     def snapshot(self, raw: list[float], other: list | dict, at_ts: int) -> dict:
         """The group's features from a row of the compiled part's raw values and the others' engine state (or
