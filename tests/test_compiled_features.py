@@ -67,7 +67,7 @@ def test_compiled_fold_gives_the_engines_features_and_state_in_any_order_and_cut
     for part in (events[:cut], events[cut:]):
         if not part:
             continue
-        new, ids, raw_values, reads = compiled.fold(part, group.key, states, every_event)
+        new, ids, raw_values, reads, _ = compiled.fold(part, group.key, states, every_event)
         # (stored as the stages store them, or as the whole vector)
         states.update({k: compiled.store(v) if cut % 2 else v.tobytes() for k, v in new.items()})
         states = {k: compiled.read_state(v) for k, v in states.items()}
@@ -104,7 +104,7 @@ def test_engine_state_stored_before_reads_and_folds_on_alike():
     for e in events[:120]:
         engine.update(old, e)
     stored = _plain(old)
-    new, ids, raw, _ = compiled.fold(events[120:], "item_id", {"it": compiled.read_state(stored)})
+    _, ids, raw, _, _ = compiled.fold(events[120:], "item_id", {"it": compiled.read_state(stored)})
     for e in events[120:]:
         engine.update(old, e)
     assert ids == ["it"]
@@ -123,8 +123,7 @@ def test_a_stored_vector_of_other_definitions_is_refused_clearly():
 
 def test_a_stored_vector_keeps_only_its_non_zero_values():
     compiled = CompiledGroup(ITEM_FEATURES)
-    new, _, _, _ = compiled.fold([Event("e", "u", "it", "click", 5_000_000)], "item_id", {})
-    v = new["it"]
+    v = compiled.fold([Event("e", "u", "it", "click", 5_000_000)], "item_id", {}).vectors["it"]
     stored = compiled.store(v)
     assert len(stored) == 3 + 10 * np.count_nonzero(v) < v.nbytes / 4
     assert np.array_equal(compiled.read_state(stored), v, equal_nan=True)

@@ -71,7 +71,7 @@ class ItemCore:
             return self._fold_engine(events, stored)
         compiled, out = self.compiled, Outputs()
         states = {item: compiled.read_state(s) for item, s in stored.items()}
-        vectors, ids, raw, reads = compiled.fold(events, "item_id", states, self.every_event)
+        vectors, ids, raw, reads, _ = compiled.fold(events, "item_id", states, self.every_event)
         if self.emit:
             snapshot, version, append = compiled.snapshot, compiled.version, out.features.append
             for item, row, i in zip(ids, raw.tolist(), reads.tolist(), strict=True):

@@ -268,8 +268,9 @@ class UserCore:
                     if len(item_shards) > 1_000_000:
                         item_shards.clear()
                 by_shard.setdefault(shard, []).append(e)
-        vectors, ids, raw, reads = compiled.fold(events, "user_id", {u: s.features[0] for u, s in users.items()},
-                                                 emit and every_event, self._pick if learner is not None else None)
+        vectors, ids, raw, reads, picked = compiled.fold(events, "user_id",
+                                                         {u: s.features[0] for u, s in users.items()},
+                                                         emit and every_event, None if learner is None else self._pick)
         for u, v in vectors.items():
             users[u].features[0] = v
         if emit:
@@ -282,7 +283,7 @@ class UserCore:
                                             "features": features.snapshot(row, rest, e.ts)}))
         if learner is None:
             return []
-        picked, at = compiled.picked, np.array([e.ts for e in events], np.float64)
+        at = np.array([e.ts for e in events], np.float64)
         session = np.array(sessions, np.float64).reshape(-1, 2)
         dense, buckets = self.inputs.dense_rows(picked[:, 0], session[:, 0], at)
         dense, buckets = dense.tolist(), list(zip(*buckets.T.tolist(), strict=True))

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -45,6 +46,16 @@ _WC, _CTR, _RATING, _RECENCY, _TREND = 0, 1, 2, 3, 4
 _NO_PICK = np.zeros(0, np.int64)
 _KINDS = {WindowedCount: _WC, SmoothedCTR: _CTR, RatingStats: _RATING, Recency: _RECENCY, Trend: _TREND}
 _TYPE_CODE = {t: i for i, t in enumerate(EVENT_TYPES)}
+
+
+class Folded(NamedTuple):
+    """What :meth:`CompiledGroup.fold` gives back."""
+
+    vectors: dict[str, np.ndarray]  # entity id -> its vector after the batch
+    ids: list[str]  # per read: its entity
+    raw: np.ndarray  # per read: the entity's raw values (CompiledGroup.snapshot makes the features)
+    reads: np.ndarray  # per read: the index of the event it is after
+    picked: np.ndarray  # per event: the picked values of its entity before it ([:, 0]) and after it ([:, 1])
 
 
 def compilable(group: FeatureGroup) -> bool:
@@ -212,13 +223,11 @@ class CompiledGroup:
 
     # -- fold and read -----------------------------------------------------------------------
     def fold(self, events: Sequence[Event], key: str, states: dict[str, np.ndarray], every_event: bool = False,
-             pick: np.ndarray | None = None) -> tuple[dict[str, np.ndarray], list[str], np.ndarray, np.ndarray]:
+             pick: np.ndarray | None = None) -> Folded:
         """Fold ``events`` (in the order given) into the vectors of ``states`` (entity id -> vector, a new
-        one for an entity not in it). Returns the new vectors, then the entity per read, its raw values
-        (:meth:`snapshot` turns them into features) and the event each read is after: one read per entity
-        after its last event here, or one per event with ``every_event``. With ``pick`` (offsets into the
-        vector), :attr:`picked` then holds, per event, those values of its entity's vector before the
-        event and after it: an array (events, 2, len(pick))."""
+        one for an entity not in it): see :class:`Folded` for what comes back. Reads: one per entity after
+        its last event here, or one per event with ``every_event``. ``pick``: offsets into the vector to
+        give per event, before and after it."""
         n = len(events)
         keys = [getattr(e, key) for e in events]
         order = list(dict.fromkeys(keys))
@@ -237,11 +246,11 @@ class CompiledGroup:
             reads = np.sort(n - 1 - first_from_end)
         raw = np.empty((len(reads), raw_width), np.float64)
         pick = _NO_PICK if pick is None else pick
-        self.picked = np.empty((n, 2, len(pick)), np.float64)
+        picked = np.empty((n, 2, len(pick)), np.float64)
         _fold(table, ent, ts, typ, val, reads, raw, self._kinds, self._offsets, self._params, self._windows,
-              self._first_window, self._n_windows, self._sizes, pick, self.picked)
-        new = {k: table[j] for j, k in enumerate(order)}
-        return new, [order[j] for j in ent[reads].tolist()], raw, reads
+              self._first_window, self._n_windows, self._sizes, pick, picked)
+        return Folded({k: table[j] for j, k in enumerate(order)}, [order[j] for j in ent[reads].tolist()], raw, reads,
+                      picked)
 
     def read_at(self, vectors: list[np.ndarray], at_ts: int) -> np.ndarray:
         """The raw values of each vector as of ``at_ts`` (one row each)."""
@@ -263,7 +272,7 @@ class CompiledGroup:
     def warm_up(self) -> None:
         """Compile (or load from numba's cache) the fold and the reads now, not in the first batch."""
         e = Event("warm-up", "u", "i", EVENT_TYPES[0], 0)
-        vectors, _, _, _ = self.fold([e], "item_id", {})
+        vectors = self.fold([e], "item_id", {}).vectors
         self.read_at(list(vectors.values()), 0)
 
     def _raw_width(self) -> int:
