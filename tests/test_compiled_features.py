@@ -62,14 +62,15 @@ def test_compiled_fold_gives_the_engines_features_and_state_in_any_order_and_cut
     event) and the state are the engine's."""
     events = _events(raw, group.key)
     compiled = CompiledGroup(group)
+    store = CompiledGroup(group, sparse=bool(cut % 2)).store
     states: dict = {}
     got = {}
     for part in (events[:cut], events[cut:]):
         if not part:
             continue
         new, ids, raw_values, reads, _ = compiled.fold(part, group.key, states, every_event)
-        # (stored as the stages store them, or as the whole vector)
-        states.update({k: compiled.store(v) if cut % 2 else v.tobytes() for k, v in new.items()})
+        # (stored as their non-zero values, as the user features are, or whole, as the item features are)
+        states.update({k: store(v) for k, v in new.items()})
         states = {k: compiled.read_state(v) for k, v in states.items()}
         for k, row, i in zip(ids, raw_values.tolist(), reads.tolist(), strict=True):
             e = part[i]
@@ -115,14 +116,14 @@ def test_a_stored_vector_of_other_definitions_is_refused_clearly():
     compiled = CompiledGroup(ITEM_FEATURES)
     with pytest.raises(ValueError, match="other item feature definitions"):
         compiled.read_state(np.zeros(compiled.size + 3).tobytes())
-    other = CompiledGroup(FeatureGroup("item", "item_id", ITEM_FEATURES.features[:2]))
+    other = CompiledGroup(FeatureGroup("item", "item_id", ITEM_FEATURES.features[:2]), sparse=True)
     assert other.size < compiled.size
     with pytest.raises(ValueError, match="other item feature definitions"):
         compiled.read_state(other.store(other.new_state()))
 
 
 def test_a_stored_vector_keeps_only_its_non_zero_values():
-    compiled = CompiledGroup(ITEM_FEATURES)
+    compiled = CompiledGroup(ITEM_FEATURES, sparse=True)
     v = compiled.fold([Event("e", "u", "it", "click", 5_000_000)], "item_id", {}).vectors["it"]
     stored = compiled.store(v)
     assert len(stored) == 3 + 10 * np.count_nonzero(v) < v.nbytes / 4

@@ -19,7 +19,7 @@ impressions]``, rating statistics' ``[n, mean, m2]`` (Welford), a recency's the
 newest time per type (NaN: none). :meth:`CompiledGroup.from_engine_state`
 reads the engine's state (item state as every release before this one kept
 it), :meth:`CompiledGroup.to_engine_state` gives it back, and
-:meth:`CompiledGroup.store` is the stored form (its non-zero values).
+:meth:`CompiledGroup.store` is the stored form (for users, its non-zero values).
 
 :class:`HybridGroup` runs a group with other declarations too (the user
 features): the numeric ones compiled, the others on the engine.
@@ -64,9 +64,11 @@ def compilable(group: FeatureGroup) -> bool:
 
 
 class CompiledGroup:
-    """:class:`~rtrec.features.engine.FeatureEngine`'s fold and snapshot for a numeric group, compiled."""
+    """:class:`~rtrec.features.engine.FeatureEngine`'s fold and snapshot for a numeric group, compiled;
+    ``sparse``: store vectors as their non-zero values (:meth:`store`)."""
 
-    def __init__(self, group: FeatureGroup):
+    def __init__(self, group: FeatureGroup, sparse: bool = False):
+        self.sparse = sparse
         if not compilable(group):
             kinds = sorted({type(f).__name__ for f in group.features if type(f) not in _KINDS})
             raise ValueError(f"{group.entity} features declare {', '.join(kinds)}: not compiled (numeric kinds only)")
@@ -211,8 +213,12 @@ class CompiledGroup:
         return v
 
     def store(self, v: np.ndarray) -> bytes:
-        """A vector as stored: ``S``, its length, the offsets of its non-zero values (uint16s), then those
-        values: most of a windowed count's ring is zero."""
+        """A vector as stored. ``sparse`` (the user features: 433 values, most of a windowed count's ring of
+        9 event types zero): ``S``, its length, the offsets of its non-zero values (uint16s), then those
+        values. Else (the item features: 74 values) the whole vector, which costs a fraction of the
+        CPU per entity."""
+        if not self.sparse:
+            return v.tobytes()
         idx = np.flatnonzero(v)
         return b"S" + self._size_bytes + idx.astype(np.uint16).tobytes() + v[idx].tobytes()
 
@@ -433,7 +439,7 @@ class HybridGroup:
         self.group = group
         self.version = group.version
         numeric = tuple(f for f in group.features if type(f) in _KINDS)
-        self.compiled = CompiledGroup(FeatureGroup(group.entity, group.key, numeric))
+        self.compiled = CompiledGroup(FeatureGroup(group.entity, group.key, numeric), sparse=True)
         self.engine = FeatureEngine(FeatureGroup(group.entity, group.key,
                                                  tuple(f for f in group.features if type(f) not in _KINDS)))
         self.outputs = group.outputs()
