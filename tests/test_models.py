@@ -254,6 +254,16 @@ def test_nan_delta_is_rejected_whole():
     assert v.merged_upto[0] == 1  # the trainer will drop it
 
 
+def _trainer(n: int, heldout_fraction: float) -> tuple[OnlineLearner, dict, list]:
+    """A trainer holding out ``heldout_fraction`` of ``n`` examples, their users' models, the examples."""
+    learner = OnlineLearner(ModelConfig(heldout_fraction=heldout_fraction))
+    batch = _examples(n)
+    users: dict = {}
+    for e in batch:
+        users.setdefault(e.user_id, learner.new_user(e.user_id))
+    return learner, users, batch
+
+
 def test_held_out_columns_kept_as_examples_come_equal_the_examples_stacked_at_once():
     """MergerCore extends its stacked held-out columns with each delta's examples, dropping the oldest past
     model.heldout_size, as its deque does: the batch a merge scores is the one stacking the deque gives."""
@@ -261,11 +271,7 @@ def test_held_out_columns_kept_as_examples_come_equal_the_examples_stacked_at_on
 
     cfg = ModelConfig(heldout_min=5, heldout_size=50)
     merger = MergerCore(cfg)
-    learner = OnlineLearner(ModelConfig(heldout_fraction=0.3))
-    users = {}
-    batch = _examples(600)
-    for e in batch:
-        users.setdefault(e.user_id, learner.new_user(e.user_id))
+    learner, users, batch = _trainer(600, heldout_fraction=0.3)
     added = 0
     for k in range(0, len(batch), 100):
         learner.process(_inputs(batch[k : k + 100]), users)
@@ -285,11 +291,7 @@ def test_held_out_columns_kept_as_examples_come_equal_the_examples_stacked_at_on
 def test_a_version_worse_on_held_out_examples_is_rolled_back():
     cfg = ModelConfig(heldout_min=20, rollback_margin=0.1)
     merger = MergerCore(cfg)
-    learner = OnlineLearner(ModelConfig(heldout_fraction=0.2))
-    users = {}
-    batch = _examples(400)
-    for e in batch:
-        users.setdefault(e.user_id, learner.new_user(e.user_id))
+    learner, users, batch = _trainer(400, heldout_fraction=0.2)
     learner.process(_inputs(batch), users)
     merger.add_delta(0, *learner.take_delta())
     good = merger.merge()
