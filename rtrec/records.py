@@ -4,7 +4,8 @@ Each topic's JSON Schema lies in ``rtrec/schema/`` (:data:`SCHEMAS`); the
 integration tests validate what the job writes against them. The job encodes
 a batch's columns (:func:`encode_predictions`, :func:`encode_recommendations`:
 one small dict and one ``orjson.dumps`` per record); the features topic's
-records come from rtrec.features.engine.FeatureEngine.record. Consumers (the
+records come from :func:`encode_feature` (the feature engine and the cores
+call it with the features they read). Consumers (the
 serving store, ``rtrec eval``, the demo) decode with :func:`read_record`.
 
     >>> read_record("recommendations", b'{"user_id": "7", "items": ["a"]}')["items"]
@@ -38,6 +39,14 @@ SCHEMAS = {"features": SCHEMA_DIR / "feature-v1.json", "recommendations": SCHEMA
 #: earlier releases lack some of the others).
 _NEEDED = {"features": ("entity", "id", "features"), "recommendations": ("user_id", "items"),
            "predictions": ("event_id", "user_id", "item_id", "ts", "type", "label", "scores", "fused")}
+
+
+def encode_feature(entity: str, entity_id: str, version: str, event_id: str, event_ts: int, events: int,
+                   features: dict) -> bytes:
+    """A features-topic value: an entity's features as of ``event_id`` (its newest event time and the
+    number of events folded in), under the definitions' ``version``."""
+    return orjson.dumps({"entity": entity, "id": entity_id, "version": version, "event_id": event_id,
+                         "event_ts": event_ts, "events": events, "features": features})
 
 
 @cache

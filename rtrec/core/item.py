@@ -10,14 +10,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import orjson
-
 from rtrec.core.outputs import Outputs
 from rtrec.events import Event
 from rtrec.features.compiled import CompiledGroup, compilable
 from rtrec.features.definitions import ITEM_FEATURES
 from rtrec.features.engine import FeatureEngine
 from rtrec.features.model_inputs import ItemInputs
+from rtrec.records import encode_feature
 
 
 @dataclass
@@ -76,9 +75,8 @@ class ItemCore:
             snapshot, version, append = compiled.snapshot, compiled.version, out.features.append
             for item, row, i in zip(ids, raw.tolist(), reads.tolist(), strict=True):
                 e = events[i]
-                append(item, orjson.dumps({"entity": "item", "id": item, "version": version, "event_id": e.event_id,
-                                           "event_ts": int(row[0]), "events": int(row[1]),
-                                           "features": snapshot(row, e.ts)}))
+                append(item, encode_feature("item", item, version, e.event_id, int(row[0]), int(row[1]),
+                                            snapshot(row, e.ts)))
         store = compiled.store
         batch = ItemBatch({item: store(v) for item, v in vectors.items()}, out)
         if self._dense_of_raw is not None and vectors:

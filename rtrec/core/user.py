@@ -27,7 +27,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-import orjson
 
 from models.merger import DeltaMessage
 from models.online import Inputs, OnlineLearner, Predictions, Recommendation, refreshes
@@ -38,7 +37,7 @@ from rtrec.events import Event, EventParser, Rejection
 from rtrec.features.compiled import HybridGroup
 from rtrec.features.definitions import USER_FEATURES
 from rtrec.features.model_inputs import UserInputs, id_code
-from rtrec.records import encode_predictions, encode_recommendations
+from rtrec.records import encode_feature, encode_predictions, encode_recommendations
 from rtrec.sharding import shard_of
 
 #: The format of a user's state entry that this release writes. 3: features as
@@ -278,9 +277,8 @@ class UserCore:
             for u, row, i in zip(ids, raw.tolist(), reads.tolist(), strict=True):
                 e = events[i]
                 rest = snapshots[i] if every_event else users[u].features[1]
-                out.append(u, orjson.dumps({"entity": "user", "id": u, "version": version, "event_id": e.event_id,
-                                            "event_ts": int(row[0]), "events": int(row[1]),
-                                            "features": features.snapshot(row, rest, e.ts)}))
+                out.append(u, encode_feature("user", u, version, e.event_id, int(row[0]), int(row[1]),
+                                             features.snapshot(row, rest, e.ts)))
         if learner is None:
             return []
         at = np.array([e.ts for e in events], np.float64)

@@ -15,9 +15,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-import orjson
-
 from rtrec.events import EVENT_TYPES, Event
+from rtrec.records import encode_feature
 
 
 @dataclass(frozen=True)
@@ -83,14 +82,5 @@ class FeatureEngine:
 
     def record(self, entity_id: str, state: list, e: Event) -> bytes:
         """The features-topic value after folding in ``e``: as of its event time."""
-        return orjson.dumps(
-            {
-                "entity": self.group.entity,
-                "id": entity_id,
-                "version": self.version,
-                "event_id": e.event_id,
-                "event_ts": state[NEWEST],
-                "events": state[COUNT],
-                "features": self.snapshot(state, e.ts),
-            }
-        )
+        return encode_feature(self.group.entity, entity_id, self.version, e.event_id, state[NEWEST], state[COUNT],
+                              self.snapshot(state, e.ts))
