@@ -13,9 +13,11 @@ this invocation and on that same topic:
   snapshot after every event; ``features-batch``: the same with one snapshot
   per entity and micro-batch, as it ships;
 - ``learning``: rtrec as it ships: learning and text on;
-- ``learning-p2``, ``learning-process-p2``, ...: the same at parallelism 2, in
-  thread mode (one interpreter per JVM) or process mode (one Python process
-  per subtask).
+- ``learning-p2``: the same at parallelism 2 on the MiniCluster (both
+  subtasks in its one interpreter); ``learning-2tm``: at parallelism 2 on a
+  standalone cluster of two single-slot TaskManagers (two JVMs, two
+  interpreters); either with ``,flink.options.python.execution-mode=process``:
+  one Python process per subtask instead of the embedded interpreter.
 
 Each rtrec run is timed from its committed outputs: the predictions topic
 (one record per rating) with learning, the features topic with
