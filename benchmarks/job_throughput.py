@@ -23,7 +23,7 @@ Each rtrec run is timed from its committed outputs: the predictions topic
 (one record per rating) with learning, the features topic with
 ``features.snapshots=event`` (two records per event) without. Every figure is
 printed next to the Java pass's as a ratio. Writes
-benchmarks/results/job_throughput.json.
+benchmarks/results/job_throughput.json (``--results NAME``: NAME.json).
 """
 
 from __future__ import annotations
@@ -158,6 +158,9 @@ def main() -> None:
     ap.add_argument("--runs", nargs="+", default=["java", "features", "learning"],
                     help=f"each java or NAME[,KEY=VALUE...]: a run of {', '.join(RUNS)} with settings over its own "
                          "(e.g. learning,flink.shards=2)")
+    ap.add_argument("--results", default="job_throughput",
+                    help="the results file's name under benchmarks/results/ (job_throughput_interpreters: "
+                         "the README's interpreter comparison)")
     args = ap.parse_args()
     for run in args.runs:
         if run != "java" and run.split(",")[0] not in RUNS:
@@ -194,7 +197,7 @@ def main() -> None:
         "goal_events_per_s": {"learning": 10_000, "features": 30_000},
         "runs": results,
     }
-    print(write_results("job_throughput", payload))
+    print(write_results(args.results, payload))
 
 
 if __name__ == "__main__":
