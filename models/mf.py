@@ -18,6 +18,7 @@ beside their vector (``user_params["mf_n"]``, the user state's ``"mf_n"``).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from models.base import Batch, item_seed
@@ -51,10 +52,16 @@ class BiasedMF:
     def user_width(self) -> int:
         return self.dim + 1
 
-    def new_user(self, user_id: str) -> torch.Tensor:
-        """Initial user parameters (CPU), the same on every subtask."""
+    def new_user(self, user_id: str) -> np.ndarray:
+        """Initial user parameters (float32: the factors, then the bias), the same on every subtask.
+
+        (Filled in NumPy: a ``torch.cat`` of the factors and a zero took 13 µs a user, most of a new
+        user's cost, and a stream of mostly new users pays it per event.)"""
         g = torch.Generator().manual_seed(item_seed("user:" + user_id, self.params.seed))
-        return torch.cat([torch.randn(self.dim, generator=g) * self.init_std, torch.zeros(1)])
+        v = np.zeros(self.dim + 1, np.float32)
+        v[:-1] = torch.randn(self.dim, generator=g).numpy()
+        v[:-1] *= self.init_std
+        return v
 
     def _raw(self, u: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         return self.mu.data[0, 0] + u[:, -1] + self.b.data[items] + (u[:, :-1] * self.q.data[items]).sum(1)

@@ -215,7 +215,7 @@ class OnlineLearner:
 
     # -- users -------------------------------------------------------------------
     def new_user(self, user_id: str) -> dict:
-        return {"mf": self.models.mf.new_user(user_id).numpy(), "mf_n": 0.0, "recent": [], "impressions": {}}
+        return {"mf": self.models.mf.new_user(user_id), "mf_n": 0.0, "recent": [], "impressions": {}}
 
     # -- per batch -------------------------------------------------------------------
     def process(self, inputs: list[Inputs], users: dict[str, dict]) -> BatchResult:
@@ -297,8 +297,7 @@ class OnlineLearner:
 
     def _candidate_pairs(self, cand: torch.Tensor, query: torch.Tensor, interest: torch.Tensor) -> torch.Tensor:
         """(B, M, 2) pair features of (B, M) candidate rows for (B, dim) query and interest vectors."""
-        vecs = self.search.row_vectors(cand, self.models.params.index.ids)
-        return TextContext.pair(query, interest, vecs).to(self.device)
+        return self.search.row_pairs(cand, self.models.params.index.ids, query, interest).to(self.device)
 
     def expire_impressions(self, due: list[tuple[str, str, str]], users: dict[str, dict]) -> Predictions:
         """Impressions whose attribution window closed: still open ones become negative examples.
@@ -565,13 +564,18 @@ class OnlineLearner:
         k = min(self.cfg.top_k, scores.shape[1])
         top, pos = torch.topk(scores, k, dim=1)
         rows = torch.gather(cand, 1, pos).tolist()
-        top = top.tolist()
+        top = top.cpu().numpy()
+        whole = np.isfinite(top).all(1).tolist()  # (a list shorter than k where candidates ran out)
+        top = np.round(top.astype(np.float64), 5).tolist()  # (5 decimals: the records' scores)
         ids = m.params.index.ids
         out = []
         neg = float("-inf")
-        for (x, _), s, r in zip(items, top, rows, strict=True):
-            keep = [j for j, v in enumerate(s) if v != neg]
-            out.append(Recommendation(x.event, [ids[r[j]] for j in keep], [round(s[j], 5) for j in keep]))
+        for (x, _), s, r, w in zip(items, top, rows, whole, strict=True):
+            if w:
+                out.append(Recommendation(x.event, [ids[j] for j in r], s))
+            else:
+                keep = [j for j, v in enumerate(s) if v != neg]
+                out.append(Recommendation(x.event, [ids[r[j]] for j in keep], [s[j] for j in keep]))
         return out
 
     # -- versions and deltas -------------------------------------------------------------

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.sequential import interest_pass
+from models.sequential import interest_pass, text_pairs
 from models.text import ItemTextIndex, TextEncoder, movielens_texts
 from rtrec.config import TextConfig
 from rtrec.events import EVENT_TABLE
@@ -209,6 +209,23 @@ class SearchRanker:
     def row_vectors(self, model_rows: torch.Tensor, model_ids: list[str]) -> torch.Tensor:
         """Centred text vectors of the model's item rows (any shape, + dim); ``model_ids`` is the model's
         row -> id list."""
+        return self._centred_matrix()[self._text_rows_of(model_rows, model_ids)]
+
+    def row_pairs(self, model_rows: torch.Tensor, model_ids: list[str], query: torch.Tensor,
+                  interest: torch.Tensor) -> torch.Tensor:
+        """(B, M, 2) :meth:`TextContext.pair` of the model's (B, M) item rows with (B, dim) query and interest
+        vectors. On the CPU in one compiled pass over the rows (models.sequential.text_pairs); on a GPU by
+        gathering the vectors."""
+        text_rows = self._text_rows_of(model_rows, model_ids)
+        matrix = self._centred_matrix()
+        if matrix.device.type != "cpu":
+            return TextContext.pair(query, interest, matrix[text_rows])
+        return torch.from_numpy(text_pairs(matrix.numpy(), text_rows.numpy(),
+                                                      query.float().contiguous().numpy(),
+                                                      interest.float().contiguous().numpy()))
+
+    def _text_rows_of(self, model_rows: torch.Tensor, model_ids: list[str]) -> torch.Tensor:
+        """The text index's rows of the model's item rows (same shape)."""
         entry = self._text_rows.get(id(model_ids))
         if entry is None or entry[0] is not model_ids or entry[2] != self.index.version:
             entry = (model_ids, torch.zeros(0, dtype=torch.long, device=self.device), self.index.version)
@@ -216,7 +233,7 @@ class SearchRanker:
         if rows.shape[0] < len(model_ids):
             rows = torch.cat([rows, self.index.rows(model_ids[rows.shape[0] :]).to(self.device)])
         self._text_rows[id(model_ids)] = (model_ids, rows, entry[2])
-        return self._centred_matrix()[rows[model_rows.to(self.device)]]
+        return rows[model_rows.to(self.device)]
 
     # -- users' text signals ----------------------------------------------------------------
     def context(self, inputs: list, users: dict[str, dict], rating_min: float, rating_max: float) -> TextContext:

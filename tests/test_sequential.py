@@ -375,3 +375,20 @@ def test_compiled_sparse_codes_equal_the_torch_ops_and_follow_item_feature_write
     m.rows(["new-item"])  # rows added since
     assert torch.equal(m.sparse_codes(m.rows(["new-item"]), codes[:1], buckets[:1], None),
                        m.sparse_codes_torch(m.rows(["new-item"]), codes[:1], buckets[:1], None))
+
+
+def test_text_pairs_equal_the_dot_products_of_the_gathered_vectors():
+    """The compiled top-k pair features (one pass over each candidate's row) against TextContext.pair of
+    the vectors gathered, as on a GPU; row 0 (no text) gives zeros."""
+    from models.search import TextContext
+
+    g = torch.Generator().manual_seed(3)
+    table = torch.nn.functional.normalize(torch.randn(50, 24, generator=g), dim=-1)
+    table[0] = 0.0
+    rows = torch.randint(1, 50, (7, 11), generator=g)
+    rows[0, :3] = 0
+    query, interest = torch.randn(7, 24, generator=g), torch.randn(7, 24, generator=g)
+    got = sequential.text_pairs(table.numpy(), rows.numpy(), query.numpy(), interest.numpy())
+    expected = TextContext.pair(query, interest, table[rows]).numpy()
+    assert got.shape == (7, 11, 2) and np.allclose(got, expected, rtol=1e-5, atol=1e-6)
+    assert (got[0, :3] == 0).all() and (got[0, 3:] != 0).all() and (got[1:] != 0).all()

@@ -296,11 +296,14 @@ class CompiledGroup:
                 w += len(f.event_types)
         return w
 
-    def _snapshot_function(self):
+    def _snapshot_function(self, outputs: list[str] | None = None):
         """The features :meth:`FeatureEngine.snapshot` gives, from one row of :meth:`fold`'s raw values, as a
         function made for these declarations: one dict display of the outputs, each computed as the
-        declaration's read() computes it (the tests hold it to the engine)."""
-        lines, items, local = ["def snapshot(r, at):"], [], {}
+        declaration's read() computes it (the tests hold it to the engine).
+
+        ``outputs``: a whole group's outputs, in order, of which these declarations give some; the function
+        then takes a dict of the others' values too, ``snapshot(r, at, o)`` (:class:`HybridGroup`)."""
+        lines, items, local = ["def snapshot(r, at):" if outputs is None else "def snapshot(r, at, o):"], [], {}
         scope: dict = {"nan": math.isnan}
         i = 2
         for d, f in enumerate(self.group.features):
@@ -330,6 +333,9 @@ class CompiledGroup:
             else:  # a trend: (short * long_ms / short_ms + 1) / (long + 1), as Trend.read
                 short, long = local[f"{f.source}_{f.short.name}"], local[f"{f.source}_{f.long.name}"]
                 items.append((f.name, f"({short} * {f.long.ms} / {f.short.ms} + 1) / ({long} + 1)"))
+        if outputs is not None:
+            mine = dict(items)
+            items = [(name, mine.get(name, f"o[{name!r}]")) for name in outputs]
         lines.append("    return {" + ", ".join(f"{name!r}: {expr}" for name, expr in items) + "}")
         exec("\n".join(lines), scope)  # noqa: S102 (code made from these declarations' names and numbers only)
         return scope["snapshot"]
@@ -444,6 +450,7 @@ class HybridGroup:
                                                  tuple(f for f in group.features if type(f) not in _KINDS)))
         self.outputs = group.outputs()
         self._numeric = [type(f) in _KINDS for f in group.features]
+        self._snapshot = self.compiled._snapshot_function(self.outputs)  # (in declared order, in one dict display)
 
     def new_state(self) -> list:
         return [self.compiled.new_state(), self.engine.new_state()]
@@ -471,5 +478,4 @@ class HybridGroup:
     def snapshot(self, raw: list[float], other: list | dict, at_ts: int) -> dict:
         """The group's features from a row of the compiled part's raw values and the others' engine state (or
         their snapshot, taken already)."""
-        merged = self.compiled.snapshot(raw, at_ts) | (other if type(other) is dict else self.engine.snapshot(other, at_ts))
-        return {name: merged[name] for name in self.outputs}
+        return self._snapshot(raw, at_ts, other if type(other) is dict else self.engine.snapshot(other, at_ts))
