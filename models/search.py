@@ -220,9 +220,8 @@ class SearchRanker:
         matrix = self._centred_matrix()
         if matrix.device.type != "cpu":
             return TextContext.pair(query, interest, matrix[text_rows])
-        return torch.from_numpy(text_pairs(matrix.numpy(), text_rows.numpy(),
-                                                      query.float().contiguous().numpy(),
-                                                      interest.float().contiguous().numpy()))
+        return torch.from_numpy(text_pairs(matrix.numpy(), text_rows.numpy(), query.float().contiguous().numpy(),
+                                           interest.float().contiguous().numpy()))
 
     def _text_rows_of(self, model_rows: torch.Tensor, model_ids: list[str]) -> torch.Tensor:
         """The text index's rows of the model's item rows (same shape)."""
