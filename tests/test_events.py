@@ -5,7 +5,7 @@ import json
 import jsonschema
 import orjson
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from rtrec.events import SCHEMA_PATH, Event, EventParser, Rejection, parse_event
@@ -84,14 +84,24 @@ def test_canonical_json_round_trips():
     assert EventParser().parse(e.to_json(), now_ms=NOW) == e
 
 
-_ids = st.one_of(st.sampled_from(["u1", "i1", "", "a\nb", "a\x7fb", "a\x00b", "tab\tbed", "back\\slash", "é"]),
-                 st.text(max_size=4), st.integers(-2, 3), st.booleans(), st.none())
+_ids = st.one_of(st.sampled_from(["u1", "i1", "", "a\nb", "a\x7fb", "a\x00b", "tab\tbed", "back\\slash", "é",
+                                  "x" * 128, "x" * 129, "é" * 128, "😀" * 129]),
+                 st.text(max_size=4), st.integers(-2, 3), st.sampled_from([2**64 - 1, 2**64, -(2**63)]),
+                 st.booleans(), st.none(), st.floats(allow_nan=False, allow_infinity=False, width=32))
 _events = st.fixed_dictionaries(
     {"event_id": _ids, "user_id": _ids, "type": st.sampled_from(["click", "rating", "search", "teleport"]),
-     "ts": st.sampled_from([1_000, -1, 2.0, "x"])},
-    optional={"item_id": _ids, "value": st.sampled_from([4, 3.5, -1, "5"]), "category": _ids, "session_id": _ids,
-              "query": _ids, "dwell_ms": st.sampled_from([5, -5, 1.5]), "candidates": st.lists(_ids, max_size=3)},
+     "ts": st.sampled_from([1_000, -1, 2.0, 2.5, "x", None, True, NOW + 86_400_000, NOW + 86_400_001])},
+    optional={"item_id": _ids, "value": st.sampled_from([4, 3.5, -1, "5", 0.5, 6, 1e9, 1e10, True, None]),
+              "category": _ids, "session_id": _ids, "query": _ids,
+              "dwell_ms": st.sampled_from([5, -5, 1.5, 2.0, 86_400_001, None, "5"]),
+              "candidates": st.one_of(st.lists(_ids, max_size=3), st.none(), st.just("i1")),
+              "schema_version": st.sampled_from([1, 2, 1.0, True, None, "1"]), "extra": _ids},
 )
+
+
+def _dumps(d: dict) -> bytes:
+    """(json, not orjson: it writes integers past 64 bits, which orjson reads back as floats)"""
+    return json.dumps(d, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 @settings(max_examples=400, deadline=None)
@@ -99,9 +109,43 @@ _events = st.fixed_dictionaries(
 def test_parse_equals_the_checks_on_every_string(d):
     """parse() skips the control-character search on payloads without a backslash or DEL byte; the
     outcome is the same as with every string searched."""
-    raw = orjson.dumps(d)
+    raw = _dumps(d)
     parser = EventParser()
-    assert parser.parse(raw, now_ms=NOW) == parser.fields(orjson.loads(raw), NOW, plain=False)
+    assert parser.parse(raw, now_ms=NOW) == parser.parse_checked(raw, NOW)
+    if not isinstance(parser.parse(raw, now_ms=NOW), Rejection):
+        assert parser.parse(raw, now_ms=NOW) == parser.fields(orjson.loads(raw), NOW, plain=False)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(_events, st.sampled_from([b"", b" ", b"\n"]))
+@example(good(item_id=2**64), b"")
+@example(good(user_id=2**64), b"")
+@example(good(candidates=["a", 2**64]), b"")
+@example(good(candidates=["a", "b\nc"]), b"")
+@example(good(event_id="e\x7f"), b"")
+@example(good(type="rating", value=5.5), b"")
+@example(good(type="search", item_id=None), b"")
+@example(good(ts=NOW + 86_400_001), b"")
+def test_the_fast_path_accepts_only_what_the_checks_accept_and_alike(d, pad):
+    """parse() first decodes with msgspec into a struct of the schema's types, then checks the rest; whatever
+    it accepts that way, parse_checked (each rule in turn, in Python) accepts too, as the same event."""
+    raw = _dumps(d) + pad
+    parser = EventParser()
+    checked = parser.parse_checked(raw, now_ms=NOW)
+    try:
+        wire = parser._decode(raw)
+    except Exception:  # noqa: BLE001
+        return
+    fast = parser._accept(wire, raw, NOW)
+    assert fast is None or fast == checked, (fast, checked)
+
+
+def test_a_plain_event_takes_the_fast_path():
+    raw = orjson.dumps(good(user_id=7, candidates=["a", 8]))
+    parser = EventParser()
+    fast = parser._accept(parser._decode(raw), raw, NOW)
+    assert fast is not None and fast == parser.parse_checked(raw, NOW) and fast.user_id == "7"
+    assert fast.candidates == ["a", "8"]
 
 
 def test_packed_events_come_back_equal_with_every_field_and_old_lists_are_read_too():
