@@ -1,11 +1,14 @@
 """Behaviour events, schema version 1.
 
 The schema is written once, in ``rtrec/schema/event-v1.json``; :func:`parse_event`
-implements the same rules by hand (a JSON Schema validator per event would cost
-more than the rest of the pipeline) plus the ones JSON Schema cannot state:
-payload size, UTF-8, the wall-clock bound on ``ts`` and the configured rating
-scale. It returns an :class:`Event` or a :class:`Rejection` naming the reason;
-it never raises on input::
+implements the same rules (a JSON Schema validator per event would cost more
+than the rest of the pipeline) plus the ones JSON Schema cannot state: payload
+size, UTF-8, the wall-clock bound on ``ts`` and the configured rating scale.
+A well-formed event is decoded into a msgspec struct of the schema's types
+(checked in C), then the other rules are checked; anything else goes through
+the same rules written out one by one, which name the reason
+(:meth:`EventParser.parse_checked`). It returns an :class:`Event` or a
+:class:`Rejection` naming the reason; it never raises on input::
 
     >>> parse_event(b'{"event_id":"e1","user_id":42,"item_id":"7","type":"click","ts":1000}', now_ms=2000)
     Event(event_id='e1', user_id='42', item_id='7', type='click', ts=1000, value=None, category=None, dwell_ms=None, query=None, candidates=None, session_id=None)
