@@ -245,10 +245,14 @@ TOLERANCE = {"fused": 0.01, "mf": 0.01, "ranker": 0.02, "ftrl": 0.03}
 
 
 def test_learning_resumes_from_the_checkpointed_parameters(run, uninterrupted):
-    """Across the restarts the prequential error stays within a small tolerance of the uninterrupted run's.
+    """Across the restarts the prequential error rises by at most a small tolerance over the uninterrupted run's.
 
     Before scorers loaded model versions by their offset (udfs/user_stage.py), a restored scorer went
     back to a version up to a minute old: fused MAE rose by 0.010 and the ranker's by up to 0.040.
+    Learning lost in a restore shows as a higher error, so only a rise counts. At parallelism 2 the
+    error also moves with timing (when each trainer adopts the merged versions): run alone, 0.7457
+    with faults against 0.7472 without; in one `make test` under load (2026-12-03), 0.7371 with faults
+    against 0.7484 without, a drop of 0.011 that a two-sided bound of 0.010 failed.
     """
     assert len(run["predictions"]) == len(uninterrupted["predictions"])
     for name, tolerance in TOLERANCE.items():
@@ -256,7 +260,7 @@ def test_learning_resumes_from_the_checkpointed_parameters(run, uninterrupted):
             return p["fused"] if name == "fused" else p["scores"][name]
 
         faulty, reference = _mae(run["predictions"], score), _mae(uninterrupted["predictions"], score)
-        assert abs(faulty - reference) <= tolerance, f"{name}: MAE {faulty:.4f} vs {reference:.4f} uninterrupted"
+        assert faulty - reference <= tolerance, f"{name}: MAE {faulty:.4f} vs {reference:.4f} uninterrupted"
 
 
 def test_model_versions_go_on_from_the_checkpoint(run):
