@@ -164,3 +164,12 @@ def test_packed_events_come_back_equal_with_every_field_and_old_lists_are_read_t
     assert len(pack_events(events)) == 1 + len(dataclasses.fields(Event))
     assert unpack_events(pickle.loads(pickle.dumps(events))) == events
     assert unpack_events(pack_events([])) == []
+
+
+@pytest.mark.parametrize("raw", [b'{"event_id":"a\x01b","user_id":"u","item_id":"i","type":"click","ts":1}',
+                                 b'{"event_id":"e","user_id":"u","item_id":"i","type":"click","ts":1,"candidates":["a\x00"]}',
+                                 b'{"event_id":"e","user_id":"u\x7f","item_id":"i","type":"click","ts":1}'])
+def test_raw_control_characters_are_refused_by_both_paths(raw):
+    """JSON forbids raw control characters in strings (both decoders refuse them) save DEL, which is searched."""
+    parser = EventParser()
+    assert isinstance(parser.parse(raw, NOW), Rejection) and parser.parse(raw, NOW) == parser.parse_checked(raw, NOW)
