@@ -118,13 +118,29 @@ def cmd_backfill(args) -> int:
 
 def cmd_run(args) -> int:
     from rtrec import topics
-    from rtrec.lifecycle import run_locally, start_position
+    from rtrec.lifecycle import record_run, resume_point, run_locally, runs_path, start_position
     from rtrec.progress import JobProgress
     from rtrec.sharding import ShardCountMismatch, fatal_reason
 
     cfg = config_from(args)
     if args.bounded:
         cfg.flink.bounded = True
+    if args.resume and args.from_savepoint:
+        raise ConfigError("--resume and --from-savepoint both say where to start from: give one")
+    earlier = resume_point(cfg, cfg.flink.bounded)
+    if args.resume:
+        if earlier is None:
+            raise ConfigError(
+                f"--resume: no earlier {'bounded ' if cfg.flink.bounded else ''}run of job "
+                f"'{cfg.flink.job_name}' left a checkpoint or savepoint in {cfg.flink.checkpoint_dir} "
+                "(runs are listed in " + str(runs_path(cfg)) + "; a cluster's checkpoints need "
+                "--from-savepoint PATH); start without --resume")
+        args.from_savepoint = str(earlier.path)
+        print(f"rtrec: resuming from the {earlier.describe()}", flush=True)
+    elif earlier is not None and not args.from_savepoint:
+        print(f"rtrec: note: an earlier run of job '{cfg.flink.job_name}' left a {earlier.describe()}; this run "
+              "starts without it (features, user vectors and the duplicate filter start empty); `rtrec run --resume"
+              + (" --bounded" if cfg.flink.bounded else "") + "` continues from it", file=sys.stderr, flush=True)
     if args.from_savepoint:
         # Flink 2.x's key (execution.savepoint.path before 2.0). Operators are
         # matched by uid; state the new job has no operator for is an error.
@@ -165,6 +181,7 @@ def cmd_run(args) -> int:
     progress = JobProgress(cfg.flink.job_name, total=total if cfg.flink.bounded else None,
                            enabled=not args.no_progress, models=cfg.model.enabled)
 
+    record_run(cfg, cfg.flink.bounded)  # (the job's id, so that a later --resume finds what this run leaves)
     try:
         result, run = run_locally(cfg, progress)
     except Exception as e:  # (a Py4JJavaError from Flink)
@@ -385,6 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from-savepoint", metavar="PATH",
                    help="start from this savepoint or retained checkpoint (state, offsets and model); "
                    "the parallelism may differ from the job that took it")
+    p.add_argument("--resume", action="store_true",
+                   help="start from the newest checkpoint or savepoint an earlier run of this job name and kind "
+                   "(bounded or not) left in flink.checkpoint_dir, as --from-savepoint would")
     p.add_argument("--from-beginning", action="store_true",
                    help="read the events topic from its start (flink.startup_mode=earliest); by default a job "
                    "started without a savepoint continues from its consumer group's committed offsets")

@@ -12,7 +12,10 @@ MiniCluster's working folders and the RPC jar it unpacks, about 50 MB).
 
 While it runs, `rtrec run` records its REST address in ``var/run/<job>.json``
 (beside the checkpoint folder), so `rtrec stop` finds the job without being
-told where it is.
+told where it is. Each run also gives its job an id of its own choosing and
+adds it to ``var/run/<job>.runs.json`` (kept after the run), so that `rtrec
+run --resume` finds the newest checkpoint or savepoint those runs left
+(:func:`resume_point`): Flink names their folders by job id only.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import shutil
 import signal
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 from rtrec.config import RtrecConfig
@@ -185,6 +189,86 @@ def remove_run_record(cfg: RtrecConfig) -> None:
             path.unlink()
     except (OSError, ValueError):
         pass
+
+
+@dataclasses.dataclass(frozen=True)
+class PastRun:
+    """A `rtrec run` of a job name, as var/run/<job name>.runs.json lists it (newest first)."""
+
+    job_id: str  # the Flink job id the run gave its job (32 hex digits)
+    bounded: bool  # `rtrec run --bounded`: another source and windows, so another kind of state
+    started_ms: int
+
+
+#: How many past runs var/run/<job name>.runs.json keeps (Flink retains one checkpoint per job).
+RUNS_KEPT = 20
+#: The Flink option that fixes a submitted job's id (PipelineOptionsInternal.PIPELINE_FIXED_JOB_ID).
+FIXED_JOB_ID = "$internal.pipeline.job-id"
+
+
+def runs_path(cfg: RtrecConfig) -> Path:
+    return run_record_path(cfg).with_suffix(".runs.json")
+
+
+def past_runs(cfg: RtrecConfig) -> list[PastRun]:
+    """The job name's runs, newest first (none if the file is missing or unreadable)."""
+    try:
+        data = json.loads(runs_path(cfg).read_text())
+        return [PastRun(str(r["job_id"]), bool(r["bounded"]), int(r["started_ms"])) for r in data["runs"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
+def record_run(cfg: RtrecConfig, bounded: bool) -> str:
+    """Choose the id of the job this run submits (set in ``cfg.flink.options``), list the run first
+    in var/run/<job name>.runs.json and return the id."""
+    job_id = uuid.uuid4().hex
+    cfg.flink.options[FIXED_JOB_ID] = job_id
+    runs = [PastRun(job_id, bounded, int(time.time() * 1000)), *past_runs(cfg)][:RUNS_KEPT]
+    path = runs_path(cfg)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"version": 1, "runs": [dataclasses.asdict(r) for r in runs]}))
+    tmp.replace(path)
+    return job_id
+
+
+@dataclasses.dataclass(frozen=True)
+class ResumePoint:
+    """A retained checkpoint or a savepoint of an earlier run, for ``execution.state-recovery.path``."""
+
+    path: Path  # its folder (chk-N or savepoint-...)
+    kind: str  # "checkpoint" or "savepoint"
+    job_id: str
+    taken_ms: int
+
+    def describe(self) -> str:
+        taken = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.taken_ms / 1000))
+        return f"{self.kind} {self.path} (taken {taken})"
+
+
+def resume_point(cfg: RtrecConfig, bounded: bool) -> ResumePoint | None:
+    """The newest state an earlier run of this job name and kind (bounded or not) left in the local
+    flink.checkpoint_dir and the savepoints folder beside it: a retained checkpoint (Flink keeps a
+    job's newest when it is cancelled or fails) or a savepoint (``savepoint-<first 6 digits of the job
+    id>-...``). None if there is none, or the checkpoints are on a cluster's storage (a URI)."""
+    if "://" in cfg.flink.checkpoint_dir:
+        return None
+    checkpoints = cfg.resolve_path(cfg.flink.checkpoint_dir)
+    best: ResumePoint | None = None
+    for run in past_runs(cfg):
+        if run.bounded != bounded:
+            continue
+        found = [("checkpoint", m) for m in checkpoints.glob(f"{run.job_id}/chk-*/_metadata")]
+        found += [("savepoint", m) for m in (checkpoints.parent / "savepoints").glob(f"savepoint-{run.job_id[:6]}-*/_metadata")]
+        for kind, metadata in found:
+            try:
+                taken_ms = int(metadata.stat().st_mtime * 1000)
+            except OSError:
+                continue
+            if best is None or taken_ms > best.taken_ms:
+                best = ResumePoint(metadata.parent, kind, run.job_id, taken_ms)
+    return best
 
 
 class LocalRun:

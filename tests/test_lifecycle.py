@@ -189,3 +189,84 @@ def test_the_gateways_jvm_starts_in_a_process_group_of_its_own(monkeypatch):
     finally:
         proc.kill()
         proc.wait()
+
+
+def _left(cfg, where: str, age_s: float) -> None:
+    """What Flink leaves of a checkpoint or savepoint: a folder with a _metadata file, ``age_s`` old."""
+    folder = cfg.resolve_path(cfg.flink.checkpoint_dir).parent / where
+    folder.mkdir(parents=True)
+    (folder / "_metadata").write_bytes(b"")
+    t = time.time() - age_s
+    os.utime(folder / "_metadata", (t, t))
+
+
+def test_each_run_fixes_its_job_id_and_is_listed_newest_first(cfg):
+    first = lifecycle.record_run(cfg, bounded=False)
+    assert cfg.flink.options[lifecycle.FIXED_JOB_ID] == first and len(first) == 32
+    int(first, 16)  # (Flink's JobID.fromHexString)
+    second = lifecycle.record_run(cfg, bounded=True)
+    assert [(r.job_id, r.bounded) for r in lifecycle.past_runs(cfg)] == [(second, True), (first, False)]
+    for _ in range(lifecycle.RUNS_KEPT):
+        lifecycle.record_run(cfg, bounded=False)
+    assert len(lifecycle.past_runs(cfg)) == lifecycle.RUNS_KEPT
+    assert first not in {r.job_id for r in lifecycle.past_runs(cfg)}
+
+
+def test_resume_takes_the_newest_state_of_an_earlier_run_of_the_same_kind(cfg):
+    assert lifecycle.resume_point(cfg, bounded=False) is None
+    old = lifecycle.record_run(cfg, bounded=False)
+    bounded = lifecycle.record_run(cfg, bounded=True)
+    failed = lifecycle.record_run(cfg, bounded=False)  # (refused at its start: it left nothing)
+    _left(cfg, f"checkpoints/{old}/chk-7", age_s=300)
+    _left(cfg, f"checkpoints/{bounded}/chk-3", age_s=10)  # newer, but of a bounded run
+    _left(cfg, "checkpoints/0123456789abcdef0123456789abcdef/chk-9", age_s=1)  # a run not listed
+    point = lifecycle.resume_point(cfg, bounded=False)
+    assert (point.kind, point.job_id, point.path.name) == ("checkpoint", old, "chk-7")
+    assert lifecycle.resume_point(cfg, bounded=True).job_id == bounded
+    # `rtrec stop` then took a savepoint of the old run: the newest state it left.
+    _left(cfg, f"savepoints/savepoint-{old[:6]}-5e7a1b2c3d4f", age_s=100)
+    point = lifecycle.resume_point(cfg, bounded=False)
+    assert (point.kind, point.path.name) == ("savepoint", f"savepoint-{old[:6]}-5e7a1b2c3d4f")
+    _left(cfg, f"checkpoints/{failed}/chk-1", age_s=50)
+    assert lifecycle.resume_point(cfg, bounded=False).job_id == failed
+    assert "taken " in point.describe() and str(point.path) in point.describe()
+
+
+def test_resume_has_nothing_to_find_on_a_clusters_storage(cfg):
+    lifecycle.record_run(cfg, bounded=False)
+    cfg.flink.checkpoint_dir = "s3://bucket/rtrec/checkpoints"
+    assert lifecycle.resume_point(cfg, bounded=False) is None
+
+
+def test_run_resume_restores_the_newest_state_or_says_why_it_cannot(monkeypatch, capsys, tmp_path):
+    from rtrec import cli, topics
+
+    started = []
+
+    def run_locally(cfg, progress):
+        started.append(dict(cfg.flink.options))
+        return object(), lifecycle.LocalRun(cfg)
+
+    monkeypatch.setattr(topics, "prepare_job_topics", lambda *a: None)
+    monkeypatch.setattr(topics, "end_offsets", lambda *a: {0: 0})
+    monkeypatch.setattr(topics, "committed_offsets", lambda *a: {0: 0})
+    monkeypatch.setattr(lifecycle, "run_locally", run_locally)
+    args = ["run", "--no-progress", "--set", f"flink.checkpoint_dir={tmp_path / 'checkpoints'}"]
+    assert cli.main([*args, "--resume"]) == 2
+    assert "--resume: no earlier run of job 'rtrec' left a checkpoint or savepoint" in capsys.readouterr().err
+    assert not started
+    assert cli.main(args) == 0  # a run that leaves a checkpoint
+    first = started[-1][lifecycle.FIXED_JOB_ID]
+    cfg = load_config(overrides=[f"flink.checkpoint_dir={tmp_path / 'checkpoints'}"])
+    _left(cfg, f"checkpoints/{first}/chk-4", age_s=5)
+    assert cli.main(args) == 0  # without --resume: says what it leaves behind
+    assert f"checkpoints/{first}/chk-4" in capsys.readouterr().err
+    assert "execution.state-recovery.path" not in started[-1]
+    assert cli.main([*args, "--resume"]) == 0
+    out = capsys.readouterr().out
+    restored = str(tmp_path / "checkpoints" / first / "chk-4")
+    assert started[-1]["execution.state-recovery.path"] == restored
+    assert f"rtrec: resuming from the checkpoint {restored}" in out and f"restoring {restored}" in out
+    assert started[-1][lifecycle.FIXED_JOB_ID] not in (first, started[-2][lifecycle.FIXED_JOB_ID])
+    assert cli.main([*args, "--resume", "--bounded"]) == 2  # the unbounded runs' state is no bounded run's
+    assert cli.main([*args, "--resume", "--from-savepoint", restored]) == 2

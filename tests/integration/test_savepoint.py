@@ -5,8 +5,8 @@ shards set explicitly, so that it can be rescaled) consumes the first half of
 a MovieLens replay and is stopped with `rtrec stop`. A resume with another
 shard count (the automatic one at parallelism 1) is refused with the reason.
 The second (parallelism 2, no warm start from the model topic, so the model
-can only come from the savepoint) resumes with `rtrec run --from-savepoint`
-and consumes the second half.
+can only come from the savepoint) resumes with `rtrec run --resume`, which
+finds the savepoint the first run left, and consumes the second half.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import urllib.parse
 
 import pytest
 
@@ -67,6 +68,8 @@ def resumed(kafka):
     cfg.flink.shards = 0
     restarts = {k: cfg.flink.options.pop(k) for k in list(cfg.flink.options) if k.startswith("restart-strategy")}
     cfg.flink.rest_port = free_port()
+    name = cfg.flink.job_name
+    cfg.flink.job_name = f"{name}-refused"  # (not a run of the job name the --resume below looks up)
     refused = subprocess.run(
         [sys.executable, "-m", "rtrec.cli", "run", "--config", str(write_config(cfg)), "--from-savepoint", savepoint],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
@@ -74,11 +77,12 @@ def resumed(kafka):
     )
 
     cfg.flink.options.update(restarts)
+    cfg.flink.job_name = name
     cfg.flink.shards = 16
     cfg.flink.parallelism = 2
     cfg.flink.rest_port = free_port()
     cfg.model.warm_start = False
-    second = LiveJob(cfg, extra=["--from-savepoint", savepoint])
+    second = LiveJob(cfg, extra=["--resume"])
     try:
         wait_for(lambda: topics.count_committed(cfg.kafka, cfg.kafka.predictions_topic) >= 2 * HALF,
                  timeout_s=180, interval_s=2, what="the second half's predictions")
@@ -98,7 +102,10 @@ def _version_numbers(cfg) -> list[int]:
 
 def test_the_second_job_restored_the_savepoint(resumed):
     assert "savepoints" in resumed["savepoint"]
-    assert f"restoring {resumed['savepoint']}" in resumed["log"].read_text()
+    # (`rtrec stop` prints it as Flink names it, a file: URI; --resume as a path)
+    path = urllib.parse.urlparse(resumed["savepoint"]).path
+    assert f"rtrec: resuming from the savepoint {path} (taken " in resumed["log"].read_text()
+    assert f"restoring {path}" in resumed["log"].read_text()
 
 
 def test_a_resume_with_another_shard_count_is_refused_with_the_reason(resumed):
