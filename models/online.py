@@ -215,7 +215,11 @@ class OnlineLearner:
 
     # -- users -------------------------------------------------------------------
     def new_user(self, user_id: str) -> dict:
-        return {"mf": self.models.mf.new_user(user_id), "mf_n": 0.0, "recent": [], "impressions": {}}
+        return self.new_users([user_id])[0]
+
+    def new_users(self, user_ids: list[str]) -> list[dict]:
+        """The model state of new users (their MF rows in one call)."""
+        return [{"mf": v, "mf_n": 0.0, "recent": [], "impressions": {}} for v in self.models.mf.new_users(user_ids)]
 
     # -- per batch -------------------------------------------------------------------
     def process(self, inputs: list[Inputs], users: dict[str, dict]) -> BatchResult:

@@ -392,3 +392,29 @@ def test_text_pairs_equal_the_dot_products_of_the_gathered_vectors():
     expected = TextContext.pair(query, interest, table[rows]).numpy()
     assert got.shape == (7, 11, 2) and np.allclose(got, expected, rtol=1e-5, atol=1e-6)
     assert (got[0, :3] == 0).all() and (got[0, 3:] != 0).all() and (got[1:] != 0).all()
+
+
+def test_seeded_normals_depend_on_the_name_and_seed_only_and_are_standard_normal():
+    names = [f"user:{i}" for i in range(20_000)]
+    a = sequential.seeded_normals(names, 7, 10)
+    assert a.shape == (20_000, 10) and a.dtype == np.float32
+    # the same vector for a name whatever else is in the call (every subtask makes its users alike)
+    assert (sequential.seeded_normals(["user:17", "x"], 7, 10)[0] == a[17]).all()
+    assert (sequential.seeded_normals(["user:17"], 8, 10)[0] != a[17]).any()
+    assert len({row.tobytes() for row in a}) == len(names)
+    assert abs(float(a.mean())) < 0.01 and abs(float(a.std()) - 1) < 0.01
+    assert abs(float((a[:, 0] * a[:, 1]).mean())) < 0.03  # (the two values of a Box-Muller pair)
+    assert abs(float((np.abs(a) > 1.96).mean()) - 0.05) < 0.005  # the normal's tails, not a uniform's
+    odd = sequential.seeded_normals(["é", ""], 7, 3)  # non-ASCII and empty names, an odd width
+    assert odd.shape == (2, 3) and np.isfinite(odd).all() and (odd[0] != odd[1]).any()
+
+
+def test_new_users_made_together_equal_each_made_alone():
+    learner = OnlineLearner(ModelConfig())
+    together = learner.new_users(["a", "b", "c"])
+    for u, state in zip("abc", together, strict=True):
+        alone = learner.new_user(u)["mf"]
+        assert (state["mf"] == alone).all() and state["mf"][-1] == 0.0
+    std = learner.models.mf.init_std
+    rows = learner.models.mf.new_users([str(i) for i in range(5000)])[:, :-1]
+    assert abs(float(rows.std()) - std) < 0.03 * std

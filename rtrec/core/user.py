@@ -206,11 +206,12 @@ class UserCore:
         learner = self.learner
         inputs = self._featurise(events, a.users, batch)
         if learner is not None:
-            models = {}
-            for u, s in a.users.items():
-                if s.model is None:  # a new user, or state written while models were off
-                    s.model = learner.new_user(u)
-                models[u] = s.model
+            users = a.users
+            new = [u for u, s in users.items() if s.model is None]  # new users, or state written while models were off
+            if new:
+                for u, model in zip(new, learner.new_users(new), strict=True):
+                    users[u].model = model
+            models = {u: s.model for u, s in users.items()}
             result = learner.process(inputs, models)
             self._emit(result.examples, result.recommendations, batch)
             batch.delta = self.hand_over()
