@@ -85,14 +85,6 @@ class ItemIndex:
         return self._rows.get(item_id)
 
 
-def item_seed(item_id: str, seed: int) -> int:
-    """A seed for an item's initial parameters that every subtask computes alike (FNV-1a)."""
-    h = 1469598103934665603
-    for b in item_id.encode():
-        h = ((h ^ b) * 1099511628211) & 0xFFFFFFFFFFFFFFFF
-    return (h ^ seed) & 0x7FFFFFFFFFFFFFFF
-
-
 def seeded_normal(shape: tuple[int, ...], std: float):
     """An init function for item tables: N(0, std) from the item's seed."""
 

@@ -36,7 +36,8 @@ import numpy as np
 import orjson
 import torch
 
-from models.base import ItemIndex, item_seed
+from models.base import ItemIndex
+from models.sequential import name_seeds
 
 KINDS = ("item", "hashed", "dense")
 _ROW_ZERO = torch.zeros(1, dtype=torch.long)
@@ -147,7 +148,7 @@ class ParameterSet:
         before = len(self.index)
         rows = self.index.rows(item_ids)
         if len(self.index) > before:
-            seeds = [item_seed(i, self.seed) for i in self.index.ids[before:]]
+            seeds = name_seeds(self.index.ids[before:], self.seed).tolist()
             for t in self.tables.values():
                 if t.kind == "item":
                     self._grow_table(t, before, seeds)
@@ -158,7 +159,7 @@ class ParameterSet:
         t.ensure_rows(n)
         if t.init is not None and n > start:
             if seeds is None:
-                seeds = [item_seed(i, self.seed) for i in self.index.ids[start:n]]
+                seeds = name_seeds(self.index.ids[start:n], self.seed).tolist()
             values = torch.stack([t.init(seed) for seed in seeds]).to(self.device)
             t.data[start:n] = values
             t.base[start:n] = values

@@ -600,45 +600,70 @@ def text_pairs(table: np.ndarray, rows: np.ndarray, query: np.ndarray, interest:
 
 
 @jit
-def _seeded_normals(data, ends, seed, out):
-    n, dim = out.shape
+def _name_seeds(data, ends, seed, out):
     start = 0
-    for u in range(n):
-        h = np.uint64(1469598103934665603)  # FNV-1a of the name's bytes (models.base.item_seed)
+    for u in range(out.shape[0]):
+        h = np.uint64(1469598103934665603)  # (see name_seeds)
         for k in range(start, ends[u]):
             h = (h ^ np.uint64(data[k])) * np.uint64(1099511628211)
         start = ends[u]
-        state = (h ^ np.uint64(seed)) & np.uint64(0x7FFFFFFFFFFFFFFF)
-        for k in range(0, dim, 2):  # splitmix64 draws, two uniforms -> two normals (Box-Muller)
-            draws = np.empty(2)
-            for j in range(2):
-                state += np.uint64(0x9E3779B97F4A7C15)
-                z = state
-                z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-                z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-                z = z ^ (z >> np.uint64(31))
-                draws[j] = (float(z >> np.uint64(11)) + 0.5) * (1.0 / 9007199254740992.0)  # in (0, 1)
-            r = math.sqrt(-2.0 * math.log(draws[0]))
-            out[u, k] = r * math.cos(2.0 * math.pi * draws[1])
+        out[u] = np.int64((h ^ np.uint64(seed)) & np.uint64(0x7FFFFFFFFFFFFFFF))
+
+
+def name_seeds(names: list[str], seed: int) -> np.ndarray:
+    """A seed per name (an item id, ``"user:" + a user id``) that every subtask computes alike, for a list of
+    names in one compiled call: the FNV-1a steps (64 bits) over its UTF-8 bytes, xor ``seed``, in 63 bits.
+    The starting value is 1469598103934665603, FNV's offset basis without its last digit, as every release
+    has used (a standard basis would give every item other initial vectors). Item tables seed their new
+    rows' torch generators with it (models.params), new users their factors (:func:`seeded_normals`).
+
+    >>> a = name_seeds(["x", "y"], 3)
+    >>> a.dtype, int(a[1]) == int(name_seeds(["y"], 3)[0]), int(a[0]) != int(name_seeds(["x"], 4)[0])
+    (dtype('int64'), True, True)
+    """
+    encoded = [n.encode() for n in names]
+    ends = np.cumsum(np.fromiter(map(len, encoded), np.int64, len(encoded)))
+    out = np.empty(len(names), np.int64)
+    _name_seeds(np.frombuffer(b"".join(encoded), np.uint8), ends, seed, out)
+    return out
+
+
+@jit
+def _splitmix_uniform(state):
+    """The next splitmix64 state and a uniform draw in (0, 1) from it."""
+    state = state + np.uint64(0x9E3779B97F4A7C15)
+    z = (state ^ (state >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z = z ^ (z >> np.uint64(31))
+    return state, (float(z >> np.uint64(11)) + 0.5) * (1.0 / 9007199254740992.0)
+
+
+@jit
+def _seeded_normals(seeds, out):
+    n, dim = out.shape
+    for u in range(n):
+        state = np.uint64(seeds[u])
+        for k in range(0, dim, 2):  # two uniforms -> two normals (Box-Muller)
+            state, a = _splitmix_uniform(state)
+            state, b = _splitmix_uniform(state)
+            r = math.sqrt(-2.0 * math.log(a))
+            out[u, k] = r * math.cos(2.0 * math.pi * b)
             if k + 1 < dim:
-                out[u, k + 1] = r * math.sin(2.0 * math.pi * draws[1])
+                out[u, k + 1] = r * math.sin(2.0 * math.pi * b)
 
 
 def seeded_normals(names: list[str], seed: int, dim: int) -> np.ndarray:
     """N(0, 1) vectors of ``dim`` values, one per name, each a function of its name and ``seed`` only
-    (the same on every subtask, whatever else is in the list): the name's FNV-1a hash seeds a
-    splitmix64 sequence, whose draws become normals by Box-Muller. One compiled call for a batch's
-    new users; a torch generator per user cost about 8 µs each.
+    (the same on every subtask, whatever else is in the list): the name's seed (:func:`name_seeds`)
+    starts a splitmix64 sequence, whose draws become normals by Box-Muller. One compiled call for a
+    batch's new users; a torch generator per user cost about 8 µs each.
 
     >>> a = seeded_normals(["u1", "u2"], 7, 4)
     >>> bool((a[1] == seeded_normals(["u2"], 7, 4)[0]).all()), a.shape, a.dtype
     (True, (2, 4), dtype('float32'))
     """
-    encoded = [n.encode() for n in names]
-    data = np.frombuffer(b"".join(encoded), np.uint8)
-    ends = np.cumsum(np.fromiter(map(len, encoded), np.int64, len(encoded)))
     out = np.empty((len(names), dim), np.float32)
-    _seeded_normals(data, ends, seed, out)
+    _seeded_normals(name_seeds(names, seed), out)
     return out
 
 

@@ -127,7 +127,7 @@ def cmd_run(args) -> int:
         cfg.flink.bounded = True
     if args.resume and args.from_savepoint:
         raise ConfigError("--resume and --from-savepoint both say where to start from: give one")
-    earlier = resume_point(cfg, cfg.flink.bounded)
+    earlier = None if args.from_savepoint else resume_point(cfg, cfg.flink.bounded)
     if args.resume:
         if earlier is None:
             raise ConfigError(
@@ -137,7 +137,7 @@ def cmd_run(args) -> int:
                 "--from-savepoint PATH); start without --resume")
         args.from_savepoint = str(earlier.path)
         print(f"rtrec: resuming from the {earlier.describe()}", flush=True)
-    elif earlier is not None and not args.from_savepoint:
+    elif earlier is not None:
         print(f"rtrec: note: an earlier run of job '{cfg.flink.job_name}' left a {earlier.describe()}; this run "
               "starts without it (features, user vectors and the duplicate filter start empty); `rtrec run --resume"
               + (" --bounded" if cfg.flink.bounded else "") + "` continues from it", file=sys.stderr, flush=True)

@@ -160,13 +160,17 @@ def run_record_path(cfg: RtrecConfig, job_name: str | None = None) -> Path:
     return cfg.resolve_path(cfg.flink.checkpoint_dir).parent / "run" / f"{job_name or cfg.flink.job_name}.json"
 
 
+def _write_json(path: Path, data) -> None:
+    """Write ``data`` as JSON whole or not at all (a reader never sees half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data))
+    tmp.replace(path)
+
+
 def write_run_record(cfg: RtrecConfig, rest_url: str) -> Path:
     path = run_record_path(cfg)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    record = RunRecord(1, cfg.flink.job_name, rest_url, os.getpid(), int(time.time() * 1000))
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(dataclasses.asdict(record)))
-    tmp.replace(path)
+    _write_json(path, dataclasses.asdict(RunRecord(1, cfg.flink.job_name, rest_url, os.getpid(), int(time.time() * 1000))))
     return path
 
 
@@ -225,11 +229,7 @@ def record_run(cfg: RtrecConfig, bounded: bool) -> str:
     job_id = uuid.uuid4().hex
     cfg.flink.options[FIXED_JOB_ID] = job_id
     runs = [PastRun(job_id, bounded, int(time.time() * 1000)), *past_runs(cfg)][:RUNS_KEPT]
-    path = runs_path(cfg)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"version": 1, "runs": [dataclasses.asdict(r) for r in runs]}))
-    tmp.replace(path)
+    _write_json(runs_path(cfg), {"version": 1, "runs": [dataclasses.asdict(r) for r in runs]})
     return job_id
 
 

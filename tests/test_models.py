@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.base import Batch, Model, item_seed
+from models.base import Batch, Model
 from models.ensemble import ModelSet
 from models.ftrl import FTRLProximal
 from models.fusion import OnlineFusion
@@ -15,6 +15,7 @@ from models.mf import BiasedMF
 from models.online import Inputs, OnlineLearner
 from models.params import ParameterSet, RowDelta, Version, merge, sum_deltas
 from models.ranker import NeuralRanker
+from models.sequential import name_seeds
 from rtrec.config import ModelConfig
 from rtrec.events import Event
 from rtrec.features.model_inputs import id_code
@@ -37,7 +38,7 @@ def test_items_get_the_same_initial_vector_on_every_subtask():
     b.params.item_rows(["y", "x"])
     assert torch.equal(a.q.data[a.params.index.get("x")], b.q.data[b.params.index.get("x")])
     assert not torch.equal(a.q.data[0], a.q.data[1])
-    assert item_seed("x", 3) != item_seed("x", 4)
+    assert name_seeds(["x"], 3)[0] != name_seeds(["x"], 4)[0]
 
 
 def test_mf_hand_worked_sgd_step():
