@@ -205,10 +205,11 @@ class Materializer:
 
     def refresh_lag(self) -> None:
         """End offsets from the broker: under read_committed, the last stable offset (the cached
-        high watermark would count records of open transactions as lag)."""
+        high watermark would count records of open transactions as lag); asked again while a partition's
+        leader is being elected (a topic just created, a broker restarting), which stopped `rtrec serve`."""
         ends, starts = {}, {}
         for tp in self.assigned:
-            low, high = self.meta.get_watermark_offsets(tp, timeout=5, cached=False)
+            low, high = topics.watermarks(self.meta, tp)
             ends[(tp.topic, tp.partition)] = high
             starts[(tp.topic, tp.partition)] = low
         s = self.stats

@@ -319,6 +319,12 @@ def _retrying(call, transient: frozenset, timeout_s: float, pause_s: float = 0.2
             time.sleep(pause_s)
 
 
+def watermarks(c: Consumer, tp: TopicPartition, timeout_s: float = 30.0) -> tuple[int, int]:
+    """A partition's (low, high) offsets fresh from the broker (under read_committed, high is the last
+    stable offset), asked again while its leader is being elected, for up to ``timeout_s``."""
+    return _retrying(lambda: c.get_watermark_offsets(tp, timeout=5, cached=False), _ELECTING, timeout_s)
+
+
 def _partitions(c: Consumer, topic: str) -> list[int]:
     md = c.list_topics(topic, timeout=10).topics[topic]
     if md.error:

@@ -76,3 +76,24 @@ def test_messages_that_differ_only_in_the_attempts_timing_are_shown_once(capfd):
         topics.KAFKA_LOG.error("FAIL [rdkafka#producer-8] [thrd:b:1/bootstrap]: b:1/bootstrap: Connect to ipv4#b:1 "
                                f"failed: Connection refused (after {ms}ms in state CONNECT)")
     assert len(capfd.readouterr().err.splitlines()) == 1
+
+
+def test_a_partition_whose_leader_is_being_elected_is_asked_again_and_other_errors_raise():
+    """`rtrec serve` stopped on NOT_LEADER_FOR_PARTITION from a topic just created (make test, 2026-12-03)."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    answers = iter([KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE, None])
+
+    def call():
+        code = next(answers)
+        if code is not None:
+            raise KafkaException(KafkaError(code))
+        return (0, 5)
+
+    assert topics._retrying(call, topics._ELECTING, timeout_s=5, pause_s=0.01) == (0, 5)
+
+    def denied():
+        raise KafkaException(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED))
+
+    with pytest.raises(KafkaException):
+        topics._retrying(denied, topics._ELECTING, timeout_s=5, pause_s=0.01)
