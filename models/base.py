@@ -92,3 +92,24 @@ def seeded_normal(shape: tuple[int, ...], std: float):
         return torch.randn(shape, generator=torch.Generator().manual_seed(seed)) * std
 
     return init
+
+
+def chunk_segments(n: int, filled: int, step: int) -> list[tuple[int, int, bool]]:
+    """A batch's ``n`` rows cut at the stream's chunk boundaries: chunks of ``step`` rows counted along
+    the stream, not from each batch's start, the open chunk holding ``filled`` rows from batches
+    before. Returns (start, end, whether the chunk closes at ``end``). ``step`` 0: the batch is one
+    chunk (one step per batch).
+
+    >>> chunk_segments(10, 3, 4)
+    [(0, 1, True), (1, 5, True), (5, 9, True), (9, 10, False)]
+    >>> chunk_segments(2, 1, 4), chunk_segments(3, 0, 0)
+    ([(0, 2, False)], [(0, 3, True)])
+    """
+    if step <= 0:
+        return [(0, n, True)] if n else []
+    out, start, end = [], 0, step - filled
+    while start < n:
+        stop = min(end, n)
+        out.append((start, stop, stop == end))
+        start, end = stop, end + step
+    return out

@@ -192,18 +192,22 @@ class ModelSet:
         assert f.models == [self.mf.name, self.ftrl.name, r.name], f.models  # the pass's column order
         w1, b1, w2, b2 = (t.data[0].numpy() for t in r.layers)
         a1, ab1, a2, ab2 = (t.data[0].numpy() for t in r.acc)
-        items = batch.items.numpy()
-        ranker, fused = sequential.ranker_fusion_pass(
-            batch.dense.numpy(), user, items, y, learn, self.cfg.step_examples,
+        step = self.cfg.step_examples
+        r.reserve(step if step > 0 else len(y))
+        p1, pb1, p2, pb2 = (t.numpy() for t in r.pending)
+        chunk = (p1, pb1, p2.reshape(-1), pb2, r.pending_items.numpy(), r.pending_emb.numpy(),
+                 f.pending_a.numpy(), f.pending_b.numpy(), r.open)
+        ranker, fused, closed = sequential.ranker_fusion_pass(
+            batch.dense.numpy(), user, batch.items.numpy(), y, learn, step,
             (w1, b1, w2.reshape(-1), b2, a1, ab1, a2.reshape(-1), ab2), r.emb.data.numpy(), r.emb_acc.data.numpy(),
             r.lr, r.eps, r.offset, self.cfg.grad_clip, mf_pred, ftrl_pred,
             (f.a.data[0].numpy(), f.b.data[0].numpy(), f.weights_view(), f.prior.numpy()), f.ridge, f.forget,
-            f.robust)
-        count = int(learn.sum())
-        if count:
-            rows = batch.items[torch.from_numpy(np.flatnonzero(learn))]
+            f.robust, chunk)
+        f.open[:] = r.open  # (one chunk for both: the pass kept the ranker's count)
+        if len(closed):
+            rows = torch.from_numpy(closed)
             for t in (*r.layers, *r.acc, f.a, f.b):
-                t.touch_dense(count)
+                t.touch_dense(len(closed))
             r.emb.touch(rows)
             r.emb_acc.touch(rows)
         return torch.from_numpy(ranker), torch.from_numpy(fused)

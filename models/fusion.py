@@ -29,6 +29,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from models.base import chunk_segments
 from models.params import ParameterSet
 
 
@@ -44,6 +45,10 @@ class OnlineFusion:
         # Before any example: an even average of the models.
         self.prior = torch.tensor([0.0] + [1.0 / len(models)] * len(models), device=params.device)
         self._w = self.prior.clone()
+        # The open chunk (this trainer's own: not merged, not checkpointed): its rows so far and those of
+        # them that learn, and their statistics.
+        self.open = np.zeros(2, np.int64)
+        self.pending_a, self.pending_b = torch.zeros(n, n, device=params.device), torch.zeros(n, device=params.device)
 
     def _x(self, predictions: dict[str, torch.Tensor]) -> torch.Tensor:
         cols = [predictions[m].float() for m in self.models]
@@ -64,42 +69,65 @@ class OnlineFusion:
         return self._x(predictions) @ self._w
 
     def predict_and_learn(self, predictions: dict[str, torch.Tensor], y: torch.Tensor, learn: torch.Tensor | None,
-                          step: int, counts: list[int] | None = None) -> torch.Tensor:
-        """Predict, then learn, ``step`` examples at a time (0: all at once), in order: each chunk is
-        fused with the weights the chunks before it left, then the rows of it that ``learn`` (a bool
-        mask; None: none) marks are added (``counts``: how many per chunk, if the caller knows). So
-        the weights move as often whatever the batch size."""
+                          step: int) -> torch.Tensor:
+        """Predict, then learn, in chunks of ``step`` examples counted along the stream
+        (models.base.chunk_segments; 0: one chunk per batch): each example is fused with the weights
+        the chunks before it left; the rows that ``learn`` (a bool mask; None: none) marks join their
+        chunk's statistics, which are added, and the weights solved again, when its last example has
+        come. So the weights move as often, at the same examples, whatever the batch size."""
         x = self._x(predictions)
         n = len(x)
-        if learn is None:
-            return x @ self._w
-        step = step if step > 0 else n
-        weight = learn.to(torch.float32)
+        weight = learn.to(torch.float32) if learn is not None else None
         out = []
-        for k, start in enumerate(range(0, n, step)):
-            xs = x[start : start + step]
+        for start, end, closes in chunk_segments(n, int(self.open[0]), step):
+            xs = x[start:end]
             out.append(xs @ self._w)
-            count = counts[k] if counts is not None else int(weight[start : start + step].sum())
-            if count:
-                self._learn_x(xs, y[start : start + step], weight[start : start + step], count)
+            if weight is not None:
+                w = weight[start:end]
+                count = int(w.sum())
+                if count:
+                    a, b = self._rows(xs, y[start:end], w)
+                    self.pending_a += a
+                    self.pending_b += b
+                    self.open[1] += count
+            self.open[0] += end - start
+            if closes:
+                self.close_chunk()
+        if not out:
+            return torch.zeros(0, device=self._w.device)
         return out[0] if len(out) == 1 else torch.cat(out)
 
-    def learn(self, predictions: dict[str, torch.Tensor], y: torch.Tensor) -> None:
-        self._learn_x(self._x(predictions), y)
+    def close_chunk(self) -> None:
+        """Add the open chunk's statistics, if any of its examples learn, and solve again."""
+        count = int(self.open[1])
+        self.open[:] = 0
+        if count:
+            self._absorb(self.pending_a, self.pending_b, count)
+            self.pending_a.zero_()
+            self.pending_b.zero_()
 
-    def _learn_x(self, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None,
-                 count: int | None = None) -> None:
-        """Add examples ``x``, ``y``; ``weight`` (0/1 per row) marks those that count, ``count`` of them."""
+    def learn(self, predictions: dict[str, torch.Tensor], y: torch.Tensor) -> None:
+        """Add every example of a batch at once, outside any chunk."""
+        x = self._x(predictions)
+        self._absorb(*self._rows(x, y), len(y))
+
+    def _rows(self, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The statistics of examples ``x``, ``y`` (``weight``: 0/1 per row, the rows that count), each
+        weighted (robust) by its error under the weights now."""
         y = y.float()
-        count = len(y) if count is None else count
-        fade = self.forget ** count
         xw = x
         if self.robust > 0:
             xw = x / (y - x @ self._w).abs().clamp_min(self.robust)[:, None]
         if weight is not None:
             xw = xw * weight[:, None]
-        self.a.data[0] = self.a.data[0] * fade + xw.T @ x
-        self.b.data[0] = self.b.data[0] * fade + xw.T @ y
+        return xw.T @ x, xw.T @ y
+
+    def _absorb(self, a: torch.Tensor, b: torch.Tensor, count: int) -> None:
+        """Fade the statistics by ``count`` examples, add ``a``, ``b`` (from ``count`` examples), solve."""
+        fade = self.forget ** count
+        self.a.data[0] = self.a.data[0] * fade + a
+        self.b.data[0] = self.b.data[0] * fade + b
         self.a.touch_dense(count)
         self.b.touch_dense(count)
         self.solve()

@@ -404,10 +404,10 @@ class OnlineLearner:
         The MF runs first, example by example in order (models.sequential): a
         user's vector follows their examples exactly as one at a time. FTRL
         (on the CPU) goes example by example too. The ranker and the fusion
-        then predict and learn ``step_examples`` rows at a time (compiled on
-        the CPU too), with each user's MF vector as it was before the row;
-        their view of the user is the feature vector computed before each
-        event. Returns the predictions
+        then predict and learn in chunks of ``step_examples`` rows counted
+        along the stream (compiled on the CPU too), with each user's MF
+        vector as it was before the row; their view of the user is the
+        feature vector computed before each event. Returns the predictions
         and each row's user vector after it.
         """
         m, cfg, dev = self.models, self.cfg, self.device
@@ -448,20 +448,18 @@ class OnlineLearner:
         with torch.no_grad():
             if not self.compiled:
                 ftrl_pred = ftrl.predict_many(batch)
-            # The ranker and the fusion predict and learn a chunk at a time (NeuralRanker.predict_and_learn,
-            # OnlineFusion.predict_and_learn): their predictions hardly depend on how the stream was cut
-            # into batches. On the CPU as one compiled pass.
+            # The ranker and the fusion predict and learn in chunks counted along the stream
+            # (NeuralRanker.predict_and_learn, OnlineFusion.predict_and_learn): their predictions do not
+            # depend on how the stream was cut into batches. On the CPU as one compiled pass.
             if self.compiled:
                 user = np.ascontiguousarray(before[:, :-1])  # (one layout: one compilation, see warm_up)
                 ranker_pred, fused = m.ranker_and_fusion_compiled(batch, user, y.numpy(), learn, mf_pred.numpy(),
                                                                   ftrl_pred.numpy())
                 raw = {m.mf.name: mf_pred, ftrl.name: ftrl_pred, m.ranker.name: ranker_pred}
             else:
-                step = cfg.step_examples if cfg.step_examples > 0 else n
-                counts = np.add.reduceat(learn, np.arange(0, n, step)).tolist() if learn_mask is not None else None
-                ranker_pred = m.ranker.predict_and_learn(batch, y, learn_mask, counts)
+                ranker_pred = m.ranker.predict_and_learn(batch, y, learn_mask)
                 raw = {m.mf.name: mf_pred.to(dev), ftrl.name: ftrl_pred, m.ranker.name: ranker_pred}
-                fused = m.fusion.predict_and_learn(raw, y, learn_mask, step, counts)
+                fused = m.fusion.predict_and_learn(raw, y, learn_mask, cfg.step_examples)
             fused = fused.clamp(lo, hi)
 
         # Scores in the label's units (LabelScale.units, as one op per model): ratings clamped to the

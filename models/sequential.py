@@ -314,145 +314,155 @@ def _solve_ridge(a, b, ridge, prior, out):
 @jit
 def _ranker_fusion_pass(dense, user, items, y, learn, step, w1, b1, w2, b2, a_w1, a_b1, a_w2, a_b2, emb, emb_acc,
                         lr, eps, offset, clip, mf_pred, ftrl_pred, fa, fb, fw, prior, ridge, forget, robust,
-                        ranker_out, fused_out):
+                        p_w1, p_b1, p_w2, p_b2, p_items, p_e, p_fa, p_fb, open_, ranker_out, fused_out, closed_items):
     n = items.shape[0]
     nd = dense.shape[1]
     de = emb.shape[1]
     du = user.shape[1]
     n_in = nd + de + du
     hid = w1.shape[1]
-    x = np.empty((step, n_in), np.float32)
-    pre = np.empty((step, hid), np.float32)
-    g_w1 = np.empty((n_in, hid), np.float32)
-    g_b1 = np.empty(hid, np.float32)
-    g_w2 = np.empty(hid, np.float32)
-    g_e = np.empty((step, de), np.float32)
-    w_new = np.empty(fw.shape[0], np.float64)
-    xf = np.empty(fw.shape[0], np.float64)
-    for start in range(0, n, step):
-        end = min(start + step, n)
-        # Predict the chunk with the weights the chunks before it left: the ranker, then the fusion.
-        for i in range(start, end):
-            r = i - start
-            for j in range(nd):
-                x[r, j] = dense[i, j]
-            for j in range(de):
-                x[r, nd + j] = emb[items[i], j]
-            for j in range(du):
-                x[r, nd + de + j] = user[i, j]
-            out = offset + b2[0]
-            for h in range(hid):
-                s = b1[h]
-                for j in range(n_in):
-                    s += x[r, j] * w1[j, h]
-                pre[r, h] = s
-                if s > 0:
-                    out += s * w2[h]
-            ranker_out[i] = out
-            fused_out[i] = fw[0] + fw[1] * mf_pred[i] + fw[2] * ftrl_pred[i] + fw[3] * out
-        count = 0
-        for i in range(start, end):
-            if learn[i]:
-                count += 1
-        if count == 0:
-            continue
-        # The ranker: one Adagrad step on the chunk's summed gradient (NeuralRanker.learn_many).
-        g_w1[:, :] = 0.0
-        g_b1[:] = 0.0
-        g_w2[:] = 0.0
-        g_b2 = 0.0
-        for i in range(start, end):
-            r = i - start
-            for j in range(de):
-                g_e[r, j] = 0.0
-            if not learn[i]:
-                continue
-            g = min(max(ranker_out[i] - y[i], -clip), clip)
-            g_b2 += g
-            for h in range(hid):
-                if pre[r, h] > 0:
-                    g_w2[h] += pre[r, h] * g
-                    d = g * w2[h]
-                    g_b1[h] += d
-                    for j in range(n_in):
-                        g_w1[j, h] += x[r, j] * d
-                    for j in range(de):
-                        g_e[r, j] += d * w1[nd + j, h]
-        for j in range(n_in):
-            for h in range(hid):
-                gg = g_w1[j, h]
-                a_w1[j, h] += gg * gg
-                w1[j, h] -= lr * gg / (math.sqrt(a_w1[j, h]) + eps)
+    k = fw.shape[0]
+    x = np.empty(n_in, np.float32)
+    pre = np.empty(hid, np.float32)
+    w_new = np.empty(k, np.float64)
+    xf = np.empty(k, np.float64)
+    filled = open_[0]
+    count = open_[1]
+    closed = 0
+    for i in range(n):
+        # Predict with the weights the chunks before this one left: the ranker, then the fusion.
+        for j in range(nd):
+            x[j] = dense[i, j]
+        for j in range(de):
+            x[nd + j] = emb[items[i], j]
+        for j in range(du):
+            x[nd + de + j] = user[i, j]
+        out = offset + b2[0]
         for h in range(hid):
-            gg = g_b1[h]
-            a_b1[h] += gg * gg
-            b1[h] -= lr * gg / (math.sqrt(a_b1[h]) + eps)
-            gg = g_w2[h]
-            a_w2[h] += gg * gg
-            w2[h] -= lr * gg / (math.sqrt(a_w2[h]) + eps)
-        a_b2[0] += g_b2 * g_b2
-        b2[0] -= lr * g_b2 / (math.sqrt(a_b2[0]) + eps)
-        # The item embeddings: accumulators first (repeated items add up), then the steps.
-        for i in range(start, end):
-            if learn[i]:
-                for j in range(de):
-                    emb_acc[items[i], j] += g_e[i - start, j] * g_e[i - start, j]
-        for i in range(start, end):
-            if learn[i]:
-                for j in range(de):
-                    emb[items[i], j] -= lr * g_e[i - start, j] / (math.sqrt(emb_acc[items[i], j]) + eps)
-        # The fusion: fade, add the chunk's learned rows, solve (OnlineFusion._learn_x).
-        fade = forget ** count
-        k = fw.shape[0]
-        for r in range(k):
-            fb[r] *= fade
-            for c in range(k):
-                fa[r, c] *= fade
-        for i in range(start, end):
-            if not learn[i]:
-                continue
+            s = b1[h]
+            for j in range(n_in):
+                s += x[j] * w1[j, h]
+            pre[h] = s
+            if s > 0:
+                out += s * w2[h]
+        ranker_out[i] = out
+        fused_out[i] = fw[0] + fw[1] * mf_pred[i] + fw[2] * ftrl_pred[i] + fw[3] * out
+        if learn[i]:
+            # Into the open chunk: the ranker's gradient (NeuralRanker._add), the fusion's row.
+            g = min(max(out - y[i], -clip), clip)
+            p_b2[0] += g
+            for j in range(de):
+                p_e[count, j] = 0.0
+            for h in range(hid):
+                if pre[h] > 0:
+                    p_w2[h] += pre[h] * g
+                    d = g * w2[h]
+                    p_b1[h] += d
+                    for j in range(n_in):
+                        p_w1[j, h] += x[j] * d
+                    for j in range(de):
+                        p_e[count, j] += d * w1[nd + j, h]
+            p_items[count] = items[i]
             xf[0] = 1.0
             xf[1] = mf_pred[i]
             xf[2] = ftrl_pred[i]
-            xf[3] = ranker_out[i]
+            xf[3] = out
             wt = 1.0
             if robust > 0:
                 wt = 1.0 / max(abs(y[i] - fused_out[i]), robust)
             for r in range(k):
-                fb[r] += wt * xf[r] * y[i]
+                p_fb[r] += wt * xf[r] * y[i]
                 for c in range(k):
-                    fa[r, c] += wt * xf[r] * xf[c]
+                    p_fa[r, c] += wt * xf[r] * xf[c]
+            count += 1
+        filled += 1
+        if filled < step:
+            continue
+        # The chunk is complete: its steps, if any of it learns.
+        filled = 0
+        if count == 0:
+            continue
+        # The ranker: one Adagrad step on the chunk's summed gradient (NeuralRanker._step).
+        for j in range(n_in):
+            for h in range(hid):
+                gg = p_w1[j, h]
+                a_w1[j, h] += gg * gg
+                w1[j, h] -= lr * gg / (math.sqrt(a_w1[j, h]) + eps)
+                p_w1[j, h] = 0.0
+        for h in range(hid):
+            gg = p_b1[h]
+            a_b1[h] += gg * gg
+            b1[h] -= lr * gg / (math.sqrt(a_b1[h]) + eps)
+            gg = p_w2[h]
+            a_w2[h] += gg * gg
+            w2[h] -= lr * gg / (math.sqrt(a_w2[h]) + eps)
+            p_b1[h] = 0.0
+            p_w2[h] = 0.0
+        gg = p_b2[0]
+        a_b2[0] += gg * gg
+        b2[0] -= lr * gg / (math.sqrt(a_b2[0]) + eps)
+        p_b2[0] = 0.0
+        # The item embeddings: accumulators first (repeated items add up), then the steps.
+        for c in range(count):
+            for j in range(de):
+                emb_acc[p_items[c], j] += p_e[c, j] * p_e[c, j]
+        for c in range(count):
+            for j in range(de):
+                emb[p_items[c], j] -= lr * p_e[c, j] / (math.sqrt(emb_acc[p_items[c], j]) + eps)
+            closed_items[closed] = p_items[c]
+            closed += 1
+        # The fusion: fade, add the chunk's statistics, solve (OnlineFusion._absorb).
+        fade = forget ** count
+        for r in range(k):
+            fb[r] = fb[r] * fade + p_fb[r]
+            p_fb[r] = 0.0
+            for c in range(k):
+                fa[r, c] = fa[r, c] * fade + p_fa[r, c]
+                p_fa[r, c] = 0.0
         _solve_ridge(fa, fb, ridge, prior, w_new)
         for r in range(k):
             fw[r] = w_new[r]
+        count = 0
+    open_[0] = filled
+    open_[1] = count
+    return closed
 
 
 def ranker_fusion_pass(dense: np.ndarray, user: np.ndarray, items: np.ndarray, y: np.ndarray, learn: np.ndarray,
                        step: int, ranker: tuple, emb: np.ndarray, emb_acc: np.ndarray, lr: float, eps: float,
                        offset: float, clip: float, mf_pred: np.ndarray, ftrl_pred: np.ndarray,
-                       fusion: tuple, ridge: float, forget: float, robust: float) -> tuple[np.ndarray, np.ndarray]:
-    """The neural ranker and the fusion over a batch, ``step`` examples at a time (0: all at once), as
-    :meth:`models.ranker.NeuralRanker.predict_and_learn` and :meth:`models.fusion.OnlineFusion.predict_and_learn`
-    do with torch ops: each chunk is predicted with the weights the chunks before it left, then its rows
-    that ``learn`` marks take one Adagrad step (ranker) and are added to the statistics (fusion).
+                       fusion: tuple, ridge: float, forget: float, robust: float,
+                       chunk: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The neural ranker and the fusion over a batch, in chunks of ``step`` examples counted along the
+    stream (0: the batch is one chunk), as :meth:`models.ranker.NeuralRanker.predict_and_learn` and
+    :meth:`models.fusion.OnlineFusion.predict_and_learn` do with torch ops: each example is predicted
+    with the weights the chunks before it left; the rows that ``learn`` marks join their chunk, which
+    takes one Adagrad step (ranker) and is added to the statistics (fusion) when its last row has come,
+    in this batch or a later one.
 
     ``ranker``: the views (w1, b1, w2 as (hidden,), b2, and their Adagrad accumulators in that order);
     ``emb``/``emb_acc`` the item embedding and its accumulator; ``dense`` (n, F) and ``user`` (n, dim)
     the ranker's inputs besides the embedding. ``fusion``: (A, b, weights, prior), with the weights
-    solved again after each chunk. Everything is updated in place. Returns (ranker, fused) predictions,
-    the fused one not clamped.
+    solved again after each chunk. ``chunk``: the open chunk, (gradients of w1, b1, w2 as (hidden,), b2;
+    items (capacity >= step, or n for step 0); their embedding gradients; the fusion's A and b; [rows,
+    learning rows]). Everything is updated in place. Returns (ranker, fused) predictions, the fused one
+    not clamped, and the item of each example whose chunk closed in this batch (for the touched rows).
     """
     n = len(items)
     ranker_out = np.empty(n, np.float32)
     fused_out = np.empty(n, np.float32)
+    p_w1, p_b1, p_w2, p_b2, p_items, p_e, p_fa, p_fb, open_ = chunk
+    closed = np.empty(n + len(p_items), np.int64)
+    done = 0
     if n:
         w1, b1, w2, b2, a_w1, a_b1, a_w2, a_b2 = ranker
         fa, fb, fw, prior = fusion
-        _ranker_fusion_pass(dense, user, items, y, learn, step if step > 0 else n, w1, b1, w2, b2, a_w1, a_b1,
-                            a_w2, a_b2, emb, emb_acc, np.float32(lr), np.float32(eps), np.float32(offset),
-                            np.float32(clip), mf_pred, ftrl_pred, fa, fb, fw, prior, float(ridge), float(forget),
-                            float(robust), ranker_out, fused_out)
-    return ranker_out, fused_out
+        done = _ranker_fusion_pass(dense, user, items, y, learn, step if step > 0 else n, w1, b1, w2, b2, a_w1,
+                                   a_b1, a_w2, a_b2, emb, emb_acc, np.float32(lr), np.float32(eps),
+                                   np.float32(offset), np.float32(clip), mf_pred, ftrl_pred, fa, fb, fw, prior,
+                                   float(ridge), float(forget), float(robust), p_w1, p_b1, p_w2, p_b2, p_items, p_e,
+                                   p_fa, p_fb, open_, ranker_out, fused_out, closed)
+    return ranker_out, fused_out, closed[:done]
 
 
 @jit
@@ -684,7 +694,8 @@ def warm_up() -> None:
     sparse_codes(np.zeros((1, 3), np.int64), one, one, np.zeros((1, 2), np.int64), f(1, 2), 1_000_003, 1 << 31, 64)
     ranker_fusion_pass(f(1, 2), f(1, 2), one, f(1), np.ones(1, np.bool_), 1,
                        (f(6, 3), f(3), f(3), f(1), f(6, 3), f(3), f(3), f(1)), f(1, 2), f(1, 2), 0.1, 1e-8, 3.0, 4.0,
-                       f(1), f(1), (f(4, 4), f(4), f(4), f(4)), 1.0, 0.9999, 1.0)
+                       f(1), f(1), (f(4, 4), f(4), f(4), f(4)), 1.0, 0.9999, 1.0,
+                       (f(6, 3), f(3), f(3), f(1), one, f(1, 2), f(4, 4), f(4), np.zeros(2, np.int64)))
     text_pairs(f(2, 4), np.zeros((1, 1), np.int64), f(1, 4), f(1, 4))
     seeded_normals(["u"], 7, 2)
     score_pass(f(1, 3), f(1, 2), one, f(1, 2), np.zeros((1, 2), np.int64), f(1, 2), (f(1, 2), f(1), 3.0),

@@ -233,9 +233,9 @@ class ModelConfig:
     ftrl_bits: int = 16
     ftrl_alpha: float = 0.05
     ranker_lr: float = 0.02
-    # The ranker and the fusion predict, then take one step, this many examples at a time, whatever the
-    # micro-batch size (a backlog's batches of thousands and a trickle's of a few learn alike); 0: one
-    # step per batch. (MF and FTRL go example by example.)
+    # The ranker and the fusion predict, then take one step, this many examples at a time, counted along
+    # the stream whatever the micro-batch size (a backlog's batches of thousands and a trickle's of a few
+    # learn the same); 0: one step per batch. (MF and FTRL go example by example.)
     step_examples: int = 32
     # The fusion's weights fit the recent past: each example's weight fades by this factor per later example.
     fusion_forget: float = 0.9999

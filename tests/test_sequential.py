@@ -281,6 +281,75 @@ def test_ranker_and_fusion_pass_equals_their_torch_chunks(step):
             # the rows that learned (torch also lists the chunk's held-out rows, with no change)
             assert torch.equal(c.take_touched(), torch.nonzero(t.counts).flatten()), name
     np.testing.assert_allclose(compiled_set.fusion._w.numpy(), torch_set.fusion._w.numpy(), atol=1e-4)
+    # the chunk left open at the end (57 rows: one of 8 still open with step 8), alike in both
+    assert torch_set.ranker.open.tolist() == compiled_set.ranker.open.tolist() == compiled_set.fusion.open.tolist()
+    assert torch_set.fusion.open.tolist() == torch_set.ranker.open.tolist()
+    if step:
+        assert torch_set.ranker.open[0] == 57 % step and torch_set.ranker.open[1] > 0
+    for t, c in zip((*torch_set.ranker.pending, torch_set.fusion.pending_a),
+                    (*compiled_set.ranker.pending, compiled_set.fusion.pending_a), strict=True):
+        np.testing.assert_allclose(c.numpy(), t.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def _ranker_fusion_stream(cuts: list[int], compiled: bool, step: int = 8, seed: int = 5, restart: bool = False):
+    """One stream of 90 rows through a ModelSet's ranker and fusion, cut into batches of ``cuts``
+    (``restart``: the open chunk closed after each): the predictions and the tables after it."""
+    from models.base import Batch
+    from models.ensemble import ModelSet
+    from rtrec.features.model_inputs import N_DENSE
+
+    cfg = ModelConfig(step_examples=step)
+    models = ModelSet(cfg)
+    rng = np.random.default_rng(seed)
+    n = 90
+    ids = [f"i{k}" for k in rng.integers(0, 15, n)]
+    user = rng.normal(0, 0.3, (n, cfg.dim)).astype(np.float32)
+    dense = rng.normal(0, 1, (n, N_DENSE)).astype(np.float32)
+    y = rng.integers(1, 6, n).astype(np.float32)
+    learn = rng.random(n) > 0.25
+    mf, ftrl = (rng.normal(3.5, 0.8, n).astype(np.float32) for _ in range(2))
+    rows = models.rows(ids)
+    preds = []
+    bounds = np.cumsum([0, *cuts])
+    assert bounds[-1] == n
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        batch = Batch(rows[a:b], {"mf": torch.from_numpy(np.pad(user[a:b], ((0, 0), (0, 1))))},
+                      torch.from_numpy(dense[a:b]))
+        with torch.no_grad():
+            if compiled:
+                r, f = models.ranker_and_fusion_compiled(batch, np.ascontiguousarray(user[a:b]), y[a:b],
+                                                         learn[a:b], mf[a:b], ftrl[a:b])
+            else:
+                mask = torch.from_numpy(learn[a:b])
+                r = models.ranker.predict_and_learn(batch, torch.from_numpy(y[a:b]), mask)
+                f = models.fusion.predict_and_learn({"mf": torch.from_numpy(mf[a:b]),
+                                                     "ftrl": torch.from_numpy(ftrl[a:b]), "ranker": r},
+                                                    torch.from_numpy(y[a:b]), mask, step)
+        preds.append(np.stack([r.numpy(), f.numpy()]))
+        if restart:
+            models.ranker.close_chunk()
+            models.fusion.close_chunk()
+    tables = {k: t.data.numpy().copy() for k, t in models.params.tables.items() if k.startswith(("ranker", "fusion"))}
+    return np.concatenate(preds, axis=1), tables, models
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_the_ranker_and_the_fusion_learn_the_same_whatever_the_cut(compiled):
+    """Chunks are counted along the stream, not from each batch's start: a stream cut into batches of 1,
+    7, 40, 42 (chunks of 8 spanning batches) predicts and learns as the same stream in one batch, and a
+    chunk a batch leaves open takes its step in the batch that completes it."""
+    whole, tables, _ = _ranker_fusion_stream([90], compiled)
+    cut, cut_tables, models = _ranker_fusion_stream([1, 7, 40, 42], compiled)
+    np.testing.assert_allclose(cut, whole, rtol=1e-4, atol=1e-4)  # (torch: sums in another order)
+    for k, v in tables.items():
+        np.testing.assert_allclose(cut_tables[k], v, rtol=1e-4, atol=1e-4, err_msg=k)
+    # 90 rows: 11 chunks of 8 stepped, 2 rows still open, with their gradient pending
+    assert models.ranker.open[0] == 2 and models.fusion.open[0] == 2
+    assert float(models.ranker.pending[1].abs().sum()) > 0 or models.ranker.open[1] == 0
+    # A chunk closed at each batch's end instead (as before chunks were counted along the stream) would
+    # differ: the comparison can fail.
+    restarted, _, _ = _ranker_fusion_stream([1, 7, 40, 42], compiled, restart=True)
+    assert not np.allclose(restarted, whole, atol=1e-3)
 
 
 def test_nothing_compiles_after_warm_up():
