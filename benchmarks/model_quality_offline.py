@@ -5,7 +5,9 @@
 Feeds the stream in time order through the same code the job runs
 (rtrec.core.local.LocalPipeline: the user and item cores and the merger),
 cut into micro-batches as the job cuts them (``window`` events per batch
-interval, split by user shard), with one trainer. The real figure comes from
+interval, split by user shard), with one trainer per subtask
+(``--set flink.parallelism=2``: two, each given the shards Flink would give
+it, merged once per window). The real figure comes from
 benchmarks/model_quality.py, through Kafka and Flink.
 """
 

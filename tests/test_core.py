@@ -303,6 +303,33 @@ def test_the_same_stream_cut_into_batches_of_50_and_of_2000_learns_alike(step):
         assert max(gaps.values()) > 0.003, gaps
 
 
+def test_the_local_pipeline_runs_a_trainer_per_subtask_at_parallelism_2():
+    """flink.parallelism=2: each shard batch goes to the core of the subtask Flink gives the shard (so
+    each trainer learns from its own users only), and both trainers adopt every merged version."""
+    import orjson
+
+    from rtrec.core.local import LocalPipeline
+    from rtrec.datasets import movielens_events
+    from rtrec.sharding import default_max_parallelism, shard_of, subtask_of_shard
+
+    events = movielens_events(3000)
+    pipe = LocalPipeline(_cfg("flink.parallelism=2"))
+    seen: list[set[str]] = [set(), set()]
+    for core, users in zip(pipe.user_cores, seen, strict=True):  # record which users each core is given
+        def step(values, *args, _step=core.step, _users=users):
+            _users.update(orjson.loads(v)["user_id"] for v in values)
+            return _step(values, *args)
+        core.step = step
+    pipe.run(events, 1000)
+    shards, max_p = pipe.cfg.flink.key_shards, default_max_parallelism(2)
+    owner = {e.user_id: subtask_of_shard(shard_of(e.user_id, shards), 2, max_p) for e in events}
+    assert seen[0] and seen[1] and seen[0] | seen[1] == set(owner)
+    assert all(owner[u] == k for k in range(2) for u in seen[k])
+    assert [learner.trainer_id for learner in pipe.learners] == [0, 1]
+    assert pipe.merger.version == 3 and all(learner.version == 3 for learner in pipe.learners)
+    assert pipe.timings.events == 3000 and len(pipe.predictions) == 3000
+
+
 def test_the_local_pipeline_cuts_a_shard_batch_as_the_user_stage_does():
     """A batch interval's shard batch larger than flink.max_batch_events goes through the core in parts
     (UserStage.process_batch); LocalPipeline, which the benchmarks run, cuts it the same way."""

@@ -8,6 +8,13 @@ accepted events in event-time order (the ItemStage folds them once the
 watermark passes, so the models see item features a batch late, as in the
 job), then the :class:`~models.merger.MergerCore` with one new version per
 window. Keyed state is a dict of the entries the operators would store.
+
+At ``flink.parallelism`` N > 1 there are N UserCores, each with its own
+trainer, and each shard batch goes to the subtask Flink would give its shard
+(rtrec.sharding.subtask_of_shard); the merger then merges the N trainers'
+changes once per window and every trainer adopts the version, as the job's
+do when it reaches them (here at once: the merge's effect on quality without
+the broadcast's timing).
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from rtrec.core.item import ItemCore
 from rtrec.core.user import UserCore, batch_parts
 from rtrec.events import Event
 from rtrec.features.backfill import event_order
-from rtrec.sharding import shard_of
+from rtrec.sharding import default_max_parallelism, shard_of, subtask_of_shard
 
 
 @dataclass
@@ -44,12 +51,19 @@ class LocalPipeline:
 
     def __init__(self, cfg: RtrecConfig, search=None, trainer: int = 0):
         self.cfg = cfg
-        self.learner = None
+        self.parallelism = cfg.flink.parallelism
+        self.learners: list[OnlineLearner] = []
         if cfg.model.enabled:
-            self.learner = OnlineLearner(cfg.model, trainer)
-            self.learner.search = search
-            self.learner.warm_up()
-        self.user_core = UserCore(cfg, self.learner, trainer)
+            for k in range(self.parallelism):
+                learner = OnlineLearner(cfg.model, trainer + k)
+                learner.search = search
+                learner.warm_up()
+                self.learners.append(learner)
+        self.learner = self.learners[0] if self.learners else None
+        self.user_cores = [UserCore(cfg, self.learners[k] if self.learners else None, trainer + k)
+                           for k in range(self.parallelism)]
+        self.user_core = self.user_cores[0]
+        self._max_parallelism = default_max_parallelism(self.parallelism)
         self.item_core = ItemCore(cfg.features.emit_item_features, cfg.model.enabled, cfg.features.snapshots == "event")
         self.item_core.warm_up()  # (as the stages do in open())
         self.user_core.features.compiled.warm_up()
@@ -69,8 +83,9 @@ class LocalPipeline:
         encoded = [e.to_json() for e in events]
         watermark = -(2**62)
         for start in range(0, len(events), window):
-            if freeze_at is not None and start >= freeze_at and self.learner is not None:
-                self.learner.learning = False
+            if freeze_at is not None and start >= freeze_at:
+                for learner in self.learners:
+                    learner.learning = False
             chunk = events[start : start + window]
             self.window(chunk, encoded[start : start + window], watermark)
             watermark = max(watermark, max(e.ts for e in chunk) - self.cfg.events.watermark_out_of_orderness_ms)
@@ -89,7 +104,8 @@ class LocalPipeline:
                  for part in batch_parts(len(idx), self.max_batch)]
         for shard, idx in parts:
             c0 = clock()
-            batch = self.user_core.step([values[i] for i in idx], [shard] * len(idx), idx, watermark, self.users.get)
+            core = self.user_cores[subtask_of_shard(shard, self.parallelism, self._max_parallelism)]
+            batch = core.step([values[i] for i in idx], [shard] * len(idx), idx, watermark, self.users.get)
             self.users.update({u: s.to_state() for u, s in batch.users.items()})
             t.user += clock() - c0
             t.batches += 1
@@ -113,7 +129,9 @@ class LocalPipeline:
         if self.merger is not None and self.learner.learning:
             c0 = clock()
             self.merger.add(ItemFeaturesMessage(items.model_inputs))
-            self.learner.apply_version(self.merger.merge())
+            version = self.merger.merge()
+            for learner in self.learners:
+                learner.apply_version(version)
             t.merge += clock() - c0
 
     def _count(self, out) -> None:
