@@ -221,28 +221,20 @@ class ModelSet:
                          pair: torch.Tensor | None = None) -> torch.Tensor:
         """Fused scores of (B, M) candidate rows for B users; ``pair`` the (B, M, 2) text similarities or None.
 
-        On the CPU one compiled loop (models.sequential.score_pass); else :meth:`score_candidates_torch`."""
+        On the CPU one compiled loop (models.sequential.candidates_pass); else :meth:`score_candidates_torch`."""
         if self.device.type != "cpu":
             return self.score_candidates_torch(user_params, user_dense, user_codes, user_buckets, candidate_rows, pair)
-        b, m = candidate_rows.shape
-        rows = candidate_rows.reshape(-1).numpy()
-        n_pair = len(PAIR_DENSE)
-        pairs = (np.zeros((b * m, n_pair), np.float32) if pair is None
-                 else np.ascontiguousarray(pair.reshape(b * m, n_pair).numpy(), np.float32))
-        codes = sequential.sparse_codes(self._item_columns(), rows, np.repeat(user_codes.numpy(), m),
-                                        np.repeat(user_buckets.numpy(), m, axis=0), None if pair is None else pairs,
-                                        _MIX, _MOD, self.ftrl.size)
         mf, ftrl, r = self.mf, self.ftrl, self.ranker
         assert self.fusion.models == [mf.name, ftrl.name, r.name], self.fusion.models  # the pass's column order
         w1, b1, w2, b2 = (t.data[0].numpy() for t in r.layers)
-        fused = sequential.score_pass(
-            np.ascontiguousarray(np.repeat(user_params.numpy(), m, axis=0), np.float32),
-            np.ascontiguousarray(np.repeat(user_dense.numpy(), m, axis=0), np.float32), rows, pairs, codes,
-            self.item_features.data.numpy(), (mf.q.data.numpy(), mf.b.data.numpy(), float(mf.mu.data[0, 0])),
+        return torch.from_numpy(sequential.candidates_pass(
+            np.ascontiguousarray(user_params.numpy(), np.float32), np.ascontiguousarray(user_dense.numpy(), np.float32),
+            candidate_rows.numpy(), None if pair is None else pair.numpy(), user_codes.numpy(), user_buckets.numpy(),
+            self._item_columns(), self.item_features.data.numpy(),
+            (mf.q.data.numpy(), mf.b.data.numpy(), float(mf.mu.data[0, 0])),
             (ftrl.z.data.numpy(), ftrl.n.data.numpy(), ftrl.alpha, ftrl.beta, ftrl.l1, ftrl.l2, ftrl.offset),
-            (w1, b1, w2.reshape(-1), b2, r.emb.data.numpy(), r.offset), self.fusion.weights_view(),
-            self.cfg.rating_min, self.cfg.rating_max)
-        return torch.from_numpy(fused).reshape(b, m)
+            (_MIX, _MOD, ftrl.size), (w1, b1, w2.reshape(-1), b2, r.emb.data.numpy(), r.offset),
+            self.fusion.weights_view(), self.cfg.rating_min, self.cfg.rating_max))
 
     def score_candidates_torch(self, user_params: torch.Tensor, user_dense: torch.Tensor, user_codes: torch.Tensor,
                                user_buckets: torch.Tensor, candidate_rows: torch.Tensor,

@@ -512,75 +512,153 @@ def sparse_codes(item_cols: np.ndarray, rows: np.ndarray, user_codes: np.ndarray
 
 
 @jit
-def _score_pass(user, user_dense, rows, pair, codes, item_feats, q, b, mu0, z, n, alpha, beta, l1, l2, ftrl_offset,
-                w1, b1, w2, b2, emb, ranker_offset, fw, lo, hi, out):
+def _ftrl_weight(z, n, c, alpha, beta, l1, l2):
+    """FTRL-Proximal's weight of hashed feature ``c`` (0 inside the L1 ball)."""
+    zc = z[c]
+    if abs(zc) <= l1:
+        return 0.0
+    sign = 1.0 if zc > 0 else -1.0
+    return -(zc - sign * l1) / ((beta + math.sqrt(n[c])) / alpha + l2)
+
+
+@jit
+def _code(field, value, mix, mod, size):
+    """Hashed feature id of ``value`` in sparse field ``field`` (1-10), as :func:`_sparse_codes` makes it."""
+    return ((field * mix + value) % mod) % size
+
+
+@jit
+def _cross(field, value, i_mean, mix, mod, size):
+    return ((((field * mix + value) % mod) * mix + i_mean) % mod) % size
+
+
+@jit
+def _candidates_pass(user, user_dense, cand, pair, has_pair, user_codes, user_buckets, item_cols, item_feats,
+                     q, b, mu0, z, n, alpha, beta, l1, l2, ftrl_offset, mix, mod, size,
+                     w1, b1, w2, b2, emb, ranker_offset, fw, lo, hi, out):
+    n_users, width = cand.shape
     du = user_dense.shape[1]
     di = item_feats.shape[1]
-    dp = pair.shape[1]
+    dp = pair.shape[2]
     de = emb.shape[1]
     dim = q.shape[1]
     hid = w1.shape[1]
-    n_in = du + di + dp + de + dim
-    x = np.empty(n_in, np.float32)
-    hs = np.empty(hid, np.float32)
-    for i in range(rows.shape[0]):
-        r = rows[i]
-        # MF: mu + b_u + b_i + p_u . q_i
-        mf = mu0 + user[i, dim] + b[r]
-        for k in range(dim):
-            mf += user[i, k] * q[r, k]
-        # FTRL: the weights of the example's hashed features
-        ftrl = ftrl_offset
-        for j in range(codes.shape[1]):
-            c = codes[i, j]
-            zc = z[c]
-            if abs(zc) > l1:
-                sign = 1.0 if zc > 0 else -1.0
-                ftrl += -(zc - sign * l1) / ((beta + math.sqrt(n[c])) / alpha + l2)
-        # The ranker: [user dense, item dense, pair, item embedding, user vector] -> relu layer -> out
-        for k in range(du):
-            x[k] = user_dense[i, k]
+    at_item = du  # w1's rows: [user dense, item dense, pair, item embedding, user vector]
+    at_pair = du + di
+    at_emb = du + di + dp
+    at_user = du + di + dp + de
+    # What depends on the item alone, once per distinct candidate: its share of the ranker's hidden
+    # layer and the weights of its FTRL fields (the bias, its id, rating-mean and count buckets).
+    slot = np.full(item_feats.shape[0], -1, np.int64)
+    order = np.empty(n_users * width, np.int64)
+    distinct = 0
+    for i in range(n_users):
+        for j in range(width):
+            r = cand[i, j]
+            if slot[r] < 0:
+                slot[r] = distinct
+                order[distinct] = r
+                distinct += 1
+    item_h = np.zeros((distinct, hid), np.float32)
+    item_f = np.empty(distinct, np.float64)
+    bias_w = _ftrl_weight(z, n, 0, alpha, beta, l1, l2)
+    for s in range(distinct):
+        r = order[s]
         for k in range(di):
-            x[du + k] = item_feats[r, k]
-        for k in range(dp):
-            x[du + di + k] = pair[i, k]
-        for k in range(de):
-            x[du + di + dp + k] = emb[r, k]
-        for k in range(dim):
-            x[du + di + dp + de + k] = user[i, k]
-        for h in range(hid):
-            hs[h] = b1[h]
-        for k in range(n_in):  # (row by row of w1: contiguous; each unit still sums in input order)
-            xk = x[k]
+            v = item_feats[r, k]
             for h in range(hid):
-                hs[h] += xk * w1[k, h]
-        ranker = ranker_offset + b2[0]
+                item_h[s, h] += v * w1[at_item + k, h]
+        for k in range(de):
+            v = emb[r, k]
+            for h in range(hid):
+                item_h[s, h] += v * w1[at_emb + k, h]
+        item_f[s] = (bias_w + _ftrl_weight(z, n, _code(1, item_cols[r, 0], mix, mod, size), alpha, beta, l1, l2)
+                     + _ftrl_weight(z, n, _code(5, item_cols[r, 1], mix, mod, size), alpha, beta, l1, l2)
+                     + _ftrl_weight(z, n, _code(6, item_cols[r, 2], mix, mod, size), alpha, beta, l1, l2))
+    user_h = np.empty(hid, np.float32)
+    hs = np.empty(hid, np.float32)
+    for i in range(n_users):
+        # What depends on the user alone, once per user.
         for h in range(hid):
-            if hs[h] > 0:
-                ranker += hs[h] * w2[h]
-        fused = fw[0] + fw[1] * mf + fw[2] * ftrl + fw[3] * ranker
-        out[i] = min(max(fused, lo), hi)
+            user_h[h] = b1[h]
+        for k in range(du):
+            v = user_dense[i, k]
+            for h in range(hid):
+                user_h[h] += v * w1[k, h]
+        for k in range(dim):
+            v = user[i, k]
+            for h in range(hid):
+                user_h[h] += v * w1[at_user + k, h]
+        u_code = user_codes[i]
+        u_mean = user_buckets[i, 0] + 10
+        user_f = (_ftrl_weight(z, n, _code(2, u_code, mix, mod, size), alpha, beta, l1, l2)
+                  + _ftrl_weight(z, n, _code(3, u_mean, mix, mod, size), alpha, beta, l1, l2)
+                  + _ftrl_weight(z, n, _code(4, user_buckets[i, 1], mix, mod, size), alpha, beta, l1, l2))
+        mf_user = mu0 + user[i, dim]
+        for j in range(width):
+            r = cand[i, j]
+            s = slot[r]
+            # MF: mu + b_u + b_i + p_u . q_i
+            mf = mf_user + b[r]
+            for k in range(dim):
+                mf += user[i, k] * q[r, k]
+            # FTRL: the item's and the user's fields, then the crosses and the pair similarities (tenths)
+            i_mean = item_cols[r, 1]
+            ftrl = ftrl_offset + item_f[s] + user_f
+            ftrl += _ftrl_weight(z, n, _cross(7, u_mean, i_mean, mix, mod, size), alpha, beta, l1, l2)
+            ftrl += _ftrl_weight(z, n, _cross(8, u_code, i_mean, mix, mod, size), alpha, beta, l1, l2)
+            for k in range(2):
+                bucket = 21
+                if has_pair and pair[i, j, k] != 0:
+                    p = min(max(pair[i, j, k], np.float32(-1.0)), np.float32(1.0))
+                    bucket = np.int64(np.round((p + np.float32(1.0)) * np.float32(10.0)))
+                ftrl += _ftrl_weight(z, n, _code(9 + k, bucket, mix, mod, size), alpha, beta, l1, l2)
+            # The ranker: the user's and the item's hidden shares, the pair's, relu, out
+            for h in range(hid):
+                hs[h] = user_h[h] + item_h[s, h]
+            if has_pair:
+                for k in range(dp):
+                    v = pair[i, j, k]
+                    for h in range(hid):
+                        hs[h] += v * w1[at_pair + k, h]
+            ranker = ranker_offset + b2[0]
+            for h in range(hid):
+                if hs[h] > 0:
+                    ranker += hs[h] * w2[h]
+            fused = fw[0] + fw[1] * mf + fw[2] * ftrl + fw[3] * ranker
+            out[i, j] = min(max(fused, lo), hi)
 
 
-def score_pass(user: np.ndarray, user_dense: np.ndarray, rows: np.ndarray, pair: np.ndarray, codes: np.ndarray,
-               item_feats: np.ndarray, mf: tuple, ftrl: tuple, ranker: tuple, fusion_weights: np.ndarray,
-               lo: float, hi: float) -> np.ndarray:
-    """The fused score of each (user, item) row, clamped to [lo, hi], as
-    :meth:`models.ensemble.ModelSet.predict` makes it with torch ops (about a dozen per model): what the
-    top-k refresh and candidate requests score, in one loop. (No NumPy matrix product: BLAS would start
-    threads of its own beside the job's, and they spin.) ``user`` (n, dim + 1) the MF vectors with the
-    bias last, ``user_dense`` (n, F), ``rows`` the items' table rows, ``pair`` (n, 2), ``codes``
-    (n, fields) the hashed features (:func:`sparse_codes`), ``item_feats`` the item features table.
-    ``mf``: (q, b, mu); ``ftrl``: (z, n, alpha, beta, l1, l2, offset); ``ranker``: (w1, b1, w2 as
+def candidates_pass(user: np.ndarray, user_dense: np.ndarray, cand: np.ndarray, pair: np.ndarray | None,
+                    user_codes: np.ndarray, user_buckets: np.ndarray, item_cols: np.ndarray, item_feats: np.ndarray,
+                    mf: tuple, ftrl: tuple, hashing: tuple, ranker: tuple, fusion_weights: np.ndarray,
+                    lo: float, hi: float) -> np.ndarray:
+    """(B, M) fused scores of each of B users' M candidate item rows ``cand``, clamped to [lo, hi], as
+    :meth:`models.ensemble.ModelSet.predict` makes them with torch ops (about a dozen per model): what the
+    top-k refresh and candidate requests score, in one loop. What depends on the user alone (its share
+    of the ranker's hidden layer, its FTRL fields) is computed once per user, what depends on the item
+    alone once per distinct candidate; per (user, item) remain the MF product, four hashed fields and
+    the hidden layer's sum. (No NumPy matrix product: BLAS would start threads of its own beside the
+    job's, and they spin.) ``user`` (B, dim + 1) the MF vectors with the bias last, ``user_dense``
+    (B, F), ``pair`` (B, M, 2) the text similarities or None, ``user_codes`` (B,) and ``user_buckets``
+    (B, 2) the users' id codes and [rating-mean, count] buckets, ``item_cols`` the items' [id code,
+    rating-mean bucket + 10, count bucket] (:meth:`models.ensemble.ModelSet._item_columns`),
+    ``item_feats`` the item features table. ``mf``: (q, b, mu); ``ftrl``: (z, n, alpha, beta, l1, l2,
+    offset); ``hashing``: (mix, mod, size) of :func:`sparse_codes`; ``ranker``: (w1, b1, w2 as
     (hidden,), b2, embedding, offset)."""
-    out = np.empty(len(rows), np.float32)
-    if len(rows):
+    out = np.empty(cand.shape, np.float32)
+    if cand.size:
         q, b, mu = mf
         z, n, alpha, beta, l1, l2, ftrl_offset = ftrl
+        mix, mod, size = hashing
         w1, b1, w2, b2, emb, ranker_offset = ranker
-        _score_pass(user, user_dense, rows, pair, codes, item_feats, q, b, np.float32(mu), z, n, np.float32(alpha),
-                    np.float32(beta), np.float32(l1), np.float32(l2), np.float32(ftrl_offset), w1, b1, w2, b2, emb,
-                    np.float32(ranker_offset), fusion_weights, np.float32(lo), np.float32(hi), out)
+        has_pair = pair is not None
+        pair = (np.zeros((*cand.shape, 2), np.float32) if pair is None else np.ascontiguousarray(pair, np.float32))
+        _candidates_pass(user, user_dense, np.ascontiguousarray(cand, np.int64), pair, has_pair,
+                         np.ascontiguousarray(user_codes, np.int64), np.ascontiguousarray(user_buckets, np.int64),
+                         item_cols, item_feats, q, b, np.float32(mu), z, n, np.float32(alpha), np.float32(beta),
+                         np.float32(l1), np.float32(l2), np.float32(ftrl_offset), mix, mod, size, w1, b1, w2, b2,
+                         emb, np.float32(ranker_offset), fusion_weights, np.float32(lo), np.float32(hi), out)
     return out
 
 
@@ -698,5 +776,7 @@ def warm_up() -> None:
                        (f(6, 3), f(3), f(3), f(1), one, f(1, 2), f(4, 4), f(4), np.zeros(2, np.int64)))
     text_pairs(f(2, 4), np.zeros((1, 1), np.int64), f(1, 4), f(1, 4))
     seeded_normals(["u"], 7, 2)
-    score_pass(f(1, 3), f(1, 2), one, f(1, 2), np.zeros((1, 2), np.int64), f(1, 2), (f(1, 2), f(1), 3.0),
-               (f(4), f(4), 0.1, 1.0, 0.1, 1.0, 3.0), (f(10, 3), f(3), f(3), f(1), f(1, 2), 3.0), f(4), 1.0, 5.0)
+    for pair in (f(1, 1, 2), None):  # (one compilation: the pass gets zeros and a flag for None)
+        candidates_pass(f(1, 3), f(1, 2), np.zeros((1, 1), np.int64), pair, one, np.zeros((1, 2), np.int64),
+                        np.zeros((1, 3), np.int64), f(1, 2), (f(1, 2), f(1), 3.0), (f(4), f(4), 0.1, 1.0, 0.1, 1.0, 3.0),
+                        (1_000_003, 1 << 31, 4), (f(10, 3), f(3), f(3), f(1), f(1, 2), 3.0), f(4), 1.0, 5.0)

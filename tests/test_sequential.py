@@ -360,7 +360,7 @@ def test_nothing_compiles_after_warm_up():
     from rtrec.datasets import movielens_events
 
     passes = [getattr(sequential, f) for f in ("_mf_pass", "_ftrl_pass", "_ranker_fusion_pass", "_sparse_codes",
-                                                "_score_pass", "_interest_pass")]
+                                                "_candidates_pass", "_interest_pass")]
     pipe = LocalPipeline(load_config(overrides=["text.enabled=false"]))  # (calls warm_up)
     assert all(p.signatures for p in passes)  # warm_up compiled each
     compiled = [len(p.signatures) for p in passes]
