@@ -1,6 +1,7 @@
 """Prequential quality of the model set on MovieLens-100K without Flink or Kafka: a fast tuning loop.
 
-    .venv/bin/python benchmarks/model_quality_offline.py [--set model.dim=16 ...] [--window 4000]
+    .venv/bin/python benchmarks/model_quality_offline.py [--set model.dim=16 ...] [--window 4000 ...]
+        [--parallelism 1 ...] [--results NAME]
 
 Feeds the stream in time order through the same code the job runs
 (rtrec.core.local.LocalPipeline: the user and item cores and the merger),
@@ -20,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.common import write_results  # noqa: E402
 from rtrec.config import load_config  # noqa: E402
 from rtrec.core.local import LocalPipeline  # noqa: E402
 from rtrec.datasets import movielens_events  # noqa: E402
@@ -52,22 +54,33 @@ def report(p, start: float = 0.0) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--set", action="append", default=[])
-    ap.add_argument("--window", type=int, default=4000)
+    ap.add_argument("--window", type=int, nargs="+", default=[4000],
+                    help="events per batch interval (several: one run each)")
+    ap.add_argument("--parallelism", type=int, nargs="+", default=[1],
+                    help="trainers (flink.parallelism; several: one run each)")
     ap.add_argument("--limit", type=int, default=0)
+    ap.add_argument("--results", help="also write benchmarks/results/RESULTS.json")
     args = ap.parse_args()
-    cfg = load_config(overrides=args.set)
     events = movielens_events(args.limit)
-    t = time.perf_counter()
-    run = simulate(cfg, events, args.window)
-    dt = time.perf_counter() - t
-    print(f"{len(events):,} events in {dt:.1f} s ({len(events) / dt:,.0f}/s), versions {run.merger.version}, "
-          f"rollbacks {run.merger.rollbacks}, fusion {run.learner.models.fusion.weights()}")
-    whole, second = report(run.predictions), report(run.predictions, 0.5)
-    print(f"  {'':<8} {'whole stream':<35} second half")
-    for name, m in whole.items():
-        h = second[name]
-        print(f"  {name:<8} MAE {m['mae']:.4f}  RMSE {m['rmse']:.4f}  AUC {m['auc']:.4f}   "
-              f"MAE {h['mae']:.4f}  RMSE {h['rmse']:.4f}  AUC {h['auc']:.4f}")
+    runs = {}
+    for parallelism, window in ((p, w) for p in args.parallelism for w in args.window):
+        cfg = load_config(overrides=[*args.set, f"flink.parallelism={parallelism}"])
+        t = time.perf_counter()
+        run = simulate(cfg, events, window)
+        dt = time.perf_counter() - t
+        print(f"parallelism {parallelism}, window {window:,}: {len(events):,} events in {dt:.1f} s ({len(events) / dt:,.0f}/s), "
+              f"versions {run.merger.version}, rollbacks {run.merger.rollbacks}, "
+              f"fusion {run.learner.models.fusion.weights()}")
+        whole, second = report(run.predictions), report(run.predictions, 0.5)
+        print(f"  {'':<8} {'whole stream':<35} second half")
+        for name, m in whole.items():
+            h = second[name]
+            print(f"  {name:<8} MAE {m['mae']:.4f}  RMSE {m['rmse']:.4f}  AUC {m['auc']:.4f}   "
+                  f"MAE {h['mae']:.4f}  RMSE {h['rmse']:.4f}  AUC {h['auc']:.4f}")
+        runs[f"parallelism {parallelism}, window {window}"] = {"versions": run.merger.version, "whole_stream": whole, "second_half": second}
+    if args.results:
+        print(write_results(args.results, {"command": "python " + " ".join(sys.argv), "settings": args.set,
+                                           "events": len(events), "runs": runs}))
 
 
 if __name__ == "__main__":
