@@ -184,10 +184,11 @@ class ModelSet:
 
     def ranker_and_fusion_compiled(self, batch: Batch, user: np.ndarray, y: np.ndarray, learn: np.ndarray,
                                    mf_pred: np.ndarray, ftrl_pred: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """The ranker's and the fusion's predict-and-learn (``step_examples`` at a time) as one compiled pass
-        over zero-copy views of their tables (CPU only): what :meth:`NeuralRanker.predict_and_learn` and
-        :meth:`OnlineFusion.predict_and_learn` do, without a dozen torch ops per chunk. ``user`` (n, dim): each
-        row's MF user vector before it, without the bias. Returns (ranker, fused) raw predictions."""
+        """The ranker's and the fusion's predict-and-learn (chunks of ``step_examples`` counted along the
+        stream) as one compiled pass over zero-copy views of their tables and of their open chunk (CPU
+        only): what :meth:`NeuralRanker.predict_and_learn` and :meth:`OnlineFusion.predict_and_learn` do,
+        without a dozen torch ops per chunk. ``user`` (n, dim): each row's MF user vector before it,
+        without the bias. Returns (ranker, fused) raw predictions."""
         r, f = self.ranker, self.fusion
         assert f.models == [self.mf.name, self.ftrl.name, r.name], f.models  # the pass's column order
         w1, b1, w2, b2 = (t.data[0].numpy() for t in r.layers)
