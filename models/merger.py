@@ -4,9 +4,11 @@ Per merge:
 
 1. each trainer's pending deltas are summed (they are successive steps),
 2. a delta holding NaN or Inf is rejected whole (and counted),
-3. the trainers' sums are averaged row by row, weighted by the examples
-   behind each row (models.params.merge): with one trainer this is exactly
-   its own progress,
+3. the trainers' sums are folded row by row by each table's rule
+   (models.params.merge): by default averaged, weighted by the examples
+   behind each row; MF's item tables by how many examples each item had
+   before (``counted``), its item counts added up. With one trainer this is
+   exactly its own progress,
 4. the candidate is scored on the held-out examples the trainers sent; if its
    loss is worse than the current version's by more than the margin, the
    merge is rolled back and the version number still advances (with the old
@@ -181,7 +183,7 @@ class MergerCore:
         rolled_back = False
         loss = None
         if per_trainer:
-            merged = merge(per_trainer)
+            merged = merge(per_trainer, params)
             held = self.heldout_batch()  # (the deltas change learned tables, never its inputs)
             before = self.heldout_loss(held)
             saved = {n: t.data.clone() for n, t in params.tables.items()} if before is not None else None

@@ -40,12 +40,16 @@ class BiasedMF:
         self.lr_item_bias = lr_bias if lr_item_bias is None else lr_item_bias
         self.lr_item_latent = lr_latent if lr_item_latent is None else lr_item_latent
         self.init_std = init_std
+        # Examples learned per item: the warm-up steps' n, and what weighs the trainers' steps when they
+        # merge. Trainers' counts add up; an item's factors and bias merge by the ``counted`` rule
+        # (models.params.MERGE_RULES): a new item's first steps average, an established item's add up,
+        # as one trainer seeing every example would take them. (Averaged instead, an item that several
+        # trainers see learns at 1/N of the step between merges: at parallelism 4, merging every 4,000
+        # examples, fused MAE 0.7436 against 0.7397: benchmarks/model_quality_offline.py.)
+        self.n = params.add("mf.n", "item", (), merge="sum")
         self.q = params.add("mf.q", "item", (dim,), init=lambda seed: torch.randn(
-            dim, generator=torch.Generator().manual_seed(seed)) * init_std)
-        self.b = params.add("mf.b", "item", ())
-        # Examples learned per item (the warm-up steps'; merged trainers' counts average, as the ranker's
-        # Adagrad sums do).
-        self.n = params.add("mf.n", "item", ())
+            dim, generator=torch.Generator().manual_seed(seed)) * init_std, merge="counted", counted_by="mf.n")
+        self.b = params.add("mf.b", "item", (), merge="counted", counted_by="mf.n")
         # [running mean of the labels, how many]
         self.mu = params.add("mf.mu", "dense", (2,), value=torch.tensor([mu, 0.0]))
 

@@ -11,9 +11,10 @@ first dimension is rows of one of three kinds:
 A :class:`ParameterSet` groups the tables of all models. A trainer replica
 learns on its tables, then :meth:`ParameterSet.take_delta` hands over what
 changed since the last hand-over (only the rows it touched, with how many
-examples touched each) and :func:`merge` averages the deltas of several
-trainers row by row, weighted by those example counts. With one trainer the
-merged result equals the trainer's own parameters.
+examples touched each) and :func:`merge` folds the deltas of several
+trainers row by row, by each table's rule (:data:`MERGE_RULES`): by default
+their average weighted by those example counts. With one trainer the merged
+result equals the trainer's own parameters, whatever the rule.
 
     >>> ps = ParameterSet()
     >>> t = ps.add("w", "dense", (2,))
@@ -40,6 +41,18 @@ from models.base import ItemIndex
 from models.sequential import name_seeds
 
 KINDS = ("item", "hashed", "dense")
+#: How :func:`merge` folds several trainers' deltas to a row (``c_k``: the examples behind trainer k's,
+#: ``C`` their sum):
+#:
+#: - ``mean``: ``sum_k c_k d_k / C``, the example-weighted average (model averaging);
+#: - ``sum``: ``sum_k d_k``, for counts;
+#: - ``counted``: ``sum_k (n0 + c_k) d_k / (n0 + C)``, where ``n0`` is the row's examples so far in the
+#:   table named by ``counted_by`` (a ``sum`` table). For an estimate that moves by ``1 / n`` per example
+#:   (a running mean) this is exactly what one trainer seeing every example would reach; a new row
+#:   (``n0`` 0) gets the average, an established one (``n0`` >> ``C``) every trainer's steps. Averaging
+#:   instead gives each trainer's steps on a row both saw only its share: at parallelism N an item
+#:   learns at 1/N of the step until the merge.
+MERGE_RULES = ("mean", "sum", "counted")
 _ROW_ZERO = torch.zeros(1, dtype=torch.long)
 #: The format of :func:`delta_to_bytes` (format 2, NumPy arrays pickled one by one, is still read).
 DELTA_FORMAT = "rtrec-delta-3"
@@ -64,10 +77,14 @@ class RowDelta:
 class Table:
     """One global parameter: ``data`` (rows x shape), plus which rows changed and how often."""
 
-    def __init__(self, name: str, kind: str, shape: tuple[int, ...], rows: int, device, init=None):
+    def __init__(self, name: str, kind: str, shape: tuple[int, ...], rows: int, device, init=None,
+                 merge: str = "mean", counted_by: str | None = None):
         if kind not in KINDS:
             raise ValueError(f"table kind must be one of {KINDS}")
+        if merge not in MERGE_RULES or (merge == "counted") != (counted_by is not None):
+            raise ValueError(f"merge must be one of {MERGE_RULES}, and counted (only) needs counted_by")
         self.name, self.kind, self.shape, self.device = name, kind, tuple(shape), device
+        self.merge, self.counted_by = merge, counted_by  # (MERGE_RULES)
         self.init = init  # callable(n_rows, start_row) -> tensor for new item rows, or None for zeros
         self.data = torch.zeros((rows, *self.shape), device=device)
         self.base = self.data.clone()  # the values at the last hand-over
@@ -129,9 +146,14 @@ class ParameterSet:
 
     # -- building ------------------------------------------------------------
     def add(self, name: str, kind: str, shape: tuple[int, ...] = (), rows: int = 0, init=None,
-            value: torch.Tensor | None = None) -> Table:
+            value: torch.Tensor | None = None, merge: str = "mean", counted_by: str | None = None) -> Table:
+        """A new table; ``merge`` and ``counted_by``: how trainers' deltas to it fold (:data:`MERGE_RULES`)."""
         rows = 1 if kind == "dense" else rows
-        t = Table(name, kind, shape, rows, self.device, init)
+        if counted_by is not None:
+            by = self.tables.get(counted_by)
+            if by is None or by.kind != kind or by.merge != "sum" or by.shape != ():
+                raise ValueError(f"{name}: counted_by={counted_by!r} must name a scalar sum table of kind {kind}")
+        t = Table(name, kind, shape, rows, self.device, init, merge, counted_by)
         if value is not None:
             t.data[0] = value.to(self.device)
             t.base = t.data.clone()
@@ -142,6 +164,15 @@ class ParameterSet:
 
     def __getitem__(self, name: str) -> Table:
         return self.tables[name]
+
+    def counts_of(self, name: str, keys: list[str] | torch.Tensor) -> torch.Tensor:
+        """The values (on the CPU) of scalar table ``name`` at the rows of a delta's ``keys`` (item ids or
+        row numbers; a dense table's one row): :func:`merge`'s ``counted`` rule."""
+        t = self.tables[name]
+        if t.kind == "dense":
+            return t.data[:1].reshape(1).cpu()
+        rows = self.item_rows(keys) if t.kind == "item" else keys.to(self.device)
+        return t.data[rows].reshape(-1).cpu().float()
 
     def item_rows(self, item_ids: list[str]) -> torch.Tensor:
         """Rows of ``item_ids``, adding new items to every item table (each initialised the same way everywhere)."""
@@ -270,8 +301,10 @@ def _union_rows(parts: list[RowDelta]) -> tuple[list[str] | torch.Tensor, list[t
     return keys, list(torch.split(inverse, [len(p.keys) for p in parts])), len(keys)
 
 
-def merge(deltas: list[dict[str, RowDelta]]) -> dict[str, RowDelta]:
-    """Average deltas of several trainers, row by row, weighted by the examples behind each row.
+def merge(deltas: list[dict[str, RowDelta]], params: ParameterSet | None = None) -> dict[str, RowDelta]:
+    """Fold deltas of several trainers, row by row, by each table's rule in ``params`` (:data:`MERGE_RULES`;
+    the ``counted`` rule reads its counts there, before the merged delta is added; without ``params``,
+    or for a table it lacks: ``mean``).
 
     >>> a = {"w": RowDelta("hashed", torch.tensor([0, 1]), torch.tensor([[2.0], [4.0]]), torch.tensor([1.0, 1.0]))}
     >>> b = {"w": RowDelta("hashed", torch.tensor([1]), torch.tensor([[1.0]]), torch.tensor([3.0]))}
@@ -284,14 +317,26 @@ def merge(deltas: list[dict[str, RowDelta]]) -> dict[str, RowDelta]:
         parts = [d[name] for d in deltas if name in d]
         keys, index, n_rows = _union_rows(parts)
         shape = parts[0].values.shape[1:]
-        weighted = torch.zeros((n_rows, *shape))
+        ones = [1] * len(shape)
         weight = torch.zeros(n_rows)
         for p, idx in zip(parts, index, strict=True):
-            w = p.counts.reshape(-1, *([1] * len(shape)))
-            weighted.index_add_(0, idx, p.values * w)
             weight.index_add_(0, idx, p.counts)
-        merged[name] = RowDelta(parts[0].kind, keys,
-                                weighted / weight.clamp_min(1e-12).reshape(-1, *([1] * len(shape))), weight)
+        table = None if params is None else params.tables.get(name)
+        rule = "mean" if table is None else table.merge
+        folded = torch.zeros((n_rows, *shape))
+        if rule == "sum":
+            for p, idx in zip(parts, index, strict=True):
+                folded.index_add_(0, idx, p.values)
+        elif rule == "counted":
+            n0 = params.counts_of(table.counted_by, keys)
+            total = (n0 + weight).clamp_min(1e-12)
+            for p, idx in zip(parts, index, strict=True):
+                folded.index_add_(0, idx, p.values * ((n0[idx] + p.counts) / total[idx]).reshape(-1, *ones))
+        else:
+            for p, idx in zip(parts, index, strict=True):
+                folded.index_add_(0, idx, p.values * p.counts.reshape(-1, *ones))
+            folded /= weight.clamp_min(1e-12).reshape(-1, *ones)
+        merged[name] = RowDelta(parts[0].kind, keys, folded, weight)
     return merged
 
 

@@ -136,6 +136,63 @@ def test_merge_weights_rows_by_examples():
     assert m.counts.tolist() == [1.0, 4.0]
 
 
+def _running_means(n0: float, m0: float, values: list[list[float]]) -> tuple[ParameterSet, list[dict]]:
+    """A parameter set holding a mean ``m0`` of ``n0`` examples per row (rows "x", "y"), and per trainer
+    the delta of a running mean over its ``values`` (each ``1 / n`` towards the value, n counting on
+    from ``n0``), for row "x" and, every second trainer, row "y"."""
+    ps = ParameterSet()
+    n = ps.add("n", "item", (), merge="sum")
+    m = ps.add("m", "item", (), merge="counted", counted_by="n")
+    rows = ps.item_rows(["x", "y"])
+    n.data[rows], m.data[rows] = n0, m0
+    deltas = []
+    for k, xs in enumerate(values):
+        mean, count = m0, n0
+        for v in xs:
+            count += 1
+            mean += (v - mean) / count
+        keys = ["x", "y"] if k % 2 == 0 else ["x"]
+        c = torch.full((len(keys),), float(len(xs)))
+        deltas.append({"n": RowDelta("item", keys, torch.full((len(keys),), float(len(xs))), c),
+                       "m": RowDelta("item", keys, torch.full((len(keys),), mean - m0), c)})
+    return ps, deltas
+
+
+@pytest.mark.parametrize("n0", [0.0, 5.0, 400.0])
+def test_counted_merge_reaches_what_one_trainer_seeing_every_example_reaches(n0):
+    """The ``counted`` rule on running means from a shared start: the merged mean is the mean over all
+    the trainers' examples and the ``n0`` before them, the summed count their number; ``mean``
+    (averaging) falls short of it once the row has history."""
+    values = [[4.0, 5.0, 5.0], [1.0, 2.0], [3.0, 5.0, 4.0, 4.0]]
+    ps, deltas = _running_means(n0, 3.0, values)
+    merged = merge(deltas, ps)
+    x = {k: dict(zip(d.keys, d.values.tolist(), strict=True))["x"] for k, d in merged.items()}
+    everything = [v for xs in values for v in xs]
+    assert x["n"] == len(everything)
+    assert 3.0 + x["m"] == pytest.approx((n0 * 3.0 + sum(everything)) / (n0 + len(everything)), abs=1e-6)
+    y = dict(zip(merged["m"].keys, merged["m"].values.tolist(), strict=True))["y"]  # trainers 0 and 2 only
+    seen_y = values[0] + values[2]
+    assert 3.0 + y == pytest.approx((n0 * 3.0 + sum(seen_y)) / (n0 + len(seen_y)), abs=1e-6)
+    averaged = merge(deltas)["m"]  # (no rules: the mean)
+    mean_x = dict(zip(averaged.keys, averaged.values.tolist(), strict=True))["x"]
+    assert (mean_x == pytest.approx(x["m"], abs=1e-6)) == (n0 == 0.0)
+    # one trainer: its own delta, whatever the rule
+    alone = merge(deltas[:1], ps)
+    assert alone["m"].values.tolist() == deltas[0]["m"].values.tolist()
+    assert alone["n"].values.tolist() == deltas[0]["n"].values.tolist()
+
+
+def test_a_counted_table_needs_a_scalar_sum_table_of_its_kind():
+    ps = ParameterSet()
+    ps.add("mean_n", "item", ())
+    ps.add("hashed_n", "hashed", (), rows=4, merge="sum")
+    for by in ("mean_n", "hashed_n", "missing"):
+        with pytest.raises(ValueError, match="counted_by"):
+            ps.add("m", "item", (), merge="counted", counted_by=by)
+    with pytest.raises(ValueError, match="merge must be"):
+        ps.add("m", "item", (), merge="median")
+
+
 def test_successive_deltas_of_one_trainer_add_up():
     d1 = {"t": RowDelta("hashed", torch.tensor([0]), torch.tensor([1.0]), torch.tensor([1.0]))}
     d2 = {"t": RowDelta("hashed", torch.tensor([0, 2]), torch.tensor([2.0, 5.0]), torch.tensor([1.0, 1.0]))}
@@ -218,7 +275,7 @@ def test_versions_round_trip_and_the_earlier_format_is_read():
             Version.from_bytes(garbage)
 
 
-def test_two_trainers_merge_to_the_example_weighted_average():
+def test_two_trainers_merge_new_items_to_the_example_weighted_average_and_add_their_counts():
     cfg = ModelConfig(heldout_fraction=0.0, rollback_margin=100.0)
     merger = MergerCore(cfg)
     start = merger.models.params["mf.b"]
@@ -234,9 +291,14 @@ def test_two_trainers_merge_to_the_example_weighted_average():
         deltas.append(d)
         merger.add_delta(i, seq, d, heldout)
     merger.merge()
+    # new items (no examples before): their MF rows are the example-weighted average of the trainers'
     expected = merge(deltas)["mf.b"]
     rows = merger.models.params.item_rows(expected.keys)
     assert torch.allclose(start.data[rows], expected.values, atol=1e-6)
+    # the item counts add up
+    n = merge(deltas, merger.models.params)["mf.n"]
+    assert torch.equal(merger.models.params["mf.n"].data[merger.models.params.item_rows(n.keys)], n.counts)
+    assert float(n.counts.sum()) == sum(float(d["mf.n"].counts.sum()) for d in deltas)
     # dense rows too: each trainer's change weighted by its examples
     mu = merge(deltas)["mf.mu"]
     assert mu.counts.item() == sum(float(d["mf.mu"].counts.sum()) for d in deltas)
