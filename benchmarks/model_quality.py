@@ -126,6 +126,7 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=1500)
     ap.add_argument("--parallelism", type=int, default=1)
     ap.add_argument("--skip", nargs="*", default=[], choices=["quality", "frozen", "throughput"])
+    ap.add_argument("--results", default="model_quality", help="the results file's name under benchmarks/results/")
     args = ap.parse_args()
     events = movielens_events()
     previous = RESULTS / "model_quality.json"
@@ -154,7 +155,7 @@ def main() -> None:
             gap = backlog["fused"]["mae"] - payload["through_flink"]["prequential"]["fused"]["mae"]
             payload["backlog_minus_rate_limited_fused_mae"] = round(gap, 4)
         print(payload["throughput"], flush=True)
-    print(write_results("model_quality", payload))
+    print(write_results(args.results, payload))
 
 
 if __name__ == "__main__":
