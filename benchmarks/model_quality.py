@@ -129,7 +129,7 @@ def main() -> None:
     ap.add_argument("--results", default="model_quality", help="the results file's name under benchmarks/results/")
     args = ap.parse_args()
     events = movielens_events()
-    previous = RESULTS / "model_quality.json"
+    previous = RESULTS / f"{args.results}.json"
     # Parts skipped this time keep their last measured figures (each part records its own command).
     payload: dict = {k: v for k, v in json.loads(previous.read_text()).items()
                      if k in ("through_flink", "second_half_offline", "throughput")} if previous.exists() else {}
