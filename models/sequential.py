@@ -241,19 +241,44 @@ def interest_pass(vecs: np.ndarray, mass: np.ndarray, last_ts: np.ndarray, known
 
 
 @jit
+def _ftrl_weight(z, n, c, alpha, beta, l1, l2):
+    """FTRL-Proximal's weight of hashed feature ``c`` (0 inside the L1 ball)."""
+    zc = z[c]
+    if abs(zc) <= l1:
+        return 0.0
+    sign = 1.0 if zc > 0 else -1.0
+    return -(zc - sign * l1) / ((beta + math.sqrt(n[c])) / alpha + l2)
+
+
+@jit
+def _code(field, value, mix, mod, size):
+    """Hashed feature id of ``value`` in sparse field ``field`` (1-10; 0, the bias, is id 0)."""
+    return ((field * mix + value) % mod) % size
+
+
+@jit
+def _cross(field, value, i_mean, mix, mod, size):
+    """Hashed feature id of ``value`` crossed with the item's rating-mean bucket ``i_mean`` (fields 7, 8)."""
+    return ((((field * mix + value) % mod) * mix + i_mean) % mod) % size
+
+
+@jit
+def _pair_bucket(p, has_pair):
+    """A text similarity in tenths (0-20), 21 for "no signal" (exactly 0, or no text)."""
+    if not has_pair or p == 0:
+        return 21
+    p = min(max(p, np.float32(-1.0)), np.float32(1.0))
+    return np.int64(np.round((p + np.float32(1.0)) * np.float32(10.0)))
+
+
+@jit
 def _ftrl_pass(z, n, codes, y, learn, alpha, beta, l1, l2, offset, clip, pred):
     k = codes.shape[1]
     w = np.empty(k, np.float32)
     for i in range(codes.shape[0]):
         p = offset
         for j in range(k):
-            c = codes[i, j]
-            zc = z[c]
-            if abs(zc) <= l1:
-                w[j] = 0.0
-            else:
-                sign = 1.0 if zc > 0 else -1.0
-                w[j] = -(zc - sign * l1) / ((beta + math.sqrt(n[c])) / alpha + l2)
+            w[j] = _ftrl_weight(z, n, codes[i, j], alpha, beta, l1, l2)
             p += w[j]
         pred[i] = p
         if learn[i]:
@@ -467,31 +492,21 @@ def ranker_fusion_pass(dense: np.ndarray, user: np.ndarray, items: np.ndarray, y
 
 @jit
 def _sparse_codes(item_cols, rows, user_codes, user_buckets, pair, has_pair, mix, mod, size, out):
-    vals = np.empty(10, np.int64)
     for i in range(rows.shape[0]):
         r = rows[i]
         i_mean = item_cols[r, 1]
         u_mean = user_buckets[i, 0] + 10
-        vals[0] = item_cols[r, 0]
-        vals[1] = user_codes[i]
-        vals[2] = u_mean
-        vals[3] = user_buckets[i, 1]
-        vals[4] = i_mean
-        vals[5] = item_cols[r, 2]
-        vals[6] = u_mean
-        vals[7] = user_codes[i]
-        for j in range(2):  # the pair similarities in tenths, 21 for "no signal" (exactly 0, or no text)
-            if not has_pair or pair[i, j] == 0:
-                vals[8 + j] = 21
-            else:
-                p = min(max(pair[i, j], np.float32(-1.0)), np.float32(1.0))
-                vals[8 + j] = np.int64(np.round((p + np.float32(1.0)) * np.float32(10.0)))
-        out[i, 0] = 0
-        for k in range(10):
-            m = ((k + 1) * mix + vals[k]) % mod
-            if k == 6 or k == 7:  # the crosses with the item's rating-mean bucket
-                m = (m * mix + i_mean) % mod
-            out[i, k + 1] = m % size
+        out[i, 0] = 0  # the bias
+        out[i, 1] = _code(1, item_cols[r, 0], mix, mod, size)
+        out[i, 2] = _code(2, user_codes[i], mix, mod, size)
+        out[i, 3] = _code(3, u_mean, mix, mod, size)
+        out[i, 4] = _code(4, user_buckets[i, 1], mix, mod, size)
+        out[i, 5] = _code(5, i_mean, mix, mod, size)
+        out[i, 6] = _code(6, item_cols[r, 2], mix, mod, size)
+        out[i, 7] = _cross(7, u_mean, i_mean, mix, mod, size)
+        out[i, 8] = _cross(8, user_codes[i], i_mean, mix, mod, size)
+        out[i, 9] = _code(9, _pair_bucket(pair[i, 0], has_pair), mix, mod, size)
+        out[i, 10] = _code(10, _pair_bucket(pair[i, 1], has_pair), mix, mod, size)
 
 
 def sparse_codes(item_cols: np.ndarray, rows: np.ndarray, user_codes: np.ndarray, user_buckets: np.ndarray,
@@ -509,27 +524,6 @@ def sparse_codes(item_cols: np.ndarray, rows: np.ndarray, user_codes: np.ndarray
                       np.ascontiguousarray(pair, np.float32) if has_pair else np.zeros((n, 2), np.float32),
                       has_pair, mix, mod, size, out)
     return out
-
-
-@jit
-def _ftrl_weight(z, n, c, alpha, beta, l1, l2):
-    """FTRL-Proximal's weight of hashed feature ``c`` (0 inside the L1 ball)."""
-    zc = z[c]
-    if abs(zc) <= l1:
-        return 0.0
-    sign = 1.0 if zc > 0 else -1.0
-    return -(zc - sign * l1) / ((beta + math.sqrt(n[c])) / alpha + l2)
-
-
-@jit
-def _code(field, value, mix, mod, size):
-    """Hashed feature id of ``value`` in sparse field ``field`` (1-10), as :func:`_sparse_codes` makes it."""
-    return ((field * mix + value) % mod) % size
-
-
-@jit
-def _cross(field, value, i_mean, mix, mod, size):
-    return ((((field * mix + value) % mod) * mix + i_mean) % mod) % size
 
 
 @jit
@@ -608,11 +602,8 @@ def _candidates_pass(user, user_dense, cand, pair, has_pair, user_codes, user_bu
             ftrl += _ftrl_weight(z, n, _cross(7, u_mean, i_mean, mix, mod, size), alpha, beta, l1, l2)
             ftrl += _ftrl_weight(z, n, _cross(8, u_code, i_mean, mix, mod, size), alpha, beta, l1, l2)
             for k in range(2):
-                bucket = 21
-                if has_pair and pair[i, j, k] != 0:
-                    p = min(max(pair[i, j, k], np.float32(-1.0)), np.float32(1.0))
-                    bucket = np.int64(np.round((p + np.float32(1.0)) * np.float32(10.0)))
-                ftrl += _ftrl_weight(z, n, _code(9 + k, bucket, mix, mod, size), alpha, beta, l1, l2)
+                ftrl += _ftrl_weight(z, n, _code(9 + k, _pair_bucket(pair[i, j, k], has_pair), mix, mod, size),
+                                     alpha, beta, l1, l2)
             # The ranker: the user's and the item's hidden shares, the pair's, relu, out
             for h in range(hid):
                 hs[h] = user_h[h] + item_h[s, h]
