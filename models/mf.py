@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from models import sequential
-from models.base import Batch
+from models.base import Batch, seeded_normal
 from models.params import ParameterSet
 
 
@@ -47,8 +47,8 @@ class BiasedMF:
         # trainers see learns at 1/N of the step between merges: at parallelism 4, merging every 4,000
         # examples, fused MAE 0.7436 against 0.7397: benchmarks/model_quality_offline.py.)
         self.n = params.add("mf.n", "item", (), merge="sum")
-        self.q = params.add("mf.q", "item", (dim,), init=lambda seed: torch.randn(
-            dim, generator=torch.Generator().manual_seed(seed)) * init_std, merge="counted", counted_by="mf.n")
+        self.q = params.add("mf.q", "item", (dim,), init=seeded_normal((dim,), init_std), merge="counted",
+                            counted_by="mf.n")
         self.b = params.add("mf.b", "item", (), merge="counted", counted_by="mf.n")
         # [running mean of the labels, how many]
         self.mu = params.add("mf.mu", "dense", (2,), value=torch.tensor([mu, 0.0]))

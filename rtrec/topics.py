@@ -319,10 +319,12 @@ def _retrying(call, transient: frozenset, timeout_s: float, pause_s: float = 0.2
             time.sleep(pause_s)
 
 
-def watermarks(c: Consumer, tp: TopicPartition, timeout_s: float = 30.0) -> tuple[int, int]:
+def watermarks(c: Consumer, tp: TopicPartition, timeout_s: float = 30.0, pause_s: float = 0.2) -> tuple[int, int]:
     """A partition's (low, high) offsets fresh from the broker (under read_committed, high is the last
-    stable offset), asked again while its leader is being elected, for up to ``timeout_s``."""
-    return _retrying(lambda: c.get_watermark_offsets(tp, timeout=5, cached=False), _ELECTING, timeout_s)
+    stable offset), asked again while its leader is being elected or moved (a topic just created, a
+    broker restarting), for up to ``timeout_s``."""
+    return _retrying(lambda: c.get_watermark_offsets(tp, timeout=min(timeout_s, 10.0), cached=False), _ELECTING,
+                     timeout_s, pause_s)
 
 
 def _partitions(c: Consumer, topic: str) -> list[int]:
@@ -450,10 +452,8 @@ class RecordFetcher:
             return next((m for m in records if m.offset() >= offset), None)
 
     def _end(self, c: Consumer, partition: int, timeout_s: float) -> int:
-        """The partition's end offset, waiting out a leader not yet elected or moved (a topic just
-        created, a broker restarting) for up to ``timeout_s``."""
-        return _retrying(lambda: c.get_watermark_offsets(TopicPartition(self.topic, partition),
-                                                         timeout=timeout_s)[1], _ELECTING, timeout_s, pause_s=0.1)
+        """The partition's end offset (:func:`watermarks`: waiting out a leader election)."""
+        return watermarks(c, TopicPartition(self.topic, partition), timeout_s, pause_s=0.1)[1]
 
     def newer(self, partition: int, offset: int, timeout_s: float = 1.0):
         """The partition's last record if it lies past ``offset``, else None: one round trip to the
