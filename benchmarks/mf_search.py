@@ -42,7 +42,7 @@ def mf_predictions(cfg: ModelConfig, events) -> np.ndarray:
     rows = models.rows([e.item_id for e in events]).numpy()
     index: dict[str, int] = {}
     user_of = np.fromiter((index.setdefault(e.user_id, len(index)) for e in events), np.int64, len(events))
-    users = np.stack([mf.new_user(u).numpy() for u in index]).astype(np.float32)
+    users = mf.new_users(list(index))
     y = np.array([e.value for e in events], np.float32)
     learn = ~np.array([is_heldout(e.event_id, cfg.heldout_fraction) for e in events], np.bool_)
     pred, _, _ = sequential.mf_pass(users, user_of, rows, y, learn, mf.q.data.numpy(), mf.b.data.numpy(),

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from models import sequential
+from models.affinity import UserAffinity
 from models.base import Batch
 from models.ensemble import Examples, ModelSet
 from models.params import RowDelta, Version
@@ -129,6 +130,8 @@ class Predictions:
     scores: dict[str, list[float]] = field(default_factory=dict)
     fused: list[float] = field(default_factory=list)
     heldout: list[bool] = field(default_factory=list)
+    #: How much the user's attribute correction (models.affinity) moved ``fused``; empty when it is off.
+    correction: list[float] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.event_id)
@@ -138,10 +141,10 @@ class Predictions:
         pick = lambda col: [v for v, k in zip(col, keep, strict=True) if k]  # noqa: E731
         return Predictions(pick(self.event_id), pick(self.user_id), pick(self.item_id), pick(self.ts), pick(self.type),
                            pick(self.label), {n: pick(c) for n, c in self.scores.items()}, pick(self.fused),
-                           pick(self.heldout))
+                           pick(self.heldout), pick(self.correction) if self.correction else [])
 
     def extend(self, other: Predictions) -> None:
-        for name in ("event_id", "user_id", "item_id", "ts", "type", "label", "fused", "heldout"):
+        for name in ("event_id", "user_id", "item_id", "ts", "type", "label", "fused", "heldout", "correction"):
             getattr(self, name).extend(getattr(other, name))
         for k, v in other.scores.items():
             self.scores.setdefault(k, []).extend(v)
@@ -207,6 +210,9 @@ class OnlineLearner:
         #: True: a top-k after every interaction (the tests' reference); False: once per user and batch,
         #: after the user's last interaction in it (the same list as that last per-event one).
         self.refresh_every_event = False
+        #: The fusion's per-user correction (models.affinity); None when model.affinity_buckets is 0.
+        self.affinity = UserAffinity(cfg) if cfg.affinity_buckets else None
+        self._users: dict[str, dict] = {}  # the batch's users (process), for the candidates' corrections
 
     def warm_up(self) -> None:
         """Compile now what the first batch would otherwise compile (no model uses autograd, whose
@@ -225,6 +231,8 @@ class OnlineLearner:
     def process(self, inputs: list[Inputs], users: dict[str, dict]) -> BatchResult:
         """Learn from and score one batch; ``users`` maps user id -> user model state (updated in place)."""
         result = BatchResult()
+        self._users = users
+        affinity = self.affinity
         ctx = pair_of = None
         if self.search is not None:
             ctx = self.search.context(inputs, users, self.cfg.rating_min, self.cfg.rating_max)
@@ -243,6 +251,8 @@ class OnlineLearner:
             t = e.type
             if e.item_id is not None:
                 pair = pair_of[pos] if pair_of else NO_PAIR
+                if affinity is not None and e.category is not None:
+                    affinity.note(e.item_id, e.category)
                 if t == "impression":
                     user["impressions"][e.item_id] = OpenImpression(e.ts, e.event_id, x.dense, x.buckets, x.code,
                                                                     pair)
@@ -308,6 +318,7 @@ class OnlineLearner:
 
         ``due`` holds (user id, item id, impression event id).
         """
+        self._users = users
         cols = ExampleColumns()
         for user_id, item_id, event_id in due:
             user = users.get(user_id)
@@ -461,17 +472,22 @@ class OnlineLearner:
                 raw = {m.mf.name: mf_pred.to(dev), ftrl.name: ftrl_pred, m.ranker.name: ranker_pred}
                 fused = m.fusion.predict_and_learn(raw, y, learn_mask, cfg.step_examples)
             fused = fused.clamp(lo, hi)
+        blend = None
+        if self.affinity is not None:
+            blend, fused = fused, self._affinity(cols, items, fused, y, learn, users)
 
         # Scores in the label's units (LabelScale.units, as one op per model): ratings clamped to the
         # scale, binary feedback rescaled to 0..1.
         rating = torch.tensor(is_rating, device=dev)
 
-        def units(v: torch.Tensor) -> list[float]:
+        def units(v: torch.Tensor) -> torch.Tensor:
             v = v.clamp(lo, hi)
-            return torch.where(rating, v, (v - lo) / (hi - lo)).tolist()
+            return torch.where(rating, v, (v - lo) / (hi - lo))
 
+        fused_units = units(fused)
         out = Predictions(cols.event_id, cols.user_id, cols.item_id, cols.ts, cols.type, cols.label,
-                          {k: units(v) for k, v in raw.items()}, units(fused), heldout)
+                          {k: units(v).tolist() for k, v in raw.items()}, fused_units.tolist(), heldout,
+                          [] if blend is None else (fused_units - units(blend)).tolist())
         if self.learning:
             for i in (i for i in range(n) if heldout[i]):  # plain values: they are pickled for the merger
                 self.heldout.append({"item": cols.item_id[i], "user_params": before[i],
@@ -483,6 +499,22 @@ class OnlineLearner:
                 sub = batch if len(learned) == n else batch.subset(t)
                 m.learn(sub, y[t], {k: v[t] for k, v in raw.items()}, models=[ftrl], fusion=False)
         return out, after
+
+    def _affinity(self, cols: ExampleColumns, items: torch.Tensor, fused: torch.Tensor, y: torch.Tensor,
+                  learn: np.ndarray, users: dict[str, dict]) -> torch.Tensor:
+        """The fused predictions with each user's attribute correction (models.affinity), which then
+        learns from each example's remaining error, in order."""
+        aff = self.affinity
+        index: dict[str, int] = {}
+        user_of = np.fromiter((index.setdefault(u, len(index)) for u in cols.user_id), np.int64, len(cols))
+        width = 2 * aff.buckets
+        tables = np.stack([aff.table(users[u], width) for u in index])
+        adj = aff.learn(tables, user_of, items.cpu().numpy(), fused.cpu().numpy(), y.cpu().numpy(), learn,
+                        self.models.params.index.ids)
+        if learn.any():
+            for u, r in index.items():
+                users[u]["aff"] = tables[r].copy()
+        return (fused + torch.from_numpy(adj).to(fused.device)).clamp(self.scale.lo, self.scale.hi)
 
     # -- recommendations -------------------------------------------------------------
     def _recommend(self, refresh: list[tuple[Inputs, np.ndarray, list[str], int]],
@@ -555,7 +587,13 @@ class OnlineLearner:
         codes = torch.tensor([x.code for x, _ in items], dtype=torch.long, device=self.device)
         buckets = torch.tensor([x.buckets_after or x.buckets for x, _ in items], dtype=torch.long, device=self.device)
         with torch.no_grad():
-            return m.score_candidates(params, dense, codes, buckets, cand, pair)
+            scores = m.score_candidates(params, dense, codes, buckets, cand, pair)
+        aff = self.affinity
+        if aff is not None:
+            tables = aff.tables([self._users[x.event.user_id] for x, _ in items])
+            adj = aff.scores(tables, cand.cpu().numpy(), m.params.index.ids)
+            scores = scores + torch.from_numpy(adj).to(scores.device)
+        return scores
 
     def _rerank(self, items, params, cand, valid, pair=None) -> list[Recommendation]:
         scores = self._score(items, params, cand, pair).masked_fill(~valid, float("-inf"))

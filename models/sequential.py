@@ -746,6 +746,74 @@ def seeded_normals(names: list[str], seed: int, dim: int) -> np.ndarray:
     return out
 
 
+@jit
+def _affinity_of(t, c_row, width, prior):
+    """The correction of one item (attribute codes ``c_row``, ending at the first negative) for one user's
+    table ``t``, and how many codes it has."""
+    a = 0.0
+    m = 0
+    for j in range(c_row.shape[0]):
+        c = c_row[j]
+        if c < 0:
+            break
+        a += t[c] / (t[width + c] + prior)
+        m += 1
+    return (a / math.sqrt(m) if m else 0.0), m
+
+
+@jit
+def _affinity_pass(tables, user_of, rows, codes, base, y, learn, prior, out):
+    width = tables.shape[1] // 2
+    for i in range(len(user_of)):
+        t = tables[user_of[i]]
+        c_row = codes[rows[i]]
+        a, m = _affinity_of(t, c_row, width, prior)
+        out[i] = a
+        if learn[i]:
+            r = y[i] - (base[i] + a)
+            for j in range(m):
+                c = c_row[j]
+                t[c] += r
+                t[width + c] += 1.0
+
+
+def affinity_pass(tables: np.ndarray, user_of: np.ndarray, rows: np.ndarray, codes: np.ndarray, base: np.ndarray,
+                  y: np.ndarray, learn: np.ndarray, prior: float) -> np.ndarray:
+    """models.affinity's per-user attribute residuals over a batch in order, each example corrected before
+    it learns: the correction of example i is the mean over its item's attribute codes ``codes[rows[i]]``
+    (ending at the first negative) of the user's shrunk residual means ``sum / (count + prior)``, times
+    the square root of their number; then, where ``learn``, the residual ``y - (base + correction)`` is
+    added to each of those codes' sums and 1 to their counts. ``tables`` (users, 2 * buckets) float32,
+    sums then counts, is updated in place. Returns the (n,) corrections.
+
+    >>> t = np.zeros((1, 4), np.float32)
+    >>> affinity_pass(t, np.zeros(2, np.int64), np.zeros(2, np.int64), np.array([[1, -1]], np.int32),
+    ...               np.array([3.0, 3.0], np.float32), np.array([5.0, 5.0], np.float32), np.ones(2, np.bool_),
+    ...               1.0).tolist(), t.tolist()
+    ([0.0, 1.0], [[0.0, 3.0, 0.0, 2.0]])
+    """
+    out = np.zeros(len(user_of), np.float32)
+    _affinity_pass(tables, user_of, rows, codes, base, y, learn, np.float32(prior), out)
+    return out
+
+
+@jit
+def _affinity_scores(tables, cand, codes, prior, out):
+    width = tables.shape[1] // 2
+    for b in range(cand.shape[0]):
+        t = tables[b]
+        for k in range(cand.shape[1]):
+            out[b, k] = _affinity_of(t, codes[cand[b, k]], width, prior)[0]
+
+
+def affinity_scores(tables: np.ndarray, cand: np.ndarray, codes: np.ndarray, prior: float) -> np.ndarray:
+    """The corrections :func:`affinity_pass` would give (B, M) candidate rows ``cand`` (attribute codes
+    ``codes[cand]``) for B users' ``tables`` (B, 2 * buckets), without learning."""
+    out = np.zeros(cand.shape, np.float32)
+    _affinity_scores(tables, cand, codes, np.float32(prior), out)
+    return out
+
+
 def warm_up() -> None:
     """Compile the passes now, so the first batch does not pay for it: about 20 s the first time on a
     machine (``make setup`` does it once), under a second from numba's cache after that. Every array
@@ -767,6 +835,9 @@ def warm_up() -> None:
                        (f(6, 3), f(3), f(3), f(1), one, f(1, 2), f(4, 4), f(4), np.zeros(2, np.int64)))
     text_pairs(f(2, 4), np.zeros((1, 1), np.int64), f(1, 4), f(1, 4))
     seeded_normals(["u"], 7, 2)
+    codes = np.full((1, 2), -1, np.int32)
+    affinity_pass(f(1, 4), one, one, codes, f(1), f(1), np.ones(1, np.bool_), 10.0)
+    affinity_scores(f(1, 4), np.zeros((1, 1), np.int64), codes, 10.0)
     for pair in (f(1, 1, 2), None):  # (one compilation: the pass gets zeros and a flag for None)
         candidates_pass(f(1, 3), f(1, 2), np.zeros((1, 1), np.int64), pair, one, np.zeros((1, 2), np.int64),
                         np.zeros((1, 3), np.int64), f(1, 2), (f(1, 2), f(1), 3.0), (f(4), f(4), 0.1, 1.0, 0.1, 1.0, 3.0),

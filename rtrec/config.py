@@ -244,6 +244,16 @@ class ModelConfig:
     fusion_robust: float = 1.0
     # Per-example error is clipped to this many rating points before any gradient.
     grad_clip: float = 4.0
+    # The fusion's per-user correction (models.affinity): each user's shrunk mean error of the fused
+    # prediction per item attribute (genre, decade; the event's category where the catalogue lacks the
+    # item), added to the blend. Attribute names hash into this many buckets per user (2 floats each,
+    # in keyed state); 0 turns it off. The prior is the number of examples an attribute's mean is shrunk
+    # towards 0 by; searched on the first half of MovieLens-100K (benchmarks/affinity_search.py).
+    affinity_buckets: int = 128
+    affinity_prior: float = 10.0
+    # Item attributes: movielens-100k (genres and decade), a .jsonl of {"item_id", "attributes": [...]}
+    # lines or a .csv with item_id and attributes ("|"-separated) columns; "" for none (categories only).
+    item_attributes: str = "movielens-100k"
 
     # Recommendations: k items, re-ranked by the fused model from the MF's top
     # `retrieve` items of the catalogue; items a user interacted with recently
@@ -646,6 +656,9 @@ def validate(cfg: RtrecConfig) -> None:
         raise ConfigError("features.snapshots: expected batch (one per entity and micro-batch) or event")
     if cfg.model.top_k < 1 or cfg.model.dim < 1:
         raise ConfigError("model.top_k and model.dim must be at least 1")
+    if cfg.model.affinity_buckets < 0 or not cfg.model.affinity_prior > 0:
+        raise ConfigError("model.affinity_buckets must not be negative (0: off) and model.affinity_prior must be "
+                          "positive")
     if cfg.kafka.version_chunk_bytes < 1024:
         raise ConfigError("kafka.version_chunk_bytes must be at least 1024")
     for name, device in (("model.device", cfg.model.device), ("text.device", cfg.text.device)):

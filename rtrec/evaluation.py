@@ -90,13 +90,17 @@ class Example:
     type: str
     label: float
     scores: dict[str, float]
+    #: How much the fusion's per-user correction moved ``fused`` (None: off, or a record from before it).
+    correction: float | None = None
 
     @classmethod
     def from_record(cls, d: dict) -> Example:
         scores = {k: float(v) for k, v in (d.get("scores") or {}).items()}
         if d.get("fused") is not None:
             scores["fused"] = float(d["fused"])
-        return cls(int(d["ts"]), str(d["user_id"]), str(d["item_id"]), d["type"], float(d["label"]), scores)
+        c = d.get("correction")
+        return cls(int(d["ts"]), str(d["user_id"]), str(d["item_id"]), d["type"], float(d["label"]), scores,
+                   None if c is None else float(c))
 
     @property
     def is_rating(self) -> bool:
@@ -259,16 +263,22 @@ def fusion_shares(examples: Sequence[Example], models: Sequence[str]) -> dict[st
     """Each model's share of the fused prediction's variation over ``examples``.
 
     The fusion is linear, ``fused = w0 + sum_m w_m * score_m`` (models.fusion),
-    with weights that move slowly; least squares of ``fused`` on the scores
-    recovers the weights in effect over these examples (exactly, when they held
-    still). A model's share is ``|w_m| * sd(score_m)`` over the sum of those:
-    how much of the spread of the fused predictions it moves. None when there
-    is no fused score or too few examples to fit.
+    plus, where the records carry it, the user's attribute ``correction``
+    (models.affinity), with weights that move slowly; least squares of ``fused``
+    on the scores (and the correction) recovers the weights in effect over these
+    examples (exactly, when they held still). A model's share is
+    ``|w_m| * sd(score_m)`` over the sum of those: how much of the spread of the
+    fused predictions it moves; the correction's share is reported as
+    ``correction``. None when there is no fused score or too few examples to fit.
 
     >>> ex = [Example(i, "u", "i", "rating", 3.0, {"a": a, "b": b, "fused": 0.5 + 0.6 * a + 0.2 * b})
-    ...       for i, (a, b) in enumerate([(1, 4), (2, 2), (3, 5), (4, 1), (5, 3), (2, 4)])]
+    ...       for i, (a, b) in enumerate([(1, 4), (2, 2), (3, 5), (4, 1), (5, 3), (2, 4), (4, 4), (1, 1)])]
     >>> {m: round(v, 3) for m, v in fusion_shares(ex, ["a", "b", "fused"]).items()}
-    {'a': 0.75, 'b': 0.25}
+    {'a': 0.747, 'b': 0.253}
+    >>> for e, c in zip(ex, [0.2, -0.4, 0.0, 0.4, -0.2, 0.0, 0.1, -0.1]):
+    ...     e.scores["fused"] += c; e.correction = c
+    >>> {m: round(v, 3) for m, v in fusion_shares(ex, ["a", "b", "fused"]).items()}
+    {'a': 0.62, 'b': 0.21, 'correction': 0.17}
     """
     import numpy as np
 
@@ -277,13 +287,17 @@ def fusion_shares(examples: Sequence[Example], models: Sequence[str]) -> dict[st
     if not base or len(rows) < 2 * (len(base) + 1):
         return None
     x = np.array([[e.scores[m] for m in base] for e in rows], dtype=np.float64)
+    names = list(base)
+    if len(rows) >= 2 * (len(base) + 2) and all(e.correction is not None for e in rows):
+        x = np.column_stack([x, [e.correction for e in rows]])
+        names.append("correction")
     y = np.array([e.scores["fused"] for e in rows], dtype=np.float64)
     w = np.linalg.lstsq(np.column_stack([np.ones(len(rows)), x]), y, rcond=None)[0][1:]
     moved = np.abs(w) * x.std(axis=0)
     total = float(moved.sum())
     if not total > 0:
         return None
-    return {m: float(v) / total for m, v in zip(base, moved, strict=True)}
+    return {m: float(v) / total for m, v in zip(names, moved, strict=True)}
 
 
 def _metrics(examples: list[Example], recs: RecommendationIndex, models: list[str],
@@ -453,7 +467,8 @@ def plot(ev: Evaluation, out_dir: Path) -> list[Path]:
         if any(shares):
             figure(f"fusion_share_{kind}_over_time.png",
                    f"Share of the fused prediction per model, per window ({kind} examples)", "share",
-                   {m: [sh[m] if sh else math.nan for sh in shares] for m in ev.models if m != "fused"})
+                   {m: [sh.get(m, math.nan) if sh else math.nan for sh in shares]
+                    for m in dict.fromkeys(k for sh in shares if sh for k in sh)})
     figure("recall_over_time.png", f"recall@{ev.k} of the newest list before each positive, per window",
            f"recall@{ev.k}", {f"recall@{ev.k}": [w["recall"]["recall"] for w in ev.windows]})
     return paths

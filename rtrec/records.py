@@ -70,21 +70,32 @@ def read_record(topic: str, value: bytes) -> dict:
 
 
 def encode_predictions(p: Predictions, version: int, trainer: int, out: TopicRecords) -> None:
-    """One predictions-topic record per example (key: user id)."""
+    """One predictions-topic record per example (key: user id); ``correction`` where the fusion's per-user
+    correction (models.affinity) is on."""
     names = tuple(p.scores)
     dumps, sep = orjson.dumps, SEPARATOR
     # (one comprehension over the columns, each record straight into the list as TopicRecords.append
     # writes it: this runs per example, and took 3 µs an example as a loop of appends; a score row has
     # one value per name by construction, hence strict=False there)
+    columns = zip(p.event_id, p.user_id, p.item_id, p.ts, p.type, p.label,
+                  zip(*(p.scores[n] for n in names), strict=True), p.fused, p.heldout, strict=True)
+    if not p.correction:
+        list.extend(out, [
+            f"{user}{sep}" + dumps({
+                "event_id": event_id, "user_id": user, "item_id": item_id, "ts": ts, "type": type_, "label": label,
+                "model_version": version, "scores": dict(zip(names, scores, strict=False)), "fused": fused,
+                "heldout": heldout, "trainer": trainer,
+            }).decode()
+            for event_id, user, item_id, ts, type_, label, scores, fused, heldout in columns
+        ])
+        return
     list.extend(out, [
-        f"{user}{sep}" + dumps({
-            "event_id": event_id, "user_id": user, "item_id": item_id, "ts": ts, "type": type_, "label": label,
-            "model_version": version, "scores": dict(zip(names, scores, strict=False)), "fused": fused,
-            "heldout": heldout, "trainer": trainer,
+        f"{row[1]}{sep}" + dumps({
+            "event_id": row[0], "user_id": row[1], "item_id": row[2], "ts": row[3], "type": row[4], "label": row[5],
+            "model_version": version, "scores": dict(zip(names, row[6], strict=False)), "fused": row[7],
+            "heldout": row[8], "trainer": trainer, "correction": correction,
         }).decode()
-        for event_id, user, item_id, ts, type_, label, scores, fused, heldout in zip(
-            p.event_id, p.user_id, p.item_id, p.ts, p.type, p.label,
-            zip(*(p.scores[n] for n in names), strict=True), p.fused, p.heldout, strict=True)
+        for row, correction in zip(columns, p.correction, strict=True)
     ])
 
 

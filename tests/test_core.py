@@ -18,6 +18,7 @@ from models.params import (
 from rtrec.config import load_config
 from rtrec.core.item import ItemCore
 from rtrec.core.user import UserCore, UserState
+from rtrec.evaluation import Example
 from rtrec.events import Event
 from rtrec.features.backfill import event_order
 from rtrec.features.definitions import USER_FEATURES
@@ -370,3 +371,14 @@ def test_prediction_records_take_each_field_from_its_own_column():
                      "type": p.type[i], "label": p.label[i], "model_version": 7,
                      "scores": {"mf": p.scores["mf"][i], "ftrl": p.scores["ftrl"][i]}, "fused": p.fused[i],
                      "heldout": p.heldout[i], "trainer": 3}
+    # With the fusion's per-user correction on, each record carries its own row's correction too.
+    p.correction = [i / 100 - 0.02 for i in range(n)]
+    out = Outputs()
+    encode_predictions(p, 7, 3, out.predictions)
+    for i, record in enumerate(out.predictions):
+        key, value = record.split(SEPARATOR, 1)
+        d = orjson.loads(value)
+        jsonschema.validate(d, SCHEMAS["prediction"])
+        assert key == p.user_id[i] and d["event_id"] == p.event_id[i] and d["fused"] == p.fused[i]
+        assert d["correction"] == p.correction[i] and d["scores"]["ftrl"] == p.scores["ftrl"][i]
+        assert Example.from_record(d).correction == p.correction[i]
