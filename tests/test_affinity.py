@@ -93,6 +93,10 @@ def test_catalogue_files_and_their_errors(tmp_path):
     assert ml["1"] == ("Animation", "Children's", "Comedy", "1990s")  # Toy Story (1995)
     with pytest.raises(ConfigError, match="affinity_buckets"):
         validate(RtrecConfig(model=ModelConfig(affinity_buckets=-1)))
+    with pytest.raises(ConfigError, match="existing .jsonl"):
+        validate(RtrecConfig(model=ModelConfig(item_attributes=str(tmp_path / "missing.jsonl"))))
+    validate(RtrecConfig(model=ModelConfig(item_attributes=str(csv))))
+    validate(RtrecConfig(model=ModelConfig(item_attributes=str(tmp_path / "missing.jsonl"), affinity_buckets=0)))
 
 
 def test_item_rows_take_the_catalogue_then_the_events_category(tmp_path):
