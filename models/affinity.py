@@ -101,19 +101,9 @@ class UserAffinity:
         self._filled = 0  # rows looked up so far
         self._unknown: dict[str, int] = {}  # item id -> its row, for rows without attributes yet
 
-    def new_table(self) -> np.ndarray:
-        return np.zeros(2 * self.buckets, np.float32)
-
-    @staticmethod
-    def table(user: dict, width: int) -> np.ndarray:
-        """The user's table (``user["aff"]``); state written before it (or with other buckets) starts afresh."""
-        t = user.get("aff")
-        if t is None or len(t) != width:
-            t = user["aff"] = np.zeros(width, np.float32)
-        return t
-
     def tables(self, users: list[dict]) -> np.ndarray:
-        """(len(users), 2 * buckets) copies of the users' tables, zeros for a user without one (who keeps none)."""
+        """(len(users), 2 * buckets) copies of the users' tables (``user["aff"]``), zeros for a user without
+        one: a new user, or state written before the correction or with another bucket count."""
         out = np.zeros((len(users), 2 * self.buckets), np.float32)
         width = out.shape[1]
         for r, user in enumerate(users):

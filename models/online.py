@@ -318,7 +318,6 @@ class OnlineLearner:
 
         ``due`` holds (user id, item id, impression event id).
         """
-        self._users = users
         cols = ExampleColumns()
         for user_id, item_id, event_id in due:
             user = users.get(user_id)
@@ -507,13 +506,12 @@ class OnlineLearner:
         aff = self.affinity
         index: dict[str, int] = {}
         user_of = np.fromiter((index.setdefault(u, len(index)) for u in cols.user_id), np.int64, len(cols))
-        width = 2 * aff.buckets
-        tables = np.stack([aff.table(users[u], width) for u in index])
+        names = list(index)
+        tables = aff.tables([users[u] for u in names])
         adj = aff.learn(tables, user_of, items.cpu().numpy(), fused.cpu().numpy(), y.cpu().numpy(), learn,
                         self.models.params.index.ids)
-        if learn.any():
-            for u, r in index.items():
-                users[u]["aff"] = tables[r].copy()
+        for r in np.unique(user_of[learn]).tolist():  # (users who learned: a user keeps a table from then on)
+            users[names[r]]["aff"] = tables[r].copy()
         return (fused + torch.from_numpy(adj).to(fused.device)).clamp(self.scale.lo, self.scale.hi)
 
     # -- recommendations -------------------------------------------------------------
