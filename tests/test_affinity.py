@@ -8,7 +8,7 @@ import pytest
 from models import sequential
 from models.affinity import UNSET, WIDTH, UserAffinity, attribute_codes, catalogue_attributes
 from models.online import Inputs, OnlineLearner
-from rtrec.config import ConfigError, ModelConfig, RtrecConfig, validate
+from rtrec.config import ConfigError, ModelConfig, RtrecConfig, TextConfig, validate
 from rtrec.events import Event
 from rtrec.features.model_inputs import id_code
 
@@ -96,6 +96,8 @@ def test_catalogue_files_and_their_errors(tmp_path):
     with pytest.raises(ConfigError, match="existing .jsonl"):
         validate(RtrecConfig(model=ModelConfig(item_attributes=str(tmp_path / "missing.jsonl"))))
     validate(RtrecConfig(model=ModelConfig(item_attributes=str(csv))))
+    with pytest.raises(ConfigError, match="text.catalogue"):  # the same check for the texts' catalogue
+        validate(RtrecConfig(text=TextConfig(catalogue=str(tmp_path / "texts.txt"))))
     validate(RtrecConfig(model=ModelConfig(item_attributes=str(tmp_path / "missing.jsonl"), affinity_buckets=0)))
 
 
