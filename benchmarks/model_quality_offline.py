@@ -25,6 +25,7 @@ from benchmarks.common import write_results  # noqa: E402
 from rtrec.config import load_config  # noqa: E402
 from rtrec.core.local import LocalPipeline  # noqa: E402
 from rtrec.datasets import movielens_events  # noqa: E402
+from rtrec.evaluation import Example, Recommendation, recall_at_k  # noqa: E402
 from rtrec.metrics import auc, mae, rmse  # noqa: E402
 
 
@@ -49,6 +50,16 @@ def report(p, start: float = 0.0) -> dict:
         out[name] = {"mae": round(mae(pred, truth), 4), "rmse": round(rmse(pred, truth), 4),
                      "auc": round(auc(pred, positive), 4)}
     return out
+
+
+def recall(run: LocalPipeline, k: int) -> dict:
+    """recall@k of the top-k lists the run issued (rtrec.evaluation.recall_at_k: the newest list strictly before
+    each positive: a rating >= 4 or a positive binary outcome), as ``rtrec eval`` computes it."""
+    p = run.predictions
+    positives = [e for e in (Example(p.ts[i], p.user_id[i], p.item_id[i], p.type[i], p.label[i], {})
+                             for i in range(len(p))) if e.positive]
+    r = recall_at_k((Recommendation(x.event.ts, x.event.user_id, x.items) for x in run.recommendations), positives, k)
+    return {"k": k, "recall": round(r.recall, 4), "hits": r.hits, "positives_with_a_list": r.positives}
 
 
 def main() -> None:
@@ -77,7 +88,10 @@ def main() -> None:
             h = second[name]
             print(f"  {name:<8} MAE {m['mae']:.4f}  RMSE {m['rmse']:.4f}  AUC {m['auc']:.4f}   "
                   f"MAE {h['mae']:.4f}  RMSE {h['rmse']:.4f}  AUC {h['auc']:.4f}")
-        runs[f"parallelism {parallelism}, window {window}"] = {"versions": run.merger.version, "whole_stream": whole, "second_half": second}
+        rec = recall(run, cfg.model.top_k)
+        print(f"  recall@{rec['k']} {rec['recall']:.4f} ({rec['hits']:,} of {rec['positives_with_a_list']:,} positives)")
+        runs[f"parallelism {parallelism}, window {window}"] = {"versions": run.merger.version, "whole_stream": whole,
+                                                               "second_half": second, "recall": rec}
     if args.results:
         print(write_results(args.results, {"command": "python " + " ".join(sys.argv), "settings": args.set,
                                            "events": len(events), "runs": runs}))

@@ -587,7 +587,7 @@ class OnlineLearner:
         with torch.no_grad():
             scores = m.score_candidates(params, dense, codes, buckets, cand, pair)
         aff = self.affinity
-        if aff is not None:
+        if aff is not None and self.cfg.affinity_ranking:
             tables = aff.tables([self._users[x.event.user_id] for x, _ in items])
             adj = aff.scores(tables, cand.cpu().numpy(), m.params.index.ids)
             scores = scores + torch.from_numpy(adj).to(scores.device)

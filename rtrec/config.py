@@ -251,6 +251,11 @@ class ModelConfig:
     # towards 0 by; searched on the first half of MovieLens-100K (benchmarks/affinity_search.py).
     affinity_buckets: int = 128
     affinity_prior: float = 10.0
+    # Add the correction to candidates' scores too (top-k lists, requests, searches). Off: lists are ranked
+    # by the blend, which measured better recall on MovieLens-100K (recall@20 0.0732 against 0.0702,
+    # benchmarks/model_quality_offline.py): the correction predicts how a user rates an item of a genre,
+    # not which item they turn to next. On: items known only by their attributes rank by them.
+    affinity_ranking: bool = False
     # Item attributes: movielens-100k (genres and decade), a .jsonl of {"item_id", "attributes": [...]}
     # lines or a .csv with item_id and attributes ("|"-separated) columns; "" for none (categories only).
     item_attributes: str = "movielens-100k"

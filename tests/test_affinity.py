@@ -186,7 +186,7 @@ def test_state_written_before_the_correction_reads_and_starts_a_table(tmp_path):
 
 
 def test_recommendations_rank_candidates_by_the_users_attribute_correction(tmp_path):
-    cfg = ModelConfig(heldout_fraction=0.0, item_attributes=_catalogue(tmp_path), top_k=2)
+    cfg = ModelConfig(heldout_fraction=0.0, item_attributes=_catalogue(tmp_path), top_k=2, affinity_ranking=True)
     learner, users, _ = _run(cfg, [_ratings(300, seed) for seed in range(4)])
     # Items no one has rated yet, known only by their attributes: u1 (odd) loves Westerns (odd items), u2 Musicals.
     fans = {"u1": ["i101", "i103"], "u2": ["i102", "i104"]}
@@ -196,3 +196,24 @@ def test_recommendations_rank_candidates_by_the_users_attribute_correction(tmp_p
         x[0].dense_after, x[0].buckets_after = x[0].dense, x[0].buckets
         rec = learner.process(x, users).recommendations[0]
         assert sorted(rec.items) == liked
+
+
+def test_by_default_lists_are_ranked_by_the_blend_alone(tmp_path):
+    """model.affinity_ranking off (the default): the correction changes predictions, not the lists."""
+    batches = [_ratings(200, seed) + [Event(f"v{seed}", "u1", "i7", "view", 10**6 + seed)] for seed in range(3)]
+
+    def lists(**kw):
+        learner = OnlineLearner(ModelConfig(heldout_fraction=0.0, item_attributes=_catalogue(tmp_path), **kw))
+        users, out = {}, []
+        for batch in batches:
+            for e in batch:
+                users.setdefault(e.user_id, learner.new_user(e.user_id))
+            x = _inputs(batch)
+            for i in x:
+                i.dense_after, i.buckets_after = i.dense, i.buckets
+            out += [(r.event.event_id, r.items, r.scores) for r in learner.process(x, users).recommendations]
+        return out
+
+    plain = lists(affinity_buckets=0)
+    assert lists() == plain
+    assert lists(affinity_ranking=True) != plain
