@@ -268,7 +268,8 @@ class ModelConfig:
     exclude_recent: int = 100
 
     # An impression with no click, cart or purchase of the same item by the
-    # same user within this much event time becomes a negative example.
+    # same user within this much event time becomes a negative example (decided
+    # on the next whole second of event time after the window closes).
     attribution_window_ms: int = 1_800_000
 
     # Trainers hand their updates to the merger after every batch; the merger

@@ -382,3 +382,47 @@ def test_prediction_records_take_each_field_from_its_own_column():
         assert key == p.user_id[i] and d["event_id"] == p.event_id[i] and d["fused"] == p.fused[i]
         assert d["correction"] == p.correction[i] and d["scores"]["ftrl"] == p.scores["ftrl"][i]
         assert Example.from_record(d).correction == p.correction[i]
+
+
+@pytest.mark.parametrize("parallelism", [1, 2])
+def test_unclicked_impressions_become_negatives_once_the_watermark_passes_their_window(parallelism):
+    """LocalPipeline fires the impressions' timers as the UserStage does: every timer the watermark passed,
+    per subtask, in one expiry; the rest at the end of the stream. Timers fall on whole seconds."""
+    from rtrec.core.local import LocalPipeline
+    from rtrec.core.user import IMPRESSION_TIMER_MS
+
+    window_ms = 60_000
+    events = []
+    for u in range(6):
+        user = f"u{u}"
+        events += [Event(f"{user}-seen", user, "a", "impression", 10_000 + u),
+                   Event(f"{user}-clicked", user, "b", "impression", 10_100 + u),
+                   Event(f"{user}-click", user, "b", "click", 20_000 + u),
+                   Event(f"{user}-late", user, "c", "impression", 500_000 + u)]
+    events.sort(key=lambda e: e.ts)
+    events.append(Event("later", "u0", "d", "view", 200_000))  # moves the watermark past the first windows
+    events.sort(key=lambda e: e.ts)
+    pipe = LocalPipeline(_cfg(f"flink.parallelism={parallelism}", f"model.attribution_window_ms={window_ms}"))
+    expired_during = []
+    expire = pipe.expire
+
+    def spy(watermark):
+        before = len(pipe.predictions)
+        expire(watermark)
+        expired_during.append((watermark, pipe.predictions.event_id[before:]))
+
+    pipe.expire = spy
+    pipe.run(events, 5)
+    p = pipe.predictions
+    negatives = {e: (t, y) for e, t, y in zip(p.event_id, p.type, p.label, strict=True) if t == "impression"}
+    assert negatives.keys() == {f"u{u}-{k}" for u in range(6) for k in ("seen", "late")}
+    assert {y for _, y in negatives.values()} == {0.0}
+    # The first window's impressions expired while the stream went on, the late ones only at its end.
+    during = {e for w, ids in expired_during if w < 2**62 for e in ids}
+    assert {f"u{u}-seen" for u in range(6)} <= during and not any(e.endswith("-late") for e in during)
+    assert not any(pipe.due)
+    # Each timer on a whole second, and after the window.
+    core, _ = _core(f"model.attribution_window_ms={window_ms}")
+    batch = core.step([e.to_json() for e in events[:3]], [0] * 3, list(range(3)), -(2**62), lambda _: None)
+    assert batch.impressions_due and all(at % IMPRESSION_TIMER_MS == 0 for at in batch.impressions_due)
+    assert min(batch.impressions_due) >= events[0].ts + window_ms

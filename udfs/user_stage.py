@@ -263,12 +263,21 @@ class UserStage(KeyedBroadcastProcessFunction):
     def on_timer(self, timestamp: int, ctx: KeyedBroadcastProcessFunction.OnTimerContext):
         """Impressions whose attribution window closed become negative examples."""
         with self.profile:
-            due = self.impressions.get(timestamp)
+            # Every timer of this shard the watermark has passed, in one expiry: a backlog's watermark
+            # jumps over many at once, and each expiry is a learning step and a delta of its own. The
+            # timers whose entries this takes find nothing when they fire.
+            watermark = max(timestamp, ctx.timer_service().current_watermark())
+            ready = sorted(at for at in self.impressions.keys() if at <= watermark)  # noqa: SIM118 (a MapState)
+            due = []
+            for at in ready:
+                due.extend(self.impressions.get(at))
+                self.impressions.remove(at)
             results = []
             if due:
-                self.impressions.remove(timestamp)
                 users = self.core.users_of(due, self.users.get)
-                result = torch_call(self.core.expire_loaded, due, users)
+                # (no hand-over: a timer here cannot emit to the merger's side output, in thread mode
+                # PyFlink reads whatever it yields as main-output Rows; the next batch hands it over)
+                result = torch_call(self.core.expire_loaded, due, users, False)
                 results = self._route(result, None)
         yield from results
 

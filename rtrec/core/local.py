@@ -8,6 +8,10 @@ accepted events in event-time order (the ItemStage folds them once the
 watermark passes, so the models see item features a batch late, as in the
 job), then the :class:`~models.merger.MergerCore` with one new version per
 window. Keyed state is a dict of the entries the operators would store.
+Impressions' attribution timers fire as the job's event-time timers do: once
+the watermark passes them, before the next window's batches, and all of them
+at the end of the stream (a bounded source's last watermark); each still open
+impression becomes a negative example through the same UserCore.expire.
 
 At ``flink.parallelism`` N > 1 there are N UserCores, each with its own
 trainer, and each shard batch goes to the subtask Flink would give its shard
@@ -74,6 +78,8 @@ class LocalPipeline:
         self.max_batch = cfg.flink.max_batch_events
         self.predictions = Predictions()
         self.recommendations: list = []
+        #: per subtask: event time -> the impressions due then (the UserStage's timers and their state)
+        self.due: list[dict[int, list[tuple[str, str, str]]]] = [{} for _ in range(self.parallelism)]
         self.timings = Timings()
         self.keep_outputs = True
         heap.settle()  # as the operators do once open
@@ -89,7 +95,23 @@ class LocalPipeline:
             chunk = events[start : start + window]
             self.window(chunk, encoded[start : start + window], watermark)
             watermark = max(watermark, max(e.ts for e in chunk) - self.cfg.events.watermark_out_of_orderness_ms)
+            self.expire(watermark)
+        self.expire(2**63 - 1)
         return self
+
+    def expire(self, watermark: int) -> None:
+        """Fire every impression timer at or before ``watermark``: per subtask, the impressions of all of
+        them in time order through one UserCore.expire, as the UserStage's first timer to fire does."""
+        for k, due in enumerate(self.due):
+            ready = sorted(at for at in due if at <= watermark)
+            if not ready:
+                continue
+            c0 = time.process_time()
+            # (as the UserStage's timer: what they taught goes to the merger with the subtask's next batch)
+            batch = self.user_cores[k].expire([x for at in ready for x in due.pop(at)], self.users.get, False)
+            self.users.update({u: s.to_state() for u, s in batch.users.items()})
+            self.timings.user += time.process_time() - c0
+            self._collect(batch)
 
     def window(self, events: list[Event], values: list[bytes], watermark: int) -> None:
         """One batch interval: each user shard's batch (in parts of at most flink.max_batch_events), then
@@ -104,22 +126,17 @@ class LocalPipeline:
                  for part in batch_parts(len(idx), self.max_batch)]
         for shard, idx in parts:
             c0 = clock()
-            core = self.user_cores[subtask_of_shard(shard, self.parallelism, self._max_parallelism)]
+            k = subtask_of_shard(shard, self.parallelism, self._max_parallelism)
+            core = self.user_cores[k]
             batch = core.step([values[i] for i in idx], [shard] * len(idx), idx, watermark, self.users.get)
             self.users.update({u: s.to_state() for u, s in batch.users.items()})
             t.user += clock() - c0
             t.batches += 1
             for evs in batch.item_events.values():
                 accepted.extend(evs)
-            self._count(batch.out)
-            if self.keep_outputs:
-                if batch.predictions is not None:
-                    self.predictions.extend(batch.predictions)
-                self.recommendations.extend(batch.recommendations)
-            if batch.delta is not None:
-                c0 = clock()
-                self.merger.add(read_message(batch.delta.as_message()))  # as the ModelMerger gets it
-                t.merge += clock() - c0
+            for at, entries in batch.impressions_due.items():
+                self.due[k].setdefault(at, []).extend(entries)
+            self._collect(batch)
         t.events += len(events)
         c0 = clock()
         items = self.item_core.fold(sorted(accepted, key=event_order), self.items.get)
@@ -133,6 +150,18 @@ class LocalPipeline:
             for learner in self.learners:
                 learner.apply_version(version)
             t.merge += clock() - c0
+
+    def _collect(self, batch) -> None:
+        """A UserCore batch's outputs counted (and kept), its delta to the merger."""
+        self._count(batch.out)
+        if self.keep_outputs:
+            if batch.predictions is not None:
+                self.predictions.extend(batch.predictions)
+            self.recommendations.extend(batch.recommendations)
+        if batch.delta is not None:
+            c0 = time.process_time()
+            self.merger.add(read_message(batch.delta.as_message()))  # as the ModelMerger gets it
+            self.timings.merge += time.process_time() - c0
 
     def _count(self, out) -> None:
         o = self.timings.outputs

@@ -45,6 +45,9 @@ from rtrec.sharding import shard_of
 #: of the other declarations); 2 and 1 (the engine's state of every declaration) are read.
 USER_STATE_FORMAT = 3
 FEATURES = HybridGroup(USER_FEATURES)
+#: Impressions' attribution windows close on the next whole multiple of this (event time, ms): one timer
+#: (and one MapState entry) per shard and second rather than per impression.
+IMPRESSION_TIMER_MS = 1_000
 
 
 def batch_parts(n: int, most: int) -> list[slice]:
@@ -252,7 +255,8 @@ class UserCore:
                         codes.clear()
                 codes_of.append(code)
                 if e.type == "impression" and e.item_id is not None:  # a negative unless attributed in time
-                    due.setdefault(e.ts + attribution, []).append((u, e.item_id, e.event_id))
+                    at = -(-(e.ts + attribution) // IMPRESSION_TIMER_MS) * IMPRESSION_TIMER_MS
+                    due.setdefault(at, []).append((u, e.item_id, e.event_id))
                 sessions.append(state[session_at][2])
                 other.update(state, e)
                 sessions.append(state[session_at][2])
@@ -315,13 +319,16 @@ class UserCore:
         batch.recommendations = recommendations
 
     # -- impressions and hand-over --------------------------------------------------------
-    def expire(self, due: list[tuple[str, str, str]], load: Callable[[str], dict | None]) -> UserBatch:
+    def expire(self, due: list[tuple[str, str, str]], load: Callable[[str], dict | None],
+               hand_over: bool = True) -> UserBatch:
         """Impressions whose attribution window closed: the still open ones become negative examples.
 
         ``due`` holds (user id, item id, impression event id). :meth:`expire_loaded` is the same for
         users loaded already (the operator loads them on its task thread, then calls that on the torch
-        thread)."""
-        return self.expire_loaded(due, self.users_of(due, load))
+        thread). ``hand_over`` False leaves what they taught the global parameters with the trainer, for
+        its next batch's hand-over: a PyFlink timer (thread mode) can emit the main output only, not
+        the merger's side output."""
+        return self.expire_loaded(due, self.users_of(due, load), hand_over)
 
     @staticmethod
     def users_of(due: list[tuple[str, str, str]], load: Callable[[str], dict | None]) -> dict[str, UserState]:
@@ -334,13 +341,15 @@ class UserCore:
                     users[user_id] = UserState.read(stored)
         return users
 
-    def expire_loaded(self, due: list[tuple[str, str, str]], users: dict[str, UserState]) -> UserBatch:
+    def expire_loaded(self, due: list[tuple[str, str, str]], users: dict[str, UserState],
+                      hand_over: bool = True) -> UserBatch:
         batch = UserBatch(users, Outputs())
         models = {u: s.model for u, s in users.items() if s.model is not None}
         examples = self.learner.expire_impressions(due, models)
         if len(examples):
             self._emit(examples, [], batch)
-            batch.delta = self.hand_over()
+            if hand_over:
+                batch.delta = self.hand_over()
         return batch
 
     def hand_over(self) -> DeltaMessage | None:

@@ -20,6 +20,7 @@ import pytest
 from models.params import Version
 from rtrec import topics
 from rtrec.datasets import movielens_events
+from rtrec.events import Event
 from rtrec.features.backfill import snapshots
 from rtrec.features.definitions import ITEM_FEATURES, USER_FEATURES
 from rtrec.model_updates import whole_versions
@@ -105,9 +106,21 @@ def _run(kafka, name, records, overrides):
     }
 
 
+IMPRESSIONS = 40  # never clicked: each becomes one negative example, whether its timer fires mid-run or at the end
+
+
 @pytest.fixture(scope="module")
 def events():
-    return movielens_events(N)
+    """The ratings with unclicked impressions spread among them, stamped like their neighbours."""
+    ratings = movielens_events(N)
+    out = list(ratings)
+    step = N // (IMPRESSIONS + 1)
+    for k in range(IMPRESSIONS):
+        at = step * (k + 1) + k
+        e = out[at]
+        # (a user and an item of its own: features that depend on the order of equal timestamps stay apart)
+        out.insert(at, Event(f"imp-{k}", f"imp-user-{k}", f"unclicked-{k}", "impression", e.ts))
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +175,7 @@ def test_a_top_k_per_user_and_batch_in_each_users_order(run):
     by_event = {r["event_id"]: (k, r) for k, r in recs}
     assert len(by_event) == len(recs), "no event recommended for twice"
     order = {e.event_id: i for i, e in enumerate(events)}
-    last = {e.user_id: e.event_id for e in events}
+    last = {e.user_id: e.event_id for e in events if e.type != "impression"}  # (an impression refreshes nothing)
     # (a late click taken in after a restore is the last event of its user then: see LATE_USERS)
     assert {e for u, e in last.items() if u not in LATE_USERS} <= set(by_event), \
         "every user's very last event is the last of its batch"
@@ -215,8 +228,10 @@ def test_the_injected_failures_happened_and_each_rating_is_predicted_exactly_onc
     assert MIN_FAULTS <= fired <= FAULTS, f"the UserStage failed {fired} times; {MIN_FAULTS} to {FAULTS} were meant"
     assert f"task failures recovered from during the run: {fired}" in run["stdout"]
     counts = Counter(p["event_id"] for p in run["predictions"])
-    assert set(counts) == {e.event_id for e in run["events"]}
+    assert set(counts) == {e.event_id for e in run["events"]}  # the impressions' negatives among them
     assert set(counts.values()) == {1}
+    negatives = [p for p in run["predictions"] if p["type"] == "impression"]
+    assert len(negatives) == IMPRESSIONS and {p["label"] for p in negatives} == {0}
 
 
 @pytest.mark.parametrize("entity", ["user", "item"])
