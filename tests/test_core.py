@@ -244,8 +244,8 @@ def test_a_batch_writes_records_that_match_their_schemas():
         assert k == r["user_id"]
     assert {r["request"] for _, r in recs} == {"refresh", "search"}
     assert {r["event_id"] for _, r in recs if r["request"] == "refresh"} == {"u-5", "w-5"}
-    assert sorted(batch.impressions_due) == [1_000 + 1_800_000, 1_050 + 1_800_000, 2_000 + 1_800_000,
-                                             2_050 + 1_800_000]
+    # Impressions at 1,000, 1,050, 2,000 and 2,050 ms: their windows close on the next whole seconds.
+    assert {at: len(v) for at, v in batch.impressions_due.items()} == {1_801_000: 1, 1_802_000: 2, 1_803_000: 1}
     assert batch.delta is not None and batch.delta.as_message()[0] == "delta"
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({**preds[0][1], "label": "5"}, SCHEMAS["prediction"])
