@@ -101,7 +101,8 @@ class LocalPipeline:
 
     def expire(self, watermark: int) -> None:
         """Fire every impression timer at or before ``watermark``: per subtask, the impressions of all of
-        them in time order through one UserCore.expire, as the UserStage's first timer to fire does."""
+        them in time order through one UserCore.expire. (The UserStage's timers are per key shard: its
+        first timer to fire takes that shard's due impressions, so a subtask makes one expiry per shard.)"""
         for k, due in enumerate(self.due):
             ready = sorted(at for at in due if at <= watermark)
             if not ready:
