@@ -27,16 +27,14 @@ ids-based models lack, unlike implicit factors, drift or item similarities.
 
 from __future__ import annotations
 
-import csv
 import functools
-import json
 import zlib
-from pathlib import Path
 
 import numpy as np
 
 from models import sequential
 from rtrec.config import ModelConfig
+from rtrec.datasets import catalogue_rows
 
 #: At most this many attributes of an item count (the catalogue's first ones).
 WIDTH = 8
@@ -65,18 +63,12 @@ def catalogue_attributes(source: str) -> dict[str, tuple[str, ...]]:
         return {}
     if source == "movielens-100k":
         return movielens_attributes()
-    path = Path(source)
-    if not path.exists():
-        raise FileNotFoundError(f"model.item_attributes {source!r}: no such file (movielens-100k, a .jsonl or a .csv)")
-    if path.suffix == ".jsonl":
-        with open(path, encoding="utf-8") as f:
-            rows = [json.loads(line) for line in f if line.strip()]
-        return {str(r["item_id"]): tuple(str(a) for a in r.get("attributes") or ()) for r in rows}
-    if path.suffix == ".csv":
-        with open(path, newline="", encoding="utf-8") as f:
-            return {str(r["item_id"]): tuple(a for a in (r.get("attributes") or "").split("|") if a)
-                    for r in csv.DictReader(f)}
-    raise ValueError(f"model.item_attributes {source!r}: expected movielens-100k, a .jsonl or a .csv file")
+
+    def names(value) -> tuple[str, ...]:  # a list (.jsonl) or "|"-separated (.csv)
+        parts = value.split("|") if isinstance(value, str) else (value or ())
+        return tuple(str(a) for a in parts if a)
+
+    return {str(r["item_id"]): names(r.get("attributes")) for r in catalogue_rows(source, "model.item_attributes")}
 
 
 def attribute_codes(names, buckets: int) -> list[int]:

@@ -25,10 +25,6 @@ of every example it learns and every candidate it scores.
 
 from __future__ import annotations
 
-import csv
-import json
-from pathlib import Path
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -36,6 +32,7 @@ import torch.nn.functional as F
 from models.sequential import interest_pass, text_pairs
 from models.text import ItemTextIndex, TextEncoder, movielens_texts
 from rtrec.config import TextConfig
+from rtrec.datasets import catalogue_rows
 from rtrec.events import EVENT_TABLE
 from rtrec.search import fuse_search
 
@@ -47,18 +44,7 @@ def catalogue_texts(source: str) -> dict[str, str]:
         return {}
     if source == "movielens-100k":
         return movielens_texts()
-    path = Path(source)
-    if not path.exists():
-        raise FileNotFoundError(f"text.catalogue {source!r}: no such file (movielens-100k, a .jsonl or a .csv)")
-    if path.suffix == ".jsonl":
-        with open(path, encoding="utf-8") as f:
-            rows = [json.loads(line) for line in f if line.strip()]
-    elif path.suffix == ".csv":
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-    else:
-        raise ValueError(f"text.catalogue {source!r}: expected movielens-100k, a .jsonl or a .csv file")
-    return {str(r["item_id"]): str(r["text"]) for r in rows}
+    return {str(r["item_id"]): str(r["text"]) for r in catalogue_rows(source, "text.catalogue")}
 
 
 def interest_weight(event_type: str, value: float | None, rating_min: float, rating_max: float) -> float:

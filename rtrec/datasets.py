@@ -7,7 +7,9 @@ inside the installed package.
 
 from __future__ import annotations
 
+import csv
 import importlib.util
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,3 +77,18 @@ def movielens_events(limit: int = 0) -> list[Event]:
         category = movie.genres[0] if movie and movie.genres else None
         events.append(Event(f"ml100k-{i:06d}", user, item, "rating", ts * 1000, rating, category))
     return events
+
+
+def catalogue_rows(source: str, setting: str) -> list[dict]:
+    """The rows of an item catalogue file: a ``.jsonl`` (one object per line) or a ``.csv`` with a header
+    (values as strings). ``setting`` names the configuration key in errors."""
+    path = Path(source)
+    if not path.exists():
+        raise FileNotFoundError(f"{setting} {source!r}: no such file (movielens-100k, a .jsonl or a .csv)")
+    if path.suffix == ".jsonl":
+        with open(path, encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.strip()]
+    if path.suffix == ".csv":
+        with open(path, newline="", encoding="utf-8") as f:
+            return list(csv.DictReader(f))
+    raise ValueError(f"{setting} {source!r}: expected movielens-100k, a .jsonl or a .csv file")

@@ -217,3 +217,15 @@ def test_by_default_lists_are_ranked_by_the_blend_alone(tmp_path):
     plain = lists(affinity_buckets=0)
     assert lists() == plain
     assert lists(affinity_ranking=True) != plain
+
+
+def test_the_texts_catalogue_reads_the_same_files(tmp_path):
+    from models.search import catalogue_texts
+
+    (tmp_path / "t.jsonl").write_text(json.dumps({"item_id": 7, "text": "Shane (1953)"}) + "\n")
+    (tmp_path / "t.csv").write_text("item_id,text\n7,Shane (1953)\n")
+    (tmp_path / "t.txt").write_text("7 Shane\n")
+    for name in ("t.jsonl", "t.csv"):
+        assert catalogue_texts(str(tmp_path / name)) == {"7": "Shane (1953)"}
+    with pytest.raises(ValueError, match="text.catalogue"):
+        catalogue_texts(str(tmp_path / "t.txt"))
