@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import json
 import platform
+import random
 import socket
 import subprocess
 import sys
@@ -44,6 +45,23 @@ def movielens_times(repeat: int) -> list[Event]:
     for r in range(repeat):
         for e in base:
             out.append(dataclasses.replace(e, event_id=f"{e.event_id}-r{r}", ts=e.ts + r * YEAR_MS))
+    return out
+
+
+def sparse_events(users: int, n: int = 60_000, seed: int = 1, gap_ms: int = 10) -> list[Event]:
+    """A seeded synthetic stream of ``n`` events over ``users`` users, ``gap_ms`` apart: views,
+    impressions, clicks, carts, ratings and purchases of 5,000 items, popularity Pareto-shaped. Most
+    users have one event per batch, as on a busy site (core_throughput.py ``--sparse-users``); with
+    ``gap_ms`` of a second, impressions' attribution windows close all along it (job_throughput.py
+    ``--stream sparse``)."""
+    rng = random.Random(seed)
+    types = ["view"] * 6 + ["impression"] * 3 + ["click"] * 2 + ["add_to_cart", "rating", "purchase"]
+    out = []
+    for k in range(n):
+        t = rng.choice(types)
+        out.append(Event(f"s{k}", f"user{rng.randrange(users)}", f"item{int(rng.paretovariate(1.2)) % 5000}", t,
+                         1_700_000_000_000 + k * gap_ms, float(rng.randint(1, 5)) if t == "rating" else None,
+                         "Drama"))
     return out
 
 

@@ -28,7 +28,6 @@ core_throughput_sparse.json. Quality figures mean nothing there.
 from __future__ import annotations
 
 import argparse
-import random
 import sys
 import time
 from pathlib import Path
@@ -37,12 +36,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from benchmarks.common import write_results  # noqa: E402
+from benchmarks.common import sparse_events, write_results  # noqa: E402
 from benchmarks.model_quality_offline import report  # noqa: E402
 from rtrec.config import load_config  # noqa: E402
 from rtrec.core.local import LocalPipeline  # noqa: E402
 from rtrec.datasets import movielens_events  # noqa: E402
-from rtrec.events import Event  # noqa: E402
 
 MODES = {
     "features": ["model.enabled=false", "text.enabled=false"],
@@ -77,18 +75,6 @@ def run_mode(mode: str, events, window: int, shards: int = 0) -> tuple[dict, Loc
     if pipe.learner is not None:
         out["quality"] = report(pipe.predictions)
     return out, pipe
-
-
-def sparse_events(users: int, n: int = 60_000, seed: int = 1) -> list[Event]:
-    """The ``--sparse-users`` stream (see the module's docstring)."""
-    rng = random.Random(seed)
-    types = ["view"] * 6 + ["impression"] * 3 + ["click"] * 2 + ["add_to_cart", "rating", "purchase"]
-    out = []
-    for k in range(n):
-        t = rng.choice(types)
-        out.append(Event(f"s{k}", f"user{rng.randrange(users)}", f"item{int(rng.paretovariate(1.2)) % 5000}", t,
-                         1_700_000_000_000 + k * 10, float(rng.randint(1, 5)) if t == "rating" else None, "Drama"))
-    return out
 
 
 def main() -> None:

@@ -19,6 +19,14 @@ this invocation and on that same topic:
   interpreters); either with ``,flink.options.python.execution-mode=process``:
   one Python process per subtask instead of the embedded interpreter.
 
+``--stream sparse`` replays instead a synthetic stream of ``60,000 x repeat``
+events over 50,000 users, one second of event time apart (views, impressions,
+clicks, carts, ratings and purchases: benchmarks.common.sparse_events), so that
+most users have one event per batch and impressions' attribution windows
+close all along it: their negatives, from the UserStage's timers, are learned
+as the job goes. Its rtrec runs are timed to the bounded job's end (the number
+of predictions is not known beforehand). Writes job_throughput_sparse.json.
+
 Each rtrec run is timed from its committed outputs: the predictions topic
 (one record per rating) with learning, the features topic with
 ``features.snapshots=event`` (two records per event) without. Every figure is
@@ -37,7 +45,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import OutputClock, fresh, movielens_times, run_job_and_time, write_results  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    OutputClock,
+    fresh,
+    movielens_times,
+    run_job_and_time,
+    sparse_events,
+    write_results,
+)
 from rtrec import topics  # noqa: E402
 from rtrec.config import RtrecConfig  # noqa: E402
 from rtrec.replay import replay  # noqa: E402
@@ -158,14 +173,18 @@ def main() -> None:
     ap.add_argument("--runs", nargs="+", default=["java", "features", "learning"],
                     help=f"each java or NAME[,KEY=VALUE...]: a run of {', '.join(RUNS)} with settings over its own "
                          "(e.g. learning,flink.shards=2)")
-    ap.add_argument("--results", default="job_throughput",
-                    help="the results file's name under benchmarks/results/ (job_throughput_interpreters: "
-                         "the README's interpreter comparison)")
+    ap.add_argument("--stream", choices=["movielens", "sparse"], default="movielens",
+                    help="MovieLens-100K repeat times, or the synthetic sparse stream (see above)")
+    ap.add_argument("--results", default=None,
+                    help="the results file's name under benchmarks/results/ (default job_throughput, or "
+                         "job_throughput_sparse; job_throughput_interpreters: the README's interpreter comparison)")
     args = ap.parse_args()
+    sparse = args.stream == "sparse"
+    results_name = args.results or ("job_throughput_sparse" if sparse else "job_throughput")
     for run in args.runs:
         if run != "java" and run.split(",")[0] not in RUNS:
             ap.error(f"unknown run {run.split(',')[0]!r}: java or one of {', '.join(RUNS)}")
-    events = movielens_times(args.repeat)
+    events = sparse_events(50_000, 60_000 * args.repeat, gap_ms=1000) if sparse else movielens_times(args.repeat)
     results: dict[str, dict] = {}
     if "java" in args.runs:
         cfg = fresh("bench.java.", ["model.enabled=false"])
@@ -180,24 +199,25 @@ def main() -> None:
         overrides = [*overrides, *extra]
         cfg = fresh(f"bench.job.{base}.", overrides)
         per_event, topic = ((2 if cfg.features.snapshots == "event" else None, cfg.kafka.features_topic)
-                            if not cfg.model.enabled else (1, cfg.kafka.predictions_topic))
+                            if not cfg.model.enabled else (None if sparse else 1, cfg.kafka.predictions_topic))
         if taskmanagers:
             result = on_cluster(cfg, events, per_event, topic, taskmanagers)
         else:
             result = run_job_and_time(cfg, events, per_event, topic)
         result.update(parallelism=cfg.flink.parallelism, settings=overrides)
-        if "java" in results:
+        if "java" in results and result["events_per_s_steady_10_90"]:
             result["ratio_to_java_steady"] = round(
                 result["events_per_s_steady_10_90"] / results["java"]["events_per_s_steady_10_90"], 3)
         results[name] = result
         print(name, result, flush=True)
     payload = {
         "command": "python benchmarks/job_throughput.py " + " ".join(sys.argv[1:]),
+        "stream": args.stream,
         "events": len(events),
         "goal_events_per_s": {"learning": 10_000, "features": 30_000},
         "runs": results,
     }
-    print(write_results(args.results, payload))
+    print(write_results(results_name, payload))
 
 
 if __name__ == "__main__":

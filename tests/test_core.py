@@ -420,9 +420,36 @@ def test_unclicked_impressions_become_negatives_once_the_watermark_passes_their_
     # The first window's impressions expired while the stream went on, the late ones only at its end.
     during = {e for w, ids in expired_during if w < 2**62 for e in ids}
     assert {f"u{u}-seen" for u in range(6)} <= during and not any(e.endswith("-late") for e in during)
-    assert not any(pipe.due)
+    assert not any(pipe.due) and not any(len(times) for times in pipe.due_times)
     # Each timer on a whole second, and after the window.
     core, _ = _core(f"model.attribution_window_ms={window_ms}")
     batch = core.step([e.to_json() for e in events[:3]], [0] * 3, list(range(3)), -(2**62), lambda _: None)
     assert batch.impressions_due and all(at % IMPRESSION_TIMER_MS == 0 for at in batch.impressions_due)
     assert min(batch.impressions_due) >= events[0].ts + window_ms
+
+
+def test_due_times_take_what_a_scan_of_the_state_would_in_order_once():
+    """The UserStage's index of its impressions' due times against the scan it replaced (every key of
+    the MapState, those at or before the watermark, sorted), including an index rebuilt from the keys
+    after a restart."""
+    import random
+
+    from rtrec.core.user import DueTimes
+
+    rng = random.Random(3)
+    state: set[int] = set()  # the MapState's keys
+    times = DueTimes()
+    watermark = 0
+    for step in range(2_000):
+        for _ in range(rng.randrange(4)):
+            at = watermark + rng.randrange(-2, 40) * 1000
+            assert times.add(at) == (at not in state)
+            state.add(at)
+        if step % 300 == 299:  # a restart: the index is built again from the state's keys
+            times = DueTimes(state)
+        watermark += rng.randrange(3) * 1000
+        expected = sorted(at for at in state if at <= watermark)
+        assert times.take(watermark) == expected
+        state -= set(expected)
+        assert len(times) == len(state) and all(at in times for at in state)
+

@@ -41,7 +41,7 @@ from models.worker import torch_call
 from rtrec import topics
 from rtrec.config import RtrecConfig
 from rtrec.core import heap
-from rtrec.core.user import UserBatch, UserCore, batch_parts
+from rtrec.core.user import DueTimes, UserBatch, UserCore, batch_parts
 from rtrec.events import pack_events
 from rtrec.model_updates import VersionReader
 from rtrec.profiling import OperatorProfile
@@ -103,6 +103,8 @@ class UserStage(KeyedBroadcastProcessFunction):
                 self.learner.search = torch_call(SearchRanker.shared, cfg.text)
             self.impressions = ctx.get_map_state(
                 MapStateDescriptor("impressions-due", Types.LONG(), Types.PICKLED_BYTE_ARRAY()))
+            # per key shard: the times "impressions-due" holds, built from its keys at first use
+            self.due_times: dict[int, DueTimes] = {}
             self.versions = VersionReader(cfg.kafka, cfg.kafka.model_updates_topic)
         # Where the adopted version lies on the model-updates topic, and when to ask for a newer one.
         self.version_at = (0, -1)
@@ -267,7 +269,7 @@ class UserStage(KeyedBroadcastProcessFunction):
             # jumps over many at once, and each expiry is a learning step and a delta of its own. The
             # timers whose entries this takes find nothing when they fire.
             watermark = max(timestamp, ctx.timer_service().current_watermark())
-            ready = sorted(at for at in self.impressions.keys() if at <= watermark)  # noqa: SIM118 (a MapState)
+            ready = self._due_times(ctx.get_current_key()).take(watermark)
             due = []
             for at in ready:
                 due.extend(self.impressions.get(at))
@@ -289,16 +291,18 @@ class UserStage(KeyedBroadcastProcessFunction):
         if batch[0] not in self.checked_shards:
             self._check_shards(batch[0])
         parts = batch_parts(len(values), self.max_batch)
+        shard = batch[0]
         if len(parts) == 1:
-            return self._process_part(values, partitions, offsets, watermark, timers)
+            return self._process_part(shard, values, partitions, offsets, watermark, timers)
         results = []
         for k, part in enumerate(parts):
             if k and self.learner is not None and self.check_s:
                 self._check_for_newer()
-            results.extend(self._process_part(values[part], partitions[part], offsets[part], watermark, timers))
+            results.extend(self._process_part(shard, values[part], partitions[part], offsets[part], watermark,
+                                              timers))
         return results
 
-    def _process_part(self, values, partitions, offsets, watermark: int, timers) -> list:
+    def _process_part(self, shard: int, values, partitions, offsets, watermark: int, timers) -> list:
         self.fault.count(len(values))
         admitted = self.core.admit(values, partitions, offsets, watermark, self.users.get)
         # (each inc crosses into the JVM, and may wait there for the GIL on the way back: not for nothing)
@@ -311,7 +315,7 @@ class UserStage(KeyedBroadcastProcessFunction):
         result = torch_call(self.core.process, admitted) if admitted.events else self.core.process(admitted)
         if result.newest_ts is not None:
             self.freshness_ms.set(int(time.time() * 1000) - result.newest_ts)
-        return self._route(result, timers)
+        return self._route(result, timers, shard)
 
     def _check_shards(self, shard: int) -> None:
         """Refuse state written with another key shard count (its users would silently start from
@@ -326,7 +330,15 @@ class UserStage(KeyedBroadcastProcessFunction):
             self.shard_record.update(self.core.shards)
         self.checked_shards.add(shard)
 
-    def _route(self, result: UserBatch, timers) -> list:
+    def _due_times(self, shard: int) -> DueTimes:
+        """The times this shard's impressions fall due; the first call since the task (re)started reads
+        them from the state's keys (the only scan of them)."""
+        times = self.due_times.get(shard)
+        if times is None:
+            times = self.due_times[shard] = DueTimes(self.impressions.keys())  # noqa: SIM118 (a MapState)
+        return times
+
+    def _route(self, result: UserBatch, timers, shard: int | None = None) -> list:
         results: list = [(TO_ITEMS, Row(shard, Row(shard, pack_events(events))))
                          for shard, events in result.item_events.items()]
         if result.delta is not None:
@@ -334,10 +346,14 @@ class UserStage(KeyedBroadcastProcessFunction):
         if result.examples:
             self.m_examples.inc(result.examples)
         self.users.put_all({u: s.to_state() for u, s in result.users.items()})
-        if timers is not None:
+        if timers is not None and result.impressions_due:
+            due_times = self._due_times(shard)
             for at, entries in result.impressions_due.items():
-                self.impressions.put(at, (self.impressions.get(at) or []) + entries)
-                timers.register_event_time_timer(at)
+                if due_times.add(at):
+                    self.impressions.put(at, entries)
+                    timers.register_event_time_timer(at)
+                else:
+                    self.impressions.put(at, self.impressions.get(at) + entries)
         if result.out:
             results.append(stage_row(result.out))
         return results

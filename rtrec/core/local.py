@@ -31,7 +31,7 @@ from models.online import OnlineLearner, Predictions
 from rtrec.config import RtrecConfig
 from rtrec.core import heap
 from rtrec.core.item import ItemCore
-from rtrec.core.user import UserCore, batch_parts
+from rtrec.core.user import DueTimes, UserCore, batch_parts
 from rtrec.events import Event
 from rtrec.features.backfill import event_order
 from rtrec.sharding import default_max_parallelism, shard_of, subtask_of_shard
@@ -78,8 +78,10 @@ class LocalPipeline:
         self.max_batch = cfg.flink.max_batch_events
         self.predictions = Predictions()
         self.recommendations: list = []
-        #: per subtask: event time -> the impressions due then (the UserStage's timers and their state)
+        #: per subtask: event time -> the impressions due then, and those times in order (the UserStage's
+        #: timers, their state and its index)
         self.due: list[dict[int, list[tuple[str, str, str]]]] = [{} for _ in range(self.parallelism)]
+        self.due_times = [DueTimes() for _ in range(self.parallelism)]
         self.timings = Timings()
         self.keep_outputs = True
         heap.settle()  # as the operators do once open
@@ -104,7 +106,7 @@ class LocalPipeline:
         them in time order through one UserCore.expire. (The UserStage's timers are per key shard: its
         first timer to fire takes that shard's due impressions, so a subtask makes one expiry per shard.)"""
         for k, due in enumerate(self.due):
-            ready = sorted(at for at in due if at <= watermark)
+            ready = self.due_times[k].take(watermark)
             if not ready:
                 continue
             c0 = time.process_time()
@@ -137,6 +139,7 @@ class LocalPipeline:
                 accepted.extend(evs)
             for at, entries in batch.impressions_due.items():
                 self.due[k].setdefault(at, []).extend(entries)
+                self.due_times[k].add(at)
             self._collect(batch)
         t.events += len(events)
         c0 = clock()

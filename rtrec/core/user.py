@@ -22,6 +22,7 @@ Per batch (udfs/user_stage.py calls it; tests and benchmarks call it directly):
 
 from __future__ import annotations
 
+import heapq
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -48,6 +49,52 @@ FEATURES = HybridGroup(USER_FEATURES)
 #: Impressions' attribution windows close on the next whole multiple of this (event time, ms): one timer
 #: (and one MapState entry) per shard and second rather than per impression.
 IMPRESSION_TIMER_MS = 1_000
+
+
+class DueTimes:
+    """The times at which a key shard's impressions fall due (its timers), oldest first.
+
+    The UserStage keeps the due impressions in a MapState keyed by time; a timer must take every
+    entry the watermark has passed. Scanning the MapState's keys for them made each timer cost
+    every pending key (RocksDB, one JNI hop each), and a backlog fires a timer per second of event
+    time: quadratic. This index is derived from the state's keys, so nothing of it is stored; a task
+    that (re)starts builds it with one scan per shard (``DueTimes(map_state.keys())``).
+
+    >>> due = DueTimes([3000, 1000])
+    >>> due.add(2000), due.add(2000)
+    (True, False)
+    >>> due.take(2500), 3000 in due
+    ([1000, 2000], True)
+    """
+
+    __slots__ = ("_heap", "_times")
+
+    def __init__(self, times=()):
+        self._times = set(times)
+        self._heap = sorted(self._times)
+
+    def add(self, at: int) -> bool:
+        """Note ``at``; True if it is new (its timer is to be registered)."""
+        if at in self._times:
+            return False
+        self._times.add(at)
+        heapq.heappush(self._heap, at)
+        return True
+
+    def take(self, watermark: int) -> list[int]:
+        """Remove and return the times at or before ``watermark``, in order."""
+        heap, out = self._heap, []
+        while heap and heap[0] <= watermark:
+            at = heapq.heappop(heap)
+            self._times.discard(at)
+            out.append(at)
+        return out
+
+    def __contains__(self, at: int) -> bool:
+        return at in self._times
+
+    def __len__(self) -> int:
+        return len(self._times)
 
 
 def batch_parts(n: int, most: int) -> list[slice]:
