@@ -254,11 +254,16 @@ class OnlineLearner:
                 if affinity is not None and e.category is not None:
                     affinity.note(e.item_id, e.category)
                 if t == "impression":
-                    user["impressions"][e.item_id] = OpenImpression(e.ts, e.event_id, x.dense, x.buckets, x.code,
-                                                                    pair)
+                    impressions = user["impressions"]
+                    shown = impressions.get(e.item_id)
+                    if shown is not None:  # shown again: the earlier one is a negative if its window closed
+                        self._negative_if_closed(shown, e, cols)
+                    impressions[e.item_id] = OpenImpression(e.ts, e.event_id, x.dense, x.buckets, x.code, pair)
                 else:
                     if t in POSITIVE_TYPES:
-                        user["impressions"].pop(e.item_id, None)  # attributed: not a negative
+                        shown = user["impressions"].pop(e.item_id, None)
+                        if shown is not None:  # attributed if in its window; a negative if that closed
+                            self._negative_if_closed(shown, e, cols)
                     recent = user["recent"]
                     if e.item_id in recent:
                         recent.remove(e.item_id)
@@ -312,6 +317,16 @@ class OnlineLearner:
     def _candidate_pairs(self, cand: torch.Tensor, query: torch.Tensor, interest: torch.Tensor) -> torch.Tensor:
         """(B, M, 2) pair features of (B, M) candidate rows for (B, dim) query and interest vectors."""
         return self.search.row_pairs(cand, self.models.params.index.ids, query, interest).to(self.device)
+
+    def _negative_if_closed(self, stored, e: Event, cols: ExampleColumns) -> None:
+        """An open impression of ``e``'s user and item whose attribution window closed before ``e``: a
+        negative example now. Its timer may not have fired yet (a backlog's watermark trails the batches
+        by seconds of processing time: minutes of event time); whether it is a negative must not depend
+        on that. (Its timer then finds it gone, or superseded.)"""
+        shown = OpenImpression.read(stored)
+        if e.ts > shown.ts + self.cfg.attribution_window_ms:
+            cols.add(shown.event_id, e.user_id, e.item_id, shown.ts, "impression", 0.0, shown.dense, shown.buckets,
+                     shown.code, shown.pair)
 
     def expire_impressions(self, due: list[tuple[str, str, str]], users: dict[str, dict]) -> Predictions:
         """Impressions whose attribution window closed: still open ones become negative examples.

@@ -453,3 +453,26 @@ def test_due_times_take_what_a_scan_of_the_state_would_in_order_once():
         state -= set(expected)
         assert len(times) == len(state) and all(at in times for at in state)
 
+
+@pytest.mark.parametrize("window", [3, 50])
+def test_an_impression_is_a_negative_by_event_time_whenever_its_timer_fires(window):
+    """Attribution follows the events' times, not when the watermark lets a timer fire: a click after
+    the window does not attribute an impression whose timer has not fired yet (a backlog's watermark trails
+    its batches), and an impression shown again after its window closed is a negative too. LocalPipeline
+    fires timers after each batch interval, so the cut (``window`` events) moves when they fire."""
+    from rtrec.core.local import LocalPipeline
+
+    window_ms = 60_000
+    events = [
+        Event("a-shown", "ua", "a", "impression", 0), Event("a-click-late", "ua", "a", "click", 100_000),
+        Event("b-shown", "ub", "b", "impression", 0), Event("b-shown-again", "ub", "b", "impression", 90_000),
+        Event("c-shown", "uc", "c", "impression", 0), Event("c-click", "uc", "c", "click", 30_000),
+        Event("d-shown", "ud", "d", "impression", 0), Event("d-shown-again", "ud", "d", "impression", 30_000),
+    ]
+    events.sort(key=lambda e: (e.ts, e.event_id))
+    pipe = LocalPipeline(_cfg(f"model.attribution_window_ms={window_ms}")).run(events, window)
+    p = pipe.predictions
+    labels = {e: y for e, t, y in zip(p.event_id, p.type, p.label, strict=True)}
+    assert len(p.event_id) == len(set(p.event_id)), "each once"
+    assert labels == {"a-shown": 0.0, "a-click-late": 1.0, "b-shown": 0.0, "b-shown-again": 0.0, "c-click": 1.0,
+                      "d-shown-again": 0.0}

@@ -19,6 +19,7 @@ import pytest
 
 from models.params import Version
 from rtrec import topics
+from rtrec.config import ModelConfig
 from rtrec.datasets import movielens_events
 from rtrec.events import Event
 from rtrec.features.backfill import snapshots
@@ -106,12 +107,16 @@ def _run(kafka, name, records, overrides):
     }
 
 
-IMPRESSIONS = 40  # never clicked: each becomes one negative example, whether its timer fires mid-run or at the end
+IMPRESSIONS = 40  # never clicked in time: each becomes one negative example, whether its timer fires mid-run or at the end
+# Of those, the first CLICKED_LATE are clicked and the next SHOWN_AGAIN shown again, some thousand events
+# (days of MovieLens' event time) later: after their attribution window, but before the watermark (which
+# trails a backlog's batches) passes it. Still negatives, and a shown-again impression is one too.
+CLICKED_LATE = SHOWN_AGAIN = 5
 
 
 @pytest.fixture(scope="module")
 def events():
-    """The ratings with unclicked impressions spread among them, stamped like their neighbours."""
+    """The ratings with impressions spread among them, stamped like their neighbours."""
     ratings = movielens_events(N)
     out = list(ratings)
     step = N // (IMPRESSIONS + 1)
@@ -120,6 +125,12 @@ def events():
         e = out[at]
         # (a user and an item of its own: features that depend on the order of equal timestamps stay apart)
         out.insert(at, Event(f"imp-{k}", f"imp-user-{k}", f"unclicked-{k}", "impression", e.ts))
+    window = ModelConfig().attribution_window_ms
+    for k in range(CLICKED_LATE + SHOWN_AGAIN):
+        shown = next(i for i, e in enumerate(out) if e.event_id == f"imp-{k}")
+        at = next(i for i in range(shown + 1000, len(out)) if out[i].ts > out[shown].ts + window)
+        kind, event_id = ("click", f"late-click-{k}") if k < CLICKED_LATE else ("impression", f"imp-{k}-again")
+        out.insert(at, Event(event_id, f"imp-user-{k}", f"unclicked-{k}", kind, out[at].ts))
     return out
 
 
@@ -231,7 +242,9 @@ def test_the_injected_failures_happened_and_each_rating_is_predicted_exactly_onc
     assert set(counts) == {e.event_id for e in run["events"]}  # the impressions' negatives among them
     assert set(counts.values()) == {1}
     negatives = [p for p in run["predictions"] if p["type"] == "impression"]
-    assert len(negatives) == IMPRESSIONS and {p["label"] for p in negatives} == {0}
+    assert len(negatives) == IMPRESSIONS + SHOWN_AGAIN and {p["label"] for p in negatives} == {0}
+    assert {p["event_id"]: p["label"] for p in run["predictions"] if p["event_id"].startswith("late-click")} == \
+        {f"late-click-{k}": 1 for k in range(CLICKED_LATE)}
 
 
 @pytest.mark.parametrize("entity", ["user", "item"])
