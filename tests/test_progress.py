@@ -57,3 +57,14 @@ def test_the_minicluster_answers_job_state_and_checkpoints_fresher_than_a_bounde
     value, unit = flink_settings(RtrecConfig())["web.refresh-interval"].split()
     assert unit == "ms" and int(value) <= 500
     assert "web.refresh-interval" not in flink_settings(RtrecConfig(), local=False)  # a cluster's is its own
+
+
+def test_the_local_minicluster_gives_rocksdb_managed_memory_unless_the_user_sizes_it():
+    from jobs.environment import MINICLUSTER_MANAGED_MEMORY, flink_settings
+    from rtrec.config import RtrecConfig
+
+    assert flink_settings(RtrecConfig())["taskmanager.memory.managed.size"] == MINICLUSTER_MANAGED_MEMORY
+    assert "taskmanager.memory.managed.size" not in flink_settings(RtrecConfig(), local=False)  # a cluster's own
+    cfg = RtrecConfig()
+    cfg.flink.options = {"taskmanager.memory.managed.size": "1g"}
+    assert flink_settings(cfg)["taskmanager.memory.managed.size"] == "1g"
