@@ -1,5 +1,7 @@
 """The per-batch core without Flink: admission, snapshots, coalesced top-k, state formats, records and schemas."""
 
+import time
+
 import jsonschema
 import numpy as np
 import orjson
@@ -476,3 +478,17 @@ def test_an_impression_is_a_negative_by_event_time_whenever_its_timer_fires(wind
     assert len(p.event_id) == len(set(p.event_id)), "each once"
     assert labels == {"a-shown": 0.0, "a-click-late": 1.0, "b-shown": 0.0, "b-shown-again": 0.0, "c-click": 1.0,
                       "d-shown-again": 0.0}
+
+
+def test_a_window_whose_every_event_is_refused_passes_through_local_pipeline():
+    """Every event of the second batch interval is a dead letter (from too far in the future): nothing for
+    the item stage, which LocalPipeline then skips (it failed on an empty fold)."""
+    from rtrec.core.local import LocalPipeline
+
+    cfg = _cfg()
+    future = int(time.time() * 1000) + 10 * cfg.events.max_future_ms
+    events = [Event("a", "u1", "i1", "click", 1_000), Event("b", "u1", "i2", "click", 2_000),
+              Event("c", "u2", "i1", "click", future), Event("d", "u2", "i2", "click", future + 1)]
+    pipe = LocalPipeline(cfg).run(events, 2)
+    assert pipe.timings.outputs["dead_letters"] == 2
+    assert sorted(pipe.predictions.event_id) == ["a", "b"]

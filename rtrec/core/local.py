@@ -142,14 +142,17 @@ class LocalPipeline:
                 self.due_times[k].add(at)
             self._collect(batch)
         t.events += len(events)
-        c0 = clock()
-        items = self.item_core.fold(sorted(accepted, key=event_order), self.items.get)
-        self.items.update(items.states)
-        t.item += clock() - c0
-        self._count(items.out)
+        items = None
+        if accepted:  # (a window whose every event was refused has none for the item stage)
+            c0 = clock()
+            items = self.item_core.fold(sorted(accepted, key=event_order), self.items.get)
+            self.items.update(items.states)
+            t.item += clock() - c0
+            self._count(items.out)
         if self.merger is not None and self.learner.learning:
             c0 = clock()
-            self.merger.add(ItemFeaturesMessage(items.model_inputs))
+            if items is not None:
+                self.merger.add(ItemFeaturesMessage(items.model_inputs))
             version = self.merger.merge()
             for learner in self.learners:
                 learner.apply_version(version)
