@@ -257,13 +257,14 @@ class OnlineLearner:
                     impressions = user["impressions"]
                     shown = impressions.get(e.item_id)
                     if shown is not None:  # shown again: the earlier one is a negative if its window closed
-                        self._negative_if_closed(shown, e, cols)
+                        self._open_or_negative(shown, e, cols)
                     impressions[e.item_id] = OpenImpression(e.ts, e.event_id, x.dense, x.buckets, x.code, pair)
                 else:
+                    attributed = None
                     if t in POSITIVE_TYPES:
                         shown = user["impressions"].pop(e.item_id, None)
                         if shown is not None:  # attributed if in its window; a negative if that closed
-                            self._negative_if_closed(shown, e, cols)
+                            attributed = self._open_or_negative(shown, e, cols)
                     recent = user["recent"]
                     if e.item_id in recent:
                         recent.remove(e.item_id)
@@ -272,7 +273,11 @@ class OnlineLearner:
                 label = e.value if t == RATING_TYPE else (1.0 if t in POSITIVE_TYPES else None)
                 if label is not None:
                     row_of[pos] = len(cols)
-                    cols.add(e.event_id, e.user_id, e.item_id, e.ts, t, label, x.dense, x.buckets, x.code, pair)
+                    if attributed is None:
+                        cols.add(e.event_id, e.user_id, e.item_id, e.ts, t, label, x.dense, x.buckets, x.code, pair)
+                    else:  # learned from what the models saw when the item was shown, as its negative would be
+                        cols.add(e.event_id, e.user_id, e.item_id, e.ts, t, label, attributed.dense, attributed.buckets,
+                                 attributed.code, attributed.pair)
                 else:
                     item_ids.append(e.item_id)
             if e.candidates:
@@ -318,15 +323,18 @@ class OnlineLearner:
         """(B, M, 2) pair features of (B, M) candidate rows for (B, dim) query and interest vectors."""
         return self.search.row_pairs(cand, self.models.params.index.ids, query, interest).to(self.device)
 
-    def _negative_if_closed(self, stored, e: Event, cols: ExampleColumns) -> None:
-        """An open impression of ``e``'s user and item whose attribution window closed before ``e``: a
-        negative example now. Its timer may not have fired yet (a backlog's watermark trails the batches
-        by seconds of processing time: minutes of event time); whether it is a negative must not depend
-        on that. (Its timer then finds it gone, or superseded.)"""
+    def _open_or_negative(self, stored, e: Event, cols: ExampleColumns) -> OpenImpression | None:
+        """An open impression of ``e``'s user and item: returned if ``e`` is within its attribution window;
+        if the window closed before ``e``, a negative example now, and None. Its timer may not have fired
+        yet (a backlog's watermark trails the batches by seconds of processing time: minutes of event
+        time); whether it is a negative must not depend on that. (Its timer then finds it gone, or
+        superseded.)"""
         shown = OpenImpression.read(stored)
-        if e.ts > shown.ts + self.cfg.attribution_window_ms:
-            cols.add(shown.event_id, e.user_id, e.item_id, shown.ts, "impression", 0.0, shown.dense, shown.buckets,
-                     shown.code, shown.pair)
+        if e.ts <= shown.ts + self.cfg.attribution_window_ms:
+            return shown
+        cols.add(shown.event_id, e.user_id, e.item_id, shown.ts, "impression", 0.0, shown.dense, shown.buckets,
+                 shown.code, shown.pair)
+        return None
 
     def expire_impressions(self, due: list[tuple[str, str, str]], users: dict[str, dict]) -> Predictions:
         """Impressions whose attribution window closed: still open ones become negative examples.

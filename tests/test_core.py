@@ -492,3 +492,25 @@ def test_a_window_whose_every_event_is_refused_passes_through_local_pipeline():
     pipe = LocalPipeline(cfg).run(events, 2)
     assert pipe.timings.outputs["dead_letters"] == 2
     assert sorted(pipe.predictions.event_id) == ["a", "b"]
+
+
+def test_an_attributed_positive_is_scored_and_learned_from_its_impressions_features():
+    """A click attributed to an impression is an example with the features the models saw when the item was
+    shown (as its negative would have been), not those of the moment of the click: so what the user did in
+    between (here: views that move their event counts, session and time since their last event) does not
+    change its scores."""
+    from rtrec.core.local import LocalPipeline
+
+    def click_scores(between: int) -> dict:
+        events = [Event("seen", "u", "a", "impression", 1_000)]
+        events += [Event(f"v{k}", "u", f"other{k}", "view", 2_000 + k) for k in range(between)]
+        events += [Event("click", "u", "a", "click", 60_000), Event("r", "u2", "b", "rating", 61_000, 4.0)]
+        pipe = LocalPipeline(_cfg("text.enabled=false"))
+        for learner in pipe.learners:
+            learner.learning = False
+        p = pipe.run(events, len(events)).predictions
+        k = p.event_id.index("click")
+        return {m: round(float(col[k]), 6) for m, col in p.scores.items()}
+
+    quiet, busy = click_scores(0), click_scores(8)
+    assert quiet == busy
