@@ -26,29 +26,34 @@ class PartitionProgress:
     """The newest record timestamp per partition; ``observe`` returns the slowest active partition's.
 
     Partitions known to exist but not heard from yet hold progress at 0 until
-    they speak or stay silent for ``idle_ms``.
+    they speak or stay silent for ``idle_ms``. A record stamped ahead of the
+    wall clock counts as stamped ``ahead_ms`` past it at most: event time does
+    not run ahead of the clock, so one record from a producer with a wrong
+    clock (or a timestamp in the wrong unit) cannot make every later event
+    look late. (The parser refuses an event's own ``ts`` only a day ahead,
+    events.max_future_ms; the watermark comes from record timestamps.)
 
     >>> p = PartitionProgress(idle_ms=1000, partitions=3, now_ms=0)
-    >>> p.observe([0, 1, 0], [50, 20, 70], now_ms=0)  # partition 2 not heard from yet
+    >>> p.observe([0, 1, 0], [50, 20, 70], now_ms=100)  # partition 2 not heard from yet
     0
-    >>> p.observe([2], [30], now_ms=10)
+    >>> p.observe([2], [30], now_ms=110)
     20
     >>> p.observe([0], [90], now_ms=5000)  # 1 and 2 have been silent for 5 s
     90
+    >>> p.observe([0], [86_400_000], now_ms=6000)  # a day ahead of the clock: as if stamped now
+    6000
     """
 
-    def __init__(self, idle_ms: int, max_future_ms: int = 86_400_000, partitions: int = 0,
-                 now_ms: int | None = None):
+    def __init__(self, idle_ms: int, ahead_ms: int = 0, partitions: int = 0, now_ms: int | None = None):
         self.idle_ms = idle_ms
-        self.max_future_ms = max_future_ms
+        self.ahead_ms = ahead_ms
         start = int(time.time() * 1000) if now_ms is None else now_ms
         self.newest: dict[int, int] = {p: -1 for p in range(partitions)}
         self.seen_at: dict[int, int] = {p: start for p in range(partitions)}
 
     def observe(self, partitions, times, now_ms: int | None = None) -> int:
         now = int(time.time() * 1000) if now_ms is None else now_ms
-        # A record stamped in the far future must not drag the watermark past everything else.
-        cap = now + self.max_future_ms
+        cap = now + self.ahead_ms
         newest, seen_at = self.newest, self.seen_at
         for p, ts in zip(partitions, times, strict=True):
             if ts > cap:
@@ -73,14 +78,14 @@ KEYED_BATCH = Types.ROW_NAMED(["key", "value"], [Types.INT(), BATCH])
 class StampBatch(ProcessFunction):
     """Stamps each batch with :meth:`PartitionProgress.observe` over its records and shapes it for keying."""
 
-    def __init__(self, idle_ms: int, max_future_ms: int, partitions: int):
+    def __init__(self, idle_ms: int, ahead_ms: int, partitions: int):
         self.idle_ms = idle_ms
-        self.max_future_ms = max_future_ms
+        self.ahead_ms = ahead_ms
         self.partitions = partitions
         self.progress: PartitionProgress | None = None
 
     def open(self, ctx):
-        self.progress = PartitionProgress(self.idle_ms, self.max_future_ms, self.partitions)
+        self.progress = PartitionProgress(self.idle_ms, self.ahead_ms, self.partitions)
 
     def process_element(self, batch, ctx):
         yield Row(batch[0], batch), self.progress.observe(batch[2], batch[4])
@@ -97,7 +102,7 @@ def with_batch_event_time(batches: DataStream, cfg: RtrecConfig, partitions: int
     """
     e = cfg.events
     stamped = batches.process(
-        StampBatch(e.partition_idle_ms, e.max_future_ms, partitions), output_type=Types.TUPLE([KEYED_BATCH, Types.LONG()])
+        StampBatch(e.partition_idle_ms, e.watermark_out_of_orderness_ms, partitions), output_type=Types.TUPLE([KEYED_BATCH, Types.LONG()])
     ).name("BatchEventTime")
     strategy = WatermarkStrategy.for_bounded_out_of_orderness(Duration.of_millis(e.watermark_out_of_orderness_ms))
     return _apply_python_timestamps(stamped, strategy.with_idleness(Duration.of_millis(e.partition_idle_ms)),
