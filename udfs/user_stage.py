@@ -339,8 +339,10 @@ class UserStage(KeyedBroadcastProcessFunction):
         return times
 
     def _route(self, result: UserBatch, timers, shard: int | None = None) -> list:
-        results: list = [(TO_ITEMS, Row(shard, Row(shard, pack_events(events))))
-                         for shard, events in result.item_events.items()]
+        """The outputs of ``result``; its users' state written, and (``timers``: a batch of key ``shard``)
+        its impressions' due times registered."""
+        results: list = [(TO_ITEMS, Row(item_shard, Row(item_shard, pack_events(events))))
+                         for item_shard, events in result.item_events.items()]
         if result.delta is not None:
             results.append((TO_MERGER, Row(0, result.delta.as_message())))
         if result.examples:
