@@ -115,6 +115,11 @@ class ExampleColumns:
         self.code.append(code)
         self.pair.append(pair)
 
+    def add_shown(self, event_id: str, user_id: str, item_id: str, ts: int, type_: str, label: float,
+                  shown: OpenImpression) -> None:
+        """An example with the features stored with an impression: its negative, or the positive it had."""
+        self.add(event_id, user_id, item_id, ts, type_, label, shown.dense, shown.buckets, shown.code, shown.pair)
+
 
 @dataclass
 class Predictions:
@@ -276,8 +281,7 @@ class OnlineLearner:
                     if attributed is None:
                         cols.add(e.event_id, e.user_id, e.item_id, e.ts, t, label, x.dense, x.buckets, x.code, pair)
                     else:  # learned from what the models saw when the item was shown, as its negative would be
-                        cols.add(e.event_id, e.user_id, e.item_id, e.ts, t, label, attributed.dense, attributed.buckets,
-                                 attributed.code, attributed.pair)
+                        cols.add_shown(e.event_id, e.user_id, e.item_id, e.ts, t, label, attributed)
                 else:
                     item_ids.append(e.item_id)
             if e.candidates:
@@ -332,8 +336,7 @@ class OnlineLearner:
         shown = OpenImpression.read(stored)
         if e.ts <= shown.ts + self.cfg.attribution_window_ms:
             return shown
-        cols.add(shown.event_id, e.user_id, e.item_id, shown.ts, "impression", 0.0, shown.dense, shown.buckets,
-                 shown.code, shown.pair)
+        cols.add_shown(shown.event_id, e.user_id, e.item_id, shown.ts, "impression", 0.0, shown)
         return None
 
     def expire_impressions(self, due: list[tuple[str, str, str]], users: dict[str, dict]) -> Predictions:
@@ -353,8 +356,7 @@ class OnlineLearner:
             if open_.event_id != event_id:
                 continue  # superseded by a newer impression
             del user["impressions"][item_id]
-            cols.add(event_id, user_id, item_id, open_.ts, "impression", 0.0, open_.dense, open_.buckets,
-                     open_.code, open_.pair)
+            cols.add_shown(event_id, user_id, item_id, open_.ts, "impression", 0.0, open_)
         return self._learn(cols, users)[0] if len(cols) else Predictions()
 
     def _mf(self, index: dict[str, int], user_of: np.ndarray, items: torch.Tensor, y: torch.Tensor,
