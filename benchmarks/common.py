@@ -65,6 +65,51 @@ def sparse_events(users: int, n: int = 60_000, seed: int = 1, gap_ms: int = 10) 
     return out
 
 
+def shop_events(users: int = 2_000, n: int = 60_000, seed: int = 1, informative: bool = True,
+                items: int = 600, categories: int = 12) -> tuple[list[Event], dict[str, float]]:
+    """A seeded shop stream with a known click model, for binary-feedback quality: about ``n`` events over
+    ``users`` users, in pages of 4 impressions (one page every 20 s, pages spread over ``users`` / 180
+    hours), each impression clicked 2-20 s later with probability 0.1 + 0.8 x the user's taste for the
+    item's category (``informative``), or 0.3 whatever the user and item (random labels: no model can beat
+    AUC 0.5 there); plus a view before each page and an organic click (no impression) every tenth page.
+    Returns the events in time order and each impression's click probability by event id (the
+    generator's own score: the best AUC any model can reach)."""
+    rng = random.Random(seed)
+    cat_of = [rng.randrange(categories) for _ in range(items)]
+    taste = []
+    for _ in range(users):  # two favourite categories, the rest low
+        t = [rng.random() * 0.2 for _ in range(categories)]
+        for c in rng.sample(range(categories), 2):
+            t[c] = 0.6 + 0.4 * rng.random()
+        taste.append(t)
+    t0 = 1_700_000_000_000
+    span = max(1, users // 180) * 3_600_000
+    rows: list[tuple[int, int, Event]] = []
+    prob: dict[str, float] = {}
+    k = 0
+
+    def add(ts: int, user: int, item: int, type_: str) -> None:
+        nonlocal k
+        e = Event(f"shop{k}", f"u{user}", f"i{item}", type_, ts, None, f"c{cat_of[item]}")
+        rows.append((ts, k, e))
+        k += 1
+
+    while k < n:
+        u = rng.randrange(users)
+        ts = t0 + rng.randrange(span) // 20_000 * 20_000
+        add(ts, u, rng.randrange(items), "view")
+        for item in rng.sample(range(items), 4):
+            add(ts + 1, u, item, "impression")
+            p = 0.1 + 0.8 * taste[u][cat_of[item]] if informative else 0.3
+            prob[rows[-1][2].event_id] = p
+            if rng.random() < p:
+                add(ts + 2_000 + rng.randrange(18_000), u, item, "click")
+        if rng.random() < 0.1:
+            add(ts + 19_000, u, rng.randrange(items), "click")
+    rows.sort(key=lambda r: (r[0], r[1]))
+    return [e for _, _, e in rows], prob
+
+
 def fresh(prefix: str, overrides: list[str] | None = None) -> RtrecConfig:
     cfg = load_config(overrides=overrides)
     cfg.kafka = cfg.kafka.with_prefix(prefix)

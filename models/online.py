@@ -67,7 +67,8 @@ def refreshes(e: Event) -> bool:
 
 @dataclass(slots=True)
 class OpenImpression:
-    """An impression waiting for its attribution window: its features as they were when it was shown."""
+    """An impression waiting for its attribution window: its features as they were when it was shown,
+    and the scores it got then (see :class:`Predictions`)."""
 
     ts: int
     event_id: str
@@ -75,25 +76,32 @@ class OpenImpression:
     buckets: tuple[int, int]
     code: int
     pair: list[float]
+    #: Each model's score, the fused one and the correction's part of it, in binary units, as the
+    #: impression was shown (:meth:`OnlineLearner._score_shown`); empty until scored, and for impressions
+    #: that releases up to 0.1.0 stored (their outcome is then scored when it comes, as they did).
+    scores: list[float] = field(default_factory=list)
 
     def __reduce__(self):
         # Pickled (into keyed state) as the plain tuple releases up to 0.1.0 stored: state must not
         # depend on this class's name. read() turns it back into one.
-        return (tuple, ((self.ts, self.event_id, self.dense, self.buckets, self.code, self.pair),))
+        return (tuple, ((self.ts, self.event_id, self.dense, self.buckets, self.code, self.pair, self.scores),))
 
     @staticmethod
     def read(value) -> OpenImpression:
-        """From state: this class, or the tuple stored (without ``pair`` before text features)."""
+        """From state: this class, or the tuple stored (without ``pair`` before text features, without
+        ``scores`` up to 0.1.0)."""
         if type(value) is OpenImpression:
             return value
         ts, event_id, dense, buckets, code = value[:5]
-        return OpenImpression(ts, event_id, dense, tuple(buckets), code, value[5] if len(value) > 5 else NO_PAIR)
+        return OpenImpression(ts, event_id, dense, tuple(buckets), code, value[5] if len(value) > 5 else NO_PAIR,
+                              value[6] if len(value) > 6 else [])
 
 
 class ExampleColumns:
     """Labelled examples gathered from a batch, as columns (one list per field)."""
 
-    __slots__ = ("event_id", "user_id", "item_id", "ts", "type", "label", "dense", "buckets", "code", "pair")
+    __slots__ = ("event_id", "user_id", "item_id", "ts", "type", "label", "dense", "buckets", "code", "pair",
+                 "shown")
 
     def __init__(self):
         for name in self.__slots__:
@@ -103,7 +111,9 @@ class ExampleColumns:
         return len(self.event_id)
 
     def add(self, event_id: str, user_id: str, item_id: str, ts: int, type_: str, label: float, dense, buckets,
-            code: int, pair) -> None:
+            code: int, pair, shown: list[float] | None = None) -> None:
+        """``shown``: the scores its event got when it came (binary feedback: :class:`Predictions`), filled in
+        before the batch learns; None for ratings."""
         self.event_id.append(event_id)
         self.user_id.append(user_id)
         self.item_id.append(item_id)
@@ -114,11 +124,13 @@ class ExampleColumns:
         self.buckets.append(buckets)
         self.code.append(code)
         self.pair.append(pair)
+        self.shown.append(shown)
 
     def add_shown(self, event_id: str, user_id: str, item_id: str, ts: int, type_: str, label: float,
                   shown: OpenImpression) -> None:
         """An example with the features stored with an impression: its negative, or the positive it had."""
-        self.add(event_id, user_id, item_id, ts, type_, label, shown.dense, shown.buckets, shown.code, shown.pair)
+        self.add(event_id, user_id, item_id, ts, type_, label, shown.dense, shown.buckets, shown.code, shown.pair,
+                 shown.scores)
 
 
 @dataclass
@@ -248,6 +260,7 @@ class OnlineLearner:
         last_refresh: dict[str, int] = {}  # user -> position of their last top-k refresh
         searches: list[tuple[int, Inputs]] = []
         item_ids: list[str] = []  # items without an example (impressions, views): into the catalogue too
+        shown: list[tuple[Inputs, list[float], list[float]]] = []  # binary feedback's events: scored as they come
         keep_recent = self.cfg.exclude_recent
         every = self.refresh_every_event
         for pos, x in enumerate(inputs):
@@ -258,18 +271,25 @@ class OnlineLearner:
                 pair = pair_of[pos] if pair_of else NO_PAIR
                 if affinity is not None and e.category is not None:
                     affinity.note(e.item_id, e.category)
+                scores = None
                 if t == "impression":
                     impressions = user["impressions"]
-                    shown = impressions.get(e.item_id)
-                    if shown is not None:  # shown again: the earlier one is a negative if its window closed
-                        self._open_or_negative(shown, e, cols)
-                    impressions[e.item_id] = OpenImpression(e.ts, e.event_id, x.dense, x.buckets, x.code, pair)
+                    before = impressions.get(e.item_id)
+                    if before is not None:  # shown again: the earlier one is a negative if its window closed
+                        self._open_or_negative(before, e, cols)
+                    scores = []
+                    shown.append((x, pair, scores))
+                    impressions[e.item_id] = OpenImpression(e.ts, e.event_id, x.dense, x.buckets, x.code, pair,
+                                                            scores)
                 else:
                     attributed = None
                     if t in POSITIVE_TYPES:
-                        shown = user["impressions"].pop(e.item_id, None)
-                        if shown is not None:  # attributed if in its window; a negative if that closed
-                            attributed = self._open_or_negative(shown, e, cols)
+                        before = user["impressions"].pop(e.item_id, None)
+                        if before is not None:  # attributed if in its window; a negative if that closed
+                            attributed = self._open_or_negative(before, e, cols)
+                        if attributed is None:  # (an organic positive: scored as it comes too)
+                            scores = []
+                            shown.append((x, pair, scores))
                     recent = user["recent"]
                     if e.item_id in recent:
                         recent.remove(e.item_id)
@@ -279,7 +299,8 @@ class OnlineLearner:
                 if label is not None:
                     row_of[pos] = len(cols)
                     if attributed is None:
-                        cols.add(e.event_id, e.user_id, e.item_id, e.ts, t, label, x.dense, x.buckets, x.code, pair)
+                        cols.add(e.event_id, e.user_id, e.item_id, e.ts, t, label, x.dense, x.buckets, x.code, pair,
+                                 scores)
                     else:  # learned from what the models saw when the item was shown, as its negative would be
                         cols.add_shown(e.event_id, e.user_id, e.item_id, e.ts, t, label, attributed)
                 else:
@@ -298,6 +319,8 @@ class OnlineLearner:
         if item_ids:
             self.models.rows(item_ids)
         start = {u: users[u]["mf"] for u in {x.event.user_id for x in inputs}}
+        if shown:
+            self._score_shown(shown, start)
         if searches:
             # Ranked with the parameters as of the batch's start: the rating that follows a
             # search within the same batch must not have moved its item's parameters yet.
@@ -316,6 +339,34 @@ class OnlineLearner:
                     refresh.append((x, latest[x.event.user_id], refresh_at[pos], pos))
             result.recommendations.extend(self._recommend(refresh, ctx))
         return result
+
+    def _score_shown(self, shown: list[tuple[Inputs, list[float], list[float]]], start: dict[str, np.ndarray]) -> None:
+        """Score binary feedback's events as they come, with the parameters as of the batch's start (before it
+        learns anything): each impression as it is shown, and each positive no impression had. Fills each
+        event's list with every model's score, the fused one and the correction's part of it, in binary units;
+        :meth:`_learn` reports these for the event's outcome (:class:`Predictions`)."""
+        m, dev = self.models, self.device
+        lo, hi = self.scale.lo, self.scale.hi
+        xs = [x for x, _, _ in shown]
+        items = m.rows([x.event.item_id for x in xs])
+        ex = Examples(items, torch.from_numpy(np.stack([start[x.event.user_id] for x in xs])).to(dev),
+                      rows_tensor([x.dense for x in xs], np.float32, dev), rows_tensor([x.code for x in xs], np.int64, dev),
+                      rows_tensor([x.buckets for x in xs], np.int64, dev),
+                      rows_tensor([p for _, p, _ in shown], np.float32, dev))
+        with torch.no_grad():
+            raw, fused = m.predict(m.batch(ex))
+        columns = [raw[name] for name in m.fusion.models]
+        fused = fused.cpu()
+        correction = torch.zeros_like(fused)
+        if self.affinity is not None:
+            tables = self.affinity.tables([self._users[x.event.user_id] for x in xs])
+            adj = self.affinity.scores(tables, items.cpu().numpy()[:, None], m.params.index.ids)[:, 0]
+            corrected = (fused + torch.from_numpy(adj)).clamp(lo, hi)
+            correction, fused = corrected - fused, corrected
+        table = ((torch.stack([*(c.cpu() for c in columns), fused]) - lo) / (hi - lo)).clamp(0.0, 1.0)
+        table = torch.cat([table, correction[None] / (hi - lo)]).T.tolist()
+        for (_, _, scores), row in zip(shown, table, strict=True):
+            scores.extend(row)
 
     @staticmethod
     def _pairs(ctx: TextContext) -> list[list[float]]:
@@ -514,6 +565,15 @@ class OnlineLearner:
         out = Predictions(cols.event_id, cols.user_id, cols.item_id, cols.ts, cols.type, cols.label,
                           {k: units(v).tolist() for k, v in raw.items()}, fused_units.tolist(), heldout,
                           [] if blend is None else (fused_units - units(blend)).tolist())
+        names = m.fusion.models
+        width = len(names) + 2
+        for i, scores in enumerate(cols.shown):
+            if scores and len(scores) == width:  # binary feedback: the scores its event got as it came
+                for k, name in enumerate(names):
+                    out.scores[name][i] = scores[k]
+                out.fused[i] = scores[-2]
+                if out.correction:
+                    out.correction[i] = scores[-1]
         if self.learning:
             for i in (i for i in range(n) if heldout[i]):  # plain values: they are pickled for the merger
                 self.heldout.append({"item": cols.item_id[i], "user_params": before[i],
