@@ -65,17 +65,25 @@ def sparse_events(users: int, n: int = 60_000, seed: int = 1, gap_ms: int = 10) 
     return out
 
 
-def shop_events(users: int = 2_000, n: int = 60_000, seed: int = 1, informative: bool = True,
+#: How shop_events' impressions are clicked: by the user's taste for the item's category, by the item's own
+#: appeal, or at random (no model can beat AUC 0.5 there).
+CLICK_MODELS = ("taste", "item", "random")
+
+
+def shop_events(users: int = 2_000, n: int = 60_000, seed: int = 1, clicks: str = "taste",
                 items: int = 600, categories: int = 12) -> tuple[list[Event], dict[str, float]]:
     """A seeded shop stream with a known click model, for binary-feedback quality: about ``n`` events over
-    ``users`` users, in pages of 4 impressions (one page every 20 s, pages spread over ``users`` / 180
-    hours), each impression clicked 2-20 s later with probability 0.1 + 0.8 x the user's taste for the
-    item's category (``informative``), or 0.3 whatever the user and item (random labels: no model can beat
-    AUC 0.5 there); plus a view before each page and an organic click (no impression) every tenth page.
-    Returns the events in time order and each impression's click probability by event id (the
-    generator's own score: the best AUC any model can reach)."""
+    ``users`` users, in pages of 4 impressions (pages spread over ``users`` / 180 hours), each impression
+    clicked 2-20 s later with a probability (``clicks``, :data:`CLICK_MODELS`) of 0.1 + 0.8 x the user's
+    taste for the item's category (two favourite categories of 12 each), of the item's appeal (0.05-0.6),
+    or of 0.3 whatever the user and item; plus a view before each page and an organic click (no
+    impression) after every tenth page. Returns the events in time order and each impression's click
+    probability by event id (the generator's own score: the best AUC any model can reach)."""
+    if clicks not in CLICK_MODELS:
+        raise ValueError(f"clicks={clicks!r}: one of {CLICK_MODELS}")
     rng = random.Random(seed)
     cat_of = [rng.randrange(categories) for _ in range(items)]
+    appeal = [0.05 + 0.55 * rng.random() for _ in range(items)]
     taste = []
     for _ in range(users):  # two favourite categories, the rest low
         t = [rng.random() * 0.2 for _ in range(categories)]
@@ -100,7 +108,7 @@ def shop_events(users: int = 2_000, n: int = 60_000, seed: int = 1, informative:
         add(ts, u, rng.randrange(items), "view")
         for item in rng.sample(range(items), 4):
             add(ts + 1, u, item, "impression")
-            p = 0.1 + 0.8 * taste[u][cat_of[item]] if informative else 0.3
+            p = 0.1 + 0.8 * taste[u][cat_of[item]] if clicks == "taste" else appeal[item] if clicks == "item" else 0.3
             prob[rows[-1][2].event_id] = p
             if rng.random() < p:
                 add(ts + 2_000 + rng.randrange(18_000), u, item, "click")

@@ -183,12 +183,14 @@ class ModelSet:
             m.learn_many(batch, y, grad=grad)
 
     def ranker_and_fusion_compiled(self, batch: Batch, user: np.ndarray, y: np.ndarray, learn: np.ndarray,
-                                   mf_pred: np.ndarray, ftrl_pred: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+                                   mf_pred: np.ndarray, ftrl_pred: np.ndarray, shown: np.ndarray | None = None
+                                   ) -> tuple[torch.Tensor, torch.Tensor]:
         """The ranker's and the fusion's predict-and-learn (chunks of ``step_examples`` counted along the
         stream) as one compiled pass over zero-copy views of their tables and of their open chunk (CPU
         only): what :meth:`NeuralRanker.predict_and_learn` and :meth:`OnlineFusion.predict_and_learn` do,
         without a dozen torch ops per chunk. ``user`` (n, dim): each row's MF user vector before it,
-        without the bias. Returns (ranker, fused) raw predictions."""
+        without the bias; ``shown`` (n, 3) the fusion's inputs in place of the models' predictions, NaN where
+        none (see :func:`models.sequential.ranker_fusion_pass`). Returns (ranker, fused) raw predictions."""
         r, f = self.ranker, self.fusion
         assert f.models == [self.mf.name, self.ftrl.name, r.name], f.models  # the pass's column order
         w1, b1, w2, b2 = (t.data[0].numpy() for t in r.layers)
@@ -202,6 +204,7 @@ class ModelSet:
             batch.dense.numpy(), user, batch.items.numpy(), y, learn, step,
             (w1, b1, w2.reshape(-1), b2, a1, ab1, a2.reshape(-1), ab2), r.emb.data.numpy(), r.emb_acc.data.numpy(),
             r.lr, r.eps, r.offset, self.cfg.grad_clip, mf_pred, ftrl_pred,
+            shown if shown is not None else np.full((len(y), 3), np.nan, np.float32),
             (f.a.data[0].numpy(), f.b.data[0].numpy(), f.weights_view(), f.prior.numpy()), f.ridge, f.forget,
             f.robust, chunk)
         f.open[:] = r.open  # (one chunk for both: the pass kept the ranker's count)

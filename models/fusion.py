@@ -69,12 +69,13 @@ class OnlineFusion:
         return self._x(predictions) @ self._w
 
     def predict_and_learn(self, predictions: dict[str, torch.Tensor], y: torch.Tensor, learn: torch.Tensor | None,
-                          step: int) -> torch.Tensor:
+                          step: int, plain: torch.Tensor | None = None) -> torch.Tensor:
         """Predict, then learn, in chunks of ``step`` examples counted along the stream
         (models.base.chunk_segments; 0: one chunk per batch): each example is fused with the weights
         the chunks before it left; the rows that ``learn`` (a bool mask; None: none) marks join their
         chunk's statistics, which are added, and the weights solved again, when its last example has
-        come. So the weights move as often, at the same examples, whatever the batch size."""
+        come. So the weights move as often, at the same examples, whatever the batch size. ``plain``: a bool
+        mask of rows that weigh 1 whatever their error (binary feedback: the median of 0/1 labels is no fit)."""
         x = self._x(predictions)
         n = len(x)
         weight = learn.to(torch.float32) if learn is not None else None
@@ -86,7 +87,7 @@ class OnlineFusion:
                 w = weight[start:end]
                 count = int(w.sum())
                 if count:
-                    a, b = self._rows(xs, y[start:end], w)
+                    a, b = self._rows(xs, y[start:end], w, None if plain is None else plain[start:end])
                     self.pending_a += a
                     self.pending_b += b
                     self.open[1] += count
@@ -111,14 +112,17 @@ class OnlineFusion:
         x = self._x(predictions)
         self._absorb(*self._rows(x, y), len(y))
 
-    def _rows(self, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None
-              ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _rows(self, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None,
+              plain: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The statistics of examples ``x``, ``y`` (``weight``: 0/1 per row, the rows that count), each
-        weighted (robust) by its error under the weights now."""
+        weighted (robust) by its error under the weights now, but the ``plain`` rows."""
         y = y.float()
         xw = x
         if self.robust > 0:
-            xw = x / (y - x @ self._w).abs().clamp_min(self.robust)[:, None]
+            scale = (y - x @ self._w).abs().clamp_min(self.robust)
+            if plain is not None:
+                scale = torch.where(plain, torch.ones_like(scale), scale)
+            xw = x / scale[:, None]
         if weight is not None:
             xw = xw * weight[:, None]
         return xw.T @ x, xw.T @ y

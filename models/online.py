@@ -4,8 +4,10 @@ The UserStage (udfs/user_stage.py) feeds an :class:`OnlineLearner` one
 micro-batch at a time; benchmarks and tests feed it directly. Per batch it
 
 1. turns feedback into examples (ratings; clicks, carts and purchases as
-   positives; impressions are remembered and become negatives when their
-   attribution window closes without a positive),
+   positives; an impression is learned as a 0 at once, a "fake negative",
+   and remembered: a positive within its attribution window is learned from
+   the impression's features, and its outcome, 0 if the window closes without
+   one, is recorded with the scores it got when shown),
 2. predicts every example with every model and the fusion *before* learning
    from it (prequential), in waves: the n-th example of every user forms wave
    n, so a user's examples apply in order while the maths stays batched,
@@ -101,7 +103,7 @@ class ExampleColumns:
     """Labelled examples gathered from a batch, as columns (one list per field)."""
 
     __slots__ = ("event_id", "user_id", "item_id", "ts", "type", "label", "dense", "buckets", "code", "pair",
-                 "shown")
+                 "shown", "learn", "record")
 
     def __init__(self):
         for name in self.__slots__:
@@ -111,7 +113,7 @@ class ExampleColumns:
         return len(self.event_id)
 
     def add(self, event_id: str, user_id: str, item_id: str, ts: int, type_: str, label: float, dense, buckets,
-            code: int, pair, shown: list[float] | None = None) -> None:
+            code: int, pair, shown: list[float] | None = None, learn: bool = True, record: bool = True) -> None:
         """``shown``: the scores its event got when it came (binary feedback: :class:`Predictions`), filled in
         before the batch learns; None for ratings."""
         self.event_id.append(event_id)
@@ -125,18 +127,21 @@ class ExampleColumns:
         self.code.append(code)
         self.pair.append(pair)
         self.shown.append(shown)
+        self.learn.append(learn)
+        self.record.append(record)
 
     def add_shown(self, event_id: str, user_id: str, item_id: str, ts: int, type_: str, label: float,
-                  shown: OpenImpression) -> None:
+                  shown: OpenImpression, learn: bool = True) -> None:
         """An example with the features stored with an impression: its negative, or the positive it had."""
         self.add(event_id, user_id, item_id, ts, type_, label, shown.dense, shown.buckets, shown.code, shown.pair,
-                 shown.scores)
+                 shown.scores, learn)
 
 
 @dataclass
 class Predictions:
     """Labelled examples as columns, each predicted by every model and the fusion before anything
-    learned from it; scores in the label's units (the rating, or 0..1 for binary feedback)."""
+    learned from it (a rating as it is learned; binary feedback as its event came: an impression's
+    outcome when it was shown); scores in the label's units (the rating, or 0..1 for binary feedback)."""
 
     event_id: list[str] = field(default_factory=list)
     user_id: list[str] = field(default_factory=list)
@@ -281,6 +286,10 @@ class OnlineLearner:
                     shown.append((x, pair, scores))
                     impressions[e.item_id] = OpenImpression(e.ts, e.event_id, x.dense, x.buckets, x.code, pair,
                                                             scores)
+                    # Learned as a 0 at once (a "fake negative"); its outcome's record comes later.
+                    row_of[pos] = len(cols)
+                    cols.add(e.event_id, e.user_id, e.item_id, e.ts, t, 0.0, x.dense, x.buckets, x.code, pair,
+                             scores, record=False)
                 else:
                     attributed = None
                     if t in POSITIVE_TYPES:
@@ -387,7 +396,8 @@ class OnlineLearner:
         shown = OpenImpression.read(stored)
         if e.ts <= shown.ts + self.cfg.attribution_window_ms:
             return shown
-        cols.add_shown(shown.event_id, e.user_id, e.item_id, shown.ts, "impression", 0.0, shown)
+        cols.add_shown(shown.event_id, e.user_id, e.item_id, shown.ts, "impression", 0.0, shown,
+                       learn=not shown.scores)
         return None
 
     def expire_impressions(self, due: list[tuple[str, str, str]], users: dict[str, dict]) -> Predictions:
@@ -407,8 +417,24 @@ class OnlineLearner:
             if open_.event_id != event_id:
                 continue  # superseded by a newer impression
             del user["impressions"][item_id]
-            cols.add_shown(event_id, user_id, item_id, open_.ts, "impression", 0.0, open_)
-        return self._learn(cols, users)[0] if len(cols) else Predictions()
+            cols.add_shown(event_id, user_id, item_id, open_.ts, "impression", 0.0, open_,
+                           learn=not open_.scores)
+        if not len(cols):
+            return Predictions()
+        if not any(cols.learn):
+            return self._stored(cols)
+        return self._learn(cols, users)[0]
+
+    def _stored(self, cols: ExampleColumns) -> Predictions:
+        """The records of outcomes that nothing learns from, from the scores stored with their impressions."""
+        names = self.models.fusion.models
+        k = len(names)
+        scores = [row for row in cols.shown]
+        fraction = self.cfg.heldout_fraction
+        return Predictions(cols.event_id, cols.user_id, cols.item_id, cols.ts, cols.type, cols.label,
+                           {name: [row[j] for row in scores] for j, name in enumerate(names)},
+                           [row[k] for row in scores], [is_heldout(e, fraction) for e in cols.event_id],
+                           [row[k + 1] for row in scores] if self.affinity is not None else [])
 
     def _mf(self, index: dict[str, int], user_of: np.ndarray, items: torch.Tensor, y: torch.Tensor,
             learn: np.ndarray, learned: torch.Tensor, users: dict[str, dict]
@@ -507,7 +533,7 @@ class OnlineLearner:
         fraction = cfg.heldout_fraction
         heldout = [is_heldout(e, fraction) for e in cols.event_id]
         # What every model learns from: all but the held-out share (nothing when frozen).
-        learn = ~np.array(heldout, np.bool_) if self.learning else np.zeros(n, np.bool_)
+        learn = ~np.array(heldout, np.bool_) & np.array(cols.learn, np.bool_) if self.learning else np.zeros(n, np.bool_)
         learned = torch.from_numpy(np.flatnonzero(learn))
         index: dict[str, int] = {}  # the batch's users, in order of first example (the MF's and the correction's)
         user_of = np.fromiter((index.setdefault(u, len(index)) for u in cols.user_id), np.int64, n)
@@ -533,6 +559,15 @@ class OnlineLearner:
                 ftrl.n.touch(rows)
         y = y.to(dev)
         learn_mask = torch.from_numpy(learn).to(dev) if len(learned) else None
+        # The fusion fuses (and learns from) binary feedback's scores as its event came: what serving fused.
+        shown = None
+        names = m.fusion.models
+        width = len(names) + 2
+        rows_shown = [i for i, sc in enumerate(cols.shown) if sc and len(sc) == width]
+        if rows_shown:
+            shown = np.full((n, len(names)), np.nan, np.float32)
+            shown[rows_shown] = [cols.shown[i][: len(names)] for i in rows_shown]
+            shown = np.where(np.array(is_rating)[:, None], shown, lo + shown * (hi - lo))  # (into raw units)
         with torch.no_grad():
             if not self.compiled:
                 ftrl_pred = ftrl.predict_many(batch)
@@ -542,12 +577,17 @@ class OnlineLearner:
             if self.compiled:
                 user = np.ascontiguousarray(before[:, :-1])  # (one layout: one compilation, see warm_up)
                 ranker_pred, fused = m.ranker_and_fusion_compiled(batch, user, y.numpy(), learn, mf_pred.numpy(),
-                                                                  ftrl_pred.numpy())
+                                                                  ftrl_pred.numpy(), shown)
                 raw = {m.mf.name: mf_pred, ftrl.name: ftrl_pred, m.ranker.name: ranker_pred}
             else:
                 ranker_pred = m.ranker.predict_and_learn(batch, y, learn_mask)
                 raw = {m.mf.name: mf_pred.to(dev), ftrl.name: ftrl_pred, m.ranker.name: ranker_pred}
-                fused = m.fusion.predict_and_learn(raw, y, learn_mask, cfg.step_examples)
+                into, at = raw, None
+                if shown is not None:
+                    at = torch.from_numpy(~np.isnan(shown[:, 0])).to(dev)
+                    into = {k: torch.where(at, torch.from_numpy(shown[:, j]).to(dev), v)
+                            for j, (k, v) in enumerate(raw.items())}
+                fused = m.fusion.predict_and_learn(into, y, learn_mask, cfg.step_examples, at)
             fused = fused.clamp(lo, hi)
         blend = None
         if self.affinity is not None:
@@ -565,17 +605,17 @@ class OnlineLearner:
         out = Predictions(cols.event_id, cols.user_id, cols.item_id, cols.ts, cols.type, cols.label,
                           {k: units(v).tolist() for k, v in raw.items()}, fused_units.tolist(), heldout,
                           [] if blend is None else (fused_units - units(blend)).tolist())
-        names = m.fusion.models
-        width = len(names) + 2
-        for i, scores in enumerate(cols.shown):
-            if scores and len(scores) == width:  # binary feedback: the scores its event got as it came
-                for k, name in enumerate(names):
-                    out.scores[name][i] = scores[k]
-                out.fused[i] = scores[-2]
-                if out.correction:
-                    out.correction[i] = scores[-1]
+        for i in rows_shown:  # binary feedback: the scores its event got as it came
+            scores = cols.shown[i]
+            for k, name in enumerate(names):
+                out.scores[name][i] = scores[k]
+            out.fused[i] = scores[-2]
+            if out.correction:
+                out.correction[i] = scores[-1]
+        if not all(cols.record):
+            out = out.where(cols.record)
         if self.learning:
-            for i in (i for i in range(n) if heldout[i]):  # plain values: they are pickled for the merger
+            for i in (i for i in range(n) if heldout[i] and cols.learn[i]):  # plain values: pickled for the merger
                 self.heldout.append({"item": cols.item_id[i], "user_params": before[i],
                                      "user_dense": np.array(cols.dense[i], np.float32), "user_code": cols.code[i],
                                      "user_buckets": np.array(cols.buckets[i], np.int64),

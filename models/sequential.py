@@ -338,7 +338,7 @@ def _solve_ridge(a, b, ridge, prior, out):
 
 @jit
 def _ranker_fusion_pass(dense, user, items, y, learn, step, w1, b1, w2, b2, a_w1, a_b1, a_w2, a_b2, emb, emb_acc,
-                        lr, eps, offset, clip, mf_pred, ftrl_pred, fa, fb, fw, prior, ridge, forget, robust,
+                        lr, eps, offset, clip, mf_pred, ftrl_pred, shown, fa, fb, fw, prior, ridge, forget, robust,
                         p_w1, p_b1, p_w2, p_b2, p_items, p_e, p_fa, p_fb, open_, ranker_out, fused_out, closed_items):
     n = items.shape[0]
     nd = dense.shape[1]
@@ -371,7 +371,17 @@ def _ranker_fusion_pass(dense, user, items, y, learn, step, w1, b1, w2, b2, a_w1
             if s > 0:
                 out += s * w2[h]
         ranker_out[i] = out
-        fused_out[i] = fw[0] + fw[1] * mf_pred[i] + fw[2] * ftrl_pred[i] + fw[3] * out
+        # The fusion's inputs: the models' predictions now, or the scores the row's event got as it came.
+        xf[0] = 1.0
+        if shown[i, 0] == shown[i, 0]:  # (not NaN)
+            xf[1] = shown[i, 0]
+            xf[2] = shown[i, 1]
+            xf[3] = shown[i, 2]
+        else:
+            xf[1] = mf_pred[i]
+            xf[2] = ftrl_pred[i]
+            xf[3] = out
+        fused_out[i] = fw[0] + fw[1] * xf[1] + fw[2] * xf[2] + fw[3] * xf[3]
         if learn[i]:
             # Into the open chunk: the ranker's gradient (NeuralRanker._add), the fusion's row.
             g = min(max(out - y[i], -clip), clip)
@@ -388,12 +398,8 @@ def _ranker_fusion_pass(dense, user, items, y, learn, step, w1, b1, w2, b2, a_w1
                     for j in range(de):
                         p_e[count, j] += d * w1[nd + j, h]
             p_items[count] = items[i]
-            xf[0] = 1.0
-            xf[1] = mf_pred[i]
-            xf[2] = ftrl_pred[i]
-            xf[3] = out
             wt = 1.0
-            if robust > 0:
+            if robust > 0 and shown[i, 0] != shown[i, 0]:  # (binary feedback weighs 1: its median is no fit)
                 wt = 1.0 / max(abs(y[i] - fused_out[i]), robust)
             for r in range(k):
                 p_fb[r] += wt * xf[r] * y[i]
@@ -455,7 +461,7 @@ def _ranker_fusion_pass(dense, user, items, y, learn, step, w1, b1, w2, b2, a_w1
 
 def ranker_fusion_pass(dense: np.ndarray, user: np.ndarray, items: np.ndarray, y: np.ndarray, learn: np.ndarray,
                        step: int, ranker: tuple, emb: np.ndarray, emb_acc: np.ndarray, lr: float, eps: float,
-                       offset: float, clip: float, mf_pred: np.ndarray, ftrl_pred: np.ndarray,
+                       offset: float, clip: float, mf_pred: np.ndarray, ftrl_pred: np.ndarray, shown: np.ndarray,
                        fusion: tuple, ridge: float, forget: float, robust: float,
                        chunk: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The neural ranker and the fusion over a batch, in chunks of ``step`` examples counted along the
@@ -470,7 +476,11 @@ def ranker_fusion_pass(dense: np.ndarray, user: np.ndarray, items: np.ndarray, y
     the ranker's inputs besides the embedding. ``fusion``: (A, b, weights, prior), with the weights
     solved again after each chunk. ``chunk``: the open chunk, (gradients of w1, b1, w2 as (hidden,), b2;
     items (capacity >= step, or n for step 0); their embedding gradients; the fusion's A and b; [rows,
-    learning rows]). Everything is updated in place. Returns (ranker, fused) predictions, the fused one
+    learning rows]). ``shown`` (n, 3): per row, the fusion's inputs in place of the three models' predictions
+    (the scores binary feedback got as its event came, which serving fused), or NaN: the predictions. Rows
+    with ``shown`` scores weigh 1 in the fusion's fit, the others by ``robust`` (towards least absolute
+    error, for ratings: the median of 0/1 labels is no fit).
+    Everything is updated in place. Returns (ranker, fused) predictions, the fused one
     not clamped, and the item of each example whose chunk closed in this batch (for the touched rows).
     """
     n = len(items)
@@ -484,7 +494,7 @@ def ranker_fusion_pass(dense: np.ndarray, user: np.ndarray, items: np.ndarray, y
         fa, fb, fw, prior = fusion
         done = _ranker_fusion_pass(dense, user, items, y, learn, step if step > 0 else n, w1, b1, w2, b2, a_w1,
                                    a_b1, a_w2, a_b2, emb, emb_acc, np.float32(lr), np.float32(eps),
-                                   np.float32(offset), np.float32(clip), mf_pred, ftrl_pred, fa, fb, fw, prior,
+                                   np.float32(offset), np.float32(clip), mf_pred, ftrl_pred, shown, fa, fb, fw, prior,
                                    float(ridge), float(forget), float(robust), p_w1, p_b1, p_w2, p_b2, p_items, p_e,
                                    p_fa, p_fb, open_, ranker_out, fused_out, closed)
     return ranker_out, fused_out, closed[:done]
@@ -831,7 +841,7 @@ def warm_up() -> None:
     sparse_codes(np.zeros((1, 3), np.int64), one, one, np.zeros((1, 2), np.int64), f(1, 2), 1_000_003, 1 << 31, 64)
     ranker_fusion_pass(f(1, 2), f(1, 2), one, f(1), np.ones(1, np.bool_), 1,
                        (f(6, 3), f(3), f(3), f(1), f(6, 3), f(3), f(3), f(1)), f(1, 2), f(1, 2), 0.1, 1e-8, 3.0, 4.0,
-                       f(1), f(1), (f(4, 4), f(4), f(4), f(4)), 1.0, 0.9999, 1.0,
+                       f(1), f(1), f(1, 3), (f(4, 4), f(4), f(4), f(4)), 1.0, 0.9999, 1.0,
                        (f(6, 3), f(3), f(3), f(1), one, f(1, 2), f(4, 4), f(4), np.zeros(2, np.int64)))
     text_pairs(f(2, 4), np.zeros((1, 1), np.int64), f(1, 4), f(1, 4))
     seeded_normals(["u"], 7, 2)

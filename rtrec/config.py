@@ -267,9 +267,10 @@ class ModelConfig:
     retrieve: int = 100
     exclude_recent: int = 100
 
-    # An impression with no click, cart or purchase of the same item by the
-    # same user within this much event time becomes a negative example (decided
-    # on the next whole second of event time after the window closes).
+    # A click, cart or purchase of an item within this much event time after the same user's
+    # impression of it is the impression's positive, learned from its features. Each impression is
+    # learned as a 0 when it comes (a fake negative); its outcome's record, a 0 if nothing came, is
+    # written on the next whole second of event time after the window closes.
     attribution_window_ms: int = 1_800_000
 
     # Trainers hand their updates to the merger after every batch; the merger

@@ -244,7 +244,8 @@ def test_the_mf_error_clip_is_its_own_or_everyone_s():
 @pytest.mark.parametrize("step", [8, 0])
 def test_ranker_and_fusion_pass_equals_their_torch_chunks(step):
     """The compiled ranker+fusion pass against NeuralRanker/OnlineFusion.predict_and_learn, over two batches
-    with repeated items and held-out rows: the same predictions, tables, touched rows and example counts."""
+    with repeated items and held-out rows, a third of them fused from scores given as shown (binary feedback):
+    the same predictions, tables, touched rows and example counts."""
     from models.base import Batch
     from models.ensemble import ModelSet
     from rtrec.features.model_inputs import N_DENSE
@@ -259,14 +260,19 @@ def test_ranker_and_fusion_pass_equals_their_torch_chunks(step):
         y = rng.integers(1, 6, n).astype(np.float32)
         learn = rng.random(n) > 0.25
         mf, ftrl = (rng.normal(3.5, 0.8, n).astype(np.float32) for _ in range(2))
+        shown = np.full((n, 3), np.nan, np.float32)
+        draw = np.random.default_rng(n)  # (its own draws: the stream's rows as before)
+        at = draw.random(n) < 0.33
+        shown[at] = draw.uniform(1, 5, (int(at.sum()), 3))
         batches = [Batch(m.rows(ids), {"mf": torch.from_numpy(user)}, torch.from_numpy(dense))
                    for m in (torch_set, compiled_set)]
         with torch.no_grad():
             mask = torch.from_numpy(learn)
             r_t = torch_set.ranker.predict_and_learn(batches[0], torch.from_numpy(y), mask)
-            f_t = torch_set.fusion.predict_and_learn({"mf": torch.from_numpy(mf), "ftrl": torch.from_numpy(ftrl),
-                                                      "ranker": r_t}, torch.from_numpy(y), mask, step)
-        r_c, f_c = compiled_set.ranker_and_fusion_compiled(batches[1], user[:, :-1], y, learn, mf, ftrl)
+            into = {k: torch.where(torch.from_numpy(at), torch.from_numpy(shown[:, j]), v) for j, (k, v) in
+                    enumerate({"mf": torch.from_numpy(mf), "ftrl": torch.from_numpy(ftrl), "ranker": r_t}.items())}
+            f_t = torch_set.fusion.predict_and_learn(into, torch.from_numpy(y), mask, step, torch.from_numpy(at))
+        r_c, f_c = compiled_set.ranker_and_fusion_compiled(batches[1], user[:, :-1], y, learn, mf, ftrl, shown)
         np.testing.assert_allclose(r_c.numpy(), r_t.numpy(), atol=1e-4)
         np.testing.assert_allclose(f_c.numpy(), f_t.numpy(), atol=1e-4)
     assert not torch.allclose(torch_set.fusion._w, torch_set.fusion.prior)  # the fusion did learn
