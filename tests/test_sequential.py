@@ -493,3 +493,23 @@ def test_new_users_made_together_equal_each_made_alone():
     std = learner.models.mf.init_std
     rows = learner.models.mf.new_users([str(i) for i in range(5000)])[:, :-1]
     assert abs(float(rows.std()) - std) < 0.03 * std
+
+
+def test_binary_feedback_through_the_batched_gpu_form():
+    """The torch form (a GPU's) of a stream with impressions and clicks: impressions learned as 0s at once,
+    scored when shown, and the fusion fed those scores (OnlineFusion.predict_and_learn with ``plain`` rows),
+    giving the compiled pass's records, with scores close to its."""
+    from benchmarks.common import shop_events
+    from rtrec.config import load_config
+    from rtrec.core.local import LocalPipeline
+
+    events, _ = shop_events(users=200, n=3_000, clicks="item")
+    runs = []
+    for compiled in (True, False):
+        pipe = LocalPipeline(load_config(overrides=["text.enabled=false"]))
+        pipe.learner.compiled = compiled
+        runs.append(pipe.run(events, 500).predictions)
+    a, b = runs
+    assert a.event_id == b.event_id and a.label == b.label and len(a) > 1_500
+    assert all(0.0 <= v <= 1.0 for v in b.fused)
+    assert np.abs(np.array(a.fused) - np.array(b.fused)).mean() < 0.05
