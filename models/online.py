@@ -389,7 +389,8 @@ class OnlineLearner:
 
     def _open_or_negative(self, stored, e: Event, cols: ExampleColumns) -> OpenImpression | None:
         """An open impression of ``e``'s user and item: returned if ``e`` is within its attribution window;
-        if the window closed before ``e``, a negative example now, and None. Its timer may not have fired
+        if the window closed before ``e``, its 0's record now (learned as well if 0.1.0 stored it, unlearned),
+        and None. Its timer may not have fired
         yet (a backlog's watermark trails the batches by seconds of processing time: minutes of event
         time); whether it is a negative must not depend on that. (Its timer then finds it gone, or
         superseded.)"""
@@ -401,7 +402,8 @@ class OnlineLearner:
         return None
 
     def expire_impressions(self, due: list[tuple[str, str, str]], users: dict[str, dict]) -> Predictions:
-        """Impressions whose attribution window closed: still open ones become negative examples.
+        """Impressions whose attribution window closed: the records of still open ones' 0s, with the scores
+        they got when shown (learned as 0s when they came; those that 0.1.0 stored are learned now).
 
         ``due`` holds (user id, item id, impression event id).
         """

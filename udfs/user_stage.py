@@ -18,9 +18,9 @@ so every output of a batch carries one version. Notices queue behind the
 events while the job works through a backlog, so between two batches (at
 most every ``model.version_check_ms``) the subtask also asks the broker for
 the topic's end and adopts a newer version at once; ``model_staleness_ms``
-is the age of the newest version it had not adopted when it asked. An impression becomes a negative
-example when ``model.attribution_window_ms`` of event time passes without a
-click, cart or purchase of its item (an event-time timer per shard).
+is the age of the newest version it had not adopted when it asked. An impression is learned as a 0
+when it comes; its record, a 0, is written when ``model.attribution_window_ms`` of event time passes
+without a click, cart or purchase of its item (an event-time timer per shard).
 """
 
 from __future__ import annotations
@@ -263,7 +263,7 @@ class UserStage(KeyedBroadcastProcessFunction):
         yield from results
 
     def on_timer(self, timestamp: int, ctx: KeyedBroadcastProcessFunction.OnTimerContext):
-        """Impressions whose attribution window closed become negative examples."""
+        """Impressions whose attribution window closed: their 0s' records."""
         with self.profile:
             # Every timer of this shard the watermark has passed, in one expiry: a backlog's watermark
             # jumps over many at once, and each expiry is a learning step and a delta of its own. The

@@ -11,7 +11,7 @@ window. Keyed state is a dict of the entries the operators would store.
 Impressions' attribution timers fire as the job's event-time timers do: once
 the watermark passes them, before the next window's batches, and all of them
 at the end of the stream (a bounded source's last watermark); each still open
-impression becomes a negative example through the same UserCore.expire.
+impression's 0 is recorded through the same UserCore.expire.
 
 At ``flink.parallelism`` N > 1 there are N UserCores, each with its own
 trainer, and each shard batch goes to the subtask Flink would give its shard

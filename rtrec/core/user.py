@@ -368,7 +368,8 @@ class UserCore:
     # -- impressions and hand-over --------------------------------------------------------
     def expire(self, due: list[tuple[str, str, str]], load: Callable[[str], dict | None],
                hand_over: bool = True) -> UserBatch:
-        """Impressions whose attribution window closed: the still open ones become negative examples.
+        """Impressions whose attribution window closed: the still open ones' 0s are recorded (see
+        :meth:`models.online.OnlineLearner.expire_impressions`).
 
         ``due`` holds (user id, item id, impression event id). :meth:`expire_loaded` is the same for
         users loaded already (the operator loads them on its task thread, then calls that on the torch
