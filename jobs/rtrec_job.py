@@ -31,7 +31,7 @@ from jobs.environment import create_environments, warm_embedded_python
 from rtrec import topics
 from rtrec.config import RtrecConfig
 from rtrec.flink_rest import FlinkRest
-from rtrec.progress import fatal_failure
+from rtrec.progress import fatal_failure, find_vertices, read_to_its_end
 from rtrec.sharding import ShardCountMismatch
 from udfs.event_time import BATCH, never_holding_back, with_batch_event_time
 from udfs.item_stage import ITEM_EVENTS, ITEMS_TO_MERGER, ItemStage
@@ -130,7 +130,13 @@ def _trigger_checkpoint(rest: FlinkRest, job_id: str) -> None:
         print(f"rtrec: could not trigger a checkpoint ({e}); waiting for the next periodic one", flush=True)
 
 
-def finish_bounded(cfg: RtrecConfig, client, timeout_s: float = 3600) -> BoundedResult:
+#: Polls (0.5 s apart) that a restored bounded source must have read to its end, with nothing more
+#: coming in, before the job is drained (see :func:`finish_bounded`).
+DRAIN_AFTER_POLLS = 6
+
+
+def finish_bounded(cfg: RtrecConfig, client, timeout_s: float = 3600, ends: dict[int, int] | None = None
+                   ) -> BoundedResult:
     """Wait until a bounded run has committed every output, then cancel it.
 
     With models on, the job also reads the model-updates topic, which never
@@ -140,12 +146,23 @@ def finish_bounded(cfg: RtrecConfig, client, timeout_s: float = 3600) -> Bounded
     outputs (its barrier follows them); one more completed checkpoint makes
     sure the sinks' transactions of the first one are committed. Both are
     triggered at once through the REST API, not waited for.
+
+    A bounded Kafka source restored from a checkpoint or savepoint (``rtrec run --bounded --resume``)
+    reads to its end, the ``ends`` of the run that took the state (its splits keep them), and then never
+    finishes (FLINK-31006, open in flink-connector-kafka 5.0.0: the restored enumerator never tells its
+    readers that no more splits come). So a restored run whose source has read everything up to
+    ``ends`` (:func:`rtrec.progress.read_to_its_end` for :data:`DRAIN_AFTER_POLLS` polls; without
+    ``ends``, the topic's end now) is stopped with a savepoint and ``drain``: the sources end with the
+    final watermark, as a bounded source's end does, and the savepoint commits every output.
     """
     rest = FlinkRest(f"http://127.0.0.1:{cfg.flink.rest_port}")
     job_id = str(client.get_job_id())
     deadline = time.time() + timeout_s
     upstream = None
     answered = time.time()
+    restored = "execution.state-recovery.path" in cfg.flink.options
+    end_total = sum((ends or topics.end_offsets(cfg.kafka, cfg.kafka.events_topic)).values()) if restored else 0
+    read_polls, last_in = 0, None
     while time.time() < deadline:
         try:
             job = rest.get(f"/jobs/{job_id}")
@@ -165,6 +182,10 @@ def finish_bounded(cfg: RtrecConfig, client, timeout_s: float = 3600) -> Bounded
         status = {v["id"]: v["status"] for v in job["vertices"]}
         if upstream and all(status.get(v) == "FINISHED" for v in upstream):
             break
+        if restored and upstream:
+            read_polls, last_in = _poll_restored_source(rest, cfg, job_id, end_total, read_polls, last_in)
+            if read_polls >= DRAIN_AFTER_POLLS:
+                return _drain(rest, job_id, job["start-time"])
         time.sleep(0.5)
     else:
         raise TimeoutError(f"the events of job {job_id} were not consumed within {timeout_s:.0f} s")
@@ -198,7 +219,36 @@ def finish_bounded(cfg: RtrecConfig, client, timeout_s: float = 3600) -> Bounded
     return BoundedResult(job_id, (done_at or int(time.time() * 1000)) - start_ms, failures)
 
 
-def run(cfg: RtrecConfig, wait: bool = True, on_start=None, local: bool = True):
+def _poll_restored_source(rest: FlinkRest, cfg: RtrecConfig, job_id: str, end_total: int, polls: int,
+                          last_in: float | None) -> tuple[int, float | None]:
+    """One poll of a restored bounded run's events source, which reads to ``end_total`` records of the
+    topic (summed over partitions): (polls in a row it has read to its end, the UserStage's events in now)."""
+    try:
+        vertices = find_vertices(rest, job_id)
+        lags = rest.metrics(job_id, vertices["source"], ".pendingRecords")
+        events_in = sum(rest.metrics(job_id, vertices["user"], "rtrec.events_in").values())
+        appended = sum(topics.end_offsets(cfg.kafka, cfg.kafka.events_topic).values()) - end_total
+    except (OSError, KeyError, RuntimeError):
+        return 0, None
+    done = read_to_its_end(sum(lags.values()) if lags else None, appended, events_in, last_in)
+    return (polls + 1 if done else 0), events_in
+
+
+def _drain(rest: FlinkRest, job_id: str, start_ms: int) -> BoundedResult:
+    """Stop the job with a drained savepoint (see :func:`finish_bounded`) and wait until it finished."""
+    print("rtrec: the restored events source read to its end but does not finish by itself (FLINK-31006): "
+          "stopping the job with a drained savepoint", flush=True)
+    failures = len(rest.get(f"/jobs/{job_id}/exceptions")["exceptionHistory"]["entries"])
+    try:
+        location = rest.stop_with_savepoint(job_id, drain=True, timeout_s=600)
+    except OSError:  # (the job finished, and a MiniCluster with it, before the savepoint's status was read)
+        location = "(its path was not read: the job had finished)"
+    done_at = int(time.time() * 1000)
+    print(f"rtrec: drained savepoint {location}", flush=True)
+    return BoundedResult(job_id, done_at - start_ms, failures)
+
+
+def run(cfg: RtrecConfig, wait: bool = True, on_start=None, local: bool = True, ends: dict[int, int] | None = None):
     """Build and start the job; returns the JobExecutionResult (or the JobClient when not waiting).
 
     ``on_start`` is called once the job is built, just before it is submitted.
@@ -218,8 +268,8 @@ def run(cfg: RtrecConfig, wait: bool = True, on_start=None, local: bool = True):
         on_start()
     if not wait:
         return env.execute_async(cfg.flink.job_name)
-    if cfg.flink.bounded and cfg.model.enabled:
-        return finish_bounded(cfg, env.execute_async(cfg.flink.job_name))
+    if cfg.flink.bounded and (cfg.model.enabled or "execution.state-recovery.path" in cfg.flink.options):
+        return finish_bounded(cfg, env.execute_async(cfg.flink.job_name), ends=ends)
     return env.execute(cfg.flink.job_name)
 
 

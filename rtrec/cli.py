@@ -181,9 +181,21 @@ def cmd_run(args) -> int:
     progress = JobProgress(cfg.flink.job_name, total=total if cfg.flink.bounded else None,
                            enabled=not args.no_progress, models=cfg.model.enabled)
 
-    record_run(cfg, cfg.flink.bounded)  # (the job's id, so that a later --resume finds what this run leaves)
+    # A bounded run reads to the topic's end now; one resumed from a bounded run's state reads to that
+    # run's end (its restored source keeps it), and the events that came after stay for the next run.
+    ends = None
+    if cfg.flink.bounded:
+        ends = before if earlier is None or not args.resume else earlier.ends
+        if args.resume and ends is not None:
+            after = sum(before.values()) - sum(ends.values())
+            if after > 0:
+                print(f"rtrec: note: this resume finishes the run whose state it restores: it reads to where that "
+                      f"run's input ended; the {after:,} events that came since stay for the next "
+                      "`rtrec run --bounded`", file=sys.stderr, flush=True)
+    ends = {int(p): int(o) for p, o in ends.items()} if ends else None
+    record_run(cfg, cfg.flink.bounded, ends)
     try:
-        result, run = run_locally(cfg, progress)
+        result, run = run_locally(cfg, progress, ends=ends)
     except Exception as e:  # (a Py4JJavaError from Flink)
         fatal = progress.fatal or (str(e) if isinstance(e, ShardCountMismatch) else fatal_reason(str(e)))
         if fatal:  # (no restart could mend it; the progress thread cancelled an unbounded job)
@@ -223,7 +235,8 @@ def cmd_run(args) -> int:
         return 0
     wall = time.perf_counter() - start
     if cfg.flink.bounded:
-        n = total if total is not None else sum(before.values())
+        # (resumed: the source's own offsets, which the checkpoint held, not the group's; the job's count)
+        n = total if total is not None else progress.last.events_in if progress.last else sum(before.values())
         runtime = result.get_net_runtime() / 1000
         print(
             f"rtrec: job finished: {n:,} events in {runtime:.1f} s of job time ({n / runtime:,.0f} events/s), "
@@ -236,7 +249,8 @@ def cmd_run(args) -> int:
             # cancelled once every output is committed, and the Kafka source, finished by then, no
             # longer commits the group's offsets of its last checkpoint. Every event up to ``before``
             # has its outputs committed, so the next run starts there instead of reading them again.
-            topics.commit_forward(cfg.kafka, cfg.kafka.events_topic, cfg.kafka.consumer_group, before)
+            # (A resumed run read to its restored source's end, ``ends``; what came after waits.)
+            topics.commit_forward(cfg.kafka, cfg.kafka.events_topic, cfg.kafka.consumer_group, ends or before)
         summarise()
     return 0
 

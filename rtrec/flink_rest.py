@@ -71,12 +71,14 @@ class FlinkRest:
     def running_jobs(self) -> list[dict]:
         return [j for j in self.get("/jobs/overview")["jobs"] if j["state"] == "RUNNING"]
 
-    def stop_with_savepoint(self, job_id: str, target_dir: str | None = None, timeout_s: float = 300) -> str:
+    def stop_with_savepoint(self, job_id: str, target_dir: str | None = None, timeout_s: float = 300,
+                            drain: bool = False) -> str:
         """Take a savepoint and stop the job (sinks commit what they hold); returns the savepoint's path.
 
-        Without ``target_dir`` the cluster's ``state.savepoints.dir`` is used.
+        Without ``target_dir`` the cluster's ``state.savepoints.dir`` is used. ``drain``: the sources end
+        first, with the final watermark, as a bounded source's end does (every event-time timer fires).
         """
-        body: dict = {"drain": False}
+        body: dict = {"drain": drain}
         if target_dir:
             body["targetDirectory"] = target_dir
         trigger = self.post(f"/jobs/{job_id}/stop", body)["request-id"]

@@ -202,6 +202,9 @@ class PastRun:
     job_id: str  # the Flink job id the run gave its job (32 hex digits)
     bounded: bool  # `rtrec run --bounded`: another source and windows, so another kind of state
     started_ms: int
+    #: A bounded run's end: the events topic's end offsets (partition -> offset) its source reads to. A
+    #: bounded run resumed from its state reads to the same end: the restored source keeps it.
+    ends: dict[str, int] | None = None
 
 
 #: How many past runs var/run/<job name>.runs.json keeps (Flink retains one checkpoint per job).
@@ -218,17 +221,20 @@ def past_runs(cfg: RtrecConfig) -> list[PastRun]:
     """The job name's runs, newest first (none if the file is missing or unreadable)."""
     try:
         data = json.loads(runs_path(cfg).read_text())
-        return [PastRun(str(r["job_id"]), bool(r["bounded"]), int(r["started_ms"])) for r in data["runs"]]
+        return [PastRun(str(r["job_id"]), bool(r["bounded"]), int(r["started_ms"]),
+                        {str(p): int(o) for p, o in r["ends"].items()} if r.get("ends") else None)
+                for r in data["runs"]]
     except (OSError, ValueError, KeyError, TypeError):
         return []
 
 
-def record_run(cfg: RtrecConfig, bounded: bool) -> str:
+def record_run(cfg: RtrecConfig, bounded: bool, ends: dict[int, int] | None = None) -> str:
     """Choose the id of the job this run submits (set in ``cfg.flink.options``), list the run first
-    in var/run/<job name>.runs.json and return the id."""
+    in var/run/<job name>.runs.json (with a bounded run's ``ends``, see :class:`PastRun`) and return the id."""
     job_id = uuid.uuid4().hex
     cfg.flink.options[FIXED_JOB_ID] = job_id
-    runs = [PastRun(job_id, bounded, int(time.time() * 1000)), *past_runs(cfg)][:RUNS_KEPT]
+    kept = {str(p): int(o) for p, o in ends.items()} if ends is not None else None
+    runs = [PastRun(job_id, bounded, int(time.time() * 1000), kept), *past_runs(cfg)][:RUNS_KEPT]
     _write_json(runs_path(cfg), {"version": 1, "runs": [dataclasses.asdict(r) for r in runs]})
     return job_id
 
@@ -241,6 +247,7 @@ class ResumePoint:
     kind: str  # "checkpoint" or "savepoint"
     job_id: str
     taken_ms: int
+    ends: dict[str, int] | None = None  # the run's end, if bounded (PastRun.ends)
 
     def describe(self) -> str:
         taken = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.taken_ms / 1000))
@@ -267,7 +274,7 @@ def resume_point(cfg: RtrecConfig, bounded: bool) -> ResumePoint | None:
             except OSError:
                 continue
             if best is None or taken_ms > best.taken_ms:
-                best = ResumePoint(metadata.parent, kind, run.job_id, taken_ms)
+                best = ResumePoint(metadata.parent, kind, run.job_id, taken_ms, run.ends)
     return best
 
 
@@ -420,10 +427,11 @@ def start_position(mode: str, end: dict[int, int], committed: dict[int, int | No
     return StartPosition(to_read, f"from the consumer group's committed offsets ({to_read:,} events behind)", unread)
 
 
-def run_locally(cfg: RtrecConfig, progress, name: str = "rtrec"):
+def run_locally(cfg: RtrecConfig, progress, name: str = "rtrec", ends: dict[int, int] | None = None):
     """The job on a MiniCluster in this process (jobs.rtrec_job.run) inside :class:`local_run`, with
     ``progress`` (a rtrec.progress.JobProgress) following it; returns ``(result, run)``: the job's
-    result (None when a signal stopped it) and the :class:`LocalRun`."""
+    result (None when a signal stopped it) and the :class:`LocalRun`. ``ends``: a bounded run's end
+    (:class:`PastRun`), which a restored one needs (jobs.rtrec_job.finish_bounded)."""
     from jobs import rtrec_job
 
     result = None
@@ -435,7 +443,7 @@ def run_locally(cfg: RtrecConfig, progress, name: str = "rtrec"):
             progress.start(url)
 
         try:
-            result = rtrec_job.run(cfg, on_start=started)
+            result = rtrec_job.run(cfg, on_start=started, ends=ends)
         finally:
             progress.stop()
     return result, run

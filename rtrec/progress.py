@@ -83,6 +83,21 @@ def find_vertices(rest: FlinkRest, job_id: str) -> dict[str, str]:
     return out
 
 
+def read_to_its_end(pending: float | None, appended: int, events_in: float, last_events_in: float | None) -> bool:
+    """Whether a bounded events source has read all it will: what it has not read (``pending``, the
+    source's pendingRecords) came after its start (``appended`` records since), and the UserStage took
+    nothing more in since the last poll (``events_in`` against ``last_events_in``).
+
+    >>> read_to_its_end(0, 0, 100, 100)
+    True
+    >>> read_to_its_end(5, 5, 100, 100), read_to_its_end(6, 5, 100, 100), read_to_its_end(0, 0, 101, 100)
+    (True, False, False)
+    >>> read_to_its_end(None, 0, 100, 100)
+    False
+    """
+    return pending is not None and pending <= appended and last_events_in is not None and events_in == last_events_in
+
+
 def rate(before: Sample | None, now: Sample) -> float:
     """Events per second between two samples (0 before the second one)."""
     if before is None or now.at <= before.at:

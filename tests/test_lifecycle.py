@@ -146,7 +146,7 @@ def test_an_unbounded_run_stopped_from_outside_prints_its_summary(monkeypatch, c
     monkeypatch.setattr(topics, "end_offsets", lambda *a: next(ends))
     monkeypatch.setattr(topics, "committed_offsets", lambda *a: {0: 0})
     monkeypatch.setattr(dead_letters, "reasons_since", lambda *a: Counter())
-    monkeypatch.setattr(lifecycle, "run_locally", lambda cfg, progress: (object(), lifecycle.LocalRun(cfg)))
+    monkeypatch.setattr(lifecycle, "run_locally", lambda cfg, progress, ends=None: (object(), lifecycle.LocalRun(cfg)))
     assert cli.main(["run", "--no-progress", "--set", f"flink.checkpoint_dir={tmp_path}"]) == 0
     out = capsys.readouterr().out
     assert "ended: stopped from outside" in out
@@ -158,7 +158,7 @@ def test_a_savepoint_the_job_cannot_map_is_one_line(monkeypatch, capsys, tmp_pat
     """An unbounded run's savepoint given to `rtrec run --bounded`: Flink's refusal was a Java stack trace."""
     from rtrec import cli, topics
 
-    def refuse(cfg, progress):
+    def refuse(cfg, progress, ends=None):
         raise RuntimeError("An error occurred while calling o92.executeAsync.\n: ...\nCaused by: java.lang."
                            "IllegalStateException: Failed to rollback to checkpoint/savepoint file:/sp. Cannot map "
                            "checkpoint/savepoint state for operator 0657548dc5515b85f49a220bf5ab5cf0 to the new "
@@ -215,7 +215,7 @@ def test_each_run_fixes_its_job_id_and_is_listed_newest_first(cfg):
 def test_resume_takes_the_newest_state_of_an_earlier_run_of_the_same_kind(cfg):
     assert lifecycle.resume_point(cfg, bounded=False) is None
     old = lifecycle.record_run(cfg, bounded=False)
-    bounded = lifecycle.record_run(cfg, bounded=True)
+    bounded = lifecycle.record_run(cfg, bounded=True, ends={0: 120, 3: 7})
     failed = lifecycle.record_run(cfg, bounded=False)  # (refused at its start: it left nothing)
     _left(cfg, f"checkpoints/{old}/chk-7", age_s=300)
     _left(cfg, f"checkpoints/{bounded}/chk-3", age_s=10)  # newer, but of a bounded run
@@ -223,6 +223,8 @@ def test_resume_takes_the_newest_state_of_an_earlier_run_of_the_same_kind(cfg):
     point = lifecycle.resume_point(cfg, bounded=False)
     assert (point.kind, point.job_id, point.path.name) == ("checkpoint", old, "chk-7")
     assert lifecycle.resume_point(cfg, bounded=True).job_id == bounded
+    # (a bounded run's end, which a run resumed from its state reads to: FLINK-31006 and finish_bounded)
+    assert lifecycle.resume_point(cfg, bounded=True).ends == {"0": 120, "3": 7} and point.ends is None
     # `rtrec stop` then took a savepoint of the old run: the newest state it left.
     _left(cfg, f"savepoints/savepoint-{old[:6]}-5e7a1b2c3d4f", age_s=100)
     point = lifecycle.resume_point(cfg, bounded=False)
@@ -243,7 +245,7 @@ def test_run_resume_restores_the_newest_state_or_says_why_it_cannot(monkeypatch,
 
     started = []
 
-    def run_locally(cfg, progress):
+    def run_locally(cfg, progress, ends=None):
         started.append(dict(cfg.flink.options))
         return object(), lifecycle.LocalRun(cfg)
 
@@ -270,3 +272,39 @@ def test_run_resume_restores_the_newest_state_or_says_why_it_cannot(monkeypatch,
     assert started[-1][lifecycle.FIXED_JOB_ID] not in (first, started[-2][lifecycle.FIXED_JOB_ID])
     assert cli.main([*args, "--resume", "--bounded"]) == 2  # the unbounded runs' state is no bounded run's
     assert cli.main([*args, "--resume", "--from-savepoint", restored]) == 2
+
+
+def test_a_bounded_resume_reads_to_the_end_of_the_run_it_resumes(monkeypatch, capsys, tmp_path):
+    """A bounded run's source reads to the topic's end when it starts, and a source restored from its state
+    keeps that end (Flink's Kafka splits hold it): `rtrec run --bounded --resume` hands the job that end
+    (jobs.rtrec_job.finish_bounded drains the job there, FLINK-31006) and says that later events wait."""
+    from types import SimpleNamespace
+
+    from rtrec import cli, dead_letters, topics
+
+    handed = []
+
+    def run_locally(cfg, progress, ends=None):
+        handed.append(ends)
+        return SimpleNamespace(get_net_runtime=lambda: 1_000), lifecycle.LocalRun(cfg)
+
+    end = {0: 40, 1: 25}
+    monkeypatch.setattr(topics, "prepare_job_topics", lambda *a: None)
+    monkeypatch.setattr(topics, "end_offsets", lambda *a: dict(end))
+    monkeypatch.setattr(topics, "committed_offsets", lambda *a: {0: None, 1: None})
+    monkeypatch.setattr(lifecycle, "run_locally", run_locally)
+    monkeypatch.setattr(dead_letters, "reasons_since", lambda *a: {})
+    args = ["run", "--bounded", "--no-progress", "--set", f"flink.checkpoint_dir={tmp_path / 'checkpoints'}",
+            "--set", "model.warm_start=false"]  # (no model-updates topic to look at)
+    cli.main(args)
+    assert handed[-1] == {0: 40, 1: 25}
+    cfg = load_config(overrides=[f"flink.checkpoint_dir={tmp_path / 'checkpoints'}"])
+    _left(cfg, f"checkpoints/{lifecycle.past_runs(cfg)[0].job_id}/chk-2", age_s=5)
+    end.update({0: 70})  # 30 more events
+    capsys.readouterr()
+    cli.main([*args, "--resume"])
+    assert handed[-1] == {0: 40, 1: 25}
+    assert "the 30 events that came since stay for the next `rtrec run --bounded`" in capsys.readouterr().err
+    assert lifecycle.past_runs(cfg)[0].ends == {"0": 40, "1": 25}  # (inherited: a resume of it reads to it too)
+    cli.main(args)  # a new bounded run: to the end now
+    assert handed[-1] == {0: 70, 1: 25}
