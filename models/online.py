@@ -79,9 +79,10 @@ class OpenImpression:
     code: int
     pair: list[float]
     #: Each model's score, the fused one and the correction's part of it, in binary units, as the
-    #: impression was shown (:meth:`OnlineLearner._score_shown`); empty until scored, and for impressions
-    #: that releases up to 0.1.0 stored (their outcome is then scored when it comes, as they did).
-    scores: list[float] = field(default_factory=list)
+    #: impression was shown (:meth:`OnlineLearner._score_shown`; empty until its batch scores it). None for
+    #: impressions that releases up to 0.1.0 stored: never learned as a 0 when shown, they are at their
+    #: outcome, which is scored then, as those releases did.
+    scores: list[float] | None = None
 
     def __reduce__(self):
         # Pickled (into keyed state) as the plain tuple releases up to 0.1.0 stored: state must not
@@ -96,7 +97,7 @@ class OpenImpression:
             return value
         ts, event_id, dense, buckets, code = value[:5]
         return OpenImpression(ts, event_id, dense, tuple(buckets), code, value[5] if len(value) > 5 else NO_PAIR,
-                              value[6] if len(value) > 6 else [])
+                              value[6] if len(value) > 6 else None)
 
 
 class ExampleColumns:
@@ -398,7 +399,7 @@ class OnlineLearner:
         if e.ts <= shown.ts + self.cfg.attribution_window_ms:
             return shown
         cols.add_shown(shown.event_id, e.user_id, e.item_id, shown.ts, "impression", 0.0, shown,
-                       learn=not shown.scores)
+                       learn=shown.scores is None)  # (else learned as a 0 when shown, maybe in this batch)
         return None
 
     def expire_impressions(self, due: list[tuple[str, str, str]], users: dict[str, dict]) -> Predictions:
@@ -420,7 +421,7 @@ class OnlineLearner:
                 continue  # superseded by a newer impression
             del user["impressions"][item_id]
             cols.add_shown(event_id, user_id, item_id, open_.ts, "impression", 0.0, open_,
-                           learn=not open_.scores)
+                           learn=open_.scores is None)
         if not len(cols):
             return Predictions()
         if not any(cols.learn):

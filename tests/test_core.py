@@ -197,7 +197,7 @@ def test_open_impressions_are_typed_and_stored_as_plain_tuples():
     stored = pickle.loads(pickle.dumps(old))
     assert type(stored) is tuple and b"OpenImpression" not in pickle.dumps(old)
     assert OpenImpression.read(stored) == old
-    assert old.scores == []  # (stored up to 0.1.0: its outcome is scored when it comes, as then)
+    assert old.scores is None  # (stored up to 0.1.0: learned and scored at its outcome, as then)
     scored = OpenImpression(5, "e", [1.0], (1, 2), 7, [0.1, 0.2], [0.3, 0.4, 0.5, 0.6, 0.0])
     assert OpenImpression.read(pickle.loads(pickle.dumps(scored))) == scored
 
@@ -602,6 +602,15 @@ def test_an_impression_is_learned_at_once_and_its_expiry_only_records_it():
     assert out.event_id == ["imp"] and out.label == [0.0]
     assert [out.scores[m][0] for m in out.scores] + [out.fused[0]] == stored.scores[:4]
     assert learner.take_delta() is None  # nothing more learned
+
+    # Shown again after its window, in the same batch: its 0 is recorded then, and learned only once.
+    window = learner.cfg.attribution_window_ms
+    again = [Inputs(Event(f"s{k}", "v", "i1", "impression", 1_000 + k * (window + 1)), [0.1] * 7, (12, 2), 8)
+             for k in range(2)]
+    users["v"] = learner.new_user("v")
+    assert learner.process(again, users).examples.event_id == ["s0"]
+    assert users["v"]["mf_n"] == 2.0  # (two impressions, each learned once)
+    learner.take_delta()
 
     users["u"]["impressions"]["i2"] = (2_000, "old", [0.1] * 7, (12, 2), 7, [0.0, 0.0])  # (as 0.1.0 stored it)
     out = learner.expire_impressions([("u", "i2", "old")], users)
