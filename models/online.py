@@ -424,7 +424,7 @@ class OnlineLearner:
                            learn=open_.scores is None)
         if not len(cols):
             return Predictions()
-        if not any(cols.learn):
+        if not any(cols.learn) and all(cols.shown):  # (else scored, and the 0.1.0 ones learned, now)
             return self._stored(cols)
         return self._learn(cols, users)[0]
 
