@@ -162,7 +162,7 @@ def finish_bounded(cfg: RtrecConfig, client, timeout_s: float = 3600, ends: dict
     answered = time.time()
     restored = "execution.state-recovery.path" in cfg.flink.options
     end_total = sum((ends or topics.end_offsets(cfg.kafka, cfg.kafka.events_topic)).values()) if restored else 0
-    read_polls, last_in = 0, None
+    read_polls, last_in, vertices = 0, None, None
     while time.time() < deadline:
         try:
             job = rest.get(f"/jobs/{job_id}")
@@ -183,7 +183,8 @@ def finish_bounded(cfg: RtrecConfig, client, timeout_s: float = 3600, ends: dict
         if upstream and all(status.get(v) == "FINISHED" for v in upstream):
             break
         if restored and upstream:
-            read_polls, last_in = _poll_restored_source(rest, cfg, job_id, end_total, read_polls, last_in)
+            vertices = vertices or _vertices_or_none(rest, job_id)
+            read_polls, last_in = _poll_restored_source(rest, cfg, job_id, vertices, end_total, read_polls, last_in)
             if read_polls >= DRAIN_AFTER_POLLS:
                 return _drain(rest, job_id, job["start-time"])
         time.sleep(0.5)
@@ -219,12 +220,21 @@ def finish_bounded(cfg: RtrecConfig, client, timeout_s: float = 3600, ends: dict
     return BoundedResult(job_id, (done_at or int(time.time() * 1000)) - start_ms, failures)
 
 
-def _poll_restored_source(rest: FlinkRest, cfg: RtrecConfig, job_id: str, end_total: int, polls: int,
-                          last_in: float | None) -> tuple[int, float | None]:
-    """One poll of a restored bounded run's events source, which reads to ``end_total`` records of the
-    topic (summed over partitions): (polls in a row it has read to its end, the UserStage's events in now)."""
+def _vertices_or_none(rest: FlinkRest, job_id: str) -> dict[str, str] | None:
     try:
-        vertices = find_vertices(rest, job_id)
+        return find_vertices(rest, job_id)
+    except (OSError, KeyError):
+        return None
+
+
+def _poll_restored_source(rest: FlinkRest, cfg: RtrecConfig, job_id: str, vertices: dict[str, str] | None,
+                          end_total: int, polls: int, last_in: float | None) -> tuple[int, float | None]:
+    """One poll of a restored bounded run's events source (``vertices``: rtrec.progress.find_vertices'), which
+    reads to ``end_total`` records of the topic (summed over partitions): (polls in a row it has read to its
+    end, the UserStage's events in now)."""
+    if vertices is None:
+        return 0, None
+    try:
         lags = rest.metrics(job_id, vertices["source"], ".pendingRecords")
         events_in = sum(rest.metrics(job_id, vertices["user"], "rtrec.events_in").values())
         appended = sum(topics.end_offsets(cfg.kafka, cfg.kafka.events_topic).values()) - end_total
