@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import re
+import shlex
 import sys
 import time
 
@@ -30,6 +31,25 @@ def config_from(args) -> RtrecConfig:
     if args.bootstrap_servers:
         overrides.append(f"kafka.bootstrap_servers={args.bootstrap_servers}")
     return load_config(args.config, overrides)
+
+
+def command_line(args, command: str, *extra: str) -> str:
+    """``rtrec COMMAND`` with the --config, --set and --bootstrap-servers this command was given, then ``extra``:
+    a command to copy that names the same job, topics and broker (a hint that dropped them would resume
+    another job name, or read the default topics).
+
+    >>> a = argparse.Namespace(config="my shop.yaml", set=["flink.parallelism=2"], bootstrap_servers=None)
+    >>> command_line(a, "run", "--resume")
+    "rtrec run --config 'my shop.yaml' --set flink.parallelism=2 --resume"
+    """
+    words = ["rtrec", command]
+    if args.config:
+        words += ["--config", args.config]
+    for setting in args.set:
+        words += ["--set", setting]
+    if args.bootstrap_servers:
+        words += ["--bootstrap-servers", args.bootstrap_servers]
+    return shlex.join([*words, *extra])
 
 
 def positive_int(text: str) -> int:
@@ -127,6 +147,7 @@ def cmd_run(args) -> int:
         cfg.flink.bounded = True
     if args.resume and args.from_savepoint:
         raise ConfigError("--resume and --from-savepoint both say where to start from: give one")
+    kind = ["--bounded"] if args.bounded else []  # (a hint to copy repeats it; the --config it names says the rest)
     earlier = None if args.from_savepoint else resume_point(cfg, cfg.flink.bounded)
     if args.resume:
         if earlier is None:
@@ -139,8 +160,8 @@ def cmd_run(args) -> int:
         print(f"rtrec: resuming from the {earlier.describe()}", flush=True)
     elif earlier is not None:
         print(f"rtrec: note: an earlier run of job '{cfg.flink.job_name}' left a {earlier.describe()}; this run "
-              "starts without it (features, user vectors and the duplicate filter start empty); `rtrec run --resume"
-              + (" --bounded" if cfg.flink.bounded else "") + "` continues from it", file=sys.stderr, flush=True)
+              "starts without it (features, user vectors and the duplicate filter start empty); "
+              f"`{command_line(args, 'run', *kind, '--resume')}` continues from it", file=sys.stderr, flush=True)
     if args.from_savepoint:
         # Flink 2.x's key (execution.savepoint.path before 2.0). Operators are
         # matched by uid; state the new job has no operator for is an error.
@@ -191,7 +212,7 @@ def cmd_run(args) -> int:
             if after > 0:
                 print(f"rtrec: note: this resume finishes the run whose state it restores: it reads to where that "
                       f"run's input ended; the {after:,} events that came since stay for the next "
-                      "`rtrec run --bounded`", file=sys.stderr, flush=True)
+                      f"`{command_line(args, 'run', '--bounded')}`", file=sys.stderr, flush=True)
     ends = {int(p): int(o) for p, o in ends.items()} if ends else None
     record_run(cfg, cfg.flink.bounded, ends)
     try:
@@ -226,6 +247,9 @@ def cmd_run(args) -> int:
               "reported them)", flush=True)
 
     if run.stopped:
+        if run.savepoint:
+            print(f"rtrec: resume with: {command_line(args, 'run', *kind, '--from-savepoint', run.savepoint)}",
+                  flush=True)
         summarise()
         return 0
     if not cfg.flink.bounded:
@@ -259,7 +283,7 @@ def cmd_stop(args) -> int:
     import urllib.error
 
     from rtrec.flink_rest import FlinkRest
-    from rtrec.lifecycle import read_run_record
+    from rtrec.lifecycle import past_runs, read_run_record
 
     cfg = config_from(args)
     name = args.job or cfg.flink.job_name
@@ -279,9 +303,14 @@ def cmd_stop(args) -> int:
               file=sys.stderr)
         return 2
     target = args.savepoint_dir and cfg.resolve_path(args.savepoint_dir).as_uri()
-    location = rest.stop_with_savepoint(matching[0]["jid"], target)
+    jid = matching[0]["jid"]
+    location = rest.stop_with_savepoint(jid, target)
     print(f"rtrec: stopped job {name!r} with a savepoint at {location}")
-    print(f"rtrec: resume with: rtrec run --from-savepoint {location}")
+    again = ["--set", f"flink.job_name={name}"] if name != cfg.flink.job_name else []
+    cfg.flink.job_name = name
+    if any(r.bounded for r in past_runs(cfg) if r.job_id == jid):  # (a bounded run's state needs a bounded run)
+        again.append("--bounded")
+    print(f"rtrec: resume with: {command_line(args, 'run', *again, '--from-savepoint', location)}")
     return 0
 
 

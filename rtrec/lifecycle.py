@@ -312,7 +312,7 @@ class LocalRun:
             if self.cfg.flink.savepoint_on_stop:
                 try:
                     self.savepoint = rest.stop_with_savepoint(job["jid"], timeout_s=120)
-                    log(f"savepoint at {self.savepoint}; resume with: rtrec run --from-savepoint {self.savepoint}")
+                    log(f"savepoint at {self.savepoint}")  # (the command says how to resume from it)
                     continue
                 except (RuntimeError, TimeoutError, urllib.error.URLError, OSError) as e:
                     log(f"the savepoint failed ({str(e).splitlines()[0][:200]}); cancelling the job")

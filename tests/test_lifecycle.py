@@ -154,6 +154,34 @@ def test_an_unbounded_run_stopped_from_outside_prints_its_summary(monkeypatch, c
            "recommendations 1, features 2" in out
 
 
+def test_a_run_stopped_with_a_savepoint_prints_the_command_that_resumes_it(monkeypatch, capsys, tmp_path):
+    """SIGTERM with flink.savepoint_on_stop: the resume command repeats the run's --config, --set and
+    --bounded (it printed `rtrec run --from-savepoint PATH` alone, which resumed under the default job
+    name and topics a run given its own configuration)."""
+    import shlex
+    from collections import Counter
+
+    from rtrec import cli, dead_letters, topics
+
+    def run_locally(cfg, progress, ends=None):
+        run = lifecycle.LocalRun(cfg)
+        run.stopped, run.savepoint = lifecycle.StopRequested(signal.SIGTERM), "file:/sp/savepoint-1"
+        return None, run
+
+    config = tmp_path / "my shop.yaml"
+    config.write_text("flink:\n  job_name: shop\n  savepoint_on_stop: true\n")
+    monkeypatch.setattr(topics, "prepare_job_topics", lambda *a: None)
+    monkeypatch.setattr(topics, "end_offsets", lambda *a: {0: 0})
+    monkeypatch.setattr(topics, "committed_offsets", lambda *a: {0: 0})
+    monkeypatch.setattr(dead_letters, "reasons_since", lambda *a: Counter())
+    monkeypatch.setattr(lifecycle, "run_locally", run_locally)
+    given = ["--config", str(config), "--set", f"flink.checkpoint_dir={tmp_path}", "--bounded"]
+    assert cli.main(["run", "--no-progress", *given]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("rtrec: resume with: "))
+    assert shlex.split(line.removeprefix("rtrec: resume with: ")) == \
+        ["rtrec", "run", *given, "--from-savepoint", "file:/sp/savepoint-1"]
+
+
 def test_a_savepoint_the_job_cannot_map_is_one_line(monkeypatch, capsys, tmp_path):
     """An unbounded run's savepoint given to `rtrec run --bounded`: Flink's refusal was a Java stack trace."""
     from rtrec import cli, topics
@@ -261,8 +289,10 @@ def test_run_resume_restores_the_newest_state_or_says_why_it_cannot(monkeypatch,
     first = started[-1][lifecycle.FIXED_JOB_ID]
     cfg = load_config(overrides=[f"flink.checkpoint_dir={tmp_path / 'checkpoints'}"])
     _left(cfg, f"checkpoints/{first}/chk-4", age_s=5)
-    assert cli.main(args) == 0  # without --resume: says what it leaves behind
-    assert f"checkpoints/{first}/chk-4" in capsys.readouterr().err
+    assert cli.main(args) == 0  # without --resume: says what it leaves behind, and the command that resumes
+    err = capsys.readouterr().err
+    assert f"checkpoints/{first}/chk-4" in err
+    assert f"`rtrec run --set flink.checkpoint_dir={tmp_path / 'checkpoints'} --resume` continues from it" in err
     assert "execution.state-recovery.path" not in started[-1]
     assert cli.main([*args, "--resume"]) == 0
     out = capsys.readouterr().out
@@ -304,7 +334,8 @@ def test_a_bounded_resume_reads_to_the_end_of_the_run_it_resumes(monkeypatch, ca
     capsys.readouterr()
     cli.main([*args, "--resume"])
     assert handed[-1] == {0: 40, 1: 25}
-    assert "the 30 events that came since stay for the next `rtrec run --bounded`" in capsys.readouterr().err
+    assert (f"the 30 events that came since stay for the next `rtrec run --set flink.checkpoint_dir={tmp_path / 'checkpoints'}"
+            " --set model.warm_start=false --bounded`") in capsys.readouterr().err
     assert lifecycle.past_runs(cfg)[0].ends == {"0": 40, "1": 25}  # (inherited: a resume of it reads to it too)
     cli.main(args)  # a new bounded run: to the end now
     assert handed[-1] == {0: 70, 1: 25}

@@ -19,7 +19,7 @@ from benchmarks.common import shop_events
 from rtrec import topics
 from rtrec.core.local import LocalPipeline
 from rtrec.replay import replay
-from tests.conftest import LiveJob, committed_values, fresh_config, run_job, wait_for
+from tests.conftest import LiveJob, committed_values, fresh_config, run_job, wait_for, write_config
 
 
 def test_a_bounded_run_stopped_part_way_and_resumed_finishes_with_every_output_once(kafka):
@@ -61,7 +61,8 @@ def test_a_bounded_run_stopped_part_way_and_resumed_finishes_with_every_output_o
     # a source that finished its splits just before the checkpoint reached it finishes by itself. Without
     # the drain the first kind hung until run_job's timeout.)
     assert "rtrec: job finished" in out, out[-2000:]
-    assert "the 30 events that came since stay for the next `rtrec run --bounded`" in proc.stderr
+    assert (f"the 30 events that came since stay for the next `rtrec run --config {write_config(cfg)} --bounded`"
+            in proc.stderr), proc.stderr[-2000:]
 
     # Every labelled example of the first run's events once, across the two runs (the examples the per-batch
     # core makes of them, every impression's outcome included); none of the 30 later events yet.

@@ -12,6 +12,7 @@ finds the savepoint the first run left, and consumes the second half.
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 import urllib.parse
@@ -57,7 +58,10 @@ def resumed(kafka):
         first.proc.wait(60)
     finally:
         first.stop()
-    savepoint = stop.stdout.split("resume with: rtrec run --from-savepoint ")[1].strip()
+    # The command to copy names the run's configuration (without it, it resumed the default job name and topics).
+    hint = shlex.split(stop.stdout.split("resume with: ")[1])
+    assert hint[:4] == ["rtrec", "run", "--config", str(write_config(cfg))] and hint[4] == "--from-savepoint", hint
+    savepoint = hint[5]
     before = committed_values(cfg, cfg.kafka.predictions_topic)
     published_before = _version_numbers(cfg)
 
