@@ -124,7 +124,8 @@ class LiveJob:
         self.cfg = cfg
         self.log = cfg.resolve_path(cfg.flink.checkpoint_dir).parent / f"{cfg.flink.job_name}.log"
         self.log.parent.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "rtrec.cli", "run", "--config", str(write_config(cfg)), *(extra or [])]
+        self.config = write_config(cfg)
+        cmd = [sys.executable, "-m", "rtrec.cli", "run", "--config", str(self.config), *(extra or [])]
         # $RTREC_BOOTSTRAP_SERVERS (set by `make test`) overrides a config file's broker: pass cfg's on.
         env = {**os.environ, "RTREC_BOOTSTRAP_SERVERS": cfg.kafka.bootstrap_servers}
         with open(self.log, "w") as log:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import signal
 import time
 
@@ -150,7 +151,10 @@ def test_sigterm_stops_the_job_its_jvm_and_removes_its_files(live):
     assert read_run_record(live.cfg) is None
     log = live.log.read_text()
     assert "SIGTERM received" in log and "Traceback" not in log, log[-2000:]
-    savepoint = re.search(r"savepoint at (\S+);", log).group(1)
+    savepoint = re.search(r"savepoint at (\S+)", log).group(1)
     assert os.path.isdir(savepoint.removeprefix("file:")), savepoint
+    # The command to copy repeats the run's --config (alone, it resumed the default job name and topics).
+    resume = shlex.split(re.search(r"rtrec: resume with: (.+)", log).group(1))
+    assert resume == ["rtrec", "run", "--config", str(live.config), "--from-savepoint", savepoint], resume
     assert "run summary: events in " in log
     assert took < 30, f"stopping took {took:.1f} s"
