@@ -32,7 +32,7 @@ from rtrec import topics
 from rtrec.config import RtrecConfig
 from rtrec.flink_rest import FlinkRest
 from rtrec.progress import fatal_failure, find_vertices, read_to_its_end
-from rtrec.sharding import ShardCountMismatch
+from rtrec.sharding import FatalFailure
 from udfs.event_time import BATCH, never_holding_back, with_batch_event_time
 from udfs.item_stage import ITEM_EVENTS, ITEMS_TO_MERGER, ItemStage
 from udfs.keying import keyed_on_first_field
@@ -176,7 +176,7 @@ def finish_bounded(cfg: RtrecConfig, client, timeout_s: float = 3600, ends: dict
         if job["state"] in ("FAILED", "CANCELED", "FINISHED"):
             fatal = fatal_failure(rest, job_id)
             if fatal:
-                raise ShardCountMismatch(fatal)
+                raise FatalFailure(fatal)
             raise RuntimeError(f"job {job_id} ended as {job['state']} before its input was consumed")
         upstream = upstream or _vertices_upstream_of_user_stage(rest, job_id)
         status = {v["id"]: v["status"] for v in job["vertices"]}

@@ -39,6 +39,7 @@ import torch
 
 from models.base import ItemIndex
 from models.sequential import name_seeds
+from rtrec.sharding import FatalFailure
 
 KINDS = ("item", "hashed", "dense")
 #: How :func:`merge` folds several trainers' deltas to a row (``c_k``: the examples behind trainer k's,
@@ -271,7 +272,16 @@ class ParameterSet:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Replace every table's values with a snapshot's; items the snapshot lacks keep their local rows."""
+        """Replace every table's values with a snapshot's; items the snapshot lacks keep their local rows.
+        A snapshot whose tables have other shapes (made with another model.dim, say) raises
+        :class:`ModelShapeMismatch` and changes nothing; tables only one side has are left as they are."""
+        wrong = [f"{name} {_shape(t.kind, values)} where this job's is {_shape(t.kind, t.data)}"
+                 for name, values in state["tables"].items()
+                 if (t := self.tables.get(name)) is not None and _shape(t.kind, values) != _shape(t.kind, t.data)]
+        if wrong:
+            raise ModelShapeMismatch(
+                "a model version made with other model settings than this job's (model.dim, model.ftrl_bits, "
+                "the features): " + "; ".join(wrong))
         ids = state["items"]
         rows = self.item_rows(ids) if ids else torch.zeros(0, dtype=torch.long, device=self.device)
         for name, values in state["tables"].items():
@@ -289,6 +299,17 @@ class ParameterSet:
             t.touched.clear()
             t.dense_examples = None
             t.writes += 1
+
+
+class ModelShapeMismatch(FatalFailure):
+    """A model version (restored, or to warm-start from) does not fit the job's parameters: every
+    restart would meet it again (rtrec.sharding.fatal_reason)."""
+
+
+def _shape(kind: str, values: torch.Tensor) -> tuple[int, ...]:
+    """What must match between a snapshot's table and the job's: an item table's row width (its row
+    count grows), the whole shape of the others."""
+    return tuple(values.shape[1:] if kind == "item" else values.shape)
 
 
 def _union_rows(parts: list[RowDelta]) -> tuple[list[str] | torch.Tensor, list[torch.Tensor], int]:

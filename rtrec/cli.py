@@ -140,7 +140,7 @@ def cmd_run(args) -> int:
     from rtrec import topics
     from rtrec.lifecycle import record_run, resume_point, run_locally, runs_path, start_position
     from rtrec.progress import JobProgress
-    from rtrec.sharding import ShardCountMismatch, fatal_reason
+    from rtrec.sharding import FatalFailure, fatal_reason
 
     cfg = config_from(args)
     if args.bounded:
@@ -218,7 +218,7 @@ def cmd_run(args) -> int:
     try:
         result, run = run_locally(cfg, progress, ends=ends)
     except Exception as e:  # (a Py4JJavaError from Flink)
-        fatal = progress.fatal or (str(e) if isinstance(e, ShardCountMismatch) else fatal_reason(str(e)))
+        fatal = progress.fatal or (str(e) if isinstance(e, FatalFailure) else fatal_reason(str(e)))
         if fatal:  # (no restart could mend it; the progress thread cancelled an unbounded job)
             raise ConfigError(fatal) from None
         unmapped = re.search(r"Cannot map checkpoint/savepoint state for operator (\w+)", str(e))

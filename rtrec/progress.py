@@ -165,7 +165,7 @@ class JobProgress:
         self.file = file or sys.stderr
         self.enabled = enabled
         self.last: Sample | None = None
-        #: Set when the job failed on something a restart cannot mend (rtrec.sharding.ShardCountMismatch):
+        #: Set when the job failed on something a restart cannot mend (rtrec.sharding.FatalFailure):
         #: the reason, in words; the job was cancelled.
         self.fatal: str | None = None
         self._stop = threading.Event()

@@ -111,7 +111,12 @@ def automatic_shards(parallelism: int) -> int:
     return 1 if parallelism == 1 else spreading_shards(parallelism, SCALED_SHARDS) or 4 * parallelism
 
 
-class ShardCountMismatch(RuntimeError):
+class FatalFailure(RuntimeError):
+    """A failure that every restart of the job would meet again: `rtrec run` ends the job and says why
+    (:func:`fatal_reason` finds its message in Flink's exception history)."""
+
+
+class ShardCountMismatch(FatalFailure):
     """The job's state was written with another key shard count than the job runs with."""
 
 
@@ -139,9 +144,10 @@ def state_shard_error(recorded: int | None, legacy: bool, shards: int, explicit:
             "(no --from-savepoint, a fresh checkpoint folder)")
 
 
-#: A failure that every restart would meet again (rtrec.sharding.ShardCountMismatch), as pemja words a
-#: Python exception inside Flink's: ``<class 'rtrec.sharding.ShardCountMismatch'>: message``.
-_FATAL = re.compile(r"ShardCountMismatch'?>?: ([^\n]*)")
+#: A failure that every restart would meet again (rtrec.sharding.ShardCountMismatch,
+#: models.params.ModelShapeMismatch), as pemja words a Python exception inside Flink's:
+#: ``<class 'rtrec.sharding.ShardCountMismatch'>: message``.
+_FATAL = re.compile(r"(?:ShardCountMismatch|ModelShapeMismatch)'?>?: ([^\n]*)")
 
 
 def fatal_reason(text: str) -> str | None:

@@ -13,12 +13,13 @@ from models.fusion import OnlineFusion
 from models.merger import MergerCore
 from models.mf import BiasedMF
 from models.online import Inputs, OnlineLearner
-from models.params import ParameterSet, RowDelta, Version, merge, sum_deltas
+from models.params import ModelShapeMismatch, ParameterSet, RowDelta, Version, merge, sum_deltas
 from models.ranker import NeuralRanker
 from models.sequential import name_seeds
 from rtrec.config import ModelConfig
 from rtrec.events import Event
 from rtrec.features.model_inputs import id_code
+from rtrec.sharding import fatal_reason
 
 
 def mf(**kw):
@@ -273,6 +274,26 @@ def test_versions_round_trip_and_the_earlier_format_is_read():
     for garbage in (b"", b"RTS2\x05\x00\x00\x00{bad", b"x\x01garbage", b"\x80\x05N."):
         with pytest.raises(ValueError):
             Version.from_bytes(garbage)
+
+
+def test_a_version_of_other_model_settings_is_refused_whole_and_named_as_no_restart_mends_it():
+    """A version made with another model.dim (a warm start, or a resume with changed settings) hit a raw
+    shape error in the middle of loading, on every restart; now it changes nothing and says which tables
+    differ, in words rtrec.sharding.fatal_reason finds in Flink's exception history."""
+    old, new = MergerCore(ModelConfig(dim=10)), MergerCore(ModelConfig(dim=16))
+    old.models.params.item_rows(["a", "b"])
+    before = {n: t.data.clone() for n, t in new.models.params.tables.items()}
+    version = old.merge()
+    with pytest.raises(ModelShapeMismatch) as refused:
+        new.start_from(version)
+    message = str(refused.value)
+    assert "mf.q (10,) where this job's is (16,)" in message and "model.dim" in message, message
+    assert "ranker.w1 (1, " in message and "ftrl.z" not in message  # (the tables that differ)
+    assert all(torch.equal(t.data, before[n]) for n, t in new.models.params.tables.items())  # (nothing loaded)
+    assert new.version == 0
+    raised = f"Caused by: pemja.core.PythonException: <class 'models.params.ModelShapeMismatch'>: {message}\n\tat x"
+    assert fatal_reason(raised) == message
+    MergerCore(ModelConfig(dim=10)).start_from(version)  # (the same settings load it)
 
 
 def test_two_trainers_merge_new_items_to_the_example_weighted_average_and_add_their_counts():

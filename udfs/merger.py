@@ -33,7 +33,7 @@ from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
 
 from models.device import resolve_device
 from models.merger import MergerCore, read_message
-from models.params import Version, from_bytes, to_bytes
+from models.params import ModelShapeMismatch, Version, from_bytes, to_bytes
 from models.worker import torch_call
 from rtrec import topics
 from rtrec.config import RtrecConfig
@@ -44,6 +44,10 @@ from udfs.records import BYTES
 from udfs.runtime import subtask_info
 
 log = logging.getLogger(__name__)
+
+#: What to do about a restored model that does not fit the job's (models.params.ModelShapeMismatch).
+RESTORE_WITH_ITS_SETTINGS = ("resume with the model settings of the run that took that state, or start without it "
+                             "(no --from-savepoint or --resume)")
 
 #: What trainers and the ItemStage send: Row(0, pickled message), keyed in Java on the 0.
 MERGER_INPUT = Types.ROW_NAMED(["key", "value"], [Types.INT(), Types.PICKLED_BYTE_ARRAY()])
@@ -140,13 +144,22 @@ class ModelMerger(KeyedProcessFunction):
         warm = False
         if data is not None:
             v = torch_call(Version.from_bytes, bytes(data))
-            torch_call(core.start_from, v)
+            try:
+                torch_call(core.start_from, v)
+            except ModelShapeMismatch as e:  # (no restart mends it: the job is ended and this said, one line)
+                raise ModelShapeMismatch(f"the restored state holds {e}: {RESTORE_WITH_ITS_SETTINGS}") from None
             core.merged_upto = dict(v.merged_upto)
         elif cfg.model.warm_start:
             v = torch_call(lambda: newest_published_version(cfg) or newest_version_file(self.dir))
             if v is not None:
                 log.info("warm start from model version %d", v.number)
-                torch_call(core.start_from, v)
+                try:
+                    torch_call(core.start_from, v)
+                except ModelShapeMismatch as e:
+                    raise ModelShapeMismatch(
+                        f"the warm start from model version {v.number} (on '{cfg.kafka.model_updates_topic}' or "
+                        f"in {self.dir}) found {e}: run with the settings that made it, or with --set "
+                        "model.warm_start=false to start from new parameters") from None
                 warm = True
         for message in self.pending_state.get() or []:
             self._add(message, store=False)

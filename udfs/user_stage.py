@@ -35,7 +35,7 @@ from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 
 from models.device import resolve_device
 from models.online import OnlineLearner
-from models.params import Version, from_bytes, to_bytes
+from models.params import ModelShapeMismatch, Version, from_bytes, to_bytes
 from models.search import SearchRanker
 from models.worker import torch_call
 from rtrec import topics
@@ -48,7 +48,7 @@ from rtrec.profiling import OperatorProfile
 from rtrec.sharding import ShardCountMismatch, state_shard_error
 from udfs.faults import FaultInjector
 from udfs.item_stage import KEYED_ITEM_EVENTS
-from udfs.merger import MERGER_INPUT
+from udfs.merger import MERGER_INPUT, RESTORE_WITH_ITS_SETTINGS
 from udfs.metrics import Level
 from udfs.records import stage_row
 from udfs.runtime import subtask_info
@@ -249,7 +249,10 @@ class UserStage(KeyedBroadcastProcessFunction):
         state = ctx.get_broadcast_state(MODEL_STATE)
         if state.contains("latest"):
             data = state.get("latest")
-            self._apply(torch_call(Version.from_bytes, bytes(data)), "restored")
+            try:
+                self._apply(torch_call(Version.from_bytes, bytes(data)), "restored")
+            except ModelShapeMismatch as e:  # (no restart mends it: the job is ended and this said, one line)
+                raise ModelShapeMismatch(f"the restored state holds {e}: {RESTORE_WITH_ITS_SETTINGS}") from None
 
     # -- per batch -------------------------------------------------------------
     def process_element(self, batch: Row, ctx: KeyedBroadcastProcessFunction.ReadOnlyContext):

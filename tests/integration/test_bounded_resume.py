@@ -13,13 +13,16 @@ then `rtrec run --bounded --resume`.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections import Counter
 
 from benchmarks.common import shop_events
 from rtrec import topics
 from rtrec.core.local import LocalPipeline
 from rtrec.replay import replay
-from tests.conftest import LiveJob, committed_values, fresh_config, run_job, wait_for, write_config
+from tests.conftest import ROOT, LiveJob, committed_values, fresh_config, run_job, wait_for, write_config
 
 
 def test_a_bounded_run_stopped_part_way_and_resumed_finishes_with_every_output_once(kafka):
@@ -70,3 +73,19 @@ def test_a_bounded_run_stopped_part_way_and_resumed_finishes_with_every_output_o
     seen = Counter(p["event_id"] for p in committed_values(cfg, cfg.kafka.predictions_topic))
     assert max(seen.values()) == 1 and set(seen) == expected, (len(seen), len(expected), partial, out[-3000:])
     assert topics.committed_offsets(cfg.kafka, cfg.kafka.events_topic, cfg.kafka.consumer_group) == end
+
+    # The next run with another model.dim warm-starts from the versions above, made with the old one: it
+    # restart-looped on a shape error without a word. With Flink's own restart strategy (restarts without
+    # end), as a user's run has it, `rtrec run` must end the job and say why in one line.
+    made_with = cfg.model.dim
+    cfg.model.dim += 6
+    for key in [k for k in cfg.flink.options if k.startswith("restart-strategy")]:
+        del cfg.flink.options[key]
+    env = {**os.environ, "RTREC_BOOTSTRAP_SERVERS": cfg.kafka.bootstrap_servers}
+    refused = subprocess.run([sys.executable, "-m", "rtrec.cli", "run", "--bounded", "--no-progress", "--config",
+                              str(write_config(cfg))], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert refused.returncode == 2, (refused.stdout + refused.stderr)[-3000:]
+    errors = [line for line in refused.stderr.splitlines() if line.startswith("rtrec: error: ")]
+    assert len(errors) == 1, refused.stderr[-3000:]
+    assert errors[0].startswith("rtrec: error: the warm start from model version ") and "warm_start=false" in errors[0]
+    assert f"mf.q ({made_with},) where this job's is ({cfg.model.dim},)" in errors[0], errors[0]
