@@ -138,13 +138,29 @@ def cmd_backfill(args) -> int:
 
 def cmd_run(args) -> int:
     from rtrec import topics
-    from rtrec.lifecycle import record_run, resume_point, run_locally, runs_path, start_position
+    from rtrec.lifecycle import (
+        hold_job_name,
+        read_run_record,
+        record_run,
+        resume_point,
+        run_locally,
+        runs_path,
+        start_position,
+    )
     from rtrec.progress import JobProgress
     from rtrec.sharding import FatalFailure, fatal_reason
 
     cfg = config_from(args)
     if args.bounded:
         cfg.flink.bounded = True
+    claim = hold_job_name(cfg)  # (held until this process ends)
+    if claim is None:
+        other = read_run_record(cfg)
+        where = f" (pid {other.pid}, REST API {other.rest_url})" if other else " (still starting)"
+        raise ConfigError(
+            f"job '{cfg.flink.job_name}' is already running from {cfg.flink.checkpoint_dir}{where}: a second run "
+            "would read the same events and write every output twice. Stop it first "
+            f"(`{command_line(args, 'stop')}`, or Ctrl-C there), or give this run another flink.job_name")
     if args.resume and args.from_savepoint:
         raise ConfigError("--resume and --from-savepoint both say where to start from: give one")
     kind = ["--bounded"] if args.bounded else []  # (a hint to copy repeats it; the --config it names says the rest)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import dataclasses
+import fcntl
 import json
 import os
 import shutil
@@ -183,6 +184,24 @@ def read_run_record(cfg: RtrecConfig, job_name: str | None = None) -> RunRecord 
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return record if record.alive() else None
+
+
+def hold_job_name(cfg: RtrecConfig):
+    """Claim the job name for this process: an open file holding an exclusive lock (var/run/<job name>.lock),
+    released when it is closed or the process ends, however it ends; None if another process holds it.
+
+    Two runs of one job name at once read the same events (Flink's Kafka source assigns every partition to
+    each job itself, whatever the consumer group) and write every output twice, under the same transactional
+    ids."""
+    path = run_record_path(cfg).with_suffix(".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    held = open(path, "a")  # noqa: SIM115 (kept open for the run)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        held.close()
+        return None
+    return held
 
 
 def remove_run_record(cfg: RtrecConfig) -> None:

@@ -182,6 +182,31 @@ def test_a_run_stopped_with_a_savepoint_prints_the_command_that_resumes_it(monke
         ["rtrec", "run", *given, "--from-savepoint", "file:/sp/savepoint-1"]
 
 
+def test_a_second_run_of_a_running_job_name_is_refused(monkeypatch, capsys, tmp_path):
+    """Two `rtrec run` of one job name at once each read every event (Flink's Kafka source assigns the
+    partitions itself) and wrote every output twice; the second is refused, naming the first, until the
+    first ends (the lock goes with its process, however it ends)."""
+    from rtrec import cli, topics
+
+    started = []
+    monkeypatch.setattr(topics, "prepare_job_topics", lambda *a: None)
+    monkeypatch.setattr(topics, "end_offsets", lambda *a: {0: 0})
+    monkeypatch.setattr(topics, "committed_offsets", lambda *a: {0: 0})
+    monkeypatch.setattr(lifecycle, "run_locally",
+                        lambda cfg, progress, ends=None: started.append(1) or (object(), lifecycle.LocalRun(cfg)))
+    args = ["run", "--no-progress", "--set", f"flink.checkpoint_dir={tmp_path / 'checkpoints'}"]
+    cfg = load_config(overrides=args[3:4])
+    first = lifecycle.hold_job_name(cfg)  # (another process's run, as far as the lock goes)
+    lifecycle.write_run_record(cfg, "http://127.0.0.1:8123")
+    assert cli.main(args) == 2 and not started
+    err = capsys.readouterr().err
+    assert f"job 'rtrec' is already running from {tmp_path / 'checkpoints'} (pid {os.getpid()}, REST API " \
+           "http://127.0.0.1:8123)" in err and f"`rtrec stop --set flink.checkpoint_dir={tmp_path / 'checkpoints'}`" in err
+    assert cli.main([*args, "--set", "flink.job_name=other"]) == 0 and started  # (another name runs)
+    first.close()
+    assert cli.main(args) == 0 and len(started) == 2
+
+
 def test_a_savepoint_the_job_cannot_map_is_one_line(monkeypatch, capsys, tmp_path):
     """An unbounded run's savepoint given to `rtrec run --bounded`: Flink's refusal was a Java stack trace."""
     from rtrec import cli, topics
