@@ -48,6 +48,31 @@ KEPT = 1000  # at most this many items per user and raters per item are kept
 
 
 @numba.njit(cache=True)
+def _pair(s, a, b, i, j, r, rj):
+    """Two entities (items, or users) ``i`` and ``j`` shared a rater (an item) with residuals ``r``, ``rj``:
+    add to their cosine's sums, both ways round."""
+    s[i, j] += r * rj
+    s[j, i] += r * rj
+    a[i, j] += r * r
+    a[j, i] += rj * rj
+    b[i, j] += rj * rj
+    b[j, i] += r * r
+
+
+@numba.njit(cache=True)
+def _mean(s, a, b, i, others, residuals, count, shrink):
+    """The shrunk-cosine-weighted mean residual of ``i``'s neighbours among the last RECENT of ``others``."""
+    num, den = 0.0, 0.0
+    for k in range(max(0, count - RECENT), count):
+        j = others[k]
+        if a[i, j] > 0:
+            sim = s[i, j] / math.sqrt(a[i, j] * b[i, j] + 1e-12) * a[i, j] / (a[i, j] + shrink)
+            num += sim * residuals[k]
+            den += abs(sim)
+    return num / (den + 1.0)
+
+
+@numba.njit(cache=True)
 def neighbourhoods(user, item, residual, n_users, n_items, shrink, lag):
     """Per example, before its residual is known: the item-item and the user-user neighbourhood's mean
     residual (see the module docstring); residuals join the tables ``lag`` examples at a time."""
@@ -62,22 +87,10 @@ def neighbourhoods(user, item, residual, n_users, n_items, shrink, lag):
         if k - learned >= lag:
             for m in range(learned, k):
                 u, i, r = user[m], item[m], residual[m]
-                for s in range(n_of[u]):
-                    j, rj = items_of[u, s], item_res[u, s]
-                    s_ii[i, j] += r * rj
-                    s_ii[j, i] += r * rj
-                    a_ii[i, j] += r * r
-                    a_ii[j, i] += rj * rj
-                    b_ii[i, j] += rj * rj
-                    b_ii[j, i] += r * r
-                for s in range(n_raters[i]):
-                    v, rv = raters[i, s], rater_res[i, s]
-                    s_uu[u, v] += r * rv
-                    s_uu[v, u] += r * rv
-                    a_uu[u, v] += r * r
-                    a_uu[v, u] += rv * rv
-                    b_uu[u, v] += rv * rv
-                    b_uu[v, u] += r * r
+                for t in range(n_of[u]):
+                    _pair(s_ii, a_ii, b_ii, i, items_of[u, t], r, item_res[u, t])
+                for t in range(n_raters[i]):
+                    _pair(s_uu, a_uu, b_uu, u, raters[i, t], r, rater_res[i, t])
                 if n_of[u] < KEPT:
                     items_of[u, n_of[u]], item_res[u, n_of[u]] = i, r
                     n_of[u] += 1
@@ -86,22 +99,8 @@ def neighbourhoods(user, item, residual, n_users, n_items, shrink, lag):
                     n_raters[i] += 1
             learned = k
         u, i = user[k], item[k]
-        num, den = 0.0, 0.0
-        for s in range(max(0, n_of[u] - RECENT), n_of[u]):
-            j = items_of[u, s]
-            if a_ii[i, j] > 0:
-                sim = s_ii[i, j] / math.sqrt(a_ii[i, j] * b_ii[i, j] + 1e-12) * a_ii[i, j] / (a_ii[i, j] + shrink)
-                num += sim * item_res[u, s]
-                den += abs(sim)
-        by_item[k] = num / (den + 1.0)
-        num, den = 0.0, 0.0
-        for s in range(max(0, n_raters[i] - RECENT), n_raters[i]):
-            v = raters[i, s]
-            if a_uu[u, v] > 0:
-                sim = s_uu[u, v] / math.sqrt(a_uu[u, v] * b_uu[u, v] + 1e-12) * a_uu[u, v] / (a_uu[u, v] + shrink)
-                num += sim * rater_res[i, s]
-                den += abs(sim)
-        by_user[k] = num / (den + 1.0)
+        by_item[k] = _mean(s_ii, a_ii, b_ii, i, items_of[u], item_res[u], n_of[u], shrink)
+        by_user[k] = _mean(s_uu, a_uu, b_uu, u, raters[i], rater_res[i], n_raters[i], shrink)
     return by_item, by_user
 
 
