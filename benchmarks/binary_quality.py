@@ -7,8 +7,8 @@ Replays :func:`benchmarks.common.shop_events` (pages of impressions, clicks
 2-20 s after them, an organic click now and then) through the job's per-batch
 path (rtrec.core.local.LocalPipeline, text off, ``window`` events per batch
 interval as the job cuts a backlog), once per click model: by the user's taste
-for the item's category, by the item's appeal, and at random. Per model and
-fused, the AUC of impressions' outcomes (their records: a 0, or the click
+for the item's category, by the item's appeal, and at random. Per model,
+fused and the like head's probability (models.like), the AUC of impressions' outcomes (their records: a 0, or the click
 attributed to them, with the scores the impression got when shown; also with
 the organic clicks, which come at a telling moment of the generator's
 sessions), against
@@ -39,7 +39,7 @@ from rtrec.metrics import auc  # noqa: E402
 
 
 def binary_aucs(predictions, keep: set[str] | None = None) -> dict[str, float]:
-    """AUC per model and fused over the binary records of ``predictions`` (models.online.Predictions) whose
+    """AUC per model, fused and the like head over the binary records of ``predictions`` (models.online.Predictions) whose
     event ids are in ``keep`` (None: all)."""
     rows = [i for i, t in enumerate(predictions.type)
             if t != "rating" and (keep is None or predictions.event_id[i] in keep)]
@@ -47,6 +47,8 @@ def binary_aucs(predictions, keep: set[str] | None = None) -> dict[str, float]:
     out = {}
     for name, col in [*predictions.scores.items(), ("fused", predictions.fused)]:
         out[name] = round(auc([col[i] for i in rows], labels), 4)
+    if predictions.like:  # the like head's probability (models.like)
+        out["like"] = round(auc([predictions.like[i] for i in rows], labels), 4)
     return out
 
 

@@ -1,4 +1,4 @@
-"""CPU time of the per-batch core per event: features only, learning with text off, learning with text on.
+"""CPU time of the per-batch core per event: features only, learning with text off, learning with text on (and off the like head).
 
     .venv/bin/python benchmarks/core_throughput.py [--limit N] [--window 4000] [--shards 0] [--profile MODE]
 
@@ -14,6 +14,8 @@ predictions, learning, recommendations and their records are all counted.
 Reports process CPU µs per event for the user core (admit + process) and the
 item core, and apart from them the merger's (another operator in the job).
 The text encoder's start-up (model load, catalogue encoding) is not counted.
+``learning_text_on_like_off`` is learning with text on and the like head
+off (``model.like_bits=0``): its cost, in one invocation.
 Writes benchmarks/results/core_throughput.json. ``--profile MODE`` prints a
 pyinstrument profile of that mode instead.
 
@@ -46,6 +48,8 @@ MODES = {
     "features": ["model.enabled=false", "text.enabled=false"],
     "learning_text_off": ["text.enabled=false"],
     "learning_text_on": ["text.enabled=true"],
+    # The like head's cost: the same with it off (run both in one invocation and compare)
+    "learning_text_on_like_off": ["text.enabled=true", "model.like_bits=0"],
 }
 
 
@@ -82,7 +86,7 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=0, help="the first N events only (0: all 100,000)")
     ap.add_argument("--window", type=int, default=4000, help="events per batch interval")
     ap.add_argument("--shards", type=int, default=0, help="user key shards (flink.shards; 0: the job's automatic count)")
-    ap.add_argument("--mode", action="append", choices=list(MODES), help="(repeatable; default: all three)")
+    ap.add_argument("--mode", action="append", choices=list(MODES), help="(repeatable; default: all)")
     ap.add_argument("--profile", choices=list(MODES), help="print a profile of this mode instead")
     ap.add_argument("--sparse-users", type=int, default=0,
                     help="a synthetic stream over this many users instead of MovieLens (see above)")
@@ -104,7 +108,8 @@ def main() -> None:
               f"item {r['item_core_us_per_event']}; merger {r['merger_us_per_event']}), "
               f"{r['events_per_batch']} events/batch"
               + (f", fused MAE {r['quality']['fused']['mae']} AUC {r['quality']['fused']['auc']}" if "quality" in r
-                 else ""), flush=True)
+                 else "")
+              + (f", like AUC {r['quality']['like']['auc']}" if "like" in r.get("quality", {}) else ""), flush=True)
     path = write_results("core_throughput_sparse" if args.sparse_users else "core_throughput", {
         "command": "python benchmarks/core_throughput.py" + (f" --limit {args.limit}" if args.limit else "")
                    + (f" --shards {args.shards}" if args.shards else "")

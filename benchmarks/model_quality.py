@@ -7,7 +7,9 @@
    timestamp order (stable sort). Every rating is predicted by every model
    and the fusion before it is learned from; the metrics are computed from
    the ``predictions`` topic (read_committed): MAE, RMSE, and AUC of the
-   predicted rating against rating >= 4. Broadcast latency: from a merged
+   predicted rating against rating >= 4; and the AUC and log-loss of the
+   like head's probability (the records' ``like``, models.like), the job's
+   answer to "rating >= 4?". Broadcast latency: from a merged
    version's creation in the ModelMerger to each scoring subtask using it
    (``model.broadcast_log``), p50 and p99.
 2. Online vs frozen: the same stream through the same model code without
@@ -42,7 +44,7 @@ from rtrec.config import load_config  # noqa: E402
 from rtrec.datasets import movielens_events  # noqa: E402
 from rtrec.evaluation import Example, fusion_shares  # noqa: E402
 from rtrec.flink_rest import FlinkRest  # noqa: E402
-from rtrec.metrics import auc, mae, rmse  # noqa: E402
+from rtrec.metrics import auc, log_loss, mae, rmse  # noqa: E402
 from rtrec.records import read_record  # noqa: E402
 from rtrec.replay import replay  # noqa: E402
 
@@ -65,6 +67,11 @@ def prequential(predictions: list[dict]) -> dict:
         pred = [p["fused"] if name == "fused" else p["scores"][name] for p in ratings]
         per_model[name] = {"mae": round(mae(pred, truth), 4), "rmse": round(rmse(pred, truth), 4),
                            "auc": round(auc(pred, positive), 4)}
+    liked = [p for p in ratings if p.get("like") is not None]
+    if liked:  # the like head's probability (models.like): AUC and log-loss only
+        like, is_liked = [p["like"] for p in liked], [int(p["label"] >= 4) for p in liked]
+        per_model["like"] = {"examples": len(liked), "auc": round(auc(like, is_liked), 4),
+                             "log_loss": round(log_loss(like, is_liked), 4)}
     examples = [Example.from_record(p) for p in ratings]
     shares = fusion_shares(examples, list(ratings[0]["scores"])) or {}
     per_model["share_of_fused"] = {m: round(v, 3) for m, v in shares.items()}

@@ -37,7 +37,7 @@ def simulate(cfg, events, window: int = 4000, freeze_at: int | None = None, sear
 
 
 def report(p, start: float = 0.0) -> dict:
-    """MAE, RMSE and AUC (rating >= 4) per model and fused, over the rating examples of predictions ``p``
+    """MAE, RMSE and AUC (rating >= 4) per model and fused, and the like head's AUC, over the rating examples of predictions ``p``
     (from the share ``start`` of them on: 0.5, the second half)."""
     rows = [i for i, t in enumerate(p.type) if t == "rating"]
     rows = rows[int(len(rows) * start):]
@@ -49,6 +49,8 @@ def report(p, start: float = 0.0) -> dict:
         pred = [column[i] for i in rows]
         out[name] = {"mae": round(mae(pred, truth), 4), "rmse": round(rmse(pred, truth), 4),
                      "auc": round(auc(pred, positive), 4)}
+    if p.like:  # the like head's probability (models.like): AUC only
+        out["like"] = {"auc": round(auc([p.like[i] for i in rows], positive), 4)}
     return out
 
 

@@ -34,7 +34,7 @@ import numpy as np
 
 from models import sequential
 from rtrec.config import ModelConfig
-from rtrec.datasets import catalogue_rows
+from rtrec.datasets import attribute_rows
 
 #: At most this many attributes of an item count (the catalogue's first ones).
 WIDTH = 8
@@ -63,12 +63,7 @@ def catalogue_attributes(source: str) -> dict[str, tuple[str, ...]]:
         return {}
     if source == "movielens-100k":
         return movielens_attributes()
-
-    def names(value) -> tuple[str, ...]:  # a list (.jsonl) or "|"-separated (.csv)
-        parts = value.split("|") if isinstance(value, str) else (value or ())
-        return tuple(str(a) for a in parts if a)
-
-    return {str(r["item_id"]): names(r.get("attributes")) for r in catalogue_rows(source, "model.item_attributes")}
+    return attribute_rows(source, "item_id", "model.item_attributes")
 
 
 def attribute_codes(names, buckets: int) -> list[int]:
@@ -80,29 +75,21 @@ def attribute_codes(names, buckets: int) -> list[int]:
     return list(dict.fromkeys(zlib.crc32(n.encode()) % buckets for n in names))[:WIDTH]
 
 
-class UserAffinity:
-    """The attribute codes of every item row, and the per-user correction over them (see the module)."""
+class ItemAttributes:
+    """The attribute codes of every item row: from the catalogue (``model.item_attributes``), else the
+    first category an event gave the item. The correction below and the like head (models.like) read them."""
+
+    #: Buckets when the correction is off (the like head's attributes only).
+    BUCKETS = 128
 
     def __init__(self, cfg: ModelConfig):
-        self.buckets = cfg.affinity_buckets
-        self.prior = cfg.affinity_prior
+        self.buckets = cfg.affinity_buckets or self.BUCKETS
         self.catalogue = catalogue_attributes(cfg.item_attributes)
         self.categories: dict[str, str] = {}  # item id -> category, for items the catalogue lacks
         #: (rows, WIDTH) attribute codes of each item row (-1 pads; UNSET: not known yet)
         self.codes = np.full((0, WIDTH), UNSET, np.int32)
         self._filled = 0  # rows looked up so far
         self._unknown: dict[str, int] = {}  # item id -> its row, for rows without attributes yet
-
-    def tables(self, users: list[dict]) -> np.ndarray:
-        """(len(users), 2 * buckets) copies of the users' tables (``user["aff"]``), zeros for a user without
-        one: a new user, or state written before the correction or with another bucket count."""
-        out = np.zeros((len(users), 2 * self.buckets), np.float32)
-        width = out.shape[1]
-        for r, user in enumerate(users):
-            t = user.get("aff")
-            if t is not None and len(t) == width:
-                out[r] = t
-        return out
 
     def note(self, item_id: str, category: str | None) -> None:
         """An event's category, for an item the catalogue does not know (the first one counts)."""
@@ -138,6 +125,25 @@ class UserAffinity:
                 self._set(row, names)
         self._filled = max(self._filled, n)
         return self.codes
+
+
+class UserAffinity(ItemAttributes):
+    """The attribute codes of every item row, and the per-user correction over them (see the module)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        self.prior = cfg.affinity_prior
+
+    def tables(self, users: list[dict]) -> np.ndarray:
+        """(len(users), 2 * buckets) copies of the users' tables (``user["aff"]``), zeros for a user without
+        one: a new user, or state written before the correction or with another bucket count."""
+        out = np.zeros((len(users), 2 * self.buckets), np.float32)
+        width = out.shape[1]
+        for r, user in enumerate(users):
+            t = user.get("aff")
+            if t is not None and len(t) == width:
+                out[r] = t
+        return out
 
     def learn(self, tables: np.ndarray, user_of: np.ndarray, rows: np.ndarray, base: np.ndarray, y: np.ndarray,
               learn: np.ndarray, ids: list[str]) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""The model set every scorer and trainer holds: MF, FTRL, the neural ranker and their fusion.
+"""The model set every scorer and trainer holds: MF, FTRL, the neural ranker, their fusion and the like head.
 
 One :class:`ModelSet` owns one :class:`models.params.ParameterSet` (all global
 tables, one item index) and turns examples into each model's inputs. It
@@ -21,6 +21,7 @@ from models import sequential
 from models.base import Batch
 from models.ftrl import FTRLProximal
 from models.fusion import OnlineFusion
+from models.like import LikeHead
 from models.mf import BiasedMF
 from models.params import ParameterSet
 from models.ranker import NeuralRanker
@@ -86,6 +87,8 @@ class ModelSet:
         self.models = [self.mf, self.ftrl, self.ranker]
         self.fusion = OnlineFusion(self.params, [m.name for m in self.models], forget=cfg.fusion_forget,
                                    robust=cfg.fusion_robust)
+        #: The probability of a positive after the fusion (models.like); None when model.like_bits is 0.
+        self.like = LikeHead(cfg, self.params) if cfg.like_bits else None
         self._item_codes = torch.zeros(0, dtype=torch.long, device=self.device)
         # Per item row: [id code, rating-mean bucket + 10, count bucket] (CPU: computed once per change of
         # the item features, not per batch), and the (writes, rows) of the item features it was made from.
@@ -105,6 +108,11 @@ class ModelSet:
         if self._item_codes.shape[0] < n:
             new = [id_code(i) for i in self.params.index.ids[self._item_codes.shape[0] : n]]
             self._item_codes = torch.cat([self._item_codes, torch.tensor(new, dtype=torch.long, device=self.device)])
+
+    def item_id_codes(self) -> np.ndarray:
+        """(items,) int64 id code of every item row (a copy where the tables are on a GPU)."""
+        self._extend_item_codes()
+        return self._item_codes.cpu().numpy()
 
     def _item_columns(self) -> np.ndarray:
         """(items, 3) [id code, rating-mean bucket + 10, count bucket] of every item row, remade only when the

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from models import sequential
-from models.affinity import UserAffinity
+from models.affinity import ItemAttributes, UserAffinity
 from models.base import Batch
 from models.ensemble import Examples, ModelSet
 from models.params import RowDelta, Version
@@ -78,10 +78,10 @@ class OpenImpression:
     buckets: tuple[int, int]
     code: int
     pair: list[float]
-    #: Each model's score, the fused one and the correction's part of it, in binary units, as the
-    #: impression was shown (:meth:`OnlineLearner._score_shown`; empty until its batch scores it). None for
-    #: impressions that releases up to 0.1.0 stored: never learned as a 0 when shown, they are at their
-    #: outcome, which is scored then, as those releases did.
+    #: Each model's score, the fused one, the correction's part of it, in binary units, and the like head's
+    #: probability (where it is on), as the impression was shown (:meth:`OnlineLearner._score_shown`; empty
+    #: until its batch scores it). None for impressions that releases up to 0.1.0 stored: never learned as
+    #: a 0 when shown, they are at their outcome, which is scored then, as those releases did.
     scores: list[float] | None = None
 
     def __reduce__(self):
@@ -155,6 +155,9 @@ class Predictions:
     heldout: list[bool] = field(default_factory=list)
     #: How much the user's attribute correction (models.affinity) moved ``fused``; empty when it is off.
     correction: list[float] = field(default_factory=list)
+    #: The like head's probability that the example is positive (models.like); empty when it is off, None
+    #: for an outcome whose impression was scored by a release without it.
+    like: list[float | None] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.event_id)
@@ -164,10 +167,12 @@ class Predictions:
         pick = lambda col: [v for v, k in zip(col, keep, strict=True) if k]  # noqa: E731
         return Predictions(pick(self.event_id), pick(self.user_id), pick(self.item_id), pick(self.ts), pick(self.type),
                            pick(self.label), {n: pick(c) for n, c in self.scores.items()}, pick(self.fused),
-                           pick(self.heldout), pick(self.correction) if self.correction else [])
+                           pick(self.heldout), pick(self.correction) if self.correction else [],
+                           pick(self.like) if self.like else [])
 
     def extend(self, other: Predictions) -> None:
-        for name in ("event_id", "user_id", "item_id", "ts", "type", "label", "fused", "heldout", "correction"):
+        for name in ("event_id", "user_id", "item_id", "ts", "type", "label", "fused", "heldout", "correction",
+                     "like"):
             getattr(self, name).extend(getattr(other, name))
         for k, v in other.scores.items():
             self.scores.setdefault(k, []).extend(v)
@@ -235,6 +240,11 @@ class OnlineLearner:
         self.refresh_every_event = False
         #: The fusion's per-user correction (models.affinity); None when model.affinity_buckets is 0.
         self.affinity = UserAffinity(cfg) if cfg.affinity_buckets else None
+        #: The item rows' attributes (the correction's, or the like head's alone); None when both are off.
+        self.attributes = self.affinity if self.affinity is not None else (
+            ItemAttributes(cfg) if cfg.like_bits else None)
+        #: The like head (models.like), part of the model set; None when model.like_bits is 0.
+        self.like = self.models.like
         self._users: dict[str, dict] = {}  # the batch's users (process), for the candidates' corrections
 
     def warm_up(self) -> None:
@@ -255,7 +265,7 @@ class OnlineLearner:
         """Learn from and score one batch; ``users`` maps user id -> user model state (updated in place)."""
         result = BatchResult()
         self._users = users
-        affinity = self.affinity
+        attributes = self.attributes
         ctx = pair_of = None
         if self.search is not None:
             ctx = self.search.context(inputs, users, self.cfg.rating_min, self.cfg.rating_max)
@@ -275,8 +285,8 @@ class OnlineLearner:
             t = e.type
             if e.item_id is not None:
                 pair = pair_of[pos] if pair_of else NO_PAIR
-                if affinity is not None and e.category is not None:
-                    affinity.note(e.item_id, e.category)
+                if attributes is not None and e.category is not None:
+                    attributes.note(e.item_id, e.category)
                 scores = None
                 if t == "impression":
                     impressions = user["impressions"]
@@ -353,7 +363,8 @@ class OnlineLearner:
     def _score_shown(self, shown: list[tuple[Inputs, list[float], list[float]]], start: dict[str, np.ndarray]) -> None:
         """Score binary feedback's events as they come, with the parameters as of the batch's start (before it
         learns anything): each impression as it is shown, and each positive no impression had. Fills each
-        event's list with every model's score, the fused one and the correction's part of it, in binary units;
+        event's list with every model's score, the fused one and the correction's part of it, in binary units,
+        and the like head's probability where it is on;
         :meth:`_learn` reports these for the event's outcome (:class:`Predictions`)."""
         m, dev = self.models, self.device
         lo, hi = self.scale.lo, self.scale.hi
@@ -374,7 +385,19 @@ class OnlineLearner:
             corrected = (fused + torch.from_numpy(adj)).clamp(lo, hi)
             correction, fused = corrected - fused, corrected
         table = ((torch.stack([*(c.cpu() for c in columns), fused]) - lo) / (hi - lo)).clamp(0.0, 1.0)
-        table = torch.cat([table, correction[None] / (hi - lo)]).T.tolist()
+        table = torch.cat([table, correction[None] / (hi - lo)])
+        if self.like is not None:  # the like head's score too, learning nothing (see Predictions)
+            index: dict[str, int] = {}
+            user_of = np.fromiter((index.setdefault(x.event.user_id, len(index)) for x in xs), np.int64, len(xs))
+            cols = ExampleColumns()
+            for x in xs:
+                e = x.event
+                cols.add(e.event_id, e.user_id, e.item_id, e.ts, e.type, 0.0, None, None, x.code, None)
+            nothing = np.zeros(len(xs), np.bool_)
+            like = self._like(index, user_of, cols, items, fused, torch.zeros_like(fused), nothing, nothing, nothing,
+                              self._users)
+            table = torch.cat([table, torch.from_numpy(like).to(table.dtype)[None]])
+        table = table.T.tolist()
         for (_, _, scores), row in zip(shown, table, strict=True):
             scores.extend(row)
 
@@ -437,7 +460,9 @@ class OnlineLearner:
         return Predictions(cols.event_id, cols.user_id, cols.item_id, cols.ts, cols.type, cols.label,
                            {name: [row[j] for row in scores] for j, name in enumerate(names)},
                            [row[k] for row in scores], [is_heldout(e, fraction) for e in cols.event_id],
-                           [row[k + 1] for row in scores] if self.affinity is not None else [])
+                           [row[k + 1] for row in scores] if self.affinity is not None else [],
+                           [row[k + 2] if len(row) > k + 2 else None for row in scores] if self.like is not None
+                           else [])
 
     def _mf(self, index: dict[str, int], user_of: np.ndarray, items: torch.Tensor, y: torch.Tensor,
             learn: np.ndarray, learned: torch.Tensor, users: dict[str, dict]
@@ -566,7 +591,7 @@ class OnlineLearner:
         shown = None
         names = m.fusion.models
         width = len(names) + 2
-        rows_shown = [i for i, sc in enumerate(cols.shown) if sc and len(sc) == width]
+        rows_shown = [i for i, sc in enumerate(cols.shown) if sc and len(sc) >= width]  # (+ the like's)
         if rows_shown:
             shown = np.full((n, len(names)), np.nan, np.float32)
             shown[rows_shown] = [cols.shown[i][: len(names)] for i in rows_shown]
@@ -595,6 +620,11 @@ class OnlineLearner:
         blend = None
         if self.affinity is not None:
             blend, fused = fused, self._affinity(index, user_of, items, fused, y, learn, users)
+        like = None
+        if self.like is not None:
+            positive = self.scale.positives(np.array(cols.label, np.float64), np.array(is_rating, np.bool_))
+            like = self._like(index, user_of, cols, items, fused, y, positive, np.array(is_rating, np.bool_), learn,
+                              users)
 
         # Scores in the label's units (LabelScale.units, as one op per model): ratings clamped to the
         # scale, binary feedback rescaled to 0..1.
@@ -607,14 +637,18 @@ class OnlineLearner:
         fused_units = units(fused)
         out = Predictions(cols.event_id, cols.user_id, cols.item_id, cols.ts, cols.type, cols.label,
                           {k: units(v).tolist() for k, v in raw.items()}, fused_units.tolist(), heldout,
-                          [] if blend is None else (fused_units - units(blend)).tolist())
+                          [] if blend is None else (fused_units - units(blend)).tolist(),
+                          [] if like is None else like.tolist())
+        k = len(names)
         for i in rows_shown:  # binary feedback: the scores its event got as it came
             scores = cols.shown[i]
-            for k, name in enumerate(names):
-                out.scores[name][i] = scores[k]
-            out.fused[i] = scores[-2]
+            for j, name in enumerate(names):
+                out.scores[name][i] = scores[j]
+            out.fused[i] = scores[k]
             if out.correction:
-                out.correction[i] = scores[-1]
+                out.correction[i] = scores[k + 1]
+            if out.like and len(scores) > k + 2:  # (else scored without the head: its score now)
+                out.like[i] = scores[k + 2]
         if not all(cols.record):
             out = out.where(cols.record)
         if self.learning:
@@ -641,6 +675,22 @@ class OnlineLearner:
         for r in np.unique(user_of[learn]).tolist():  # (users who learned: a user keeps a table from then on)
             users[names[r]]["aff"] = tables[r].copy()
         return (fused + torch.from_numpy(adj).to(fused.device)).clamp(self.scale.lo, self.scale.hi)
+
+    def _like(self, index: dict[str, int], user_of: np.ndarray, cols: ExampleColumns, items: torch.Tensor,
+              fused: torch.Tensor, y: torch.Tensor, positive: np.ndarray, rating: np.ndarray, learn: np.ndarray,
+              users: dict[str, dict]) -> np.ndarray:
+        """The like head's probabilities (models.like) of the examples, after the fused rating (with the
+        correction), learning in order where ``learn``; the users who learned from a rating keep their row."""
+        head, names, m = self.like, list(index), self.models
+        stats = head.stats([users[u] for u in names])
+        n = len(cols)
+        out = head.pass_(stats, user_of, cols.user_id, np.fromiter(cols.code, np.int64, n), m.item_id_codes(),
+                         items.cpu().numpy(), self.attributes.update(m.params.index.ids),
+                         fused.cpu().numpy(), y.cpu().numpy(), positive, np.fromiter(cols.ts, np.int64, n), rating,
+                         learn)
+        for r in np.unique(user_of[learn & rating]).tolist():  # (only ratings move a user's row)
+            users[names[r]]["like"] = stats[r].copy()
+        return out
 
     # -- recommendations -------------------------------------------------------------
     def _recommend(self, refresh: list[tuple[Inputs, np.ndarray, list[str], int]],

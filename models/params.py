@@ -281,7 +281,7 @@ class ParameterSet:
         if wrong:
             raise ModelShapeMismatch(
                 "a model version made with other model settings than this job's (model.dim, model.ftrl_bits, "
-                "the features): " + "; ".join(wrong))
+                "model.like_bits, the features): " + "; ".join(wrong))
         ids = state["items"]
         rows = self.item_rows(ids) if ids else torch.zeros(0, dtype=torch.long, device=self.device)
         for name, values in state["tables"].items():

@@ -824,6 +824,120 @@ def affinity_scores(tables: np.ndarray, cand: np.ndarray, codes: np.ndarray, pri
     return out
 
 
+@jit
+def _like_code(field, a, b, mix, mod, size):
+    """Hashed feature id of the pair (``a``, ``b``) in like-head field ``field``."""
+    return ((((field * mix + a) % mod) * mix + b) % mod) % size
+
+
+@jit
+def _like_codes(k, u, stats, user_codes, item_codes, rows, attr, uattr, ts, rating, mix, mod, size, out):
+    """The like head's hashed features of example ``k`` (user row ``u``) into ``out``; returns how many."""
+    m = 0
+    out[m] = _like_code(1, 0, 0, mix, mod, size)  # the bias
+    out[m + 1] = _like_code(2, user_codes[k], 0, mix, mod, size)
+    item = item_codes[rows[k]]
+    out[m + 2] = _like_code(3, item, 0, mix, mod, size)
+    m = 3
+    a_row = attr[rows[k]]
+    for j in range(a_row.shape[0]):  # the user x each of the item's attributes
+        if a_row[j] < 0:
+            break
+        out[m] = _like_code(4, user_codes[k], a_row[j], mix, mod, size)
+        m += 1
+    for j in range(uattr.shape[1]):  # the item x each of the user's attributes
+        if uattr[k, j] < 0:
+            break
+        out[m] = _like_code(5, item, uattr[k, j], mix, mod, size)
+        m += 1
+    if not rating[k]:  # (binary feedback is learned at its outcome, not when shown: no time of day in it)
+        return m
+    st = stats[u]
+    fresh = st[3] == 0  # the user's first rating: no recent error, no session (st[3] is 1 from the first on)
+    recent = 99 if fresh else int(min(max(round(st[2] * 4.0), -8.0), 8.0))
+    gap = ts[k] - st[4]
+    session = 0.0 if fresh or gap > 3600.0 else st[3]
+    out[m] = _like_code(6, recent + 16, 0, mix, mod, size)
+    out[m + 1] = _like_code(7, int(math.log2(session + 1.0)), 0, mix, mod, size)
+    out[m + 2] = _like_code(8, 99 if fresh else int(math.log10(max(gap, 0.0) + 1.0)), 0, mix, mod, size)
+    return m + 3
+
+
+@jit
+def _like_pass(stats, user_of, user_codes, item_codes, rows, attr, uattr, fused, y, positive, ts, rating, learn, z,
+               n, mse, threshold, prior, alpha, beta, l1, l2, recent, mix, mod, size, codes, out):
+    w = np.empty(codes.shape[1], np.float64)
+    for k in range(len(user_of)):
+        u = user_of[k]
+        st = stats[u]
+        # (a rating's user error: shrunk towards everyone's; binary feedback's error says how often the user
+        # clicks, not how well they are known: everyone's error of ratings, or 1)
+        var = (st[0] + prior * mse[0]) / (st[1] + prior) if rating[k] else mse[0]
+        logit = (fused[k] - threshold) / math.sqrt(max(var, 1e-6))
+        c_row = codes[k]
+        m = _like_codes(k, u, stats, user_codes, item_codes, rows, attr, uattr, ts, rating, mix, mod, size, c_row)
+        for j in range(m):
+            w[j] = _ftrl_weight(z, n, c_row[j], alpha, beta, l1, l2)
+            logit += w[j]
+        p = 1.0 / (1.0 + math.exp(-min(max(logit, -30.0), 30.0)))
+        out[k] = p
+        if learn[k]:
+            g = p - (1.0 if positive[k] else 0.0)
+            for j in range(m):
+                c = c_row[j]
+                nc = n[c]
+                sigma = (math.sqrt(nc + g * g) - math.sqrt(nc)) / alpha
+                z[c] += g - sigma * w[j]
+                n[c] = nc + g * g
+            if rating[k]:
+                r = y[k] - fused[k]
+                gap = ts[k] - st[4]
+                fresh = st[3] == 0  # (no rating yet)
+                st[3] = 1.0 if fresh or gap > 3600.0 else st[3] + 1.0
+                st[2] = r if fresh else recent * st[2] + (1.0 - recent) * r
+                st[4] = ts[k]
+                st[0] += r * r
+                st[1] += 1.0
+                mse[1] += 1.0
+                mse[0] += (r * r - mse[0]) / mse[1]
+
+
+def like_pass(stats: np.ndarray, user_of: np.ndarray, user_codes: np.ndarray, item_codes: np.ndarray,
+              rows: np.ndarray, attr: np.ndarray, uattr: np.ndarray, fused: np.ndarray, y: np.ndarray,
+              positive: np.ndarray, ts: np.ndarray, rating: np.ndarray, learn: np.ndarray, z: np.ndarray,
+              n: np.ndarray, mse: np.ndarray,
+              threshold: float, prior: float, ftrl: tuple, recent: float, hashing: tuple,
+              codes: np.ndarray | None = None) -> np.ndarray:
+    """models.like's probability that each example is positive, over a batch in order, each predicted
+    before it learns.
+
+    The logit is ``(fused - threshold) / sigma_u`` (``sigma_u``: the user's root mean squared error of the
+    fused rating, shrunk towards the global ``mse[0]`` by ``prior`` ratings; for binary feedback the global
+    one, whose errors say how often a user clicks rather than how well the models know them) plus the FTRL-Proximal
+    weights (``ftrl``: alpha, beta, l1, l2; tables ``z``, ``n``) of the example's hashed features: a bias,
+    the user, the item, the user x each item attribute (``attr[rows]``, ending at the first negative), the
+    item x each user attribute (``uattr``, likewise), and for a ``rating`` the user's recent error, session
+    position and time since their last rating, bucketed (binary feedback is learned at its outcome, seconds
+    or minutes after it was shown and scored: those would differ between the two). Where ``learn``:
+    FTRL's logistic step on ``positive``, then, for a rating, the user's ``stats`` row (``user_of``;
+    float64 [sum of squared errors, count, recent error (an exponential mean, ``recent`` the weight of
+    the past), position in the session, last ``ts`` in seconds]) and ``mse`` ([mean squared error,
+    count]) take its error ``y - fused``. A session ends after an hour without ratings. ``hashing``: (mix, mod, size). ``codes``: (n, 3 + attributes +
+    user attributes + 3) int64, -1 filled, receives each example's features (the rows it learned). Returns
+    the (n,) probabilities.
+    """
+    out = np.zeros(len(user_of), np.float64)
+    if codes is None:
+        codes = np.full((len(user_of), 6 + attr.shape[1] + uattr.shape[1]), -1, np.int64)
+    if len(user_of):
+        alpha, beta, l1, l2 = ftrl
+        mix, mod, size = hashing
+        _like_pass(stats, user_of, user_codes, item_codes, rows, attr, uattr, fused, y, positive, ts, rating, learn,
+                   z, n, mse, float(threshold), float(prior), float(alpha), float(beta), float(l1), float(l2),
+                   float(recent), mix, mod, size, codes, out)
+    return out
+
+
 def warm_up() -> None:
     """Compile the passes now, so the first batch does not pay for it: about 20 s the first time on a
     machine (``make setup`` does it once), under a second from numba's cache after that. Every array
@@ -848,6 +962,11 @@ def warm_up() -> None:
     codes = np.full((1, 2), -1, np.int32)
     affinity_pass(f(1, 4), one, one, codes, f(1), f(1), np.ones(1, np.bool_), 10.0)
     affinity_scores(f(1, 4), np.zeros((1, 1), np.int64), codes, 10.0)
+    i64 = np.zeros(1, np.int64)
+    like_pass(np.zeros((1, 5)), one, i64, i64, one, codes, np.full((1, 4), -1, np.int64), np.zeros(1), np.zeros(1),
+              np.ones(1, np.bool_), np.zeros(1), np.ones(1, np.bool_), np.ones(1, np.bool_), f(4), f(4),
+              np.array([1.0, 0.0], np.float32),
+              3.8, 5.0, (0.08, 1.0, 0.0, 1.0), 0.7, (1_000_003, 1 << 31, 4))
     for pair in (f(1, 1, 2), None):  # (one compilation: the pass gets zeros and a flag for None)
         candidates_pass(f(1, 3), f(1, 2), np.zeros((1, 1), np.int64), pair, one, np.zeros((1, 2), np.int64),
                         np.zeros((1, 3), np.int64), f(1, 2), (f(1, 2), f(1), 3.0), (f(4), f(4), 0.1, 1.0, 0.1, 1.0, 3.0),

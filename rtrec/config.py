@@ -259,6 +259,22 @@ class ModelConfig:
     # Item attributes: movielens-100k (genres and decade), a .jsonl of {"item_id", "attributes": [...]}
     # lines or a .csv with item_id and attributes ("|"-separated) columns; "" for none (categories only).
     item_attributes: str = "movielens-100k"
+    # The like head (models.like): after the fusion, the probability that an example is positive (a
+    # rating >= 4, positive binary feedback), reported as each prediction record's "like". Its logit is
+    # (fused - like_threshold) / the user's error of the fused rating (shrunk towards the global one by
+    # like_prior examples), plus FTRL-Proximal weights (2**like_bits of them, step like_alpha) of the user,
+    # the item, user x item attribute, item x user attribute and the user's recent error and session; the
+    # recent error is an exponential mean, like_recent the weight of the past. 0 like_bits turns it off.
+    # Searched on the first half of MovieLens-100K (benchmarks/like_search.py).
+    like_bits: int = 18
+    like_threshold: float = 3.8
+    like_prior: float = 5.0
+    like_alpha: float = 0.08
+    like_recent: float = 0.7
+    # User attributes for the like head: movielens-100k (age by decade, gender, occupation), a .jsonl of
+    # {"user_id", "attributes": [...]} lines or a .csv with user_id and attributes ("|"-separated)
+    # columns; "" for none.
+    user_attributes: str = "movielens-100k"
 
     # Recommendations: k items, re-ranked by the fused model from the MF's top
     # `retrieve` items of the catalogue; items a user interacted with recently
@@ -630,12 +646,13 @@ def _subtasks_without_shards(shards: int, parallelism: int) -> str | None:
             + "(changing it needs a fresh start), or lower flink.parallelism")
 
 
-#: The file formats of an item catalogue (text.catalogue, model.item_attributes; rtrec.datasets.catalogue_rows).
+#: The file formats of a catalogue (text.catalogue, model.item_attributes, model.user_attributes;
+#: rtrec.datasets.catalogue_rows).
 CATALOGUE_SUFFIXES = (".jsonl", ".csv")
 
 
 def _check_catalogue(name: str, source: str, empty: str) -> None:
-    """An item catalogue setting: movielens-100k (needs the recbole wheel), an existing .jsonl or .csv, or ""."""
+    """A catalogue setting: movielens-100k (needs the recbole wheel), an existing .jsonl or .csv, or ""."""
     if not source:
         return
     if source == "movielens-100k":
@@ -686,6 +703,12 @@ def validate(cfg: RtrecConfig) -> None:
                           "positive")
     if cfg.model.enabled and cfg.model.affinity_buckets:
         _check_catalogue("model.item_attributes", cfg.model.item_attributes, "the events' categories only")
+    if not (cfg.model.like_bits == 0 or 4 <= cfg.model.like_bits <= 30) or not cfg.model.like_prior > 0 \
+            or not cfg.model.like_alpha > 0 or not 0.0 <= cfg.model.like_recent < 1.0:
+        raise ConfigError("model.like_bits must be 0 (off) or 4-30, model.like_prior and model.like_alpha positive, "
+                          "and model.like_recent in [0, 1)")
+    if cfg.model.enabled and cfg.model.like_bits:
+        _check_catalogue("model.user_attributes", cfg.model.user_attributes, "none")
     if cfg.model.enabled and cfg.text.enabled:
         _check_catalogue("text.catalogue", cfg.text.catalogue, "no item texts")
     if cfg.kafka.version_chunk_bytes < 1024:

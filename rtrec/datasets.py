@@ -80,7 +80,7 @@ def movielens_events(limit: int = 0) -> list[Event]:
 
 
 def catalogue_rows(source: str, setting: str) -> list[dict]:
-    """The rows of an item catalogue file: a ``.jsonl`` (one object per line) or a ``.csv`` with a header
+    """The rows of a catalogue file: a ``.jsonl`` (one object per line) or a ``.csv`` with a header
     (values as strings). ``setting`` names the configuration key in errors."""
     path = Path(source)
     if not path.exists():
@@ -92,3 +92,15 @@ def catalogue_rows(source: str, setting: str) -> list[dict]:
         with open(path, newline="", encoding="utf-8") as f:
             return list(csv.DictReader(f))
     raise ValueError(f"{setting} {source!r}: expected movielens-100k, a .jsonl or a .csv file")
+
+
+def attribute_rows(source: str, key: str, setting: str) -> dict[str, tuple[str, ...]]:
+    """Id -> attribute names from a catalogue file (model.item_attributes, model.user_attributes): a
+    ``.jsonl`` of ``{key, "attributes": [...]}`` lines or a ``.csv`` with ``key`` and ``attributes`` columns
+    (names separated by ``|``)."""
+
+    def names(value) -> tuple[str, ...]:  # a list (.jsonl) or "|"-separated (.csv)
+        parts = value.split("|") if isinstance(value, str) else (value or ())
+        return tuple(str(a) for a in parts if a)
+
+    return {str(r[key]): names(r.get("attributes")) for r in catalogue_rows(source, setting)}

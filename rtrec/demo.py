@@ -59,6 +59,7 @@ def run_demo(cfg: RtrecConfig, limit: int = 0, show: int = 5) -> dict[str, int]:
 
     scores: dict[str, list[float]] = {}
     labels: list[float] = []
+    likes: list[tuple[float, int]] = []  # the like head's probability, and whether the rating was >= 4
     for m in topics.read_topic(k, k.predictions_topic, idle_s=0.5):
         p = read_record("predictions", m.value())
         if p["type"] != "rating":
@@ -66,11 +67,16 @@ def run_demo(cfg: RtrecConfig, limit: int = 0, show: int = 5) -> dict[str, int]:
         labels.append(p["label"])
         for name, v in [*p["scores"].items(), ("fused", p["fused"])]:
             scores.setdefault(name, []).append(v)
+        if p.get("like") is not None:
+            likes.append((p["like"], int(p["label"] >= 4)))
     if labels:
         positive = [int(y >= 4) for y in labels]
         print(f"demo: prequential quality on {len(labels):,} ratings (each predicted before it was learned from):")
         for name, pred in scores.items():
             print(f"  {name:<8} MAE {mae(pred, labels):.3f}  RMSE {rmse(pred, labels):.3f}  AUC {auc(pred, positive):.3f}")
+        if likes:
+            print(f"  {'like':<8} AUC {auc(*zip(*likes, strict=True)):.3f}  (the like head's probability of a "
+                  "rating >= 4)")
 
     movies = load_movies()
     latest: dict[str, dict] = {}

@@ -36,6 +36,11 @@ Metrics, per model (each key of ``scores``) and for ``fused``:
   of that model's scores, as a share of their sum. A model whose share stays
   near 0 adds nothing the others do not; over time it shows whether the
   fusion earns its place.
+- **like**, where the records carry it (models.like): the like head's
+  probability that the example is positive, fit for exactly that after the
+  fusion; its AUC and log-loss (ratings: label >= 4) are reported as a last
+  row, without MAE or RMSE. It is the job's answer to "will the user like
+  it", where ``fused`` is its predicted rating.
 
 Over time: the same metrics per window of event time (``--window day``,
 ``hour`` or ``week``; windows in UTC) or per ``N`` consecutive examples
@@ -73,6 +78,8 @@ from rtrec.metrics import auc, log_loss, mae, rmse
 from rtrec.records import read_record
 
 _SCALE = LabelScale()  # (the positive threshold; scores are rescaled with the run's own bounds)
+#: The like head's row of the report (the records' ``like``): a probability, so AUC and log-loss only.
+LIKE = "like"
 WINDOW_MS = {"hour": 3_600_000, "day": 86_400_000, "week": 7 * 86_400_000}
 
 
@@ -92,15 +99,17 @@ class Example:
     scores: dict[str, float]
     #: How much the fusion's per-user correction moved ``fused`` (None: off, or a record from before it).
     correction: float | None = None
+    #: The like head's probability of a positive (None: off, or a record from before it).
+    like: float | None = None
 
     @classmethod
     def from_record(cls, d: dict) -> Example:
         scores = {k: float(v) for k, v in (d.get("scores") or {}).items()}
         if d.get("fused") is not None:
             scores["fused"] = float(d["fused"])
-        c = d.get("correction")
+        c, like = d.get("correction"), d.get("like")
         return cls(int(d["ts"]), str(d["user_id"]), str(d["item_id"]), d["type"], float(d["label"]), scores,
-                   None if c is None else float(c))
+                   None if c is None else float(c), None if like is None else float(like))
 
     @property
     def is_rating(self) -> bool:
@@ -306,6 +315,16 @@ def _metrics(examples: list[Example], recs: RecommendationIndex, models: list[st
     binary = [e for e in examples if not e.is_rating]
     out: dict = {"examples": len(examples), "ratings": len(ratings), "binary": len(binary), "models": {}}
     for m in models:
+        if m == LIKE:  # a probability: AUC and log-loss only
+            r = [e for e in ratings if e.like is not None]
+            b = [e for e in binary if e.like is not None]
+            out["models"][m] = {
+                "rating": {"n": len(r), "mae": math.nan, "rmse": math.nan}
+                | {k2: v for k2, v in binary_metrics([e.like for e in r], [int(e.positive) for e in r]).items()
+                   if k2 != "n"},
+                "binary": binary_metrics([e.like for e in b], [int(e.positive) for e in b]),
+            }
+            continue
         r = [e for e in ratings if m in e.scores]
         b = [e for e in binary if m in e.scores]
         out["models"][m] = {
@@ -314,7 +333,8 @@ def _metrics(examples: list[Example], recs: RecommendationIndex, models: list[st
                                                  [int(e.positive) for e in r]).items() if k2 != "n"},
             "binary": binary_metrics([min(1.0, max(0.0, e.scores[m])) for e in b], [int(e.positive) for e in b]),
         }
-    out["fusion_share"] = {"rating": fusion_shares(ratings, models), "binary": fusion_shares(binary, models)}
+    fused = [m for m in models if m != LIKE]
+    out["fusion_share"] = {"rating": fusion_shares(ratings, fused), "binary": fusion_shares(binary, fused)}
     rec = recs.recall(e for e in examples if e.positive)
     out["recall"] = {"k": rec.k, "recall": rec.recall, "hits": rec.hits, "positives": rec.positives,
                      "no_list": rec.no_list}
@@ -353,6 +373,8 @@ def evaluate(predictions: Iterable[dict], recommendations: Iterable[dict], k: in
     if "fused" in models:  # fused last
         models.remove("fused")
         models.append("fused")
+    if any(e.like is not None for e in examples):  # then the like head's probability
+        models.append(LIKE)
     key = window_of(window)
     if isinstance(window, int) or str(window).isdigit():  # every window but the last has N examples
         min_window_examples = min(min_window_examples, int(window))
@@ -454,7 +476,8 @@ def plot(ev: Evaluation, out_dir: Path) -> list[Path]:
         paths.append(path)
 
     def series(group: str, metric: str) -> dict[str, list[float]]:
-        return {m: [w["models"][m][group][metric] for w in ev.windows] for m in ev.models}
+        out = {m: [w["models"][m][group][metric] for w in ev.windows] for m in ev.models}
+        return {m: ys for m, ys in out.items() if any(not math.isnan(v) for v in ys)}  # (the like: no MAE)
 
     figure("mae_over_time.png", "Prequential MAE of ratings per window", "MAE (rating points)",
            series("rating", "mae"))
@@ -588,7 +611,9 @@ def summary_lines(ev: Evaluation) -> list[str]:
     for m in ev.models:
         r, b = o["models"][m]["rating"], o["models"][m]["binary"]
         parts = [f"{m:<8}"]
-        if r["n"]:
+        if r["n"] and m == LIKE:
+            parts.append(f"AUC(>=4) {_fmt(r['auc'], 3)}  log-loss {_fmt(r['log_loss'], 3)}")
+        elif r["n"]:
             parts.append(f"MAE {_fmt(r['mae'], 3)}  RMSE {_fmt(r['rmse'], 3)}  AUC(>=4) {_fmt(r['auc'], 3)}")
         if b["n"]:
             parts.append(f"binary AUC {_fmt(b['auc'], 3)}  log-loss {_fmt(b['log_loss'], 3)}")

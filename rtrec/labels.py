@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 
 @dataclass(frozen=True, slots=True)
 class LabelScale:
@@ -41,3 +43,11 @@ class LabelScale:
     def positive(self, label: float, rating: bool) -> bool:
         """A rating at ``positive_rating`` or more, or positive binary feedback."""
         return label >= self.positive_rating if rating else label >= 0.5
+
+    def positives(self, labels: np.ndarray, rating: np.ndarray) -> np.ndarray:
+        """:meth:`positive` of many labels at once (``rating``: which are ratings), as a bool array.
+
+        >>> LabelScale().positives(np.array([4.0, 3.0, 1.0, 0.0]), np.array([True, True, False, False])).tolist()
+        [True, False, True, False]
+        """
+        return np.where(rating, labels >= self.positive_rating, labels >= 0.5)

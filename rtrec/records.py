@@ -18,6 +18,7 @@ serving store, ``rtrec eval``, the demo) decode with :func:`read_record`.
 
 from __future__ import annotations
 
+import itertools
 import json
 from functools import cache
 from pathlib import Path
@@ -71,7 +72,7 @@ def read_record(topic: str, value: bytes) -> dict:
 
 def encode_predictions(p: Predictions, version: int, trainer: int, out: TopicRecords) -> None:
     """One predictions-topic record per example (key: user id); ``correction`` where the fusion's per-user
-    correction (models.affinity) is on."""
+    correction (models.affinity) is on, ``like`` where the like head (models.like) is."""
     names = tuple(p.scores)
     dumps, sep = orjson.dumps, SEPARATOR
     # (one comprehension over the columns, each record straight into the list as TopicRecords.append
@@ -79,25 +80,17 @@ def encode_predictions(p: Predictions, version: int, trainer: int, out: TopicRec
     # one value per name by construction, hence strict=False there)
     columns = zip(p.event_id, p.user_id, p.item_id, p.ts, p.type, p.label,
                   zip(*(p.scores[n] for n in names), strict=True), p.fused, p.heldout, strict=True)
-    # (two comprehensions rather than one with a key added per record: the correction is on or off for
-    # the whole batch, and the check would run per example)
-    if not p.correction:
-        list.extend(out, [
-            f"{user}{sep}" + dumps({
-                "event_id": event_id, "user_id": user, "item_id": item_id, "ts": ts, "type": type_, "label": label,
-                "model_version": version, "scores": dict(zip(names, scores, strict=False)), "fused": fused,
-                "heldout": heldout, "trainer": trainer,
-            }).decode()
-            for event_id, user, item_id, ts, type_, label, scores, fused, heldout in columns
-        ])
-        return
+    # The optional fields are on or off for the whole batch: their columns are zipped in, not checked per
+    # example.
+    optional = tuple(name for name in ("correction", "like") if getattr(p, name))
+    extra = zip(*(getattr(p, name) for name in optional), strict=True) if optional else itertools.repeat(())
     list.extend(out, [
-        f"{row[1]}{sep}" + dumps({
-            "event_id": row[0], "user_id": row[1], "item_id": row[2], "ts": row[3], "type": row[4], "label": row[5],
-            "model_version": version, "scores": dict(zip(names, row[6], strict=False)), "fused": row[7],
-            "heldout": row[8], "trainer": trainer, "correction": correction,
+        f"{user}{sep}" + dumps({
+            "event_id": event_id, "user_id": user, "item_id": item_id, "ts": ts, "type": type_, "label": label,
+            "model_version": version, "scores": dict(zip(names, scores, strict=False)), "fused": fused,
+            "heldout": heldout, "trainer": trainer, **dict(zip(optional, values, strict=True)),
         }).decode()
-        for row, correction in zip(columns, p.correction, strict=True)
+        for (event_id, user, item_id, ts, type_, label, scores, fused, heldout), values in zip(columns, extra, strict=False)  # (extra: endless when empty)
     ])
 
 

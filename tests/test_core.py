@@ -387,6 +387,22 @@ def test_prediction_records_take_each_field_from_its_own_column():
         assert key == p.user_id[i] and d["event_id"] == p.event_id[i] and d["fused"] == p.fused[i]
         assert d["correction"] == p.correction[i] and d["scores"]["ftrl"] == p.scores["ftrl"][i]
         assert Example.from_record(d).correction == p.correction[i]
+    # With the like head on as well, each its own row's like (null: an outcome scored before the head).
+    p.like = [None, 0.25, 0.5, 0.75, 1.0]
+    out = Outputs()
+    encode_predictions(p, 7, 3, out.predictions)
+    for i, record in enumerate(out.predictions):
+        d = orjson.loads(record.split(SEPARATOR, 1)[1])
+        jsonschema.validate(d, SCHEMAS["prediction"])
+        assert d["like"] == p.like[i] and d["correction"] == p.correction[i] and d["event_id"] == p.event_id[i]
+        assert Example.from_record(d).like == p.like[i]
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**d, "like": 1.5}, SCHEMAS["prediction"])
+    p.correction = []  # (the head without the correction)
+    out = Outputs()
+    encode_predictions(p, 7, 3, out.predictions)
+    d = orjson.loads(out.predictions[3].split(SEPARATOR, 1)[1])
+    assert d["like"] == 0.75 and "correction" not in d
 
 
 @pytest.mark.parametrize("parallelism", [1, 2])
@@ -597,10 +613,12 @@ def test_an_impression_is_learned_at_once_and_its_expiry_only_records_it():
     _, delta, _ = learner.take_delta()
     assert "ftrl.z" in delta and "mf.q" in delta  # learned as a 0 at once
     stored = OpenImpression.read(users["u"]["impressions"]["i1"])
-    assert len(stored.scores) == 5 and all(0.0 <= v <= 1.0 for v in stored.scores[:4])  # 3 models, fused, correction
+    # 3 models, fused, correction, like
+    assert len(stored.scores) == 6 and all(0.0 <= v <= 1.0 for i, v in enumerate(stored.scores) if i != 4)
     out = learner.expire_impressions([("u", "i1", "imp")], users)
     assert out.event_id == ["imp"] and out.label == [0.0]
     assert [out.scores[m][0] for m in out.scores] + [out.fused[0]] == stored.scores[:4]
+    assert out.like == [stored.scores[5]]
     assert learner.take_delta() is None  # nothing more learned
 
     # Shown again after its window, in the same batch: its 0 is recorded then, and learned only once.
@@ -616,3 +634,20 @@ def test_an_impression_is_learned_at_once_and_its_expiry_only_records_it():
     out = learner.expire_impressions([("u", "i2", "old")], users)
     assert out.event_id == ["old"] and out.label == [0.0]
     assert "ftrl.z" in learner.take_delta()[1]  # learned now
+    assert 0.0 < out.like[0] < 1.0  # (and scored now, the like head too)
+
+
+def test_impressions_scored_before_the_like_head_keep_their_scores_and_get_a_like_where_one_is_made():
+    """An impression stored by a release without the like head (5 scores): its expiry's record has no like
+    (None: nothing scored it), its positive's gets the head's score at the outcome; the stored scores stay."""
+    learner = OnlineLearner(_cfg("model.heldout_fraction=0").model)
+    users = {"u": learner.new_user("u")}
+    old_scores = [0.6, 0.5, 0.4, 0.55, 0.0]
+    for item, event_id in (("i1", "imp1"), ("i2", "imp2")):
+        users["u"]["impressions"][item] = (1_000, event_id, [0.1] * 7, (12, 2), 7, [0.0, 0.0], list(old_scores))
+    expired = learner.expire_impressions([("u", "i1", "imp1")], users)
+    assert expired.fused == [0.55] and expired.like == [None]
+    clicked = learner.process([Inputs(Event("c", "u", "i2", "click", 2_000, category="x"), [0.1] * 7, (12, 2), 7)],
+                              users).examples
+    assert clicked.event_id == ["c"] and clicked.fused == [0.55] and 0.0 < clicked.like[0] < 1.0
+    assert "like.z" in learner.take_delta()[1] and "like" not in users["u"]  # learned (a click moves no row)

@@ -232,7 +232,11 @@ def test_one_trainer_merged_equals_no_merge():
         assert trainer.apply_version(Version.from_bytes(v.to_bytes()))
     for name, t in alone.models.params.tables.items():
         n = alone.models.params.n_items if t.kind == "item" else t.data.shape[0]
-        assert torch.allclose(t.data[:n], trainer.models.params[name].data[:n], atol=1e-5), name
+        # (the like head: relative 1e-3. Its tables are float32 and every example steps its bias and user
+        # coordinates, |z| ~ 10 here: the last bits of base + delta after a merge feed back through its
+        # logistic steps, 1e-4 apart after 600 examples; a wrong merge is off by whole steps)
+        rtol = 1e-3 if name.startswith("like.") else 1e-5
+        assert torch.allclose(t.data[:n], trainer.models.params[name].data[:n], rtol=rtol, atol=1e-5), name
 
 
 def _version_format_1(v: Version) -> bytes:
