@@ -783,6 +783,11 @@ def test_configmap_is_a_valid_rtrec_configuration():
         for key in cm["data"]:
             cfg = rtrec_config(cm, key, [])
             assert cfg.model.device == "cpu", "the image carries PyTorch's CPU build"
+            # (the image has no recbole wheel: a MovieLens catalogue there fails the job's start)
+            for name, source in (("model.item_attributes", cfg.model.item_attributes),
+                                 ("model.user_attributes", cfg.model.user_attributes),
+                                 ("text.catalogue", cfg.text.catalogue)):
+                assert source != "movielens-100k", f"{name}: the image has no MovieLens catalogue"
 
 
 def test_kafka_credentials_come_from_a_secret_in_every_flink_pod():

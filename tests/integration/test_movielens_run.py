@@ -24,6 +24,7 @@ from rtrec.datasets import movielens_events
 from rtrec.events import Event
 from rtrec.features.backfill import snapshots
 from rtrec.features.definitions import ITEM_FEATURES, USER_FEATURES
+from rtrec.metrics import auc
 from rtrec.model_updates import whole_versions
 from rtrec.records import schema
 from rtrec.replay import replay
@@ -218,6 +219,11 @@ def test_the_job_writes_records_that_match_their_schemas(run):
         assert records
         for r in records[:: max(1, len(records) // 5_000)]:  # (5,000 of each, spread over the run)
             validator.validate(r)
+    # Every prediction carries the like head's probability (models.like), ratings and impressions alike, and
+    # it ranks the ratings: higher for the 4s and 5s.
+    assert all(p.get("like") is not None for p in run["predictions"])
+    ratings = [p for p in run["predictions"] if p["type"] == "rating"]
+    assert auc([p["like"] for p in ratings], [int(p["label"] >= 4) for p in ratings]) > 0.65
 
 
 @pytest.mark.parametrize("group", [USER_FEATURES, ITEM_FEATURES], ids=["user", "item"])
