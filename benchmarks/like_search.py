@@ -53,7 +53,7 @@ def probabilities(cfg: ModelConfig, r: RatingExamples, upto: int) -> np.ndarray:
     stats = np.zeros((len(users), STATS), np.float64)
     user_ids = r.users[:upto]
     y = r.y[:upto].astype(np.float64)
-    return head.pass_(stats, np.array([users[u] for u in user_ids], np.int64), user_ids,
+    return head.pass_(stats, np.array([users[u] for u in user_ids], np.int64), list(users),
                       np.array([id_code(u) for u in user_ids], np.int64),
                       np.array([id_code(i) for i in ids], np.int64),
                       np.array([row[i] for i in r.items[:upto]], np.int64), ItemAttributes(cfg).update(ids),

@@ -104,7 +104,7 @@ class LikeHead:
         return out
 
     def attributes_of(self, user_ids: list[str]) -> np.ndarray:
-        """(len(user_ids), USER_WIDTH) attribute codes of each example's user (cached per user)."""
+        """(len(user_ids), USER_WIDTH) attribute codes of each user (cached per user)."""
         codes, catalogue, none = self._codes, user_attributes(self._source), self._none
         out = []
         for u in user_ids:
@@ -115,12 +115,13 @@ class LikeHead:
             out.append(c)
         return np.stack(out) if out else np.zeros((0, USER_WIDTH), np.int64)
 
-    def pass_(self, stats: np.ndarray, user_of: np.ndarray, user_ids: list[str], id_codes: np.ndarray,
+    def pass_(self, stats: np.ndarray, user_of: np.ndarray, users: list[str], id_codes: np.ndarray,
               item_codes: np.ndarray, rows: np.ndarray, attr: np.ndarray, fused: np.ndarray, y: np.ndarray,
               positive: np.ndarray, ts_ms: np.ndarray, rating: np.ndarray, learn: np.ndarray) -> np.ndarray:
         """Each example's probability (:func:`models.sequential.like_pass`), learning where ``learn``
-        (``stats``, rows per ``user_of``, and the tables in place; the tables' learned rows are counted for
-        the merger). ``fused`` and ``y`` in rating units, ``id_codes`` the users' id codes, ``item_codes``
+        (``stats``, a row per user of ``users`` as ``user_of`` gives each example's, and the tables in
+        place; the tables' learned rows are counted for the merger). ``fused`` and ``y`` in rating units,
+        ``id_codes`` each example's user id code, ``item_codes``
         every item row's, ``attr`` every item row's attribute codes, ``ts_ms`` event times, ``rating`` which
         examples are ratings."""
         cpu = self.z.data.device.type == "cpu"  # (else copies, written back: a pass over 2**bits floats)
@@ -128,7 +129,7 @@ class LikeHead:
         mse = mse[0]
         codes = np.full((len(user_of), 3 + attr.shape[1] + USER_WIDTH + 3), -1, np.int64)
         out = sequential.like_pass(
-            stats, user_of, id_codes, item_codes, rows, attr, self.attributes_of(user_ids),
+            stats, user_of, id_codes, item_codes, rows, attr, self.attributes_of(users),
             fused.astype(np.float64), y.astype(np.float64), positive, ts_ms / 1000.0, rating, learn, z, n, mse,
             self.threshold, self.prior, self.ftrl, self.recent, (_MIX, _MOD, self.size), codes)
         if learn.any():

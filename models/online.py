@@ -684,7 +684,7 @@ class OnlineLearner:
         head, names, m = self.like, list(index), self.models
         stats = head.stats([users[u] for u in names])
         n = len(cols)
-        out = head.pass_(stats, user_of, cols.user_id, np.fromiter(cols.code, np.int64, n), m.item_id_codes(),
+        out = head.pass_(stats, user_of, names, np.fromiter(cols.code, np.int64, n), m.item_id_codes(),
                          items.cpu().numpy(), self.attributes.update(m.params.index.ids),
                          fused.cpu().numpy(), y.cpu().numpy(), positive, np.fromiter(cols.ts, np.int64, n), rating,
                          learn)

@@ -846,9 +846,9 @@ def _like_codes(k, u, stats, user_codes, item_codes, rows, attr, uattr, ts, rati
         out[m] = _like_code(4, user_codes[k], a_row[j], mix, mod, size)
         m += 1
     for j in range(uattr.shape[1]):  # the item x each of the user's attributes
-        if uattr[k, j] < 0:
+        if uattr[u, j] < 0:
             break
-        out[m] = _like_code(5, item, uattr[k, j], mix, mod, size)
+        out[m] = _like_code(5, item, uattr[u, j], mix, mod, size)
         m += 1
     if not rating[k]:  # (binary feedback is learned at its outcome, not when shown: no time of day in it)
         return m
@@ -916,9 +916,10 @@ def like_pass(stats: np.ndarray, user_of: np.ndarray, user_codes: np.ndarray, it
     one, whose errors say how often a user clicks rather than how well the models know them) plus the FTRL-Proximal
     weights (``ftrl``: alpha, beta, l1, l2; tables ``z``, ``n``) of the example's hashed features: a bias,
     the user, the item, the user x each item attribute (``attr[rows]``, ending at the first negative), the
-    item x each user attribute (``uattr``, likewise), and for a ``rating`` the user's recent error, session
-    position and time since their last rating, bucketed (binary feedback is learned at its outcome, seconds
-    or minutes after it was shown and scored: those would differ between the two). Where ``learn``:
+    item x each user attribute (``uattr[user_of]``, likewise: a row per user), and for a ``rating`` the
+    user's recent error, session position and time since their last rating, bucketed (binary feedback is
+    learned at its outcome, seconds or minutes after it was shown and scored: those would differ between
+    the two). Where ``learn``:
     FTRL's logistic step on ``positive``, then, for a rating, the user's ``stats`` row (``user_of``;
     float64 [sum of squared errors, count, recent error (an exponential mean, ``recent`` the weight of
     the past), position in the session, last ``ts`` in seconds]) and ``mse`` ([mean squared error,

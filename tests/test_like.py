@@ -35,7 +35,7 @@ def _reference(stats, user_of, ucodes, icodes, rows, attr, uattr, fused, y, posi
         recent_bucket = 99 if fresh else int(min(max(round(st[2] * 4), -8), 8))
         codes = [_code(1, 0, 0, size), _code(2, ucodes[k], 0, size), _code(3, icodes[rows[k]], 0, size)]
         codes += [_code(4, ucodes[k], int(a), size) for a in attr[rows[k]] if a >= 0]
-        codes += [_code(5, icodes[rows[k]], int(a), size) for a in uattr[k] if a >= 0]
+        codes += [_code(5, icodes[rows[k]], int(a), size) for a in uattr[user_of[k]] if a >= 0]
         if rating[k]:
             codes += [_code(6, recent_bucket + 16, 0, size), _code(7, int(math.log2(session + 1)), 0, size),
                       _code(8, 99 if fresh else int(math.log10(max(gap, 0) + 1)), 0, size)]
@@ -69,10 +69,10 @@ def _stream(n=300, users=6, items=10, seed=5):
     for i in range(items):
         k = g.integers(0, 4)
         attr[i, :k] = g.choice(20, k, replace=False)
-    uattr = np.full((n, USER_WIDTH), -1, np.int64)
+    uattr = np.full((users, USER_WIDTH), -1, np.int64)  # (a row per user)
     user_of = g.integers(0, users, n).astype(np.int64)
-    for k in range(n):
-        uattr[k, : user_of[k] % 3] = [11, 12][: user_of[k] % 3]
+    for u in range(users):
+        uattr[u, : u % 3] = [11, 12][: u % 3]
     y = g.integers(1, 6, n).astype(np.float64)
     return {"user_of": user_of, "ucodes": (user_of * 7919 + 3).astype(np.int64),
             "icodes": np.arange(100, 100 + items, dtype=np.int64), "rows": g.integers(0, items, n).astype(np.int64),
@@ -84,7 +84,7 @@ def _stream(n=300, users=6, items=10, seed=5):
 def _run(s, lo, hi, stats, tables, size=256):
     z, n, mse = tables
     return sequential.like_pass(stats, s["user_of"][lo:hi], s["ucodes"][lo:hi], s["icodes"], s["rows"][lo:hi],
-                                s["attr"], s["uattr"][lo:hi], s["fused"][lo:hi], s["y"][lo:hi], s["positive"][lo:hi],
+                                s["attr"], s["uattr"], s["fused"][lo:hi], s["y"][lo:hi], s["positive"][lo:hi],
                                 s["ts"][lo:hi], s["rating"][lo:hi], s["learn"][lo:hi], z, n, mse, 3.8, 5.0, (0.08, 1.0, 0.0, 1.0), 0.7,
                                 (MIX, MOD, size))
 
@@ -130,7 +130,8 @@ def test_binary_feedback_carries_no_time_features_and_moves_no_session():
     sequential.like_pass(stats, s["user_of"], s["ucodes"], s["icodes"], s["rows"], s["attr"], s["uattr"], s["fused"],
                          s["y"], s["positive"], s["ts"], s["rating"], s["learn"], *_tables(), 3.8, 5.0,
                          (0.08, 1.0, 0.0, 1.0), 0.7, (MIX, MOD, 256), codes)
-    width = [3 + int((s["attr"][s["rows"][k]] >= 0).sum()) + int((s["uattr"][k] >= 0).sum()) for k in range(len(s["y"]))]
+    width = [3 + int((s["attr"][s["rows"][k]] >= 0).sum()) + int((s["uattr"][s["user_of"][k]] >= 0).sum())
+             for k in range(len(s["y"]))]
     used = (codes >= 0).sum(1)
     assert (used == np.array(width) + 3 * s["rating"]).all()
     binary_only = np.zeros((6, STATS))
@@ -154,7 +155,7 @@ def test_it_learns_which_attributes_each_user_likes_from_binary_feedback():
     attr[:, 0] = 1 + (np.arange(40) % 2)  # items 0, 2, ...: attribute 1; the others 2
     positive = (attr[rows, 0] == 1) == (user_of == 0)
     y = np.where(positive, 5.0, 1.0)
-    p = head.pass_(np.zeros((2, STATS)), user_of, ["u" if u == 0 else "v" for u in user_of],
+    p = head.pass_(np.zeros((2, STATS)), user_of, ["u", "v"],
                    np.array([id_code("u"), id_code("v")])[user_of], np.arange(40, dtype=np.int64), rows, attr,
                    np.full(n, 3.0), y, positive, np.arange(n, dtype=np.int64) * 60_000, np.zeros(n, np.bool_),
                    np.ones(n, np.bool_))
