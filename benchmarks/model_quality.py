@@ -78,10 +78,10 @@ def prequential(predictions: list[dict]) -> dict:
     return per_model
 
 
-def quality_through_flink(events, rate: float, parallelism: int) -> dict:
+def quality_through_flink(events, rate: float, parallelism: int, settings: list[str] = ()) -> dict:
     log = RESULTS.parent / "out" / f"broadcast-{int(time.time())}.csv"
     log.parent.mkdir(parents=True, exist_ok=True)
-    cfg = fresh("bench.models.quality.", [f"flink.parallelism={parallelism}", f"model.broadcast_log={log}"])
+    cfg = fresh("bench.models.quality.", [*settings, f"flink.parallelism={parallelism}", f"model.broadcast_log={log}"])
     cfg.flink.bounded = False
     config_file = log.with_suffix(".yaml")
     config_file.write_text(yaml.safe_dump(cfg.to_dict()))
@@ -134,6 +134,7 @@ def main() -> None:
     ap.add_argument("--parallelism", type=int, default=1)
     ap.add_argument("--skip", nargs="*", default=[], choices=["quality", "frozen", "throughput"])
     ap.add_argument("--results", default="model_quality", help="the results file's name under benchmarks/results/")
+    ap.add_argument("--set", action="append", default=[], help="settings for the job's runs (KEY=VALUE)")
     args = ap.parse_args()
     events = movielens_events()
     previous = RESULTS / f"{args.results}.json"
@@ -146,13 +147,14 @@ def main() -> None:
                                "events_per_s_min": 20_000, "backlog_vs_rate_limited_fused_mae_max_gap": 0.003},
                      "river_0_26_reference": RIVER_REFERENCE}
     if "quality" not in args.skip:
-        payload["through_flink"] = quality_through_flink(events, args.rate, args.parallelism) | {"command": command}
+        payload["through_flink"] = quality_through_flink(events, args.rate, args.parallelism, args.set) | {
+            "command": command}
         print(orjson.dumps(payload["through_flink"], option=orjson.OPT_INDENT_2).decode(), flush=True)
     if "frozen" not in args.skip:
         payload["second_half_offline"] = online_vs_frozen(events) | {"command": command}
         print(payload["second_half_offline"], flush=True)
     if "throughput" not in args.skip:
-        cfg = fresh("bench.models.throughput.", [f"flink.parallelism={args.parallelism}"])
+        cfg = fresh("bench.models.throughput.", [*args.set, f"flink.parallelism={args.parallelism}"])
         payload["throughput"] = run_job_and_time(cfg, events, 1, cfg.kafka.predictions_topic) | {"command": command}
         # The same stream as one backlog: micro-batches of hundreds of events rather than a few.
         backlog = prequential([read_record("predictions", m.value())
