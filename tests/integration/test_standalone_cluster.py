@@ -66,7 +66,7 @@ def cluster():
 def _prometheus_pages():
     for port in range(9249, 9270):
         try:
-            with urllib.request.urlopen(f"http://localhost:{port}/metrics", timeout=2) as r:
+            with urllib.request.urlopen(f"http://localhost:{port}/metrics", timeout=10) as r:
                 yield r.read().decode()
         except OSError:
             continue
@@ -101,8 +101,11 @@ def test_flink_run_survives_a_killed_taskmanager_stops_with_a_savepoint_and_resu
     alive = {tm["id"] for tm in cluster.rest.get("/taskmanagers")["taskmanagers"]}
     assert busy[0] not in alive
 
-    # The Prometheus reporter (cluster-conf.py) serves the job's own metrics from a TaskManager.
-    assert any("rtrec_events_in" in text for text in _prometheus_pages()), "no rtrec metrics on 9249-9269"
+    # The Prometheus reporter (cluster-conf.py) serves the job's own metrics from a TaskManager. The restarted
+    # operators' Python counters reach Java only when a bundle finishes, and a loaded TaskManager can be slow to
+    # answer: wait for them (a CI run once looked once, 2 s per port, and saw none).
+    wait_for(lambda: any("rtrec_events_in" in text for text in _prometheus_pages()),
+             timeout_s=90, interval_s=3, what="rtrec metrics from the Prometheus reporter on ports 9249-9269")
 
     stopped = cluster.sh("stop", job_id, timeout=240)
     savepoint = stopped.split("Savepoint completed. Path: ")[1].split()[0]
