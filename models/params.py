@@ -528,8 +528,13 @@ _DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.float64: "f
 def state_to_bytes(obj) -> bytes:
     """Plain data (dicts with string keys, lists, strings, numbers, None) with tensors in it, as bytes:
     ``STATE_MAGIC``, the header's length (4 bytes, little-endian), the header as JSON (the data with
-    each tensor replaced by ``{"$tensor": [dtype, shape, offset, bytes, rows offset or -1, rows]}``),
+    each tensor replaced by ``{"$tensor": [dtype, shape, offset, bytes, rows offset or -1, rows, rows as]}``),
     then the tensors' bytes. Reading it never runs code from the data (no pickle).
+
+    A tensor of mostly zero rows (the hashed tables) goes as its non-zero rows, and which rows those are
+    goes the smaller way: ``"bits"``, a bitmap of all rows (``np.packbits``: 32 KB for 2**18 rows), or
+    ``"i32"``, the rows' numbers. Entries of six elements (earlier releases) list the rows as int64,
+    which made the rows' numbers twice the size of a scalar table's values; they are still read.
 
     >>> d = state_from_bytes(state_to_bytes({"w": torch.ones(2), "n": 3}))
     >>> d["w"].tolist(), d["n"]
@@ -550,14 +555,19 @@ def state_to_bytes(obj) -> bytes:
             t = o.detach().cpu().contiguous()
             if t.dtype not in _DTYPES:
                 raise TypeError(f"cannot write a tensor of {t.dtype}")
-            rows_at, n_rows = -1, 0
+            rows_at, n_rows, rows_as = -1, 0, ""
             if t.dim() >= 1 and t.shape[0] >= SPARSE_MIN_ROWS and t.dtype != torch.bool:
-                keep = np.flatnonzero(t.reshape(t.shape[0], -1).numpy().any(axis=1))
+                mask = t.reshape(t.shape[0], -1).numpy().any(axis=1)
+                keep = np.flatnonzero(mask)
                 if len(keep) < t.shape[0] // 2:
-                    rows_at, n_rows = put(keep.astype(np.int64).tobytes()), len(keep)
+                    n_rows = len(keep)
+                    if 4 * n_rows < (t.shape[0] + 7) // 8:
+                        rows_at, rows_as = put(keep.astype(np.int32).tobytes()), "i32"
+                    else:
+                        rows_at, rows_as = put(np.packbits(mask).tobytes()), "bits"
                     t = t[torch.from_numpy(keep)]
             raw = t.numpy().tobytes()
-            return {"$tensor": [_DTYPES[t.dtype], list(o.shape), put(raw), len(raw), rows_at, n_rows]}
+            return {"$tensor": [_DTYPES[t.dtype], list(o.shape), put(raw), len(raw), rows_at, n_rows, rows_as]}
         if isinstance(o, dict):
             return {str(k): walk(v) for k, v in o.items()}
         if isinstance(o, list | tuple):
@@ -585,11 +595,18 @@ def state_from_bytes(data: bytes):
         if isinstance(o, dict):
             t = o.get("$tensor")
             if t is not None and len(o) == 1:
-                dtype, shape, at, nbytes, rows_at, n_rows = t
+                dtype, shape, at, nbytes, rows_at, n_rows = t[:6]
+                rows_as = t[6] if len(t) > 6 else "i64"
                 values = torch.from_numpy(np.frombuffer(payload[at : at + nbytes], dtype=dtype))
                 if rows_at < 0:
                     return values.reshape(shape)
-                rows = torch.from_numpy(np.frombuffer(payload[rows_at : rows_at + 8 * n_rows], dtype=np.int64))
+                if rows_as == "bits":
+                    bits = np.frombuffer(payload[rows_at : rows_at + (shape[0] + 7) // 8], dtype=np.uint8)
+                    rows = torch.from_numpy(np.flatnonzero(np.unpackbits(bits, count=shape[0]).view(bool)))
+                else:
+                    width = {"i32": 4, "i64": 8}[rows_as]
+                    rows = torch.from_numpy(np.frombuffer(payload[rows_at : rows_at + width * n_rows],
+                                                          dtype=np.int32 if width == 4 else np.int64).astype(np.int64))
                 full = torch.zeros(shape, dtype=values.dtype)
                 full[rows] = values.reshape(n_rows, *shape[1:])
                 return full

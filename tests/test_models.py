@@ -1,5 +1,6 @@
 """Model maths without Flink: MF and FTRL steps against hand-worked numbers, merging, guards, online learning."""
 
+import json
 import math
 
 import numpy as np
@@ -13,7 +14,17 @@ from models.fusion import OnlineFusion
 from models.merger import MergerCore
 from models.mf import BiasedMF
 from models.online import Inputs, OnlineLearner
-from models.params import ModelShapeMismatch, ParameterSet, RowDelta, Version, merge, sum_deltas
+from models.params import (
+    STATE_MAGIC,
+    ModelShapeMismatch,
+    ParameterSet,
+    RowDelta,
+    Version,
+    merge,
+    state_from_bytes,
+    state_to_bytes,
+    sum_deltas,
+)
 from models.ranker import NeuralRanker
 from models.sequential import name_seeds
 from rtrec.config import ModelConfig
@@ -278,6 +289,31 @@ def test_versions_round_trip_and_the_earlier_format_is_read():
     for garbage in (b"", b"RTS2\x05\x00\x00\x00{bad", b"x\x01garbage", b"\x80\x05N."):
         with pytest.raises(ValueError):
             Version.from_bytes(garbage)
+
+
+def test_sparse_tables_name_their_rows_the_smaller_way_and_the_earlier_int64_rows_are_still_read():
+    """A hashed table's non-zero rows are named by a bitmap when many (the like head's 45k of 2**18 rows:
+    32 KB, against 360 KB as int64 numbers, which made versions twice the size) or by int32 numbers when
+    few; state written with int64 numbers (earlier releases: savepoints, merger state, the topic) is read."""
+    gen = torch.Generator().manual_seed(3)
+    many, few = torch.zeros(2**18), torch.zeros(2**16, 3)
+    many[torch.randperm(2**18, generator=gen)[:45_000]] = torch.rand(45_000, generator=gen) + 0.1
+    few[torch.randperm(2**16, generator=gen)[:100]] = torch.rand(100, 3, generator=gen) + 0.1
+    data = state_to_bytes({"many": many, "few": few, "n": 3})
+    back = state_from_bytes(data)
+    assert torch.equal(back["many"], many) and torch.equal(back["few"], few) and back["n"] == 3
+    values = 4 * (45_000 + 300)
+    assert len(data) < values + 2**18 // 8 + 4 * 100 + 400  # (a bitmap for many, int32 for few, the header)
+
+    def int64_rows(name: str, t: torch.Tensor) -> bytes:  # as earlier releases wrote it
+        keep = t.reshape(t.shape[0], -1).ne(0).any(1).nonzero().squeeze(1)
+        raw = t[keep].numpy().tobytes()
+        header = {name: {"$tensor": ["float32", list(t.shape), 0, len(raw), len(raw), len(keep)]}}
+        head = json.dumps(header).encode()
+        return STATE_MAGIC + len(head).to_bytes(4, "little") + head + raw + keep.numpy().astype(np.int64).tobytes()
+
+    for name, t in (("many", many), ("few", few)):
+        assert torch.equal(state_from_bytes(int64_rows(name, t))[name], t), name
 
 
 def test_a_version_of_other_model_settings_is_refused_whole_and_named_as_no_restart_mends_it():
