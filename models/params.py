@@ -521,6 +521,8 @@ VERSION_FORMAT_1 = "rtrec-version-1"
 STATE_MAGIC = b"RTS2"
 #: Tensors with at least this many rows go as their non-zero rows when those are fewer than half.
 SPARSE_MIN_ROWS = 1024
+#: How :func:`state_to_bytes` may number a sparse tensor's rows ("bits" aside); "i64": earlier releases.
+_ROW_NUMBERS = {"i32": np.int32, "i64": np.int64}
 _DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.float64: "float64", torch.int64: "int64",
            torch.int32: "int32", torch.bool: "bool", torch.uint8: "uint8"}
 
@@ -603,10 +605,11 @@ def state_from_bytes(data: bytes):
                 if rows_as == "bits":
                     bits = np.frombuffer(payload[rows_at : rows_at + (shape[0] + 7) // 8], dtype=np.uint8)
                     rows = torch.from_numpy(np.flatnonzero(np.unpackbits(bits, count=shape[0]).view(bool)))
+                elif rows_as in _ROW_NUMBERS:
+                    rows = torch.from_numpy(np.frombuffer(payload[rows_at:], dtype=_ROW_NUMBERS[rows_as],
+                                                          count=n_rows).astype(np.int64))
                 else:
-                    width = {"i32": 4, "i64": 8}[rows_as]
-                    rows = torch.from_numpy(np.frombuffer(payload[rows_at : rows_at + width * n_rows],
-                                                          dtype=np.int32 if width == 4 else np.int64).astype(np.int64))
+                    raise ValueError(f"not rtrec state bytes: rows as {rows_as!r}")
                 full = torch.zeros(shape, dtype=values.dtype)
                 full[rows] = values.reshape(n_rows, *shape[1:])
                 return full
