@@ -271,10 +271,9 @@ class ParameterSet:
             "tables": {name: (t.data[:n] if t.kind == "item" else t.data).cpu() for name, t in self.tables.items()},
         }
 
-    def load_state_dict(self, state: dict) -> None:
-        """Replace every table's values with a snapshot's; items the snapshot lacks keep their local rows.
-        A snapshot whose tables have other shapes (made with another model.dim, say) raises
-        :class:`ModelShapeMismatch` and changes nothing; tables only one side has are left as they are."""
+    def check_shapes(self, state: dict) -> None:
+        """Raise :class:`ModelShapeMismatch`, naming the tables, if a snapshot's tables have other shapes
+        than these (made with another model.dim, say); tables only one side has are not compared."""
         wrong = [f"{name} {_shape(t.kind, values)} where this job's is {_shape(t.kind, t.data)}"
                  for name, values in state["tables"].items()
                  if (t := self.tables.get(name)) is not None and _shape(t.kind, values) != _shape(t.kind, t.data)]
@@ -282,6 +281,12 @@ class ParameterSet:
             raise ModelShapeMismatch(
                 "a model version made with other model settings than this job's (model.dim, model.ftrl_bits, "
                 "model.like_bits, the features): " + "; ".join(wrong))
+
+    def load_state_dict(self, state: dict) -> None:
+        """Replace every table's values with a snapshot's; items the snapshot lacks keep their local rows.
+        A snapshot whose tables have other shapes raises :class:`ModelShapeMismatch` (:meth:`check_shapes`)
+        and changes nothing; tables only one side has are left as they are."""
+        self.check_shapes(state)
         ids = state["items"]
         rows = self.item_rows(ids) if ids else torch.zeros(0, dtype=torch.long, device=self.device)
         for name, values in state["tables"].items():

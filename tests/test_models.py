@@ -336,6 +336,10 @@ def test_a_version_of_other_model_settings_is_refused_whole_and_named_as_no_rest
     raised = f"Caused by: pemja.core.PythonException: <class 'models.params.ModelShapeMismatch'>: {message}\n\tat x"
     assert fatal_reason(raised) == message
     MergerCore(ModelConfig(dim=10)).start_from(version)  # (the same settings load it)
+    # The scorers' check of a version on the topic (UserStage._made_elsewise, which skips it) is the same one:
+    with pytest.raises(ModelShapeMismatch, match=r"mf\.q \(10,\) where this job's is \(16,\)"):
+        OnlineLearner(ModelConfig(dim=16)).models.params.check_shapes(version.state)
+    OnlineLearner(ModelConfig(dim=10)).models.params.check_shapes(version.state)
 
 
 def test_two_trainers_merge_new_items_to_the_example_weighted_average_and_add_their_counts():

@@ -132,6 +132,7 @@ class UserStage(KeyedBroadcastProcessFunction):
         self.freshness_ms = Level(metrics, "freshness_ms")
         self.m_examples = metrics.counter("examples")
         self.m_versions = metrics.counter("model_versions_applied")
+        self.m_versions_skipped = metrics.counter("model_versions_skipped")
         self.model_version = Level(metrics, "model_version")
         # From a version's creation by the merger to this scorer using it.
         self.broadcast_latency_ms = Level(metrics, "broadcast_latency_ms")
@@ -179,6 +180,8 @@ class UserStage(KeyedBroadcastProcessFunction):
         except Exception as e:  # not ours; never fail the task on it
             log.warning("ignoring a record on the model-updates topic that is no rtrec version: %s", e)
             return
+        if self._made_elsewise(version):
+            return
         self._keep(ctx, version.number, data)
         self.version_at = (record.partition(), record.offset())
         self._apply(version)
@@ -225,8 +228,23 @@ class UserStage(KeyedBroadcastProcessFunction):
             self.version_at = (partition, record.offset())
             return
         self.version_at = (partition, record.offset())
+        if self._made_elsewise(version):
+            return
         if self._apply(version, "checked"):
             self._adopted = (version.number, data)
+
+    def _made_elsewise(self, version) -> bool:
+        """True (and a warning) for a version on the topic made with other model settings: a run's before
+        the settings changed, read again after a failover (which reads the topic from its start). Skipped,
+        never adopted nor kept in broadcast state: the merger's warm start refuses the same version and
+        says what to do, and a scorer failing on it first hid that message behind its own."""
+        try:
+            torch_call(self.learner.models.params.check_shapes, version.state)
+        except ModelShapeMismatch as e:
+            log.warning("skipping model version %d on the model-updates topic: %s", version.number, e)
+            self.m_versions_skipped.inc()
+            return True
+        return False
 
     def _apply(self, version, how: str = "broadcast") -> bool:
         """Swap to ``version`` if it is newer; ``how`` it came: "broadcast", "checked" between batches,
