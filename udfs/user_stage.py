@@ -180,10 +180,10 @@ class UserStage(KeyedBroadcastProcessFunction):
         except Exception as e:  # not ours; never fail the task on it
             log.warning("ignoring a record on the model-updates topic that is no rtrec version: %s", e)
             return
+        self.version_at = (record.partition(), record.offset())
         if self._made_elsewise(version):
             return
         self._keep(ctx, version.number, data)
-        self.version_at = (record.partition(), record.offset())
         self._apply(version)
 
     def _keep(self, ctx, number: int, data: bytes) -> None:
